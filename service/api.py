@@ -1,0 +1,126 @@
+"""The HTTP API: the $eligibility operation, the protocol's resources, CDS Hooks, health."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import logs, units
+from service.cds.jwt_auth import CdsClientAuthenticator
+from service.cds.router import router as cds_router
+from service.fhir.client import close_clients
+from service.fhir.errors import FhirError
+from service.fhir_response import ISSUE_CODE, outcome
+from service.protocol import ProtocolError, load_protocol
+from service.record import InputError
+from service.routes import router as fhir_router
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("service.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logs.configure(settings.log_level)
+        units.warm_up()  # the UCUM registry takes ~0.5 s: pay it before the first request
+        if not settings.cds_auth_enabled:
+            log.warning("CDS Hooks client authentication is OFF (development only)")
+        if settings.fhir_base_url is None:
+            log.info("no FHIR base configured: serving the built-in demo patients")
+        yield
+        await app.state.cds_authenticator.aclose()
+        await close_clients()
+
+    app = FastAPI(
+        title="CD19 CAR-T trial eligibility service",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs",
+    )
+    app.state.settings = settings
+    app.state.protocol = load_protocol(settings.protocol_path)
+    app.state.cds_authenticator = CdsClientAuthenticator(settings)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next):
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        token = logs.request_id.set(rid[:64])
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        finally:
+            logs.request_id.reset(token)
+        elapsed = round((time.perf_counter() - started) * 1000, 1)
+        response.headers["X-Request-Id"] = rid[:64]
+        route = request.scope.get("route")
+        log.info(
+            "request",
+            extra={
+                "request_id": rid[:64],
+                "method": request.method,
+                "route": getattr(route, "path", "unmatched"),  # the template: no ids in logs
+                "status": response.status_code,
+                "elapsed_ms": elapsed,
+            },
+        )
+        return response
+
+    @app.exception_handler(InputError)
+    async def input_error(request: Request, exc: InputError):
+        return outcome(400, "invalid", str(exc))
+
+    @app.exception_handler(FhirError)
+    async def fhir_error(request: Request, exc: FhirError):
+        return outcome(exc.http_status, exc.issue_code, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 401:  # say nothing about why a credential was refused
+            return Response(status_code=401, headers=exc.headers)
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        response = outcome(exc.status_code, ISSUE_CODE.get(exc.status_code, "processing"), message)
+        for key, value in (exc.headers or {}).items():
+            response.headers[key] = value
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return outcome(400, "invalid", f"invalid request: {where} {first.get('msg', '')}".strip())
+
+    @app.exception_handler(ProtocolError)
+    async def protocol_error(request: Request, exc: ProtocolError):
+        log.error("protocol error", extra={"error_type": type(exc).__name__})
+        return outcome(500, "exception", "the trial protocol data is inconsistent")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.error("unhandled error", extra={"error_type": type(exc).__name__})
+        return outcome(500, "exception", "internal error")  # never a stack trace
+
+    app.include_router(fhir_router)
+    app.include_router(cds_router)
+    return app
+
+
+app = create_app()

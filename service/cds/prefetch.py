@@ -1,0 +1,97 @@
+"""Use what the CDS client prefetched; fetch only the keys that are missing or unusable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from service.cds.models import PatientViewRequest
+from service.clinical.model import Issue
+from service.protocol import Protocol
+from service.settings import Settings
+
+
+@dataclass
+class Resolved:
+    patient: dict[str, Any] = field(default_factory=dict)
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+    truncated: frozenset[str] = frozenset()
+    missing: set[str] = field(default_factory=set)  # keys neither prefetched nor fetchable
+    fetched: set[str] = field(default_factory=set)  # keys we had to fetch ourselves
+
+
+def _usable_search(value: Any) -> list[dict[str, Any]] | None:
+    """Resources of a prefetched searchset, or None if the key cannot be trusted as complete."""
+    if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
+        return None  # null, an OperationOutcome, or anything else: fetch it ourselves
+    if any(
+        isinstance(link, dict) and link.get("relation") == "next"
+        for link in value.get("link") or ()
+    ):
+        return None  # the client paginated: the rest is on the server
+    resources = []
+    for entry in value.get("entry") or ():
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        if resource.get("resourceType") == "OperationOutcome":
+            severities = {
+                i.get("severity") for i in resource.get("issue") or () if isinstance(i, dict)
+            }
+            if severities & {"error", "fatal"}:
+                return None
+            continue
+        resources.append(resource)
+    return resources
+
+
+async def resolve_prefetch(
+    call: PatientViewRequest, protocol: Protocol, settings: Settings, day: date
+) -> Resolved:
+    from service.fhir.queries import plan_queries
+
+    patient_id = call.context.patientId
+    prefetch = call.prefetch or {}
+    resolved = Resolved()
+    need: set[str] = set()
+    for query in plan_queries(protocol, patient_id, None):
+        value = prefetch.get(query.key)
+        if query.resource_type == "Patient":
+            if (
+                isinstance(value, dict)
+                and value.get("resourceType") == "Patient"
+                and value.get("id") == patient_id
+            ):
+                resolved.patient = value
+            else:
+                need.add(query.key)
+            continue
+        resources = _usable_search(value)
+        if resources is None:
+            need.add(query.key)
+        else:
+            resolved.resources.extend(resources)
+
+    if not need:
+        return resolved
+    if call.fhirServer is None:
+        resolved.missing = need
+        return resolved
+
+    from service.fhir.client import client_for
+    from service.fhir.fetch import fetch_patient
+
+    token = (
+        call.fhirAuthorization.access_token.get_secret_value() if call.fhirAuthorization else None
+    )
+    async with client_for(settings, bearer_token=token, base_url=call.fhirServer) as client:
+        fetched = await fetch_patient(client, protocol, patient_id, day, only=need)
+    if fetched.patient:
+        resolved.patient = fetched.patient
+    resolved.resources.extend(fetched.resources)
+    resolved.issues.extend(fetched.issues)
+    resolved.truncated = fetched.truncated
+    resolved.fetched = need
+    return resolved

@@ -1,0 +1,147 @@
+"""CDS Hooks 2.0 endpoints: discovery, the patient-view service, feedback."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from service.cds.cards import patient_view_cards, trial_name
+from service.cds.jwt_auth import CdsClientAuthenticator, audience_for
+from service.cds.models import FeedbackRequest, PatientViewRequest
+from service.cds.prefetch import resolve_prefetch
+from service.clinical.dates import today
+from service.fhir_response import outcome
+from service.pipeline import evaluate_fetched
+from service.protocol import Protocol
+from service.settings import Settings
+
+log = logging.getLogger("service.cds")
+router = APIRouter(prefix="/cds-services", tags=["cds-hooks"])
+HOOK = "patient-view"
+
+
+def service_id(protocol: Protocol) -> str:
+    return f"{protocol.id}-screening"
+
+
+async def cds_client(request: Request) -> dict | None:
+    """Verified JWT claims of the calling CDS client (401 with no detail otherwise)."""
+    authenticator: CdsClientAuthenticator = request.app.state.cds_authenticator
+    if not authenticator.enabled:
+        return None
+    from service.cds.jwt_auth import CdsAuthError
+
+    try:
+        return await authenticator.verify(
+            request.headers.get("authorization"), audience_for(request, authenticator.settings)
+        )
+    except CdsAuthError:
+        raise HTTPException(401, headers={"WWW-Authenticate": "Bearer"}) from None
+
+
+def _json(content: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(content, status_code=status)
+
+
+@router.get("", dependencies=[Depends(cds_client)])
+async def discovery(request: Request) -> JSONResponse:
+    from service.fhir.queries import prefetch_templates
+
+    protocol: Protocol = request.app.state.protocol
+    return _json(
+        {
+            "services": [
+                {
+                    "hook": HOOK,
+                    "id": service_id(protocol),
+                    "title": f"Screening for the {trial_name(protocol)}",
+                    "description": (
+                        "Checks the patient against every inclusion criterion of "
+                        f"{protocol.research_study.get('title', protocol.id)} and shows a card "
+                        "when the patient is eligible or a possible candidate."
+                    ),
+                    "prefetch": prefetch_templates(protocol),
+                    "usageRequirements": (
+                        "Grant read access to Patient, Observation, Condition, Procedure, Consent "
+                        "and QuestionnaireResponse, or send the prefetch."
+                    ),
+                }
+            ]
+        }
+    )
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise HTTPException(400, "the request body is not JSON") from None
+
+
+@router.post("/{sid}", dependencies=[Depends(cds_client)])
+async def call_service(sid: str, request: Request):
+    protocol: Protocol = request.app.state.protocol
+    settings: Settings = request.app.state.settings
+    if sid != service_id(protocol):
+        raise HTTPException(404, "no such CDS service")
+    try:
+        call = PatientViewRequest.model_validate(await _body(request))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise HTTPException(400, f"invalid CDS Hooks request: {where}: {first['msg']}") from None
+
+    if call.fhirServer is not None and not _allowed(call.fhirServer, settings):
+        # Refused before any outbound request: no SSRF through our service.
+        return outcome(403, "forbidden", "fhirServer is not on this service's allowlist")
+
+    day = today()
+    resolved = await resolve_prefetch(call, protocol, settings, day)
+    if resolved.missing:
+        return outcome(
+            412,
+            "required",
+            "prefetch incomplete and no fhirServer to fetch from: "
+            + ", ".join(sorted(resolved.missing)),
+        )
+    evaluation, _ = evaluate_fetched(
+        resolved.patient,
+        resolved.resources,
+        protocol,
+        as_of=day,
+        issues=resolved.issues,
+        truncated=resolved.truncated,
+    )
+    return _json(
+        patient_view_cards(
+            evaluation, protocol, settings, service_base_url=str(request.base_url).rstrip("/")
+        )
+    )
+
+
+def _allowed(server: str, settings: Settings) -> bool:
+    allowed = {s.rstrip("/") for s in settings.cds_allowed_fhir_servers}
+    return server.rstrip("/") in allowed
+
+
+@router.post("/{sid}/feedback", dependencies=[Depends(cds_client)])
+async def feedback(sid: str, request: Request) -> JSONResponse:
+    protocol: Protocol = request.app.state.protocol
+    if sid != service_id(protocol):
+        raise HTTPException(404, "no such CDS service")
+    try:
+        body = FeedbackRequest.model_validate(await _body(request))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise HTTPException(400, f"invalid feedback: {where}: {first['msg']}") from None
+    counts = Counter(item.outcome for item in body.feedback)
+    log.info("cds feedback", extra={"service": sid, "outcomes": dict(counts)})
+    return _json({})

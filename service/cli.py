@@ -1,0 +1,149 @@
+"""The ``eligibility`` command: evaluate a Bundle or a patient on a FHIR server, run the demo,
+serve the API, run the benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import date
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+
+from service.clinical.evaluation import Evaluation
+from service.fhir.errors import FhirError
+from service.pipeline import evaluate_body, evaluate_fetched, evaluate_resource, parse_as_of
+from service.protocol import Protocol, ProtocolError, load_protocol
+from service.record import InputError
+from service.settings import get_settings
+from service.summary import render_summary
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+EXIT_BAD_INPUT = 2
+EXIT_UPSTREAM = 3
+
+
+class OutputFormat(StrEnum):
+    fhir = "fhir"
+    summary = "summary"
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    print(f"error: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def _protocol() -> Protocol:
+    try:
+        return load_protocol(get_settings().protocol_path)
+    except (OSError, ProtocolError, KeyError, ValueError) as exc:
+        raise _fail(f"cannot load the trial protocol: {exc}", 1) from None
+
+
+def _as_of(value: str | None) -> date | None:
+    try:
+        return parse_as_of(value) if value else None
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _print(evaluation: Evaluation, bundle: dict, protocol: Protocol, fmt: OutputFormat) -> None:
+    if fmt is OutputFormat.fhir:
+        sys.stdout.buffer.write(orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        render_summary(evaluation, protocol, Console(width=160))
+
+
+@app.command()
+def evaluate(
+    bundle: Annotated[
+        Path | None, typer.Option(help="A FHIR R4 Bundle (JSON) holding one patient's data")
+    ] = None,
+    fhir_base: Annotated[
+        str | None, typer.Option(help="Pull the patient from this FHIR R4 base URL instead")
+    ] = None,
+    patient: Annotated[
+        str | None, typer.Option(help="Patient id (required with --fhir-base)")
+    ] = None,
+    as_of: Annotated[
+        str | None, typer.Option(help="Evaluation date YYYY-MM-DD (default today)")
+    ] = None,
+    format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.fhir,
+) -> None:
+    """Evaluate one patient against every inclusion criterion."""
+    protocol = _protocol()
+    day = _as_of(as_of)
+    if (bundle is None) == (fhir_base is None):
+        raise _fail("give exactly one of --bundle FILE or --fhir-base URL")
+    if bundle is not None:
+        try:
+            body = bundle.read_bytes()
+        except OSError as exc:
+            raise _fail(f"cannot read {bundle}: {exc.strerror}") from None
+        try:
+            evaluation, result = evaluate_body(body, protocol, as_of=day, patient_id=patient)
+        except InputError as exc:
+            raise _fail(str(exc)) from None
+    else:
+        if not patient:
+            raise _fail("--patient is required with --fhir-base")
+        try:
+            evaluation, result = asyncio.run(_pull(fhir_base, patient, protocol, day))
+        except FhirError as exc:
+            raise _fail(exc.message, EXIT_UPSTREAM if exc.http_status >= 500 else 2) from None
+        except InputError as exc:
+            raise _fail(str(exc)) from None
+    _print(evaluation, result, protocol, format)
+
+
+async def _pull(base: str, patient_id: str, protocol: Protocol, day: date | None):
+    from service.clinical.dates import today
+    from service.fhir.client import client_for
+    from service.fhir.fetch import fetch_patient
+
+    settings = get_settings().model_copy(update={"fhir_base_url": base})
+    day = day or today()
+    async with client_for(settings) as client:
+        fetched = await fetch_patient(client, protocol, patient_id, day)
+    return evaluate_fetched(
+        fetched.patient,
+        fetched.resources,
+        protocol,
+        as_of=day,
+        issues=fetched.issues,
+        truncated=fetched.truncated,
+    )
+
+
+@app.command()
+def demo(
+    format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.summary,
+) -> None:
+    """Evaluate the bundled demo patients (dated as of today) and print their summaries."""
+    from service.demo import load_demo_bundles
+
+    protocol = _protocol()
+    for bundle in load_demo_bundles().values():
+        evaluation, result = evaluate_resource(bundle, protocol)
+        _print(evaluation, result, protocol, format)
+        print()
+
+
+@app.command()
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Run the HTTP API (FHIR $eligibility, protocol resources, CDS Hooks)."""
+    import uvicorn
+
+    uvicorn.run("service.api:app", host=host, port=port, workers=workers, log_config=None)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Clinical evaluation: pure functions over parsed resources, no I/O."""

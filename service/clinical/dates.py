@@ -1,0 +1,85 @@
+"""FHIR date handling: partial dates, a resource's clinically relevant time, look-back windows."""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import date, datetime, timedelta
+from typing import Any
+
+_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+
+
+class DateRange(tuple):
+    """The earliest and latest calendar day a (possibly partial) FHIR date can mean."""
+
+    __slots__ = ()
+
+    def __new__(cls, earliest: date, latest: date) -> DateRange:
+        return super().__new__(cls, (earliest, latest))
+
+    @property
+    def earliest(self) -> date:
+        return self[0]
+
+    @property
+    def latest(self) -> date:
+        return self[1]
+
+    @property
+    def exact(self) -> bool:
+        return self[0] == self[1]
+
+
+def parse_date(value: Any) -> DateRange | None:
+    """Read a FHIR date, dateTime or instant; ``None`` for anything unreadable.
+
+    The calendar day is taken as written (the time zone of the source); day precision
+    is all eligibility windows need.
+    """
+    if not isinstance(value, str):
+        return None
+    m = _DATE.match(value)
+    if not m:
+        return None
+    try:
+        year = int(m.group(1))
+        if m.group(3):
+            d = date(year, int(m.group(2)), int(m.group(3)))
+            return DateRange(d, d)
+        if m.group(2):
+            month = int(m.group(2))
+            last = calendar.monthrange(year, month)[1]
+            return DateRange(date(year, month, 1), date(year, month, last))
+        return DateRange(date(year, 1, 1), date(year, 12, 31))
+    except ValueError:
+        return None
+
+
+def effective_date(resource: dict[str, Any]) -> date | None:
+    """When a result applies: effectiveDateTime, else effectivePeriod end/start, else
+    effectiveInstant, else issued. Only a full calendar day counts."""
+    candidates = (
+        resource.get("effectiveDateTime"),
+        (resource.get("effectivePeriod") or {}).get("end"),
+        (resource.get("effectivePeriod") or {}).get("start"),
+        resource.get("effectiveInstant"),
+        resource.get("issued"),
+    )
+    for value in candidates:
+        if value is None:
+            continue
+        parsed = parse_date(value)
+        return parsed.latest if parsed and parsed.exact else None
+    return None
+
+
+def in_window(day: date, as_of: date, window_days: int | None) -> bool:
+    """On or before ``as_of`` and, when a window is set, no more than ``window_days`` before it."""
+    if day > as_of:
+        return False
+    return window_days is None or day >= as_of - timedelta(days=window_days)
+
+
+def today() -> date:
+    return datetime.now().date()

@@ -1,0 +1,79 @@
+"""Evaluate every criterion of a protocol for one patient record, as of a date."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from service.clinical.evaluation import Evaluation
+from service.clinical.model import CriterionResult, Issue, Outcome, Severity, SourceRef
+from service.clinical.rules import Context, load_all
+from service.protocol import CriterionDef, Protocol, ProtocolError
+from service.record import PatientRecord
+
+
+def evaluate(record: PatientRecord, protocol: Protocol, as_of: date) -> Evaluation:
+    rules = load_all()
+    ctx = Context(record, protocol, as_of)
+    results: list[CriterionResult] = []
+    for criterion in protocol.top_level:
+        for member in criterion.members:
+            ctx.results[member] = _run(protocol.criteria[member], ctx, rules)
+        ctx.results[criterion.code] = result = _run(criterion, ctx, rules)
+        results.append(result)
+
+    issues = list(record.issues)
+    for result in _walk(results):
+        issues.extend(result.issues)
+    return Evaluation(
+        patient_id=record.patient_id,
+        patient_reference=record.patient_reference,
+        as_of=as_of,
+        evaluated_at=datetime.now(UTC),
+        results=results,
+        issues=_dedupe(issues),
+        sources=_sources(record, results),
+    )
+
+
+def _run(criterion: CriterionDef, ctx: Context, rules) -> CriterionResult:
+    rule = rules.get(criterion.rule)
+    if rule is None:
+        raise ProtocolError(f"{criterion.code}: no evaluator for rule {criterion.rule!r}")
+    result = rule.evaluate(criterion, ctx)
+    feeds = _feeds(criterion) | rule.reads
+    if result.outcome is not Outcome.UNDETERMINED and ctx.record.is_truncated(*feeds):
+        # A capped server search may have hidden the result that matters.
+        result.outcome = Outcome.UNDETERMINED
+        result.reason = f"{result.reason} — but the server search was truncated, so unconfirmed"
+        result.issues.append(
+            Issue(Severity.WARNING, "too-costly", f"{criterion.code}: input search truncated")
+        )
+    return result
+
+
+def _feeds(criterion: CriterionDef) -> frozenset[str]:
+    out: set[str] = set()
+    for key, value in criterion.params.items():
+        if key.endswith("valueset"):
+            out.add(value)
+        elif key.endswith("valuesets"):
+            out.update(value)
+    return frozenset(out)
+
+
+def _walk(results: list[CriterionResult]):
+    for r in results:
+        yield r
+        yield from _walk(r.members)
+
+
+def _sources(record: PatientRecord, results: list[CriterionResult]) -> list[SourceRef]:
+    seen: dict[str, SourceRef] = {record.patient_reference: record.patient_ref}
+    for result in _walk(results):
+        for ref in result.evidence:
+            seen.setdefault(ref.reference, ref)
+    return list(seen.values())
+
+
+def _dedupe(issues: list[Issue]) -> list[Issue]:
+    return list(dict.fromkeys(issues))

@@ -1,0 +1,224 @@
+"""A diagnosis recorded as a Condition, coded in Condition.code or in the mCODE
+histology-morphology-behavior extension (registries such as PanCareSurPass leave
+Condition.code empty and put the ICD-O-3 morphology only there).
+
+A diagnosis whose lineage is not stated (e.g. ICD-10-CM C91.0x: ALL, B or T) counts only when
+another criterion (the CD19 immunophenotype) shows the lineage. The helpers here are shared
+with the relapse rule, which reads the same Conditions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from service.clinical.dates import parse_date
+from service.clinical.model import (
+    CriterionResult,
+    DataRequirement,
+    Outcome,
+    SourceRef,
+    met,
+    not_met,
+    undetermined,
+)
+from service.clinical.rules import Context, rule
+from service.protocol import Code, CriterionDef, ValueSet
+from service.record import Resource, codings
+
+_SNOMED = "http://snomed.info/sct"
+_SEMANTIC_TAG = re.compile(r"\s*\([a-z /]+\)$")
+
+# Presentation only: how a code system is named in a reason.
+_SYSTEM_LABELS = {
+    "http://loinc.org": "LOINC",
+    "http://snomed.info/sct": "SNOMED CT",
+    "http://hl7.org/fhir/sid/icd-10-cm": "ICD-10-CM",
+    "http://hl7.org/fhir/sid/icd-10": "ICD-10",
+    "http://terminology.hl7.org/CodeSystem/icd-o-3": "ICD-O-3",
+    "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation": "HL7 interpretation",
+}
+
+
+def code_label(code: Code, *valuesets: ValueSet) -> str:
+    """'Display (SYSTEM code)', with the display taken from the protocol's ValueSets."""
+    system, value = code
+    label = f"{_SYSTEM_LABELS.get(system, system or 'no system')} {value}"
+    for vs in valuesets:
+        for include in vs.resource.get("compose", {}).get("include", []):
+            if include.get("system") != system:
+                continue
+            for concept in include.get("concept", []):
+                if concept.get("code") == value and concept.get("display"):
+                    display = concept["display"]
+                    if system == _SNOMED:  # drop the semantic tag: "(disorder)", "(finding)"
+                        display = _SEMANTIC_TAG.sub("", display)
+                    return f"{display} ({label})"
+    return label
+
+
+@dataclass(frozen=True, slots=True)
+class CodeAt:
+    """A code found on a Condition and where it was found (for the reason text)."""
+
+    code: Code
+    where: str  # "Condition.code" or "histology extension"
+
+
+def condition_codes(condition: Resource, histology_extension: str | None) -> list[CodeAt]:
+    """Codes of Condition.code plus those of the histology-morphology-behavior extension."""
+    found = [CodeAt(c, "Condition.code") for c in codings(condition.get("code"))]
+    if histology_extension:
+        for ext in condition.get("extension") or ():
+            if isinstance(ext, dict) and ext.get("url") == histology_extension:
+                found += [
+                    CodeAt(c, "histology extension")
+                    for c in codings(ext.get("valueCodeableConcept"))
+                ]
+    return found
+
+
+def first_match(codes: Iterable[CodeAt], valueset: ValueSet) -> CodeAt | None:
+    return next((c for c in codes if c.code in valueset.codes), None)
+
+
+def usable_conditions(ctx: Context) -> tuple[list[Resource], list[Resource]]:
+    """(usable, excluded): Conditions refuted or entered in error are not evidence."""
+    excluded_status = set(ctx.protocol.general["condition_excluded_verification"])
+    usable: list[Resource] = []
+    excluded: list[Resource] = []
+    for condition in ctx.record.conditions:
+        status = {code for _, code in codings(condition.get("verificationStatus"))}
+        (excluded if status & excluded_status else usable).append(condition)
+    return usable, excluded
+
+
+def onset_date(condition: Resource) -> date | None:
+    """onsetDateTime, else onsetPeriod.start; only a full calendar day counts."""
+    period = condition.get("onsetPeriod")
+    for value in (
+        condition.get("onsetDateTime"),
+        period.get("start") if isinstance(period, dict) else None,
+    ):
+        parsed = parse_date(value)
+        if parsed is not None:
+            return parsed.earliest if parsed.exact else None
+    return None
+
+
+def _describe(ctx: Context, condition: Resource, hit: CodeAt, *valuesets: ValueSet) -> str:
+    where = "in" if hit.where == "Condition.code" else f"in the {hit.where} of"
+    text = f"{code_label(hit.code, *valuesets)} {where} {ctx.record.ref(condition).reference}"
+    onset = onset_date(condition)
+    if onset:
+        text += f" (onset {onset})"
+    verification = [code for _, code in codings(condition.get("verificationStatus"))]
+    if verification and "confirmed" not in verification:
+        text += f" (verification status: {', '.join(verification)})"
+    return text
+
+
+def _listed(items: list[str], limit: int = 3) -> str:
+    shown = "; ".join(items[:limit])
+    return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
+@rule("diagnosis", reads=("Condition",))
+def diagnosis(criterion: CriterionDef, ctx: Context) -> CriterionResult:
+    p = criterion.params
+    confirmed = ctx.protocol.valueset(p["confirmed_valueset"])
+    unstated = ctx.protocol.valueset(p["lineage_unstated_valueset"])
+    extension = p.get("histology_extension")
+    need_diagnosis = DataRequirement(
+        "Condition",
+        confirmed.url,
+        f"{criterion.title}: a Condition coded as B-cell ALL (Condition.code or the "
+        "histology-morphology-behavior extension)",
+    )
+    conditions, excluded = usable_conditions(ctx)
+    coded = [(c, condition_codes(c, extension)) for c in conditions]
+
+    hits = [(c, h) for c, codes in coded if (h := first_match(codes, confirmed))]
+    if hits:
+        return met(
+            criterion.code,
+            "B-ALL diagnosis recorded: "
+            + _listed([_describe(ctx, c, h, confirmed) for c, h in hits]),
+            _refs(ctx, (c for c, _ in hits)),
+        )
+
+    lineage = [(c, h) for c, codes in coded if (h := first_match(codes, unstated))]
+    if lineage:
+        return _unstated_lineage(criterion, ctx, lineage, unstated, need_diagnosis)
+
+    if not conditions:
+        why = "no Condition in the record"
+        if excluded:
+            why = f"every Condition in the record ({len(excluded)}) is refuted or entered in error"
+        return undetermined(
+            criterion.code,
+            f"{why}; a missing diagnosis is not evidence that there is none",
+            _refs(ctx, excluded),
+            [need_diagnosis],
+        )
+
+    text_only = [c for c, codes in coded if not codes]
+    seen = [code_label(codes[0].code) for _, codes in coded if codes]
+    if text_only:
+        return undetermined(
+            criterion.code,
+            f"no coded ALL diagnosis; {len(text_only)} Condition(s) have no code (text only), "
+            "which is not read automatically: "
+            + ", ".join(ctx.record.ref(c).reference for c in text_only[:3]),
+            _refs(ctx, conditions),
+            [need_diagnosis],
+        )
+    return not_met(
+        criterion.code,
+        f"no B-ALL or ALL diagnosis among {len(conditions)} coded Condition(s) ({_listed(seen)})",
+        _refs(ctx, conditions),
+    )
+
+
+def _unstated_lineage(
+    criterion: CriterionDef,
+    ctx: Context,
+    lineage: list[tuple[Resource, CodeAt]],
+    unstated: ValueSet,
+    need_diagnosis: DataRequirement,
+) -> CriterionResult:
+    """ALL without a lineage: B lineage must come from the criterion named in the protocol."""
+    by = criterion.params["lineage_confirmed_by"]
+    shown = _listed([_describe(ctx, c, h, unstated) for c, h in lineage])
+    evidence = _refs(ctx, (c for c, _ in lineage))
+    other: CriterionResult | None = ctx.results.get(by)
+    if other is not None and other.outcome is Outcome.MET:
+        return met(
+            criterion.code,
+            f"ALL recorded without a stated lineage: {shown}; B lineage shown by {by} "
+            f"({other.reason})",
+            _dedupe(evidence + other.evidence),
+        )
+    status = "not evaluated" if other is None else other.outcome.value.replace("-", " ")
+    hint = ""
+    if other is not None and other.outcome is Outcome.NOT_MET:
+        hint = " (a CD19-negative result does not rule out B lineage)"
+    result = undetermined(
+        criterion.code,
+        f"ALL recorded without a stated lineage: {shown}; B lineage is not shown because "
+        f"{by} is {status}{hint}",
+        evidence,
+        [need_diagnosis, *(other.needs if other is not None else [])],
+    )
+    return result
+
+
+def _refs(ctx: Context, resources: Iterable[Any]) -> list[SourceRef]:
+    return _dedupe([ctx.record.ref(r) for r in resources])
+
+
+def _dedupe(refs: list[SourceRef]) -> list[SourceRef]:
+    return list(dict.fromkeys(refs))

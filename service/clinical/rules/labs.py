@@ -1,0 +1,215 @@
+"""Numeric results against a threshold: organ function, blood counts, LVEF.
+
+The most recent usable result in the window decides; an older result never overrides a
+newer one. A result whose unit is unknown or whose converted value is implausible is not
+usable (with a warning), so the next older usable result is the one that decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from service import units
+from service.clinical.model import (
+    CriterionResult,
+    DataRequirement,
+    Issue,
+    Severity,
+    met,
+    not_met,
+    undetermined,
+)
+from service.clinical.observations import Dated, candidate_observations, satisfies
+from service.clinical.rules import Context, rule
+from service.protocol import CriterionDef
+
+_SYMBOL = {"<=": "≤", "<": "<", ">=": "≥", ">": ">"}
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A result converted to the protocol's unit, with the words to explain it."""
+
+    value: float
+    comparator: str | None
+    shown: str  # as reported, e.g. "2.5 mg/dL"
+    converted: str  # in the protocol's unit, e.g. "42.8 µmol/L"; "" when no conversion
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def _as_reported(quantity: dict[str, Any]) -> str:
+    unit = quantity.get("unit") or quantity.get("code") or ""
+    return f"{quantity.get('comparator', '')}{quantity.get('value')} {unit}".strip()
+
+
+def read_quantity(
+    dated: Dated, spec: dict[str, Any], target: str, ctx: Context, issues: list[Issue]
+) -> Reading | None:
+    """Convert one result to ``target``; None (with a warning) when it cannot be used."""
+    obs = dated.resource
+    ref = ctx.record.ref(obs).reference
+    quantity = obs.get("valueQuantity")
+    if not isinstance(quantity, dict) or not isinstance(quantity.get("value"), int | float):
+        issues.append(Issue(Severity.WARNING, "incomplete", "result has no numeric value", ref))
+        return None
+    value = float(quantity["value"])
+    unit = units.unit_of(quantity)
+    try:
+        if spec.get("fraction_as_percent") and (unit == "1" or (unit is None and value <= 1)):
+            converted = value * 100
+        else:
+            converted = units.convert(value, unit, target, spec.get("molar_mass_g_per_mol"))
+            if unit != target and "compare_decimals" in spec:
+                # Conversion factors carry more digits than the protocol's threshold does.
+                converted = round(converted, int(spec["compare_decimals"]))
+    except units.UnitError as exc:
+        issues.append(
+            Issue(
+                Severity.WARNING, "not-supported", f"unit not usable ({exc}); result ignored", ref
+            )
+        )
+        return None
+    plausible = spec.get("plausible")
+    if plausible:
+        low = units.convert(plausible["low"], plausible["unit"], target)
+        high = units.convert(plausible["high"], plausible["unit"], target)
+        if not low <= converted <= high:
+            issues.append(
+                Issue(
+                    Severity.WARNING,
+                    "value",
+                    f"implausible value {_as_reported(quantity)} ({_fmt(converted)} "
+                    f"{units.describe(target)}; plausible {plausible['low']}–{plausible['high']} "
+                    f"{units.describe(plausible['unit'])}): probably a unit error; result ignored",
+                    ref,
+                )
+            )
+            return None
+    converted_text = "" if unit == target else f"{_fmt(converted)} {units.describe(target)}"
+    return Reading(converted, quantity.get("comparator"), _as_reported(quantity), converted_text)
+
+
+def _requirement(criterion: CriterionDef, ctx: Context) -> DataRequirement:
+    vs = ctx.protocol.valueset(criterion.params["observation_valueset"])
+    window = criterion.params.get("window_days")
+    return DataRequirement(
+        "Observation",
+        vs.url,
+        f"{criterion.title}: a final result within {window} days before the evaluation date",
+    )
+
+
+def _no_usable_result(
+    criterion: CriterionDef, ctx: Context, window: int | None, unusable: int
+) -> CriterionResult:
+    vs = ctx.protocol.valueset(criterion.params["observation_valueset"])
+    older = candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, None, [])
+    if unusable:
+        why = f"{unusable} result(s) in the last {window} days could not be used (see warnings)"
+    elif older:
+        why = f"no result in the last {window} days; the most recent is from {older[0].day}"
+    else:
+        why = "no result found"
+    return undetermined(criterion.code, why, needs=[_requirement(criterion, ctx)])
+
+
+def _decide(
+    criterion: CriterionDef,
+    ctx: Context,
+    dated: Dated,
+    reading: Reading,
+    op: str,
+    threshold: float,
+    threshold_text: str,
+    extra: str = "",
+) -> CriterionResult:
+    evidence = [ctx.record.ref(dated.resource)]
+    shown = f"{reading.shown} ({reading.converted})" if reading.converted else reading.shown
+    verdict = satisfies(reading.value, reading.comparator, op, threshold)
+    base = f"{criterion.params.get('analyte', criterion.title)} {shown} on {dated.day}{extra}"
+    if verdict is True:
+        return met(criterion.code, f"{base} {_SYMBOL[op]} {threshold_text}", evidence)
+    if verdict is False:
+        return not_met(criterion.code, f"{base}: not {_SYMBOL[op]} {threshold_text}", evidence)
+    result = undetermined(
+        criterion.code,
+        f"{base}: the reported bound cannot decide {_SYMBOL[op]} {threshold_text}",
+        evidence,
+        [_requirement(criterion, ctx)],
+    )
+    return result
+
+
+def _candidates(criterion: CriterionDef, ctx: Context, issues: list[Issue]) -> list[Dated]:
+    vs = ctx.protocol.valueset(criterion.params["observation_valueset"])
+    window = criterion.params.get("window_days")
+    return candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, window, issues)
+
+
+@rule("lab_threshold")
+def lab_threshold(criterion: CriterionDef, ctx: Context) -> CriterionResult:
+    p = criterion.params
+    target = p["threshold"]["unit"]
+    threshold = float(p["threshold"]["value"])
+    threshold_text = f"{p['threshold']['value']} {units.describe(target)}"
+    issues: list[Issue] = []
+    unusable = 0
+    for dated in _candidates(criterion, ctx, issues):
+        reading = read_quantity(dated, p, target, ctx, issues)
+        if reading is None:
+            unusable += 1
+            continue
+        result = _decide(criterion, ctx, dated, reading, p["comparator"], threshold, threshold_text)
+        break
+    else:
+        result = _no_usable_result(criterion, ctx, p.get("window_days"), unusable)
+    result.issues.extend(issues)
+    return result
+
+
+@rule("lab_uln_multiple")
+def lab_uln_multiple(criterion: CriterionDef, ctx: Context) -> CriterionResult:
+    """Value ≤ N × ULN; ULN from the result's own reference range, else the protocol default."""
+    p = criterion.params
+    default = p["default_uln"]
+    target = default["unit"]
+    multiple = float(p["max_uln_multiple"])
+    issues: list[Issue] = []
+    unusable = 0
+    for dated in _candidates(criterion, ctx, issues):
+        reading = read_quantity(dated, p, target, ctx, issues)
+        if reading is None:
+            unusable += 1
+            continue
+        uln, source = _upper_limit(dated, target, default)
+        limit = multiple * uln
+        threshold_text = (
+            f"{p['max_uln_multiple']} × ULN {_fmt(uln)} {units.describe(target)} "
+            f"= {_fmt(limit)} {units.describe(target)} ({source})"
+        )
+        result = _decide(criterion, ctx, dated, reading, "<=", limit, threshold_text)
+        break
+    else:
+        result = _no_usable_result(criterion, ctx, p.get("window_days"), unusable)
+    result.issues.extend(issues)
+    return result
+
+
+def _upper_limit(dated: Dated, target: str, default: dict[str, Any]) -> tuple[float, str]:
+    """The laboratory's ULN for this result, or the protocol default with the assumption said."""
+    quantity = dated.resource.get("valueQuantity") or {}
+    for ref_range in dated.resource.get("referenceRange") or ():
+        high = ref_range.get("high") if isinstance(ref_range, dict) else None
+        if not isinstance(high, dict) or not isinstance(high.get("value"), int | float):
+            continue
+        unit = units.unit_of(high) or units.unit_of(quantity)  # a bare high shares the unit
+        try:
+            return units.convert(float(high["value"]), unit, target), "ULN from the result"
+        except units.UnitError:
+            continue
+    value = float(default["value"])
+    return value, "protocol default ULN; the result has no usable reference range"

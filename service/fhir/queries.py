@@ -1,0 +1,183 @@
+"""What to ask the FHIR server for one patient, as data derived from the protocol.
+
+The plan is plain data so the same queries serve pull mode (``fetch_patient``) and the
+CDS Hooks discovery document (``prefetch_templates``). Every code comes from the
+protocol's ValueSets and every window from its criteria; nothing trial-specific lives here.
+
+Observation searches are grouped so a patient costs few round trips:
+
+* ``labs``: value sets read by the numeric lab rules (``lab_*``) through a plain
+  ``observation_valueset`` parameter, one search over the longest of their windows;
+* one search per other top-level criterion that reads Observations (e.g. CD19
+  immunophenotype 90 d, ECOG/Karnofsky 30 d, disease status with no window), keyed by the
+  parameter prefix (``ecog_observation_valueset`` -> ``ecog``) or else by the ValueSet id.
+
+Date filters are one day wider than the window: the server may cut a day in its own time
+zone, and the engine applies the exact window anyway. Fetching a superset is safe;
+fetching a subset is not.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from urllib.parse import quote
+
+from service.fhir.errors import InvalidPatientId
+from service.protocol import Code, Protocol
+
+PATIENT_TOKEN = "{{context.patientId}}"
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_FIXED_KEYS = ("patient", "labs", "conditions", "procedures", "consents", "attestations")
+_LAB_RULE_PREFIX = "lab_"
+_OBS_PARAM = "observation_valueset"
+
+
+@dataclass(frozen=True)
+class Query:
+    """One FHIR interaction: a Patient read (``read=True``) or a type-level search."""
+
+    key: str  # stable name; also the CDS Hooks prefetch key
+    resource_type: str
+    params: tuple[tuple[str, str], ...]
+    feeds: frozenset[str]  # ValueSet ids (Observation searches) or the resource type name
+    read: bool = False  # params are then (("_id", id),)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for name, _ in self.params))
+
+    @property
+    def read_id(self) -> str:
+        return dict(self.params)["_id"]
+
+
+@dataclass(frozen=True)
+class ObservationGroup:
+    key: str
+    valuesets: tuple[str, ...]
+    window_days: int | None  # None: all history
+
+
+def check_id(patient_id: str) -> str:
+    """Refuse anything that is not a FHIR id before it becomes part of a URL."""
+    if not isinstance(patient_id, str) or not _FHIR_ID.fullmatch(patient_id):
+        raise InvalidPatientId("the patient id is not a valid FHIR id ([A-Za-z0-9-.]{1,64})")
+    return patient_id
+
+
+def escape_search_value(value: str) -> str:
+    """FHIR search escaping for the characters that separate values (``\\ , | $``)."""
+    for ch in ("\\", ",", "|", "$"):
+        value = value.replace(ch, "\\" + ch)
+    return value
+
+
+def token_param(codes: Iterable[Code]) -> str:
+    """``system|code,system|code`` in a stable order (the server ORs them)."""
+    return ",".join(
+        f"{escape_search_value(system)}|{escape_search_value(code)}"
+        for system, code in sorted(set(codes))
+    )
+
+
+def _camel(name: str) -> str:
+    parts = [p for p in re.split(r"[-_]+", name) if p]
+    return parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:]) if parts else name
+
+
+def _top_level(protocol: Protocol) -> dict[str, str]:
+    """Criterion code -> its top-level criterion code (members belong to their panel)."""
+    parent = {c.code: c.code for c in protocol.criteria.values()}
+    for c in protocol.criteria.values():
+        for member in c.members:
+            parent[member] = c.code
+    return parent
+
+
+def observation_groups(protocol: Protocol) -> list[ObservationGroup]:
+    """Group the protocol's Observation value sets into searches (see module docstring)."""
+    windows = protocol.observation_valuesets()
+    top = _top_level(protocol)
+    groups: dict[str, list[str]] = {}  # group id -> value sets, first-seen order
+    names: dict[str, str] = {}  # group id -> key
+    seen: set[str] = set()
+    for c in protocol.criteria.values():
+        for param, vs_id in c.params.items():
+            if not param.endswith(_OBS_PARAM) or vs_id in seen:
+                continue
+            seen.add(vs_id)
+            if param == _OBS_PARAM and c.rule.startswith(_LAB_RULE_PREFIX):
+                gid, name = "labs", "labs"
+            else:
+                gid = top[c.code]
+                prefix = param.removesuffix(_OBS_PARAM).rstrip("_")
+                name = _camel(prefix or vs_id)
+            groups.setdefault(gid, []).append(vs_id)
+            names.setdefault(gid, name)
+
+    result: list[ObservationGroup] = []
+    used: set[str] = set(_FIXED_KEYS) - {"labs"}
+    for gid, vs_ids in groups.items():
+        key = names[gid]
+        if key in used:
+            key = f"{key}{gid}"  # a clash between derived names: disambiguate, still stable
+        used.add(key)
+        spans = [windows[v] for v in vs_ids]
+        window = None if any(w is None for w in spans) else max(spans)  # type: ignore[type-var]
+        result.append(ObservationGroup(key, tuple(vs_ids), window))
+    return result
+
+
+def _plan(protocol: Protocol, patient: str, as_of: date | None) -> list[Query]:
+    queries = [Query("patient", "Patient", (("_id", patient),), frozenset({"Patient"}), True)]
+    for group in observation_groups(protocol):
+        codes: set[Code] = set()
+        for vs_id in group.valuesets:
+            codes |= protocol.valueset(vs_id).codes
+        params: list[tuple[str, str]] = [("patient", patient), ("code", token_param(codes))]
+        if as_of is not None and group.window_days is not None:
+            since = as_of - timedelta(days=group.window_days + 1)
+            params.append(("date", f"ge{since.isoformat()}"))
+        params.append(("_sort", "-date"))
+        queries.append(Query(group.key, "Observation", tuple(params), frozenset(group.valuesets)))
+    for key, rtype in (
+        ("conditions", "Condition"),
+        ("procedures", "Procedure"),
+        ("consents", "Consent"),
+    ):
+        queries.append(Query(key, rtype, (("patient", patient),), frozenset({rtype})))
+    queries.append(
+        Query(
+            "attestations",
+            "QuestionnaireResponse",
+            (("patient", patient), ("questionnaire", protocol.questionnaire_url)),
+            frozenset({"QuestionnaireResponse"}),
+        )
+    )
+    return queries
+
+
+def plan_queries(protocol: Protocol, patient_id: str, as_of: date | None) -> list[Query]:
+    """Every query for one patient; ``as_of=None`` drops the date filters (prefetch use)."""
+    return _plan(protocol, check_id(patient_id), as_of)
+
+
+def encode_query(params: Iterable[tuple[str, str]]) -> str:
+    """A query string that stays readable: ``|``, ``,`` and ``:``/``/`` are left as they are."""
+    return "&".join(f"{quote(k, safe='_:-')}={quote(v, safe='|,:/-._~')}" for k, v in params)
+
+
+def prefetch_templates(protocol: Protocol) -> dict[str, str]:
+    """CDS Hooks prefetch templates, one per query key, with ``{{context.patientId}}``."""
+    templates: dict[str, str] = {}
+    marker = "PATIENTIDMARKER"
+    for q in _plan(protocol, marker, None):
+        if q.read:
+            templates[q.key] = f"{q.resource_type}/{PATIENT_TOKEN}"
+        else:
+            query = encode_query(q.params).replace(marker, PATIENT_TOKEN)
+            templates[q.key] = f"{q.resource_type}?{query}"
+    return templates

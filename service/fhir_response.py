@@ -1,0 +1,44 @@
+"""FHIR JSON responses and OperationOutcome errors for the HTTP layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import Response
+
+FHIR_JSON = "application/fhir+json"
+ACCEPTED_CONTENT_TYPES = ("application/fhir+json", "application/json")
+
+
+class FhirResponse(Response):
+    media_type = FHIR_JSON
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def outcome(status: int, code: str, message: str, severity: str = "error") -> FhirResponse:
+    return FhirResponse(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": severity, "code": code, "diagnostics": message}],
+        },
+        status_code=status,
+    )
+
+
+# HTTP status -> OperationOutcome issue type, for errors raised without a more specific code.
+ISSUE_CODE = {
+    400: "invalid",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    405: "not-supported",
+    412: "required",
+    413: "too-long",
+    415: "not-supported",
+    422: "invalid",
+    502: "transient",
+    504: "timeout",
+}

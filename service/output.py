@@ -1,0 +1,220 @@
+"""Render an Evaluation as the FHIR R4 result Bundle (the output contract).
+
+ResearchSubject first, then one Observation per criterion and member, a GuidanceResponse,
+a Provenance and, when there is something to say, an OperationOutcome. Plain dicts: the
+hot path never builds a model; tests validate the shape with fhir.resources R4B.
+"""
+
+from __future__ import annotations
+
+import html
+import uuid
+from typing import Any
+
+from service import __version__
+from service.clinical.evaluation import Evaluation, SubjectStatus
+from service.clinical.model import CriterionResult, Issue, Outcome
+from service.protocol import Protocol
+
+DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+PROVENANCE_ROLE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+DERIVED_FROM_TYPES = {"Observation", "QuestionnaireResponse", "DocumentReference"}
+SERVICE_NAME = "cart-eligibility"
+
+
+def _urn() -> str:
+    return f"urn:uuid:{uuid.uuid4()}"
+
+
+def _study_reference(protocol: Protocol) -> dict[str, Any]:
+    title = protocol.research_study.get("title", protocol.id)
+    return {
+        "reference": protocol.canonical,
+        "display": f"{title} (protocol version {protocol.version})",
+    }
+
+
+def _narrative(text: str) -> dict[str, str]:
+    return {
+        "status": "generated",
+        "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><p>{html.escape(text)}</p></div>',
+    }
+
+
+def result_bundle(evaluation: Evaluation, protocol: Protocol) -> dict[str, Any]:
+    study = _study_reference(protocol)
+    subject = {"reference": evaluation.patient_reference}
+    as_of = evaluation.as_of.isoformat()
+    recorded = evaluation.evaluated_at.isoformat(timespec="seconds")
+    entries: list[dict[str, Any]] = []
+
+    # One Observation per criterion and member; members first so panels can point at them.
+    criterion_urns: list[str] = []
+
+    def add_observation(result: CriterionResult) -> str:
+        member_urns = [add_observation(m) for m in result.members]
+        urn = _urn()
+        entries.append(
+            {
+                "fullUrl": urn,
+                "resource": _criterion_observation(
+                    result, protocol, study, subject, as_of, member_urns
+                ),
+            }
+        )
+        criterion_urns.append(urn)
+        return urn
+
+    for result in evaluation.results:
+        add_observation(result)
+
+    status = evaluation.status
+    counts = {o: evaluation.count(o) for o in Outcome}
+    summary = (
+        f"{status.value}: {counts[Outcome.MET]} of {len(evaluation.results)} criteria met, "
+        f"{counts[Outcome.NOT_MET]} not met, {counts[Outcome.UNDETERMINED]} undetermined "
+        f"as of {as_of}"
+    )
+    research_subject = {
+        "resourceType": "ResearchSubject",
+        "text": _narrative(f"Screening result for {protocol.id}: {summary}."),
+        "status": status.value,
+        "study": study,
+        "individual": subject,
+    }
+
+    outcome_urn = _urn() if evaluation.issues else None
+    needs, needs_text = _data_requirements(evaluation)
+    guidance: dict[str, Any] = {
+        "resourceType": "GuidanceResponse",
+        "moduleUri": protocol.versioned_canonical,
+        "status": "data-required" if counts[Outcome.UNDETERMINED] else "success",
+        "subject": subject,
+        "occurrenceDateTime": recorded,
+        "note": [{"text": summary}, *({"text": f"Needed: {t}"} for t in needs_text)],
+    }
+    if outcome_urn:
+        guidance["evaluationMessage"] = [{"reference": outcome_urn}]
+    if needs:
+        guidance["dataRequirement"] = needs
+
+    provenance = {
+        "resourceType": "Provenance",
+        "target": [{"reference": urn} for urn in criterion_urns],
+        "recorded": recorded,
+        "agent": [
+            {
+                "type": {"coding": [{"system": PROVENANCE_ROLE, "code": "assembler"}]},
+                "who": {"display": f"{SERVICE_NAME} {__version__}"},
+            }
+        ],
+        "entity": [
+            {"role": "source", "what": {"reference": src.reference, "type": src.resource_type}}
+            for src in evaluation.sources
+        ],
+    }
+
+    bundle_entries = [{"fullUrl": _urn(), "resource": research_subject}, *entries]
+    bundle_entries.append({"fullUrl": _urn(), "resource": guidance})
+    bundle_entries.append({"fullUrl": _urn(), "resource": provenance})
+    if outcome_urn:
+        bundle_entries.append(
+            {"fullUrl": outcome_urn, "resource": operation_outcome(evaluation.issues)}
+        )
+    return {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "timestamp": recorded,
+        "entry": bundle_entries,
+    }
+
+
+def _criterion_observation(
+    result: CriterionResult,
+    protocol: Protocol,
+    study: dict[str, Any],
+    subject: dict[str, Any],
+    as_of: str,
+    member_urns: list[str],
+) -> dict[str, Any]:
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {
+            "coding": [
+                {
+                    "system": protocol.criteria_system,
+                    "code": result.code,
+                    "display": protocol.criterion_display(result.code),
+                }
+            ]
+        },
+        "subject": subject,
+        "focus": [study],
+        "effectiveDateTime": as_of,
+    }
+    if result.outcome is Outcome.UNDETERMINED:
+        obs["dataAbsentReason"] = {
+            "coding": [{"system": DATA_ABSENT, "code": "unknown", "display": "Unknown"}],
+            "text": "undetermined",
+        }
+    else:
+        display = "Criterion met" if result.outcome is Outcome.MET else "Criterion not met"
+        obs["valueCodeableConcept"] = {
+            "coding": [
+                {"system": protocol.result_system, "code": result.outcome.value, "display": display}
+            ]
+        }
+    obs["note"] = [{"text": result.reason}]
+    derived = [
+        {"reference": e.reference}
+        for e in dict.fromkeys(result.evidence)
+        if e.resource_type in DERIVED_FROM_TYPES
+    ]
+    if derived:
+        obs["derivedFrom"] = derived
+    if member_urns:
+        obs["hasMember"] = [{"reference": urn} for urn in member_urns]
+    return obs
+
+
+def _data_requirements(evaluation: Evaluation) -> tuple[list[dict[str, Any]], list[str]]:
+    """What data would resolve the undetermined criteria, and the same in words."""
+    seen: dict[tuple[str, str | None], dict[str, Any]] = {}
+    notes: list[str] = []
+    stack = list(evaluation.results)
+    while stack:
+        result = stack.pop(0)
+        stack.extend(result.members)
+        if result.outcome is not Outcome.UNDETERMINED:
+            continue
+        for need in result.needs:
+            key = (need.resource_type, need.valueset)
+            if key in seen:
+                continue
+            requirement: dict[str, Any] = {"type": need.resource_type}
+            if need.valueset:
+                requirement["codeFilter"] = [{"path": "code", "valueSet": need.valueset}]
+            seen[key] = requirement
+            if need.description:
+                notes.append(need.description)
+    return list(seen.values()), notes
+
+
+def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
+    """Warnings and errors as an OperationOutcome; expressions name resources, never PHI."""
+    out = []
+    for issue in issues:
+        where = f"{issue.expression}: " if issue.expression else ""
+        out.append(
+            {
+                "severity": issue.severity.value,
+                "code": issue.code,
+                "diagnostics": f"{where}{issue.message}",
+            }
+        )
+    return {"resourceType": "OperationOutcome", "issue": out}
+
+
+def status_display(status: SubjectStatus) -> str:
+    return status.value.replace("-", " ")

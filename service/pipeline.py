@@ -1,0 +1,98 @@
+"""One evaluation from end to end: input (bytes, Bundle or fetched data) to result Bundle.
+
+Both the HTTP API and the CLI call these, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import orjson
+
+from service.clinical.dates import today
+from service.clinical.engine import evaluate
+from service.clinical.evaluation import Evaluation
+from service.output import result_bundle
+from service.protocol import Protocol
+from service.record import InputError, PatientRecord, record_from_bundle, record_from_resources
+
+
+def parse_json(body: bytes | str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"the input is not valid JSON ({exc.args[0].split(':')[0]})") from None
+
+
+def unwrap_parameters(resource: Any) -> tuple[Any, date | None, str | None]:
+    """A ``Parameters`` body carries the Bundle in ``patientData`` and optional ``asOf``."""
+    if not (isinstance(resource, dict) and resource.get("resourceType") == "Parameters"):
+        return resource, None, None
+    bundle = as_of = patient = None
+    for param in resource.get("parameter") or ():
+        if not isinstance(param, dict):
+            continue
+        name = param.get("name")
+        if name == "patientData":
+            bundle = param.get("resource")
+        elif name == "asOf":
+            as_of = parse_as_of(param.get("valueDate") or param.get("valueDateTime"))
+        elif name == "patient":
+            patient = param.get("valueString") or param.get("valueId")
+    if bundle is None:
+        raise InputError("Parameters has no 'patientData' parameter with a Bundle")
+    return bundle, as_of, patient
+
+
+def parse_as_of(value: Any) -> date:
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value)[:10])
+    except ValueError:
+        raise InputError(f"asOf must be a date YYYY-MM-DD, got {value!r}") from None
+
+
+def evaluate_record(
+    record: PatientRecord, protocol: Protocol, as_of: date | None
+) -> tuple[Evaluation, dict[str, Any]]:
+    evaluation = evaluate(record, protocol, as_of or today())
+    return evaluation, result_bundle(evaluation, protocol)
+
+
+def evaluate_body(
+    body: bytes | str,
+    protocol: Protocol,
+    *,
+    as_of: date | None = None,
+    patient_id: str | None = None,
+) -> tuple[Evaluation, dict[str, Any]]:
+    """Bytes of a Bundle (or Parameters) in, the evaluation and its result Bundle out."""
+    return evaluate_resource(parse_json(body), protocol, as_of=as_of, patient_id=patient_id)
+
+
+def evaluate_resource(
+    resource: Any,
+    protocol: Protocol,
+    *,
+    as_of: date | None = None,
+    patient_id: str | None = None,
+) -> tuple[Evaluation, dict[str, Any]]:
+    """A decoded Bundle (or Parameters) in, the evaluation and its result Bundle out."""
+    bundle, param_as_of, param_patient = unwrap_parameters(resource)
+    record = record_from_bundle(bundle, protocol, patient_id or param_patient)
+    return evaluate_record(record, protocol, as_of or param_as_of)
+
+
+def evaluate_fetched(
+    patient: dict[str, Any],
+    resources: list[dict[str, Any]],
+    protocol: Protocol,
+    *,
+    as_of: date | None,
+    issues=(),
+    truncated: frozenset[str] = frozenset(),
+) -> tuple[Evaluation, dict[str, Any]]:
+    record = record_from_resources(patient, resources, protocol, issues=issues, truncated=truncated)
+    return evaluate_record(record, protocol, as_of)

@@ -1,0 +1,163 @@
+"""FHIR endpoints: the $eligibility operation (bundle and pull mode), the protocol resources."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, HTTPException, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from fhir_mappings import MAPPINGS_DIR
+from service import __version__
+from service.clinical.dates import today
+from service.fhir.client import client_for
+from service.fhir.fetch import fetch_patient
+from service.fhir_response import ACCEPTED_CONTENT_TYPES, FhirResponse
+from service.pipeline import evaluate_body, evaluate_fetched, parse_as_of
+from service.protocol import Protocol
+
+router = APIRouter()
+
+# Bodies larger than this are evaluated off the event loop so health checks stay responsive.
+_INLINE_BODY_BYTES = 256 * 1024
+_OPERATION = orjson.loads((MAPPINGS_DIR / "OperationDefinition-eligibility.json").read_bytes())
+
+
+def _protocol(request: Request) -> Protocol:
+    return request.app.state.protocol
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_content_type(request: Request) -> None:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in ACCEPTED_CONTENT_TYPES:
+        raise HTTPException(415, "send application/fhir+json or application/json")
+
+
+AsOf = Annotated[str | None, Query(alias="asOf", description="Evaluation date, YYYY-MM-DD")]
+
+
+@router.post("/$eligibility", response_class=FhirResponse, tags=["eligibility"])
+async def eligibility_from_bundle(
+    request: Request, as_of: AsOf = None, patient: str | None = None
+) -> FhirResponse:
+    """Evaluate a patient from a posted Bundle (or a Parameters with ``patientData``)."""
+    _check_content_type(request)
+    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    day = parse_as_of(as_of) if as_of else None
+    args = (body, _protocol(request))
+    kwargs = {"as_of": day, "patient_id": patient}
+    if len(body) > _INLINE_BODY_BYTES:
+        _, bundle = await run_in_threadpool(evaluate_body, *args, **kwargs)
+    else:
+        _, bundle = evaluate_body(*args, **kwargs)
+    return FhirResponse(bundle)
+
+
+@router.get("/Patient/{patient_id}/$eligibility", response_class=FhirResponse, tags=["eligibility"])
+async def eligibility_from_server(
+    request: Request, patient_id: str, as_of: AsOf = None
+) -> FhirResponse:
+    """Pull the patient's data from the configured FHIR server (or the demo store) and evaluate."""
+    settings = request.app.state.settings
+    protocol = _protocol(request)
+    day = parse_as_of(as_of) if as_of else today()
+    async with client_for(settings) as client:
+        fetched = await fetch_patient(client, protocol, patient_id, day)
+    _, bundle = evaluate_fetched(
+        fetched.patient,
+        fetched.resources,
+        protocol,
+        as_of=day,
+        issues=fetched.issues,
+        truncated=fetched.truncated,
+    )
+    return FhirResponse(bundle)
+
+
+def _by_id(resources: list[dict[str, Any]], resource_id: str) -> FhirResponse:
+    for resource in resources:
+        if resource.get("id") == resource_id:
+            return FhirResponse(resource)
+    raise HTTPException(404, "no such resource")
+
+
+@router.get("/ResearchStudy/{resource_id}", response_class=FhirResponse, tags=["protocol"])
+async def research_study(request: Request, resource_id: str) -> FhirResponse:
+    return _by_id([_protocol(request).research_study], resource_id)
+
+
+@router.get("/Questionnaire/{resource_id}", response_class=FhirResponse, tags=["protocol"])
+async def questionnaire(request: Request, resource_id: str) -> FhirResponse:
+    return _by_id([_protocol(request).questionnaire], resource_id)
+
+
+@router.get("/ValueSet/{resource_id}", response_class=FhirResponse, tags=["protocol"])
+async def value_set(request: Request, resource_id: str) -> FhirResponse:
+    return _by_id([vs.resource for vs in _protocol(request).valuesets.values()], resource_id)
+
+
+@router.get("/CodeSystem/{resource_id}", response_class=FhirResponse, tags=["protocol"])
+async def code_system(request: Request, resource_id: str) -> FhirResponse:
+    p = _protocol(request)
+    return _by_id([p.criteria_codesystem, p.result_codesystem], resource_id)
+
+
+@router.get("/OperationDefinition/{resource_id}", response_class=FhirResponse, tags=["protocol"])
+async def operation_definition(resource_id: str) -> FhirResponse:
+    return _by_id([_OPERATION], resource_id)
+
+
+@router.get("/metadata", response_class=FhirResponse, tags=["service"])
+async def metadata(request: Request) -> FhirResponse:
+    read = [{"code": "read"}]
+    resources = [
+        {"type": t, "interaction": read}
+        for t in ("ResearchStudy", "Questionnaire", "ValueSet", "CodeSystem", "OperationDefinition")
+    ]
+    resources.append(
+        {
+            "type": "Patient",
+            "operation": [{"name": "eligibility", "definition": _OPERATION["url"]}],
+        }
+    )
+    return FhirResponse(
+        {
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": date.today().isoformat(),
+            "kind": "instance",
+            "software": {"name": "cart-eligibility", "version": __version__},
+            "implementation": {"description": "Trial eligibility service (FHIR R4)"},
+            "fhirVersion": "4.0.1",
+            "format": ["application/fhir+json", "json"],
+            "rest": [
+                {
+                    "mode": "server",
+                    "resource": resources,
+                    "operation": [{"name": "eligibility", "definition": _OPERATION["url"]}],
+                }
+            ],
+        }
+    )
+
+
+@router.get("/healthz", tags=["service"])
+async def healthz(request: Request) -> dict[str, str]:
+    return {"status": "ok", "protocol": _protocol(request).versioned_canonical}

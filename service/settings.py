@@ -1,0 +1,72 @@
+"""Configuration from environment variables (prefix ``ELIGIBILITY_``) and an optional ``.env``."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fhir_mappings import DEFAULT_PROTOCOL
+
+
+class TrustedIssuer(BaseModel):
+    """A CDS client allowed to call us: its JWT ``iss`` and where its public keys are."""
+
+    iss: str
+    jwks_url: str | None = None  # fetched (and cached) when set; the only jku we honour
+    jwks: dict | None = None  # or the JWKS inline, exchanged out of band
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ELIGIBILITY_", env_file=".env", extra="ignore", env_nested_delimiter="__"
+    )
+
+    # -- protocol and HTTP API --------------------------------------------
+    protocol_path: Path = DEFAULT_PROTOCOL
+    max_body_bytes: int = 20 * 1024 * 1024
+    public_base_url: str | None = None  # our own URL as clients see it (JWT aud, card links)
+    cors_origins: list[str] = Field(default_factory=list)
+    log_level: str = "INFO"
+
+    # -- pull mode: the FHIR server we read from ----------------------------
+    fhir_base_url: str | None = None  # None: answer from the built-in demo store
+    fhir_auth: Literal["none", "static", "smart"] = "none"
+    fhir_token: SecretStr | None = None  # for fhir_auth=static
+    smart_client_id: str | None = None
+    smart_private_key_path: Path | None = None
+    smart_key_id: str | None = None
+    smart_alg: Literal["RS384", "ES384"] = "ES384"
+    smart_scopes: str = (
+        "system/Patient.rs system/Observation.rs system/Condition.rs system/Procedure.rs "
+        "system/Consent.rs system/QuestionnaireResponse.rs"
+    )
+    connect_timeout: float = 3.0
+    read_timeout: float = 8.0
+    deadline_seconds: float = 10.0
+    retry_attempts: int = 4
+    page_size: int = 200
+    max_pages: int = 50
+    max_entries: int = 10_000
+    max_query_length: int = 1800  # longer GET query strings switch to POST _search
+    allowed_fhir_hosts: list[str] = Field(default_factory=list)
+
+    # -- CDS Hooks ---------------------------------------------------------
+    cds_auth_enabled: bool = True
+    cds_issuers: list[TrustedIssuer] = Field(default_factory=list)
+    cds_allowed_fhir_servers: list[str] = Field(default_factory=list)
+    cds_jwt_algorithms: list[str] = Field(
+        default_factory=lambda: ["ES384", "RS384", "ES256", "RS256"]
+    )
+    cds_jwt_leeway_seconds: int = 30
+    cds_jwks_cache_seconds: int = 300
+    cds_show_ineligible: bool = False
+    cds_eligible_indicator: Literal["info", "warning"] = "warning"
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()

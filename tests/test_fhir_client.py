@@ -1,0 +1,462 @@
+"""FhirClient against respx-mocked servers: paging, caps, retries, deadline, checked responses."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx
+import pytest
+import respx
+import stamina
+
+from service.fhir.auth import BearerAuth
+from service.fhir.client import ClientConfig, FhirClient, retry_after_seconds
+from service.fhir.errors import (
+    DeadlineExceeded,
+    InvalidPatientId,
+    PatientNotFound,
+    UpstreamAuthError,
+    UpstreamError,
+)
+from service.fhir.queries import Query
+
+BASE = "http://fhir.test/fhir"
+PID = "pat-7781"
+OBS_QUERY = Query(
+    "labs",
+    "Observation",
+    (("patient", PID), ("code", "http://loinc.org|1975-2"), ("_sort", "-date")),
+    frozenset({"bilirubin-total"}),
+)
+
+
+@pytest.fixture(autouse=True)
+def fast_retries():
+    """No backoff sleeps; attempts stay as configured (cap=True keeps ClientConfig's limit)."""
+    with stamina.set_testing(True, attempts=100, cap=True):
+        yield
+
+
+def obs(n: int) -> dict:
+    return {"resourceType": "Observation", "id": f"o{n}", "status": "final"}
+
+
+def searchset(resources: list[dict], next_url: str | None = None, extra=()) -> dict:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": [{"relation": "self", "url": f"{BASE}/Observation"}],
+        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources] + list(extra),
+    }
+    if next_url:
+        bundle["link"].append({"relation": "next", "url": next_url})
+    return bundle
+
+
+def make_client(config: ClientConfig | None = None, auth=None) -> FhirClient:
+    return FhirClient(httpx.AsyncClient(), BASE, auth=auth, config=config or ClientConfig())
+
+
+# -- paging -------------------------------------------------------------------------------
+
+
+async def test_paging_follows_next_links_verbatim_across_three_pages():
+    page2 = f"{BASE}?_getpages=abc-123&_getpagesoffset=2&_count=2&_bundletype=searchset"
+    page3 = f"{BASE}?_getpages=abc-123&_getpagesoffset=4&_count=2&_bundletype=searchset"
+    seen: list[str] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        offset = request.url.params.get("_getpagesoffset")
+        if offset is None:
+            return httpx.Response(200, json=searchset([obs(1), obs(2)], page2))
+        if offset == "2":
+            return httpx.Response(200, json=searchset([obs(3), obs(4)], page3))
+        return httpx.Response(200, json=searchset([obs(5)]))
+
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="fhir.test").mock(side_effect=server)
+        async with make_client() as client:
+            result = await client.search(OBS_QUERY)
+
+    assert [r["id"] for r in result.entries] == ["o1", "o2", "o3", "o4", "o5"]
+    assert result.pages == 3 and not result.truncated and result.issues == []
+    assert seen[1:] == [page2, page3]  # exactly as given, not rebuilt
+    first = httpx.URL(seen[0])
+    assert first.path == "/fhir/Observation"
+    assert first.params.get("code") == "http://loinc.org|1975-2"
+    assert first.params.get("_count") == "200"  # page size added by the client
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        "http://evil.test/fhir?_getpages=x",
+        "https://fhir.test/fhir?_getpages=x",
+        "http://fhir.test:8080/fhir?_getpages=x",
+    ],
+)
+async def test_next_link_to_another_origin_is_refused_without_a_request(foreign):
+    with respx.mock(assert_all_called=False) as router:
+        ours = router.get(f"{BASE}/Observation").respond(200, json=searchset([obs(1)], foreign))
+        other = router.route(url__startswith=foreign.split("?")[0]).respond(
+            200, json=searchset([obs(2)])
+        )
+        async with make_client() as client:
+            with pytest.raises(UpstreamError, match="next-page link") as err:
+                await client.search(OBS_QUERY)
+    assert ours.call_count == 1
+    assert other.call_count == 0
+    assert "evil" not in str(err.value) and PID not in str(err.value)
+
+
+async def test_relative_next_link_is_resolved_against_the_current_url():
+    with respx.mock(assert_all_called=False) as router:
+        router.get(f"{BASE}/Observation", params={"page": "2"}).respond(
+            200, json=searchset([obs(2)])
+        )
+        router.get(f"{BASE}/Observation").respond(
+            200, json=searchset([obs(1)], "Observation?page=2")
+        )
+        async with make_client() as client:
+            result = await client.search(OBS_QUERY)
+    assert [r["id"] for r in result.entries] == ["o1", "o2"]
+
+
+async def test_page_cap_truncates_and_reports():
+    def server(request: httpx.Request) -> httpx.Response:
+        n = int(request.url.params.get("p", "0"))
+        return httpx.Response(200, json=searchset([obs(n)], f"{BASE}?p={n + 1}"))
+
+    with respx.mock() as router:
+        router.route(host="fhir.test").mock(side_effect=server)
+        async with make_client(ClientConfig(max_pages=3)) as client:
+            result = await client.search(OBS_QUERY)
+        assert router.calls.call_count == 3  # the 4th page is never requested
+    assert result.truncated and result.pages == 3 and len(result.entries) == 3
+    [issue] = result.issues
+    assert issue.severity == "warning" and issue.code == "incomplete"
+    assert "'labs'" in issue.message and PID not in issue.message
+
+
+async def test_entry_cap_truncates_and_reports():
+    with respx.mock() as router:
+        router.get(f"{BASE}/Observation").respond(
+            200, json=searchset([obs(i) for i in range(5)], f"{BASE}?p=2")
+        )
+        async with make_client(ClientConfig(max_entries=3)) as client:
+            result = await client.search(OBS_QUERY)
+    assert result.truncated and [r["id"] for r in result.entries] == ["o0", "o1", "o2"]
+    assert result.issues and result.issues[0].code == "incomplete"
+
+
+async def test_include_and_outcome_entries():
+    warning = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "warning", "code": "processing", "diagnostics": "slow search"}],
+    }
+    extra = [
+        {"resource": {"resourceType": "Patient", "id": "x"}, "search": {"mode": "include"}},
+        {"resource": warning, "search": {"mode": "outcome"}},
+        {"resource": obs(9)},  # no search.mode: a match
+    ]
+    with respx.mock() as router:
+        router.get(f"{BASE}/Observation").respond(200, json=searchset([obs(1)], extra=extra))
+        async with make_client() as client:
+            result = await client.search(OBS_QUERY)
+    assert [r["id"] for r in result.entries] == ["o1", "o9"]
+    assert [i.message for i in result.issues] == ["FHIR server, 'labs' Observation search; "
+                                                  "parameters: patient, code, _sort, _count: "
+                                                  "slow search"]  # fmt: skip
+
+
+async def test_error_outcome_entry_fails_the_search():
+    bad = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "too-costly"}],
+    }
+    extra = [{"resource": bad, "search": {"mode": "outcome"}}]
+    with respx.mock() as router:
+        router.get(f"{BASE}/Observation").respond(200, json=searchset([obs(1)], extra=extra))
+        async with make_client() as client:
+            with pytest.raises(UpstreamError, match="too-costly"):
+                await client.search(OBS_QUERY)
+
+
+# -- long queries ---------------------------------------------------------------------------
+
+
+async def test_long_query_switches_to_post_search_with_a_form_body():
+    codes = ",".join(f"http://loinc.org|{1000 + i}-{i % 10}" for i in range(120))
+    query = Query("labs", "Observation", (("patient", PID), ("code", codes)), frozenset({"x"}))
+    with respx.mock() as router:
+        post = router.post(f"{BASE}/Observation/_search").respond(200, json=searchset([obs(1)]))
+        async with make_client() as client:
+            result = await client.search(query)
+    assert result.entries == [obs(1)]
+    request = post.calls.last.request
+    assert request.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert request.url.query == b""
+    form = httpx.QueryParams(request.content.decode())
+    assert form.get("patient") == PID and form.get("code") == codes and form.get("_count") == "200"
+
+
+async def test_short_query_stays_get():
+    with respx.mock() as router:
+        get = router.get(f"{BASE}/Observation").respond(200, json=searchset([]))
+        async with make_client(ClientConfig(max_query_length=10_000)) as client:
+            await client.search(OBS_QUERY)
+    assert get.call_count == 1
+
+
+# -- retries --------------------------------------------------------------------------------
+
+
+async def test_429_with_retry_after_then_success():
+    with respx.mock() as router:
+        route = router.get(f"{BASE}/Patient/{PID}").mock(
+            side_effect=[
+                httpx.Response(429, headers={"Retry-After": "1"}),
+                httpx.Response(200, json={"resourceType": "Patient", "id": PID}),
+            ]
+        )
+        async with make_client() as client:
+            patient = await client.read("Patient", PID)
+    assert patient["id"] == PID and route.call_count == 2
+
+
+async def test_retry_after_is_honoured_as_the_backoff(monkeypatch):
+    """Outside stamina's testing mode: the wait before the retry is exactly Retry-After."""
+    stamina.set_testing(False)  # the autouse fixture restores testing mode afterwards
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(delay, *args, **kwargs):
+        slept.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    with respx.mock() as router:
+        router.get(f"{BASE}/Patient/{PID}").mock(
+            side_effect=[
+                httpx.Response(429, headers={"Retry-After": "3"}),
+                httpx.Response(200, json={"resourceType": "Patient", "id": PID}),
+            ]
+        )
+        async with make_client() as client:
+            await client.read("Patient", PID)
+    assert slept == [3.0]
+
+
+async def test_retry_after_beyond_the_deadline_fails_fast():
+    with respx.mock() as router:
+        route = router.get(f"{BASE}/Patient/{PID}").respond(429, headers={"Retry-After": "120"})
+        started = time.perf_counter()
+        async with make_client() as client:
+            with pytest.raises(DeadlineExceeded, match="retry"):
+                await client.read("Patient", PID, key="patient")
+    assert route.call_count == 1 and time.perf_counter() - started < 0.5
+
+
+def test_retry_after_parsing():
+    now = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds(format_datetime(now + timedelta(seconds=30), usegmt=True), now) == 30
+    assert retry_after_seconds(format_datetime(now - timedelta(seconds=30), usegmt=True), now) == 0
+    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+
+
+async def test_503_twice_then_success():
+    with respx.mock() as router:
+        route = router.get(f"{BASE}/Observation").mock(
+            side_effect=[
+                httpx.Response(503),
+                httpx.Response(503),
+                httpx.Response(200, json=searchset([obs(1)])),
+            ]
+        )
+        async with make_client() as client:
+            result = await client.search(OBS_QUERY)
+    assert route.call_count == 3 and result.entries == [obs(1)]
+
+
+async def test_connection_error_is_retried():
+    with respx.mock() as router:
+        route = router.get(f"{BASE}/Observation").mock(
+            side_effect=[httpx.ConnectError("refused"), httpx.Response(200, json=searchset([]))]
+        )
+        async with make_client() as client:
+            await client.search(OBS_QUERY)
+    assert route.call_count == 2
+
+
+async def test_persistent_502_gives_up_after_the_configured_attempts():
+    with respx.mock() as router:
+        route = router.get(f"{BASE}/Observation").respond(502)
+        async with make_client(ClientConfig(retry_attempts=3)) as client:
+            with pytest.raises(UpstreamError, match="HTTP 502") as err:
+                await client.search(OBS_QUERY)
+    assert route.call_count == 3
+    assert err.value.http_status == 502
+    assert "'labs'" in err.value.message and "patient, code" in err.value.message
+    assert PID not in err.value.message and "1975-2" not in err.value.message
+
+
+async def test_other_4xx_is_not_retried():
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "processing", "diagnostics": f"bad {PID}"}],
+    }
+    with respx.mock() as router:
+        route = router.get(f"{BASE}/Observation").respond(400, json=outcome)
+        async with make_client() as client:
+            with pytest.raises(UpstreamError, match="HTTP 400") as err:
+                await client.search(OBS_QUERY)
+    assert route.call_count == 1
+    assert "processing" in err.value.message and PID not in err.value.message
+
+
+async def test_a_slow_server_hits_the_deadline():
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(2)
+        return httpx.Response(200, json=searchset([]))
+
+    with respx.mock(assert_all_called=False) as router:
+        router.get(f"{BASE}/Observation").mock(side_effect=slow)
+        started = time.perf_counter()
+        async with make_client(ClientConfig(deadline_seconds=0.2)) as client:
+            with pytest.raises(DeadlineExceeded) as err:
+                await client.search(OBS_QUERY)
+    elapsed = time.perf_counter() - started
+    assert 0.15 < elapsed < 0.6
+    assert err.value.http_status == 504 and "'labs' Observation search" in err.value.message
+
+
+async def test_the_deadline_is_shared_by_all_requests_of_a_client():
+    async def slowish(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.15)
+        return httpx.Response(200, json={"resourceType": "Patient", "id": PID})
+
+    with respx.mock() as router:
+        router.get(f"{BASE}/Patient/{PID}").mock(side_effect=slowish)
+        async with make_client(ClientConfig(deadline_seconds=0.25)) as client:
+            await client.read("Patient", PID)
+            with pytest.raises(DeadlineExceeded):
+                await client.read("Patient", PID)
+
+
+# -- checked responses ----------------------------------------------------------------------
+
+
+async def test_404_patient_is_patient_not_found():
+    with respx.mock() as router:
+        router.get(f"{BASE}/Patient/{PID}").respond(
+            404, json={"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}
+        )
+        async with make_client() as client:
+            with pytest.raises(PatientNotFound) as err:
+                await client.read("Patient", PID)
+    assert err.value.http_status == 404 and PID not in str(err.value)
+
+
+async def test_401_is_upstream_auth_error():
+    with respx.mock() as router:
+        route = router.get(f"{BASE}/Patient/{PID}").respond(401)
+        async with make_client(auth=BearerAuth("tok-abc")) as client:
+            with pytest.raises(UpstreamAuthError, match="refused our credentials") as err:
+                await client.read("Patient", PID, key="patient")
+    assert err.value.http_status == 502 and route.call_count == 1
+    assert route.calls.last.request.headers["authorization"] == "Bearer tok-abc"
+
+
+async def test_403_is_upstream_auth_error():
+    with respx.mock() as router:
+        router.get(f"{BASE}/Observation").respond(403)
+        async with make_client() as client:
+            with pytest.raises(UpstreamAuthError, match="HTTP 403"):
+                await client.search(OBS_QUERY)
+
+
+async def test_non_json_body_is_a_failure():
+    with respx.mock() as router:
+        router.get(f"{BASE}/Patient/{PID}").respond(
+            200, text="<html>Login</html>", headers={"content-type": "text/html"}
+        )
+        async with make_client() as client:
+            with pytest.raises(UpstreamError, match="not a JSON resource.*text/html"):
+                await client.read("Patient", PID)
+
+
+async def test_operation_outcome_with_error_severity_is_a_failure():
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "fatal", "code": "exception", "diagnostics": "db down"}],
+    }
+    with respx.mock() as router:
+        router.get(f"{BASE}/Observation").respond(200, json=outcome)
+        async with make_client() as client:
+            with pytest.raises(UpstreamError, match="with an error.*exception") as err:
+                await client.search(OBS_QUERY)
+    assert "db down" not in err.value.message
+
+
+async def test_wrong_resource_type_is_a_failure():
+    with respx.mock() as router:
+        router.get(f"{BASE}/Patient/{PID}").respond(200, json=obs(1))
+        router.get(f"{BASE}/Observation").respond(
+            200, json={"resourceType": "Bundle", "type": "batch-response"}
+        )
+        async with make_client() as client:
+            with pytest.raises(UpstreamError, match="a Observation, not a Patient"):
+                await client.read("Patient", PID)
+            with pytest.raises(UpstreamError, match="non-searchset"):
+                await client.search(OBS_QUERY)
+
+
+async def test_a_different_patient_is_a_failure():
+    with respx.mock() as router:
+        router.get(f"{BASE}/Patient/{PID}").respond(
+            200, json={"resourceType": "Patient", "id": "other"}
+        )
+        async with make_client() as client:
+            with pytest.raises(UpstreamError, match="different resource"):
+                await client.read("Patient", PID)
+
+
+async def test_invalid_ids_never_reach_the_server():
+    with respx.mock(assert_all_called=False) as router:
+        route = router.route().respond(200)
+        async with make_client() as client:
+            for bad in ("../Observation", "a b", "x" * 65, ""):
+                with pytest.raises(InvalidPatientId):
+                    await client.read("Patient", bad)
+    assert route.call_count == 0
+
+
+# -- logs -----------------------------------------------------------------------------------
+
+
+async def test_request_logs_are_structured_and_carry_no_values(caplog):
+    caplog.set_level(logging.DEBUG)
+    with respx.mock() as router:
+        router.get(f"{BASE}/Patient/{PID}").respond(
+            200, json={"resourceType": "Patient", "id": PID}
+        )
+        router.get(f"{BASE}/Observation").respond(200, json=searchset([obs(1)]))
+        async with make_client() as client:
+            await client.read("Patient", PID, key="patient")
+            await client.search(OBS_QUERY)
+    records = [r for r in caplog.records if r.name == "service.fhir"]
+    assert len(records) == 2
+    read, search = records
+    assert read.fhir_resource == "Patient" and read.fhir_params == [] and read.status == 200
+    assert search.fhir_resource == "Observation"
+    assert search.fhir_params == ["patient", "code", "_sort", "_count"]
+    assert isinstance(search.elapsed_ms, float) and search.fhir_query == "labs"
+    for record in caplog.records:  # httpx's own URL logging is silenced as well
+        text = record.getMessage() + repr(record.__dict__)
+        assert PID not in text and "1975-2" not in text

@@ -1,0 +1,160 @@
+"""I3 — B-ALL diagnosis, in Condition.code or the mCODE histology extension."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.clinical.model import Outcome
+from tests.builders import (
+    ICD10CM,
+    ICDO3,
+    LOINC,
+    SNOMED,
+    coded_observation,
+    concept,
+    condition,
+    result,
+    run,
+)
+
+HISTOLOGY = "http://hl7.org/fhir/us/mcode/StructureDefinition/mcode-histology-morphology-behavior"
+VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+SAMPLES = Path(__file__).parents[2] / "shared" / "fhir-samples"
+SP_216 = SAMPLES / "pcsp-pancaresurpass/test-and-validation/2022-december/Spain/2-changed_data/sp_216"
+
+
+def i3(*resources):
+    return result(run(*resources), "I3")
+
+
+def cd19_positive() -> dict:
+    return coded_observation("101119-6", LOINC, "LA9633-4", day="2026-11-01")
+
+
+def histology_only(code: str) -> dict:
+    """A Condition with no Condition.code, the morphology only in the mCODE extension."""
+    res = condition(SNOMED, "x")
+    del res["code"]
+    res["extension"] = [{"url": HISTOLOGY, "valueCodeableConcept": concept(ICDO3, code)}]
+    return res
+
+
+def verified(res: dict, status: str) -> dict:
+    res["verificationStatus"] = concept(VERIFICATION, status)
+    return res
+
+
+def test_snomed_b_all_is_met():
+    cond = condition(SNOMED, "277571004", onset="2025-02-03")
+    r = i3(cond)
+    assert r.outcome is Outcome.MET
+    assert "SNOMED CT 277571004" in r.reason and "onset 2025-02-03" in r.reason
+    assert [e.reference for e in r.evidence] == [f"Condition/{cond['id']}"]
+
+
+@pytest.mark.parametrize("code", ["9811/3", "9819/3", "9836/3"])
+def test_icdo3_b_lymphoblastic_codes_are_met(code):
+    r = i3(condition(ICDO3, code))
+    assert r.outcome is Outcome.MET
+    assert code in r.reason
+
+
+def test_histology_extension_is_read():
+    cond = histology_only("9811/3")
+    r = i3(cond)
+    assert r.outcome is Outcome.MET
+    assert "in the histology extension of" in r.reason
+    assert r.evidence[0].reference == f"Condition/{cond['id']}"
+
+
+def test_pcsp_sample_with_morphology_only_in_the_extension_is_met():
+    patient = json.loads((SP_216 / "Patient-47009.json").read_text(encoding="utf-8"))
+    conditions = [
+        json.loads(p.read_text(encoding="utf-8")) for p in sorted(SP_216.glob("Condition-*.json"))
+    ]
+    assert not any(c["id"] == "47010" and "code" in c for c in conditions)  # as published
+    r = i3(patient, *conditions)
+    assert r.outcome is Outcome.MET
+    assert "ICD-O-3 9836/3" in r.reason and "histology extension" in r.reason
+    assert [e.reference for e in r.evidence] == ["Condition/47010"]
+
+
+def test_t_all_only_is_not_met():
+    cond = condition(ICDO3, "9837/3")
+    r = i3(cond)
+    assert r.outcome is Outcome.NOT_MET
+    assert "9837/3" in r.reason and "no B-ALL or ALL diagnosis" in r.reason
+    assert r.evidence[0].reference == f"Condition/{cond['id']}"
+
+
+def test_other_leukemia_is_not_met():
+    r = i3(condition(SNOMED, "91861009"))  # acute myeloid leukemia
+    assert r.outcome is Outcome.NOT_MET
+    assert "91861009" in r.reason
+
+
+def test_no_condition_at_all_is_undetermined():
+    r = i3()
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "no Condition in the record" in r.reason
+    assert r.needs[0].resource_type == "Condition"
+    assert r.needs[0].valueset.endswith("/b-all-diagnosis")
+
+
+@pytest.mark.parametrize("code", ["C91.00", "C91.02"])
+def test_unstated_lineage_with_cd19_positive_is_met(code):
+    cond = condition(ICD10CM, code)
+    cd19 = cd19_positive()
+    r = i3(cond, cd19)
+    assert r.outcome is Outcome.MET
+    assert "without a stated lineage" in r.reason and "B lineage shown by I2" in r.reason
+    assert {e.reference for e in r.evidence} == {
+        f"Condition/{cond['id']}",
+        f"Observation/{cd19['id']}",
+    }
+
+
+def test_unstated_lineage_without_cd19_is_undetermined():
+    r = i3(condition(ICDO3, "9835/3"))
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "9835/3" in r.reason and "I2 is undetermined" in r.reason
+    kinds = [n.resource_type for n in r.needs]
+    assert kinds[0] == "Condition" and "Observation" in kinds
+
+
+def test_unstated_lineage_with_cd19_negative_is_undetermined():
+    negative = coded_observation("101119-6", LOINC, "LA9634-2", day="2026-11-01")
+    r = i3(condition(SNOMED, "91857003"), negative)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "I2 is not met" in r.reason and "does not rule out B lineage" in r.reason
+
+
+def test_refuted_b_all_is_ignored():
+    refuted = verified(condition(SNOMED, "277571004"), "refuted")
+    t_all = condition(ICDO3, "9837/3")
+    r = i3(refuted, t_all)
+    assert r.outcome is Outcome.NOT_MET
+    assert f"Condition/{refuted['id']}" not in {e.reference for e in r.evidence}
+
+
+def test_only_refuted_conditions_is_undetermined():
+    r = i3(verified(condition(SNOMED, "277571004"), "entered-in-error"))
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "refuted or entered in error" in r.reason
+
+
+def test_provisional_diagnosis_counts_but_is_said():
+    r = i3(verified(condition(SNOMED, "277571004"), "provisional"))
+    assert r.outcome is Outcome.MET
+    assert "verification status: provisional" in r.reason
+
+
+def test_text_only_condition_is_not_read():
+    text_only = condition(SNOMED, "x")
+    text_only["code"] = {"text": "B-ALL"}
+    r = i3(text_only)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "text only" in r.reason and f"Condition/{text_only['id']}" in r.reason

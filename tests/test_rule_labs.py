@@ -1,0 +1,234 @@
+"""I6 organ function, I7 blood counts, I8 LVEF: thresholds, units, windows, comparators."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from service.clinical.model import Outcome
+from tests.builders import AS_OF, UCUM, lab, observation, quantity, result, run
+
+MET, NOT_MET, UNDETERMINED = Outcome.MET, Outcome.NOT_MET, Outcome.UNDETERMINED
+
+
+def days_ago(n: int) -> str:
+    return (AS_OF - timedelta(days=n)).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("code", "value", "unit", "criterion", "expected"),
+    [
+        # bilirubin <= 51 umol/L
+        ("14631-6", 51, "umol/L", "I6-bilirubin", MET),  # boundary
+        ("14631-6", 51.1, "umol/L", "I6-bilirubin", NOT_MET),
+        ("1975-2", 2.5, "mg/dL", "I6-bilirubin", MET),  # 42.8 umol/L
+        ("1975-2", 3.5, "mg/dL", "I6-bilirubin", NOT_MET),  # 59.8 umol/L
+        ("14631-6", 0.045, "mmol/L", "I6-bilirubin", MET),
+        # creatinine <= 176.8 umol/L
+        ("14682-9", 176.8, "umol/L", "I6-creatinine", MET),
+        ("2160-0", 2.0, "mg/dL", "I6-creatinine", MET),  # 176.8 at the threshold's precision
+        ("2160-0", 2.1, "mg/dL", "I6-creatinine", NOT_MET),
+        ("14682-9", 0.09, "mmol/L", "I6-creatinine", MET),
+        # ANC >= 0.5 x10^9/L
+        ("751-8", 0.5, "10*9/L", "I7-anc", MET),
+        ("751-8", 0.49, "10*9/L", "I7-anc", NOT_MET),
+        ("751-8", 0.6, "10*3/uL", "I7-anc", MET),
+        ("751-8", 450, "/uL", "I7-anc", NOT_MET),
+        # platelets >= 30 x10^9/L
+        ("777-3", 30, "10*9/L", "I7-platelets", MET),
+        ("777-3", 29, "10*3/uL", "I7-platelets", NOT_MET),
+        ("26515-7", 84, "K/uL", "I7-platelets", MET),
+        # hemoglobin >= 60 g/L
+        ("718-7", 60, "g/L", "I7-hemoglobin", MET),
+        ("718-7", 5.9, "g/dL", "I7-hemoglobin", NOT_MET),
+        ("718-7", 7.2, "g/dl", "I7-hemoglobin", MET),
+        ("59260-0", 4.0, "mmol/L", "I7-hemoglobin", MET),  # 64.4 g/L
+        # LVEF >= 40 %
+        ("10230-1", 40, "%", "I8", MET),
+        ("10230-1", 39.9, "%", "I8", NOT_MET),
+        ("18043-0", 0.55, "1", "I8", MET),  # a fraction counts x100
+    ],
+)
+def test_threshold_and_unit_paths(code, value, unit, criterion, expected):
+    r = result(run(lab(code, value, unit)), criterion)
+    assert r.outcome is expected, r.reason
+    assert r.evidence and r.evidence[0].resource_type == "Observation"
+    assert AS_OF.isoformat() in r.reason
+
+
+def test_note_shows_value_date_conversion_and_threshold():
+    r = result(run(lab("1975-2", 2.5, "mg/dL")), "I6-bilirubin")
+    assert r.reason == "Total bilirubin 2.5 mg/dL (42.8 µmol/L) on 2026-11-20 ≤ 51 µmol/L"
+
+
+def test_unit_text_used_when_no_ucum_code():
+    obs = observation("777-3", value={"value": 84, "unit": "K/ul"})
+    assert result(run(obs), "I7-platelets").outcome is MET
+
+
+def test_kelvin_is_never_read_from_K_per_uL():
+    obs = observation("26515-7", value=quantity(12, "K/uL"))
+    r = result(run(obs), "I7-platelets")
+    assert r.outcome is NOT_MET
+    assert "12" in r.reason
+
+
+def test_unknown_unit_is_undetermined_with_warning():
+    r = result(run(lab("777-3", 150, "bananas/L")), "I7-platelets")
+    assert r.outcome is UNDETERMINED
+    assert any("unit" in i.message for i in r.issues)
+    assert r.needs and r.needs[0].resource_type == "Observation"
+
+
+def test_implausible_value_is_unusable_and_warns_of_unit_error():
+    # Synthea writes ANC 355 10*3/uL when it means 355 /uL
+    r = result(run(lab("751-8", 355, "10*3/uL")), "I7-anc")
+    assert r.outcome is UNDETERMINED
+    assert any("unit error" in i.message for i in r.issues)
+
+
+def test_unusable_newest_lets_older_usable_decide():
+    newer = lab("777-3", 150, "furlongs", day=days_ago(1))
+    older = lab("777-3", 20, "10*9/L", day=days_ago(3))
+    r = result(run(newer, older), "I7-platelets")
+    assert r.outcome is NOT_MET
+    assert r.evidence[0].reference == f"Observation/{older['id']}"
+    assert r.issues  # the newer one is reported
+
+
+def test_older_result_never_overrides_newer():
+    newer = lab("777-3", 20, "10*9/L", day=days_ago(1))
+    older = lab("777-3", 200, "10*9/L", day=days_ago(5))
+    assert result(run(older, newer), "I7-platelets").outcome is NOT_MET
+
+
+@pytest.mark.parametrize(("age", "expected"), [(14, MET), (15, UNDETERMINED)])
+def test_fourteen_day_window(age, expected):
+    r = result(run(lab("777-3", 200, "10*9/L", day=days_ago(age))), "I7-platelets")
+    assert r.outcome is expected
+    if expected is UNDETERMINED:
+        assert "most recent is from" in r.reason
+
+
+@pytest.mark.parametrize(("age", "expected"), [(42, MET), (43, UNDETERMINED)])
+def test_lvef_window_is_42_days(age, expected):
+    assert result(run(lab("10230-1", 55, "%", day=days_ago(age))), "I8").outcome is expected
+
+
+def test_result_after_as_of_is_ignored():
+    r = result(
+        run(lab("777-3", 12, "10*9/L", day=(AS_OF + timedelta(days=1)).isoformat())), "I7-platelets"
+    )
+    assert r.outcome is UNDETERMINED
+    assert r.reason == "no result found"
+
+
+@pytest.mark.parametrize(
+    ("comparator", "value", "expected"),
+    [
+        ("<", 0.5, NOT_MET),  # every value below 0.5 fails ANC >= 0.5
+        (">", 0.4, UNDETERMINED),  # could be 0.45 or 5
+        (">=", 0.5, MET),
+        ("<=", 0.5, UNDETERMINED),  # could be exactly 0.5 or less
+        (">", 0.5, MET),
+    ],
+)
+def test_comparators_on_anc(comparator, value, expected):
+    obs = observation("751-8", value=quantity(value, "10*9/L", comparator=comparator))
+    assert result(run(obs), "I7-anc").outcome is expected
+
+
+def test_comparator_on_bilirubin_upper_limit():
+    below = observation("14631-6", value=quantity(5, "umol/L", comparator="<"))
+    assert result(run(below), "I6-bilirubin").outcome is MET
+
+
+@pytest.mark.parametrize("status", ["preliminary", "registered", "cancelled", "entered-in-error"])
+def test_non_final_status_is_ignored_with_warning(status):
+    r = result(run(lab("777-3", 200, "10*9/L", status=status)), "I7-platelets")
+    assert r.outcome is UNDETERMINED
+    assert any(status in i.message for i in r.issues)
+
+
+@pytest.mark.parametrize("status", ["amended", "corrected"])
+def test_amended_and_corrected_count(status):
+    assert result(run(lab("777-3", 200, "10*9/L", status=status)), "I7-platelets").outcome is MET
+
+
+def test_effective_period_and_issued_are_used_for_time():
+    obs = lab("777-3", 200, "10*9/L")
+    del obs["effectiveDateTime"]
+    obs["effectivePeriod"] = {"start": days_ago(20), "end": days_ago(2)}
+    assert result(run(obs), "I7-platelets").outcome is MET
+    issued = lab("751-8", 1.0, "10*9/L")
+    del issued["effectiveDateTime"]
+    issued["issued"] = f"{days_ago(1)}T10:00:00Z"
+    assert result(run(issued), "I7-anc").outcome is MET
+
+
+def test_no_time_is_unusable():
+    obs = lab("777-3", 200, "10*9/L")
+    del obs["effectiveDateTime"]
+    r = result(run(obs), "I7-platelets")
+    assert r.outcome is UNDETERMINED
+    assert any("time" in i.message for i in r.issues)
+
+
+# -- ALT / AST against the upper limit of normal -----------------------------------------
+
+
+def test_alt_exactly_three_times_uln_is_met():
+    obs = lab(
+        "1742-6",
+        120,
+        "U/L",
+        referenceRange=[{"high": {"value": 40, "unit": "U/L", "system": UCUM, "code": "U/L"}}],
+    )
+    r = result(run(obs), "I6-alt")
+    assert r.outcome is MET
+    assert "ULN from the result" in r.reason
+
+
+def test_ast_above_three_times_result_uln_is_not_met():
+    obs = lab(
+        "1920-8", 100, "U/L", referenceRange=[{"high": {"value": 33}}]
+    )  # bare high: same unit
+    r = result(run(obs), "I6-ast")
+    assert r.outcome is NOT_MET
+    assert "99" in r.reason  # 3 x 33
+
+
+def test_default_uln_is_stated_when_no_reference_range():
+    r = result(run(lab("1742-6", 110, "IU/L")), "I6-alt")  # Synthea style; IU/L == U/L
+    assert r.outcome is MET  # 110 <= 3 x 40
+    assert "protocol default ULN" in r.reason
+
+
+def test_alt_over_default_uln():
+    assert result(run(lab("1742-6", 121, "U/L")), "I6-alt").outcome is NOT_MET
+
+
+# -- panels ----------------------------------------------------------------------------
+
+
+def _blood_counts(platelets: float | None) -> list[dict]:
+    res = [lab("751-8", 1.2, "10*9/L"), lab("718-7", 95, "g/L")]
+    if platelets is not None:
+        res.append(lab("777-3", platelets, "10*9/L"))
+    return res
+
+
+@pytest.mark.parametrize(
+    ("platelets", "expected"), [(100, MET), (10, NOT_MET), (None, UNDETERMINED)]
+)
+def test_panel_combines_members(platelets, expected):
+    panel = result(run(*_blood_counts(platelets)), "I7")
+    assert panel.outcome is expected
+    assert [m.code for m in panel.members] == ["I7-anc", "I7-platelets", "I7-hemoglobin"]
+
+
+def test_not_met_member_beats_undetermined_member():
+    r = result(run(lab("777-3", 10, "10*9/L")), "I7")
+    assert r.outcome is NOT_MET
+    assert "I7-platelets" in r.reason
