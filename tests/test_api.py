@@ -172,7 +172,8 @@ def test_errors_never_leak_stack_traces(client, monkeypatch):
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(service.routes, "evaluate_body", boom)
-    r = client.post("/$eligibility", content=orjson.dumps(bundle(patient())), headers=FHIR)
+    raw = TestClient(client.app, raise_server_exceptions=False)
+    r = raw.post("/$eligibility", content=orjson.dumps(bundle(patient())), headers=FHIR)
     assert r.status_code == 500
     assert "secret" not in r.text and "Traceback" not in r.text
 

@@ -136,7 +136,15 @@ def test_summary_uses_the_short_title_from_protocol_data(protocol: Protocol) -> 
 
 
 def test_short_title_may_come_from_the_protocol_file(protocol: Protocol) -> None:
-    other = dataclasses.replace(protocol, general={**protocol.general, "short_title": "Trial X"})
+    study = {
+        **protocol.research_study,
+        "extension": [
+            e for e in protocol.research_study["extension"] if not e["url"].endswith(".label")
+        ],
+    }
+    other = dataclasses.replace(
+        protocol, research_study=study, general={**protocol.general, "short_title": "Trial X"}
+    )
     assert trial_name(other) == "Trial X"
 
 

@@ -23,9 +23,8 @@ from service.fhir.auth import (
     supports_v2,
     to_v1_scopes,
 )
-from service.fhir.client import ClientConfig, FhirClient
+from service.fhir.client import ClientConfig, FhirClient, client_for
 from service.fhir.errors import FhirConfigError, UpstreamAuthError
-from service.fhir.fetch import client_for
 from service.settings import Settings
 
 BASE = "https://fhir.test/r4"

@@ -154,6 +154,22 @@ async def test_entry_cap_truncates_and_reports():
     assert result.issues and result.issues[0].code == "incomplete"
 
 
+async def test_fewer_entries_than_bundle_total_is_reported_as_truncated():
+    bundle = searchset([obs(1), obs(2)])
+    bundle["total"] = 5  # but no next link
+    with respx.mock() as router:
+        router.get(f"{BASE}/Observation").respond(200, json=bundle)
+        async with make_client() as client:
+            result = await client.search(OBS_QUERY)
+    assert result.truncated and "reported 5 matches but returned 2" in result.issues[0].message
+    bundle["total"] = 2
+    with respx.mock() as router:
+        router.get(f"{BASE}/Observation").respond(200, json=bundle)
+        async with make_client() as client:
+            result = await client.search(OBS_QUERY)
+    assert not result.truncated and result.issues == []
+
+
 async def test_include_and_outcome_entries():
     warning = {
         "resourceType": "OperationOutcome",
@@ -446,13 +462,16 @@ async def test_request_logs_are_structured_and_carry_no_values(caplog):
         router.get(f"{BASE}/Patient/{PID}").respond(
             200, json={"resourceType": "Patient", "id": PID}
         )
-        router.get(f"{BASE}/Observation").respond(200, json=searchset([obs(1)]))
+        router.get(f"{BASE}/Observation").mock(
+            side_effect=[httpx.Response(503), httpx.Response(200, json=searchset([obs(1)]))]
+        )
         async with make_client() as client:
             await client.read("Patient", PID, key="patient")
             await client.search(OBS_QUERY)
     records = [r for r in caplog.records if r.name == "service.fhir"]
-    assert len(records) == 2
-    read, search = records
+    assert [r.status for r in records] == [200, 503, 200]
+    assert any(r.name == "stamina" for r in caplog.records)  # the retry was logged too
+    read, _, search = records
     assert read.fhir_resource == "Patient" and read.fhir_params == [] and read.status == 200
     assert search.fhir_resource == "Observation"
     assert search.fhir_params == ["patient", "code", "_sort", "_count"]

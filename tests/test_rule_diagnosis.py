@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from service.clinical.engine import evaluate
 from service.clinical.model import Outcome
+from service.protocol import default_protocol
+from service.record import record_from_resources
 from tests.builders import (
+    AS_OF,
     ICD10CM,
     ICDO3,
     LOINC,
@@ -16,6 +20,7 @@ from tests.builders import (
     coded_observation,
     concept,
     condition,
+    patient,
     result,
     run,
 )
@@ -23,7 +28,9 @@ from tests.builders import (
 HISTOLOGY = "http://hl7.org/fhir/us/mcode/StructureDefinition/mcode-histology-morphology-behavior"
 VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 SAMPLES = Path(__file__).parents[2] / "shared" / "fhir-samples"
-SP_216 = SAMPLES / "pcsp-pancaresurpass/test-and-validation/2022-december/Spain/2-changed_data/sp_216"
+SP_216 = (
+    SAMPLES / "pcsp-pancaresurpass/test-and-validation/2022-december/Spain/2-changed_data/sp_216"
+)
 
 
 def i3(*resources):
@@ -71,12 +78,12 @@ def test_histology_extension_is_read():
 
 
 def test_pcsp_sample_with_morphology_only_in_the_extension_is_met():
-    patient = json.loads((SP_216 / "Patient-47009.json").read_text(encoding="utf-8"))
+    pcsp_patient = json.loads((SP_216 / "Patient-47009.json").read_text(encoding="utf-8"))
     conditions = [
         json.loads(p.read_text(encoding="utf-8")) for p in sorted(SP_216.glob("Condition-*.json"))
     ]
     assert not any(c["id"] == "47010" and "code" in c for c in conditions)  # as published
-    r = i3(patient, *conditions)
+    r = i3(pcsp_patient, *conditions)
     assert r.outcome is Outcome.MET
     assert "ICD-O-3 9836/3" in r.reason and "histology extension" in r.reason
     assert [e.reference for e in r.evidence] == ["Condition/47010"]
@@ -158,3 +165,19 @@ def test_text_only_condition_is_not_read():
     r = i3(text_only)
     assert r.outcome is Outcome.UNDETERMINED
     assert "text only" in r.reason and f"Condition/{text_only['id']}" in r.reason
+
+
+def test_condition_with_onset_after_the_evaluation_date_is_ignored():
+    r = i3(condition(SNOMED, "277571004", onset="2027-01-05"))
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "no Condition with an onset on or before 2026-11-20" in r.reason
+
+
+def test_a_truncated_condition_search_makes_a_met_undetermined():
+    protocol = default_protocol()
+    record = record_from_resources(
+        patient(), [condition(SNOMED, "277571004")], protocol, truncated=frozenset({"Condition"})
+    )
+    r = result(evaluate(record, protocol, AS_OF), "I3")
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "truncated" in r.reason

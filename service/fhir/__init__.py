@@ -1,6 +1,6 @@
 """FHIR server access (httpx, async). Knows nothing about the trial beyond the query plan."""
 
-from service.fhir.client import ClientConfig, FhirClient, SearchResult
+from service.fhir.client import ClientConfig, FhirClient, SearchResult, client_for, close_clients
 from service.fhir.errors import (
     DeadlineExceeded,
     FhirConfigError,
@@ -10,7 +10,7 @@ from service.fhir.errors import (
     UpstreamAuthError,
     UpstreamError,
 )
-from service.fhir.fetch import FetchResult, aclose_clients, client_for, fetch_patient
+from service.fhir.fetch import FetchResult, fetch_patient
 from service.fhir.queries import Query, plan_queries, prefetch_templates
 
 __all__ = [
@@ -26,7 +26,7 @@ __all__ = [
     "SearchResult",
     "UpstreamAuthError",
     "UpstreamError",
-    "aclose_clients",
+    "close_clients",
     "client_for",
     "fetch_patient",
     "plan_queries",

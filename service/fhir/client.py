@@ -3,6 +3,11 @@
 It knows nothing about the trial. Every failure becomes a ``FhirError`` with a safe message;
 nothing partial is returned as if complete (a search cut by a cap says so in
 ``SearchResult.truncated``).
+
+``client_for`` hands out a ``FhirClient`` per evaluation over one pooled ``httpx.AsyncClient``
+per FHIR base (kept for the service's lifetime, per event loop). Credentials are chosen per
+client: a caller's token (CDS Hooks) lives only in that client; SMART tokens are shared per
+base because they belong to the service, not to a user.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,9 +28,11 @@ import orjson
 import stamina
 
 from service.clinical.model import Issue, Severity
-from service.fhir.auth import FhirAuth, NoAuth
+from service.fhir.auth import BearerAuth, FhirAuth, NoAuth, SmartBackendAuth, load_private_key
+from service.fhir.demo_store import DEMO_BASE_URL, demo_transport
 from service.fhir.errors import (
     DeadlineExceeded,
+    FhirConfigError,
     PatientNotFound,
     UpstreamAuthError,
     UpstreamError,
@@ -80,6 +88,8 @@ class SearchResult:
     truncated: bool = False  # a cap (pages or entries) cut the search short
     issues: list[Issue] = field(default_factory=list)
     pages: int = 0
+    total: int | None = None  # Bundle.total of the first page, when the server sent one
+    received: int = 0  # match entries received, including any ignored
 
 
 class _Retryable(Exception):
@@ -202,13 +212,20 @@ class FhirClient:
         if len(encoded) > self.config.max_query_length:
             url = self._base.join(f"{rtype}/_search")
             resp = await self._request(
-                "POST", url, what=what, resource_type=rtype, key=key, names=names,
-                content=encoded.encode(), content_type=FORM,
-            )  # fmt: skip
+                "POST",
+                url,
+                what=what,
+                resource_type=rtype,
+                key=key,
+                names=names,
+                content=encoded.encode(),
+                content_type=FORM,
+            )
         else:
             url = self._base.join(rtype).copy_with(query=encoded.encode())
-            resp = await self._request("GET", url, what=what, resource_type=rtype, key=key,
-                                       names=names)  # fmt: skip
+            resp = await self._request(
+                "GET", url, what=what, resource_type=rtype, key=key, names=names
+            )
 
         result = SearchResult(entries=[])
         cfg = self.config
@@ -219,6 +236,8 @@ class FhirClient:
                     f"the FHIR server answered the {what} with a non-searchset Bundle"
                 )
             result.pages += 1
+            if result.pages == 1 and isinstance(bundle.get("total"), int):
+                result.total = bundle["total"]
             self._collect(bundle, rtype, what, result)
             if len(result.entries) > cfg.max_entries:
                 del result.entries[cfg.max_entries :]
@@ -231,9 +250,21 @@ class FhirClient:
                 result.truncated = True
                 break
             page_names = tuple(dict.fromkeys(k for k, _ in next_url.params.multi_items()))
-            resp = await self._request("GET", next_url, what=what, resource_type=rtype, key=key,
-                                       names=page_names)  # fmt: skip
-        if result.truncated:
+            resp = await self._request(
+                "GET", next_url, what=what, resource_type=rtype, key=key, names=page_names
+            )
+        if not result.truncated and result.total is not None and result.total > result.received:
+            # The server counted more matches than it let us page through: data is missing.
+            result.truncated = True
+            result.issues.append(
+                Issue(
+                    Severity.WARNING,
+                    "incomplete",
+                    f"The {what} reported {result.total} matches but returned "
+                    f"{result.received}; the result is incomplete.",
+                )
+            )
+        elif result.truncated:
             result.issues.append(
                 Issue(
                     Severity.WARNING,
@@ -257,13 +288,14 @@ class FhirClient:
                 continue
             if mode not in (None, "match"):
                 continue  # "include" entries are not ours to use; "outcome" handled above
+            result.received += 1
             if resource.get("resourceType") != rtype:
+                other = str(resource.get("resourceType"))[:40]
                 result.issues.append(
                     Issue(
                         Severity.WARNING,
                         "processing",
-                        f"The {what} returned a {resource.get('resourceType')} as a match; "
-                        "it was ignored.",
+                        f"The {what} returned a {other} as a match; it was ignored.",
                     )
                 )
                 continue
@@ -424,6 +456,9 @@ class FhirClient:
         except httpx.TransportError as exc:
             status = type(exc).__name__
             raise
+        except asyncio.CancelledError:
+            status = "cancelled"  # the deadline, or a sibling query failed first
+            raise
         finally:
             elapsed = round((time.perf_counter() - started) * 1000, 1)
             log.info(
@@ -434,3 +469,92 @@ class FhirClient:
                 elapsed,
                 extra={**log_extra, "status": status, "elapsed_ms": elapsed},
             )
+
+
+# -- clients --------------------------------------------------------------------------------
+
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _loop_cache() -> dict[Any, Any]:
+    """Pools are tied to the event loop that opened their connections."""
+    loop = asyncio.get_running_loop()
+    cache = _pools.get(loop)
+    if cache is None:
+        cache = _pools[loop] = {}
+    return cache
+
+
+def _http_for(base: str, settings: Settings) -> httpx.AsyncClient:
+    cache = _loop_cache()
+    key = ("http", base)
+    http = cache.get(key)
+    if http is None or http.is_closed:
+        if base == DEMO_BASE_URL:
+            http = httpx.AsyncClient(transport=demo_transport())
+        else:
+            http = httpx.AsyncClient(
+                timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+                limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+                follow_redirects=False,  # a redirect could carry our token elsewhere
+            )
+        cache[key] = http
+    return http
+
+
+def _settings_auth(settings: Settings, base: str, http: httpx.AsyncClient) -> FhirAuth:
+    if settings.fhir_auth == "static":
+        if settings.fhir_token is None:
+            raise FhirConfigError("fhir_auth=static needs ELIGIBILITY_FHIR_TOKEN")
+        return BearerAuth(settings.fhir_token.get_secret_value())
+    if settings.fhir_auth == "smart":
+        if not settings.smart_client_id or not settings.smart_private_key_path:
+            raise FhirConfigError("fhir_auth=smart needs a client id and a private key path")
+        cache = _loop_cache()
+        key = ("smart", base, settings.smart_client_id, settings.smart_alg, settings.smart_scopes)
+        auth = cache.get(key)
+        if auth is None:
+            auth = cache[key] = SmartBackendAuth(
+                http,
+                base,
+                client_id=settings.smart_client_id,
+                private_key=load_private_key(settings.smart_private_key_path),
+                alg=settings.smart_alg,
+                kid=settings.smart_key_id,
+                scopes=settings.smart_scopes,
+            )
+        return auth
+    return NoAuth()
+
+
+def client_for(
+    settings: Settings, *, bearer_token: str | None = None, base_url: str | None = None
+) -> FhirClient:
+    """A client for one evaluation (use ``async with``); call from inside the event loop.
+
+    ``base_url`` (CDS Hooks ``fhirServer``) overrides the configured base; the configured
+    credentials are only ever sent to the configured base, never to another server.
+    ``bearer_token`` (CDS Hooks ``fhirAuthorization.access_token``) is used for this client
+    only. With no base at all, the built-in demo store answers.
+    """
+    base = (base_url or settings.fhir_base_url or DEMO_BASE_URL).rstrip("/")
+    http = _http_for(base, settings)
+    configured = (settings.fhir_base_url or "").rstrip("/")
+    auth: FhirAuth
+    if bearer_token:
+        auth = BearerAuth(bearer_token)
+    elif base == configured:
+        auth = _settings_auth(settings, base, http)
+    else:
+        auth = NoAuth()
+    return FhirClient(http, base, auth=auth, config=ClientConfig.from_settings(settings))
+
+
+async def close_clients() -> None:
+    """Close this loop's pooled connections (application shutdown)."""
+    cache = _pools.pop(asyncio.get_running_loop(), {})
+    for value in cache.values():
+        if isinstance(value, httpx.AsyncClient):
+            await value.aclose()

@@ -1,30 +1,24 @@
 """Fetch everything one evaluation needs for one patient, all queries at once.
 
-``client_for`` hands out a ``FhirClient`` per evaluation over one pooled ``httpx.AsyncClient``
-per FHIR base (kept for the service's lifetime, per event loop). Credentials are chosen per
-client: a caller's token (CDS Hooks) lives only in that client; SMART tokens are shared per
-base because they belong to the service, not to a user.
+Every query of the plan runs concurrently under the client's single deadline; the first
+failure cancels the rest and is raised. A result is returned only when every query finished.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-import httpx
-
 from service.clinical.model import Issue
-from service.fhir.auth import BearerAuth, FhirAuth, NoAuth, SmartBackendAuth, load_private_key
-from service.fhir.client import ClientConfig, FhirClient, SearchResult
-from service.fhir.demo_store import DEMO_BASE_URL, demo_transport
-from service.fhir.errors import FhirConfigError, FhirError, PatientNotFound
+from service.fhir.client import FhirClient, SearchResult, client_for, close_clients
+from service.fhir.errors import FhirError, PatientNotFound
 from service.fhir.queries import Query, check_id, plan_queries
 from service.protocol import Protocol
-from service.settings import Settings
+
+__all__ = ["FetchResult", "client_for", "close_clients", "fetch_patient"]
 
 
 @dataclass
@@ -111,92 +105,3 @@ def _pick(errors: tuple[BaseException, ...]) -> BaseException:
             if isinstance(e, kind):
                 return e
     return flat[0]
-
-
-# -- clients --------------------------------------------------------------------------------
-
-_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, Any]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _loop_cache() -> dict[Any, Any]:
-    """Pools are tied to the event loop that opened their connections."""
-    loop = asyncio.get_running_loop()
-    cache = _pools.get(loop)
-    if cache is None:
-        cache = _pools[loop] = {}
-    return cache
-
-
-def _http_for(base: str, settings: Settings) -> httpx.AsyncClient:
-    cache = _loop_cache()
-    key = ("http", base)
-    http = cache.get(key)
-    if http is None or http.is_closed:
-        if base == DEMO_BASE_URL:
-            http = httpx.AsyncClient(transport=demo_transport())
-        else:
-            http = httpx.AsyncClient(
-                timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
-                limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
-                follow_redirects=False,  # a redirect could carry our token elsewhere
-            )
-        cache[key] = http
-    return http
-
-
-def _settings_auth(settings: Settings, base: str, http: httpx.AsyncClient) -> FhirAuth:
-    if settings.fhir_auth == "static":
-        if settings.fhir_token is None:
-            raise FhirConfigError("fhir_auth=static needs ELIGIBILITY_FHIR_TOKEN")
-        return BearerAuth(settings.fhir_token.get_secret_value())
-    if settings.fhir_auth == "smart":
-        if not settings.smart_client_id or not settings.smart_private_key_path:
-            raise FhirConfigError("fhir_auth=smart needs a client id and a private key path")
-        cache = _loop_cache()
-        key = ("smart", base, settings.smart_client_id, settings.smart_alg, settings.smart_scopes)
-        auth = cache.get(key)
-        if auth is None:
-            auth = cache[key] = SmartBackendAuth(
-                http,
-                base,
-                client_id=settings.smart_client_id,
-                private_key=load_private_key(settings.smart_private_key_path),
-                alg=settings.smart_alg,
-                kid=settings.smart_key_id,
-                scopes=settings.smart_scopes,
-            )
-        return auth
-    return NoAuth()
-
-
-def client_for(
-    settings: Settings, *, bearer_token: str | None = None, base_url: str | None = None
-) -> FhirClient:
-    """A client for one evaluation (use ``async with``); call from inside the event loop.
-
-    ``base_url`` (CDS Hooks ``fhirServer``) overrides the configured base; the configured
-    credentials are only ever sent to the configured base, never to another server.
-    ``bearer_token`` (CDS Hooks ``fhirAuthorization.access_token``) is used for this client
-    only. With no base at all, the built-in demo store answers.
-    """
-    base = (base_url or settings.fhir_base_url or DEMO_BASE_URL).rstrip("/")
-    http = _http_for(base, settings)
-    configured = (settings.fhir_base_url or "").rstrip("/")
-    auth: FhirAuth
-    if bearer_token:
-        auth = BearerAuth(bearer_token)
-    elif base == configured:
-        auth = _settings_auth(settings, base, http)
-    else:
-        auth = NoAuth()
-    return FhirClient(http, base, auth=auth, config=ClientConfig.from_settings(settings))
-
-
-async def aclose_clients() -> None:
-    """Close this loop's pooled connections (application shutdown)."""
-    cache = _pools.pop(asyncio.get_running_loop(), {})
-    for value in cache.values():
-        if isinstance(value, httpx.AsyncClient):
-            await value.aclose()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from service.clinical.dates import parse_date
+from service.clinical.dates import DateRange, parse_date
 from service.clinical.model import (
     CriterionResult,
     DataRequirement,
@@ -86,18 +86,24 @@ def first_match(codes: Iterable[CodeAt], valueset: ValueSet) -> CodeAt | None:
 
 
 def usable_conditions(ctx: Context) -> tuple[list[Resource], list[Resource]]:
-    """(usable, excluded): Conditions refuted or entered in error are not evidence."""
+    """(usable, excluded): Conditions refuted or entered in error are not evidence.
+
+    A Condition whose onset is after the evaluation date is left out silently, like a
+    result after it: it is not part of this evaluation.
+    """
     excluded_status = set(ctx.protocol.general["condition_excluded_verification"])
     usable: list[Resource] = []
     excluded: list[Resource] = []
     for condition in ctx.record.conditions:
+        onset = _onset_range(condition)
+        if onset is not None and onset.earliest > ctx.as_of:
+            continue
         status = {code for _, code in codings(condition.get("verificationStatus"))}
         (excluded if status & excluded_status else usable).append(condition)
     return usable, excluded
 
 
-def onset_date(condition: Resource) -> date | None:
-    """onsetDateTime, else onsetPeriod.start; only a full calendar day counts."""
+def _onset_range(condition: Resource) -> DateRange | None:
     period = condition.get("onsetPeriod")
     for value in (
         condition.get("onsetDateTime"),
@@ -105,8 +111,14 @@ def onset_date(condition: Resource) -> date | None:
     ):
         parsed = parse_date(value)
         if parsed is not None:
-            return parsed.earliest if parsed.exact else None
+            return parsed
     return None
+
+
+def onset_date(condition: Resource) -> date | None:
+    """onsetDateTime, else onsetPeriod.start; only a full calendar day counts."""
+    onset = _onset_range(condition)
+    return onset.earliest if onset is not None and onset.exact else None
 
 
 def _describe(ctx: Context, condition: Resource, hit: CodeAt, *valuesets: ValueSet) -> str:
@@ -156,6 +168,8 @@ def diagnosis(criterion: CriterionDef, ctx: Context) -> CriterionResult:
 
     if not conditions:
         why = "no Condition in the record"
+        if ctx.record.conditions:
+            why = f"no Condition with an onset on or before {ctx.as_of}"
         if excluded:
             why = f"every Condition in the record ({len(excluded)}) is refuted or entered in error"
         return undetermined(

@@ -103,11 +103,12 @@ def coded_finding(criterion: CriterionDef, ctx: Context) -> CriterionResult:
             issues.append(Issue(Severity.WARNING, "value", "contradictory positive/negative", ref))
 
     coded = [r for r in readings if r.polarity is not None]
+    within = f" within {window} days" if window else ""
     need = DataRequirement(
         "Observation",
         vs.url,
-        f"{criterion.title}: a final result within {window} days with a coded positive or "
-        f"negative value or interpretation ({positive.url}, {negative.url})",
+        f"{criterion.title}: a final result{within} with a coded positive or negative value "
+        f"or interpretation (ValueSets {positive.id} / {negative.id})",
     )
     if not coded:
         result = _no_coded_result(criterion, ctx, vs, readings, window, need)

@@ -6,10 +6,12 @@ values) and treatment Procedures. The criterion is met by any one of: enough sep
 episodes, a short first remission, refractory disease, or a treatment given outside remission
 that was followed by relapse/refractory status and no remission.
 
-Only events dated on or before the evaluation date are ordered. An undated relapse is evidence
-of relapse (so "not met" is impossible) but, having no place on the timeline, it can never
-make the criterion met; an undated remission blocks the paths that need to know there was no
-remission at a time (short first remission, failed treatment).
+Only events dated on or before the evaluation date are ordered. A relapse-coded Condition
+(C91.02) is placed at its onset only if a remission is documented before that onset: otherwise
+the onset is likely the first diagnosis date, and the relapse is treated as undated. An
+undated relapse is evidence of relapse (so "not met" is impossible) but, having no place on
+the timeline, it can never make the criterion met; an undated remission blocks the paths that
+need to know there was no remission at a time (short first remission, failed treatment).
 """
 
 from __future__ import annotations
@@ -106,9 +108,9 @@ def add_months(day: date, months: int) -> date:
 
 
 def whole_months(start: date, end: date) -> int:
-    """Completed calendar months from ``start`` to ``end``."""
+    """Completed calendar months from ``start`` to ``end``, counted as ``add_months`` does."""
     months = (end.year - start.year) * 12 + end.month - start.month
-    return months - (end.day < start.day)
+    return months - 1 if add_months(start, months) > end else months
 
 
 # -- building the timeline ----------------------------------------------------------------
@@ -129,8 +131,6 @@ def _condition_events(criterion: CriterionDef, ctx: Context, out: list[Event]) -
         if hit is None:
             continue
         onset = onset_date(condition)
-        if onset is not None and onset > ctx.as_of:
-            continue  # recorded after the evaluation date: not part of this evaluation
         has_diagnosis = True
         ref = ctx.record.ref(condition).reference
         if rel := first_match(codes, relapse):
@@ -221,11 +221,33 @@ def _procedure_events(criterion: CriterionDef, ctx: Context, out: list[Event]) -
         out.append(Event(day, Kind.TREATMENT, what, proc))
 
 
+def _place_condition_relapses(events: list[Event]) -> list[Event]:
+    """A relapse-coded Condition is dated at its onset only when a remission is documented
+    before that onset. Otherwise the onset may well be when the disease itself began
+    (ICD-10-CM C91.02 codes the current phase; many systems keep the first diagnosis date as
+    onset), so the relapse is kept as undated evidence rather than counted as an episode.
+    """
+    remissions = [e.day for e in events if e.kind is Kind.REMISSION and e.day is not None]
+    placed: list[Event] = []
+    for e in events:
+        if (
+            e.kind is Kind.RELAPSE
+            and not e.from_observation
+            and e.day is not None
+            and not any(day < e.day for day in remissions)
+        ):
+            note = f"{e.what}; onset {e.day} is not after a documented remission"
+            e = Event(None, e.kind, note, e.resource)
+        placed.append(e)
+    return placed
+
+
 def build_timeline(criterion: CriterionDef, ctx: Context, issues: list[Issue]) -> Timeline:
     events: list[Event] = []
     has_diagnosis = _condition_events(criterion, ctx, events)
     _observation_events(criterion, ctx, events, issues)
     _procedure_events(criterion, ctx, events)
+    events = _place_condition_relapses(events)
     dated = sorted((e for e in events if e.day is not None), key=Event.sort_key)
     undated = [e for e in events if e.day is None]
     return Timeline(dated, undated, has_diagnosis)
@@ -248,8 +270,9 @@ def _refractory(t: Timeline) -> Ground | None:
     return Ground(f"refractory disease on {first.day} ({first.what})", tuple(found))
 
 
-def _relapse_episodes(t: Timeline, minimum: int) -> Ground | None:
-    """Relapse events not separated by a documented remission are one episode."""
+def relapse_episodes(t: Timeline) -> tuple[list[list[Event]], list[Event]]:
+    """(episodes, separating remissions): dated relapse events not separated by a documented
+    remission are one episode. Undated relapses are left out: they cannot be placed."""
     episodes: list[list[Event]] = []
     between: list[Event] = []
     in_relapse = False
@@ -263,6 +286,11 @@ def _relapse_episodes(t: Timeline, minimum: int) -> Ground | None:
             if in_relapse:
                 between.append(e)
             in_relapse = False
+    return episodes, between
+
+
+def _relapse_episodes(t: Timeline, minimum: int) -> Ground | None:
+    episodes, between = relapse_episodes(t)
     if len(episodes) < minimum:
         return None
     starts = ", ".join(str(ep[0].day) for ep in episodes)
@@ -420,18 +448,19 @@ def _not_met_or_undetermined(
             ),
         )
     if relapse:
+        dated = len(relapse_episodes(t)[0])
+        undated = len(t.undated_of(Kind.RELAPSE, Kind.REFRACTORY))
+        counted = f"{dated} dated relapse episode(s)" + (f", {undated} undated" if undated else "")
         why = (
-            "relapse is recorded, but not: "
+            f"relapse is recorded ({counted}), but not: "
             f"{p['min_relapse_episodes']} relapse episodes separated by remission, a first "
             f"remission shorter than {months} months, refractory disease, or a treatment "
             "followed by relapse/refractory status without remission"
         )
     elif unclear:
-        why = (
-            "the disease status after the last remission is unclear ("
-            + "; ".join(e.what for e in unclear[:3])
-            + ")"
-        )
+        after = "after the last remission" if any_remission else "(no remission recorded)"
+        shown = "; ".join(e.what for e in unclear[:3])
+        why = f"the disease status {after} is neither remission, relapse nor refractory ({shown})"
     elif not any_remission and t.has_diagnosis:
         why = "no remission, relapse or refractory status is recorded"
     elif not t.has_diagnosis and not t.dated and not t.undated:

@@ -1,0 +1,327 @@
+"""I4 — relapsed/refractory disease from a dated timeline (AS_OF is 2026-11-20)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import date
+
+import pytest
+
+from service.clinical.model import Outcome
+from service.clinical.rules import RULES, Context, load_all
+from service.clinical.rules.relapse import add_months, relapsed_refractory, whole_months
+from service.protocol import default_protocol
+from service.record import record_from_bundle
+from tests.builders import (
+    AS_OF,
+    ICD10CM,
+    ICDO3,
+    SNOMED,
+    bundle,
+    coded_observation,
+    concept,
+    condition,
+    patient,
+    procedure,
+    result,
+    run,
+)
+
+CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+HISTOLOGY = "http://hl7.org/fhir/us/mcode/StructureDefinition/mcode-histology-morphology-behavior"
+REMISSION, RELAPSE, REFRACTORY = "103338009", "263855007", "266721009"
+PROGRESSION = "419835002"
+
+
+def dx(onset: str | None = "2022-01-01", **extra) -> dict:
+    return condition(SNOMED, "277571004", onset=onset, **extra)
+
+
+def status(day: str, value: str) -> dict:
+    return coded_observation("97509-4", SNOMED, value, day=day)
+
+
+def chemo(day: str, **extra) -> dict:
+    return procedure(SNOMED, "367336001", performed=day, **extra)
+
+
+def i4(*resources, as_of: date = AS_OF):
+    return result(run(*resources, as_of=as_of), "I4")
+
+
+def refs(r) -> set[str]:
+    return {e.reference for e in r.evidence}
+
+
+def test_two_relapses_separated_by_remission_are_met():
+    first, second = status("2023-06-01", RELAPSE), status("2025-10-01", RELAPSE)
+    r = i4(
+        dx(),
+        status("2022-03-01", REMISSION),
+        first,
+        status("2023-09-01", REMISSION),
+        second,
+    )
+    assert r.outcome is Outcome.MET
+    assert "2 relapse episodes" in r.reason and "2023-06-01, 2025-10-01" in r.reason
+    assert {f"Observation/{first['id']}", f"Observation/{second['id']}"} <= refs(r)
+
+
+def test_two_relapse_results_without_remission_between_are_one_episode():
+    r = i4(
+        dx(),
+        status("2022-03-01", REMISSION),
+        status("2024-06-01", RELAPSE),
+        status("2024-07-01", RELAPSE),
+    )
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "relapse is recorded (1 dated relapse episode(s))" in r.reason
+    assert "2024-06-01 relapse; 2024-07-01 relapse" in r.reason
+    assert [n.resource_type for n in r.needs] == ["Observation", "Procedure"]
+
+
+def test_same_day_remission_does_not_split_an_episode():
+    r = i4(
+        dx(),
+        status("2022-03-01", REMISSION),
+        status("2024-06-01", RELAPSE),
+        status("2024-07-01", REMISSION),
+        status("2024-07-01", RELAPSE),
+    )
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "(1 dated relapse episode(s))" in r.reason
+    assert "2024-07-01 relapse; 2024-07-01 remission" in r.reason
+
+
+def test_first_remission_of_8_months_then_relapse_is_met():
+    remission, relapse = status("2024-01-10", REMISSION), status("2024-09-12", RELAPSE)
+    r = i4(dx("2023-11-01"), chemo("2023-11-05"), remission, relapse)
+    assert r.outcome is Outcome.MET
+    assert "8 whole calendar month(s), under 12" in r.reason
+    assert "a relapse before 2025-01-10 counts" in r.reason
+    assert {f"Observation/{remission['id']}", f"Observation/{relapse['id']}"} <= refs(r)
+
+
+def test_first_remission_of_20_months_then_relapse_without_salvage_is_undetermined():
+    r = i4(
+        dx("2022-12-20"),
+        chemo("2023-01-05"),
+        status("2023-03-01", REMISSION),
+        status("2024-11-02", RELAPSE),
+    )
+    assert r.outcome is Outcome.UNDETERMINED
+    assert (
+        "Timeline: 2022-12-20 diagnosis; 2023-01-05 treatment; 2023-03-01 remission; "
+        "2024-11-02 relapse" in r.reason
+    )
+
+
+def test_refractory_value_is_met():
+    obs = status("2025-05-05", REFRACTORY)
+    r = i4(dx(), obs)
+    assert r.outcome is Outcome.MET
+    assert "refractory disease on 2025-05-05" in r.reason and "266721009" in r.reason
+    assert f"Observation/{obs['id']}" in refs(r)
+
+
+def test_chemo_then_progression_without_remission_is_primary_refractory():
+    treatment, progression = chemo("2024-01-10"), status("2024-03-01", PROGRESSION)
+    r = i4(dx("2024-01-02"), treatment, progression)
+    assert r.outcome is Outcome.MET
+    assert "primary refractory" in r.reason and "treatment on 2024-01-10" in r.reason
+    assert {f"Procedure/{treatment['id']}", f"Observation/{progression['id']}"} <= refs(r)
+
+
+def test_remission_after_chemo_is_not_primary_refractory():
+    r = i4(
+        dx("2024-01-02"),
+        chemo("2024-01-10"),
+        status("2024-02-01", PROGRESSION),
+        status("2024-04-01", REMISSION),
+    )
+    # Progression (in the relapse ValueSet) before the remission still rules out "not met".
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "primary refractory" not in r.reason and "2024-04-01 remission" in r.reason
+
+
+def test_failed_salvage_after_relapse_is_met():
+    salvage = chemo("2024-05-10")
+    r = i4(
+        dx(),
+        chemo("2022-01-10"),
+        status("2022-03-01", REMISSION),
+        status("2024-05-01", RELAPSE),
+        salvage,
+        status("2024-08-01", RELAPSE),
+    )
+    assert r.outcome is Outcome.MET
+    assert "salvage after relapse on 2024-05-01 failed" in r.reason
+    assert f"Procedure/{salvage['id']}" in refs(r)
+
+
+def test_treatment_given_in_remission_is_not_a_failure():
+    r = i4(
+        dx(),
+        chemo("2022-01-10"),
+        status("2022-03-01", REMISSION),
+        chemo("2022-04-01"),  # consolidation, in remission
+        status("2024-05-01", RELAPSE),
+    )
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "relapse is recorded" in r.reason
+
+
+def test_diagnosis_and_remission_only_is_not_met():
+    diagnosis, remission = dx(), status("2022-03-01", REMISSION)
+    r = i4(diagnosis, chemo("2022-01-10"), remission)
+    assert r.outcome is Outcome.NOT_MET
+    assert "documented remission and no relapse" in r.reason
+    assert {f"Condition/{diagnosis['id']}", f"Observation/{remission['id']}"} <= refs(r)
+
+
+def test_no_disease_status_data_is_undetermined():
+    r = i4(dx())
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "no remission, relapse or refractory status is recorded" in r.reason
+    assert r.needs[0].valueset.endswith("/disease-status-observation")
+
+
+def test_nothing_at_all_is_undetermined_and_asks_for_the_diagnosis():
+    r = i4()
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "no ALL diagnosis, disease status or treatment found" in r.reason
+    assert r.needs[0].resource_type == "Condition"
+
+
+def test_events_after_the_evaluation_date_are_ignored():
+    late = status("2026-12-01", RELAPSE)
+    r = i4(
+        dx(),
+        status("2022-03-01", REMISSION),
+        late,
+        condition(ICD10CM, "C91.02", onset="2027-01-01"),
+    )
+    assert r.outcome is Outcome.NOT_MET
+    assert "2026-12-01" not in r.reason
+    assert f"Observation/{late['id']}" not in refs(r)
+
+
+def test_c91_02_condition_onset_is_a_relapse():
+    remission = condition(ICD10CM, "C91.01", onset="2024-01-10")
+    relapse = condition(ICD10CM, "C91.02", onset="2024-06-01")
+    r = i4(remission, relapse)
+    assert r.outcome is Outcome.MET
+    assert "C91.02" in r.reason and "4 whole calendar month(s)" in r.reason
+    assert {f"Condition/{remission['id']}", f"Condition/{relapse['id']}"} <= refs(r)
+
+
+def test_c91_02_onset_before_any_remission_is_not_a_dated_relapse():
+    # One Condition coded C91.02 whose onset is the first diagnosis (as many systems record
+    # it), then remission and one late relapse: only one relapse can be placed.
+    diagnosis = condition(ICD10CM, "C91.02", onset="2023-12-06")
+    r = i4(diagnosis, status("2024-01-23", REMISSION), status("2025-06-01", RELAPSE))
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "(1 dated relapse episode(s), 1 undated)" in r.reason
+    assert "onset 2023-12-06 is not after a documented remission" in r.reason
+    assert f"Condition/{diagnosis['id']}" in refs(r)
+
+
+def test_clinical_status_relapse_is_undated_relapse_evidence():
+    relapsed = dx(clinicalStatus=concept(CLINICAL, "relapse"))
+    r = i4(relapsed, status("2024-01-10", REMISSION))
+    # Evidence of relapse rules out "not met", but an undated relapse cannot make it met,
+    # not even by the short-first-remission rule.
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "0 dated relapse episode(s), 1 undated" in r.reason
+    assert "undated relapse (clinical status relapse" in r.reason
+    assert f"Condition/{relapsed['id']}" in refs(r)
+
+
+def test_undated_relapse_never_adds_a_second_episode():
+    r = i4(
+        dx(onset=None, clinicalStatus=concept(CLINICAL, "recurrence")),
+        status("2022-03-01", REMISSION),
+        status("2024-05-01", RELAPSE),
+    )
+    assert r.outcome is Outcome.UNDETERMINED
+
+
+def test_undated_remission_blocks_the_short_first_remission_rule():
+    r = i4(
+        condition(ICD10CM, "C91.01"),  # in remission, no onset: may be the real first one
+        status("2024-01-10", REMISSION),
+        status("2024-06-01", RELAPSE),
+    )
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "undated remission" in r.reason
+
+
+def test_refuted_and_not_done_inputs_are_ignored():
+    refuted = dx(
+        verificationStatus=concept(
+            "http://terminology.hl7.org/CodeSystem/condition-ver-status", "refuted"
+        )
+    )
+    not_done = chemo("2024-01-10", status="not-done")
+    r = i4(refuted, not_done, status("2024-03-01", PROGRESSION))
+    assert r.outcome is Outcome.UNDETERMINED
+    assert not refs(r) & {f"Condition/{refuted['id']}", f"Procedure/{not_done['id']}"}
+
+
+def test_status_neither_remission_nor_relapse_prevents_not_met():
+    stable = status("2024-06-01", "359746009")  # patient's condition stable
+    r = i4(dx(), status("2022-03-01", REMISSION), stable)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "after the last remission is neither remission, relapse nor refractory" in r.reason
+    assert f"Observation/{stable['id']}" in refs(r)
+
+
+def test_preliminary_status_is_ignored():
+    r = i4(dx(), coded_observation("97509-4", SNOMED, REFRACTORY, status="preliminary"))
+    assert r.outcome is Outcome.UNDETERMINED
+    assert any("preliminary" in i.message for i in r.issues)
+
+
+def test_undated_relapse_observation_prevents_not_met():
+    undated = status("2024-01-01", RELAPSE)
+    del undated["effectiveDateTime"]
+    r = i4(dx(), status("2022-03-01", REMISSION), undated)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "undated relapse" in r.reason
+
+
+def test_histology_extension_is_read_when_the_protocol_names_it():
+    cond = condition(SNOMED, "x", onset="2022-01-01")
+    del cond["code"]
+    cond["extension"] = [{"url": HISTOLOGY, "valueCodeableConcept": concept(ICDO3, "9836/3")}]
+    protocol = default_protocol()
+    record = record_from_bundle(bundle(patient(), cond, status("2022-03-01", REMISSION)), protocol)
+    base = protocol.criteria["I4"]
+    with_ext = dataclasses.replace(base, params={**base.params, "histology_extension": HISTOLOGY})
+    r = relapsed_refractory(with_ext, Context(record, protocol, AS_OF))
+    assert r.outcome is Outcome.NOT_MET
+    assert f"Condition/{cond['id']}" in refs(r)
+
+
+def test_reads_conditions_and_procedures():
+    load_all()
+    assert RULES["relapsed_refractory"].reads == {"Condition", "Procedure"}
+
+
+@pytest.mark.parametrize(
+    ("start", "months", "expected"),
+    [
+        (date(2024, 1, 31), 1, date(2024, 2, 29)),
+        (date(2023, 1, 31), 1, date(2023, 2, 28)),
+        (date(2024, 1, 10), 12, date(2025, 1, 10)),
+        (date(2024, 11, 15), 3, date(2025, 2, 15)),
+    ],
+)
+def test_add_months_clamps_to_the_end_of_the_month(start, months, expected):
+    assert add_months(start, months) == expected
+
+
+def test_whole_months():
+    assert whole_months(date(2024, 1, 10), date(2024, 9, 12)) == 8
+    assert whole_months(date(2024, 1, 10), date(2025, 1, 9)) == 11
+    assert whole_months(date(2024, 1, 10), date(2025, 1, 10)) == 12
