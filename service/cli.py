@@ -133,6 +133,35 @@ def demo(
         print()
 
 
+@app.command("load-demo")
+def load_demo(
+    base: Annotated[str, typer.Option(help="FHIR base URL to load into")],
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="Bundle files (default: the demo patients)")
+    ] = None,
+    wait: Annotated[float, typer.Option(help="seconds to wait for the server first")] = 0,
+) -> None:
+    """Load the demo patients (dated as of today) or other Bundles into a FHIR server."""
+    import os
+
+    from service.demo import load_demo_bundles
+    from service.fhir.loader import LoadError, load_bundles
+
+    if files:
+        try:
+            bundles = [(f.name, orjson.loads(f.read_bytes())) for f in files]
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise _fail(f"cannot read a Bundle: {exc}") from None
+    else:
+        bundles = list(load_demo_bundles().items())
+    token = os.environ.get("ELIGIBILITY_FHIR_TOKEN") or None  # never printed
+    try:
+        for line in load_bundles(base, bundles, token=token, wait_seconds=wait):
+            print(line)
+    except LoadError as exc:
+        raise _fail(str(exc), EXIT_UPSTREAM) from None
+
+
 @app.command()
 def serve(
     host: str = "127.0.0.1",

@@ -1,4 +1,4 @@
-"""The HTTP API: $eligibility (bundle and pull mode), protocol resources, errors as OperationOutcome."""
+"""HTTP API: $eligibility (bundle and pull mode), protocol resources, OperationOutcome errors."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from service.protocol import default_protocol
 from service.settings import Settings, TrustedIssuer
 
 EHR = "https://ehr.example.org/fhir"
+DISCOVERY = "http://testserver/cds-services"
 SID = f"{default_protocol().id}-screening"
 ISSUER = "https://ehr.example.org"
 KID = "test-key-1"
@@ -256,9 +257,7 @@ def test_valid_es384_token_is_accepted_on_every_endpoint(secured):
         {},
         {"Authorization": "Bearer not-a-jwt"},
         {"Authorization": f"Bearer {_token('http://testserver/cds-services/other')}"},
-        {
-            "Authorization": f"Bearer {_token('http://testserver/cds-services', exp=int(time.time()) - 600)}"
-        },
+        {"Authorization": f"Bearer {_token(DISCOVERY, exp=int(time.time()) - 600)}"},
     ],
     ids=["missing", "garbage", "wrong-aud", "expired"],
 )

@@ -19,7 +19,7 @@ AS_OF = date(2026, 11, 27)
 
 
 def _cases() -> list[tuple[str, dict, str]]:
-    """(label, Bundle, patient id) for each Patient; PCSP single-resource files grouped by folder."""
+    """(label, Bundle, patient id) per Patient; single-resource files grouped by folder (PCSP)."""
     cases: list[tuple[str, dict, str]] = []
     folders: dict[Path, list[dict]] = defaultdict(list)
     for path in sorted(SAMPLES.rglob("*.json")):

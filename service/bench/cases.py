@@ -1,0 +1,530 @@
+"""The benchmark cases. Each measures the service next to its floor in the same run and
+returns plain data (the JSON report is built from it; the table is rendered from that).
+
+1. engine vs json.loads (and fhir.resources as the naive baseline), per Bundle size
+2. growth of engine time from the second-largest to the largest size
+3. pull mode against a loopback FHIR server with fixed latency, vs its slowest query/request
+4. HTTP throughput of POST /$eligibility vs a bare JSON route in the same uvicorn process
+5. CDS Hooks patient-view with full prefetch, in-process (httpx.ASGITransport)
+6. peak RSS of one evaluation vs json.loads alone, each in a fresh interpreter
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from service.bench.app_server import BARE_PATH, bench_settings, build_app
+from service.bench.fhir_server import StaticFhirStore
+from service.bench.procs import spawned_server
+from service.bench.stats import interleaved, summary
+from service.bench.synthetic import BASE_URL, make_patient
+from service.pipeline import evaluate_body, evaluate_fetched
+from service.protocol import Protocol
+
+FHIR_JSON_HEADERS = {"content-type": "application/fhir+json", "accept": "application/fhir+json"}
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How much to measure. ``full()`` for `eligibility bench`, ``smoke()`` for CI (< 60 s)."""
+
+    smoke: bool
+    sizes: tuple[int, ...]
+    reps: dict[int, int]  # timed runs per size (engine and json.loads)
+    warmup: int
+    naive_reps: int
+    naive_single_above: int  # larger sizes: one naive run, no warm-up (it takes seconds)
+    pull_sizes: tuple[int, ...]
+    pull_reps: int
+    pull_warmup: int
+    latency_ms: float
+    http_obs: int
+    http_concurrency: tuple[int, ...]
+    http_max_requests: int
+    http_max_seconds: float
+    http_warmup: int  # requests per connection before measuring
+    cds_obs: int
+    cds_calls: int
+    cds_warmup: int
+    memory_n: int
+    memory_reps: int
+    seed: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def full(cls) -> BenchConfig:
+        return cls(
+            smoke=False,
+            sizes=(100, 1_000, 5_000, 20_000),
+            reps={100: 40, 1_000: 25, 5_000: 12, 20_000: 7},
+            warmup=2,
+            naive_reps=3,
+            naive_single_above=5_000,
+            pull_sizes=(5_000, 20_000),
+            pull_reps=15,
+            pull_warmup=3,
+            latency_ms=50.0,
+            http_obs=500,
+            http_concurrency=(1, 8, 32),
+            http_max_requests=1_500,
+            http_max_seconds=10.0,
+            http_warmup=3,
+            cds_obs=500,
+            cds_calls=300,
+            cds_warmup=20,
+            memory_n=20_000,
+            memory_reps=3,
+        )
+
+    @classmethod
+    def quick(cls) -> BenchConfig:
+        """Every case at small sizes with few repetitions: CI and the test suite."""
+        return cls(
+            smoke=True,
+            sizes=(50, 200),
+            reps={50: 3, 200: 3},
+            warmup=1,
+            naive_reps=1,
+            naive_single_above=200,
+            pull_sizes=(200,),
+            pull_reps=2,
+            pull_warmup=1,
+            latency_ms=5.0,
+            http_obs=100,
+            http_concurrency=(1, 8, 32),
+            http_max_requests=32,
+            http_max_seconds=5.0,
+            http_warmup=1,
+            cds_obs=100,
+            cds_calls=10,
+            cds_warmup=2,
+            memory_n=200,
+            memory_reps=1,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["reps"] = {str(k): v for k, v in self.reps.items()}
+        return out
+
+
+class Workspace:
+    """Synthetic Bundles on disk (servers and subprocesses read them), generated once."""
+
+    def __init__(self, root: Path, seed: int) -> None:
+        self.root = root
+        self.seed = seed
+        self.anchor = date.today()
+        self._files: dict[int, Path] = {}
+
+    def file(self, n: int) -> Path:
+        if n not in self._files:
+            path = self.root / f"bench-{n}.json"
+            path.write_bytes(make_patient(n, anchor=self.anchor, seed=self.seed).body)
+            self._files[n] = path
+        return self._files[n]
+
+    def body(self, n: int) -> bytes:
+        return self.file(n).read_bytes()
+
+    @staticmethod
+    def patient_id(n: int) -> str:
+        return f"bench-{n}"
+
+
+@contextmanager
+def workspace(seed: int) -> Iterator[Workspace]:
+    with tempfile.TemporaryDirectory(prefix="eligibility-bench-") as tmp:
+        yield Workspace(Path(tmp), seed)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+# -- 1 and 2: engine vs json.loads vs fhir.resources -------------------------------------
+
+
+def engine_vs_json(
+    cfg: BenchConfig, protocol: Protocol, ws: Workspace, progress: Progress
+) -> dict[str, Any]:
+    from fhir.resources.R4B.bundle import Bundle
+
+    rows = []
+    for n in cfg.sizes:
+        body = ws.body(n)
+        evaluation, _ = evaluate_body(body, protocol, as_of=ws.anchor)
+
+        def engine(body: bytes = body) -> bytes:
+            return orjson.dumps(evaluate_body(body, protocol, as_of=ws.anchor)[1])
+
+        def floor(body: bytes = body) -> Any:
+            return json.loads(body)
+
+        def naive(body: bytes = body) -> Any:
+            return Bundle.model_validate_json(body)
+
+        reps = cfg.reps.get(n, 5)
+        single = n > cfg.naive_single_above
+        progress(f"engine vs json.loads, N={n}: {reps} runs each")
+        samples = interleaved(
+            {"engine": engine, "json_loads": floor},
+            reps={"engine": reps, "json_loads": reps},
+            warmup={"engine": cfg.warmup, "json_loads": cfg.warmup},
+        )
+        naive_reps = 1 if single else cfg.naive_reps
+        progress(f"fhir.resources Bundle.model_validate_json, N={n}: {naive_reps} run(s)")
+        samples |= interleaved(
+            {"naive": naive}, reps={"naive": naive_reps}, warmup={"naive": 0 if single else 1}
+        )
+        row: dict[str, Any] = {
+            "n": n,
+            "body_bytes": len(body),
+            "status": evaluation.status.value,
+            "engine": summary(samples["engine"]),
+            "json_loads": summary(samples["json_loads"]),
+            "naive": summary(samples["naive"]),
+            "naive_note": "one run, no warm-up" if single else f"{naive_reps} runs after warm-up",
+        }
+        row["engine_over_json"] = _ratio(row["engine"]["median"], row["json_loads"]["median"])
+        row["naive_over_engine"] = _ratio(row["naive"]["median"], row["engine"]["median"])
+        rows.append(row)
+        del body
+        gc.collect()
+    return {"rows": rows}
+
+
+def growth(case1: dict[str, Any]) -> dict[str, Any]:
+    """Time at the largest size over time at the next size down (5,000 -> 20,000)."""
+    small, large = case1["rows"][-2], case1["rows"][-1]
+    return {
+        "from_n": small["n"],
+        "to_n": large["n"],
+        "size_factor": round(large["n"] / small["n"], 3),
+        "engine_from_ms": small["engine"]["median"],
+        "engine_to_ms": large["engine"]["median"],
+        "engine_growth": _ratio(large["engine"]["median"], small["engine"]["median"]),
+        "json_loads_growth": _ratio(large["json_loads"]["median"], small["json_loads"]["median"]),
+    }
+
+
+# -- 3: pull mode -----------------------------------------------------------------------
+
+
+class _RequestTimes(logging.Handler):
+    """Collects the per-request wall time the FHIR client logs (``elapsed_ms``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.elapsed: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        value = getattr(record, "elapsed_ms", None)
+        if isinstance(value, int | float):
+            self.elapsed.append(float(value))
+
+
+@contextmanager
+def _capture_fhir_requests() -> Iterator[_RequestTimes]:
+    logger = logging.getLogger("service.fhir")
+    handler = _RequestTimes()
+    saved = (logger.level, logger.propagate)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+async def _pull_once(settings: Any, protocol: Protocol, pid: str, day: date) -> tuple[Any, Any]:
+    from service.fhir.client import client_for
+    from service.fhir.fetch import fetch_patient
+
+    async with client_for(settings) as client:
+        fetched = await fetch_patient(client, protocol, pid, day)
+    evaluation, result = evaluate_fetched(
+        fetched.patient,
+        fetched.resources,
+        protocol,
+        as_of=day,
+        issues=fetched.issues,
+        truncated=fetched.truncated,
+    )
+    orjson.dumps(result)
+    return fetched, evaluation
+
+
+async def _pull_rows(
+    cfg: BenchConfig, protocol: Protocol, ws: Workspace, fhir_base: str, progress: Progress
+) -> list[dict[str, Any]]:
+    from service.fhir.client import close_clients
+
+    settings = bench_settings().model_copy(update={"fhir_base_url": fhir_base})
+    rows = []
+    try:
+        with _capture_fhir_requests() as requests:
+            for n in cfg.pull_sizes:
+                progress(f"pull mode, N={n}: {cfg.pull_reps} evaluations")
+                pid = ws.patient_id(n)
+                walls, slow_query, slow_request, counts = [], [], [], []
+                fetched = evaluation = None
+                for i in range(cfg.pull_warmup + cfg.pull_reps):
+                    gc.collect()
+                    requests.elapsed.clear()
+                    started = time.perf_counter()
+                    fetched, evaluation = await _pull_once(settings, protocol, pid, ws.anchor)
+                    wall = (time.perf_counter() - started) * 1000
+                    if i < cfg.pull_warmup:
+                        continue
+                    timings = getattr(fetched, "timings", None) or {}
+                    walls.append(wall)
+                    slow_request.append(max(requests.elapsed, default=0.0))
+                    slow_query.append(max(timings.values(), default=slow_request[-1]))
+                    counts.append(len(requests.elapsed))
+                assert fetched is not None and evaluation is not None
+                row: dict[str, Any] = {
+                    "n": n,
+                    "latency_ms": cfg.latency_ms,
+                    "status": evaluation.status.value,
+                    "resources_fetched": len(fetched.resources),
+                    "http_requests": statistics.median(counts),
+                    "wall": summary(walls),
+                    "slowest_query": summary(slow_query),
+                    "slowest_request": summary(slow_request),
+                    "query_ms": dict(getattr(fetched, "timings", {}) or {}),
+                }
+                # The queries run in parallel; the slowest one (all its pages) is the floor.
+                row["wall_over_slowest_query"] = _ratio(
+                    row["wall"]["median"], row["slowest_query"]["median"]
+                )
+                row["bound_ms"] = round(1.3 * row["slowest_query"]["median"] + 20, 3)
+                rows.append(row)
+    finally:
+        await close_clients()
+    return rows
+
+
+def pull(
+    cfg: BenchConfig, protocol: Protocol, ws: Workspace, progress: Progress, log_dir: Path
+) -> dict[str, Any]:
+    args = ["--latency-ms", str(cfg.latency_ms)]
+    for n in cfg.pull_sizes:
+        args += ["--data", str(ws.file(n))]
+    progress("starting the loopback FHIR server")
+    with spawned_server(
+        "service.bench.fhir_server",
+        args,
+        ready_path="/fhir/metadata",
+        log_file=log_dir / "fhir-server.log",
+    ) as origin:
+        rows = asyncio.run(_pull_rows(cfg, protocol, ws, origin + "/fhir", progress))
+    return {"server": "uvicorn subprocess, 127.0.0.1", "rows": rows}
+
+
+# -- 4: HTTP throughput -----------------------------------------------------------------
+
+
+async def _load(
+    client: httpx.AsyncClient,
+    url: str,
+    body: bytes,
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+    issued = 0
+    stop_at = time.perf_counter() + max_seconds
+
+    async def worker() -> None:
+        nonlocal issued, errors
+        while issued < max_requests and time.perf_counter() < stop_at:
+            issued += 1
+            started = time.perf_counter()
+            resp = await client.post(url, content=body, headers=FHIR_JSON_HEADERS)
+            latencies.append((time.perf_counter() - started) * 1000)
+            if resp.status_code != 200:
+                errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": round(elapsed, 3),
+        "rps": round(len(latencies) / elapsed, 2),
+        "latency": summary(latencies, keep=False),
+    }
+
+
+async def _http_rows(cfg: BenchConfig, origin: str, body: bytes, progress: Progress) -> list[dict]:
+    rows = []
+    for concurrency in cfg.http_concurrency:
+        row: dict[str, Any] = {"concurrency": concurrency}
+        for name, path in (("bare", BARE_PATH), ("eligibility", "/$eligibility")):
+            progress(f"HTTP {path} at concurrency {concurrency}")
+            limits = httpx.Limits(
+                max_connections=concurrency, max_keepalive_connections=concurrency
+            )
+            async with httpx.AsyncClient(base_url=origin, limits=limits, timeout=60.0) as client:
+                first = await client.post(path, content=body, headers=FHIR_JSON_HEADERS)
+                if first.status_code != 200:
+                    raise RuntimeError(f"{path} answered HTTP {first.status_code}")
+                warm = concurrency * cfg.http_warmup
+                await _load(client, path, body, concurrency, warm, cfg.http_max_seconds)
+                row[name] = await _load(
+                    client, path, body, concurrency, cfg.http_max_requests, cfg.http_max_seconds
+                )
+        row["rps_ratio"] = _ratio(row["eligibility"]["rps"], row["bare"]["rps"])
+        rows.append(row)
+    return rows
+
+
+def http_throughput(
+    cfg: BenchConfig, ws: Workspace, progress: Progress, log_dir: Path
+) -> dict[str, Any]:
+    body = ws.body(cfg.http_obs)
+    progress("starting the service under uvicorn")
+    with spawned_server(
+        "service.bench.app_server", [], ready_path="/healthz", log_file=log_dir / "app-server.log"
+    ) as origin:
+        rows = asyncio.run(_http_rows(cfg, origin, body, progress))
+    return {
+        "server": "uvicorn subprocess (1 worker), 127.0.0.1; load from httpx.AsyncClient",
+        "observations": cfg.http_obs,
+        "body_bytes": len(body),
+        "rows": rows,
+    }
+
+
+# -- 5: CDS Hooks -----------------------------------------------------------------------
+
+
+def prefetch_for(store: StaticFhirStore, protocol: Protocol, patient_id: str) -> dict[str, Any]:
+    """What a CDS client would prefetch with our templates: every key, complete searchsets."""
+    from service.fhir.queries import plan_queries
+
+    prefetch: dict[str, Any] = {}
+    for query in plan_queries(protocol, patient_id, None):
+        if query.read:
+            prefetch[query.key] = store.read(query.resource_type, query.read_id)
+            continue
+        found = store.search(query.resource_type, list(query.params))
+        prefetch[query.key] = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(found),
+            "entry": [
+                {"fullUrl": f"{BASE_URL}/{r['resourceType']}/{r['id']}", "resource": r}
+                for r in found
+            ],
+        }
+    return prefetch
+
+
+async def _cds_calls(cfg: BenchConfig, body: bytes, path: str) -> tuple[list[float], dict]:
+    from service import units
+
+    app = build_app()
+    units.warm_up()  # the app's lifespan would; ASGITransport does not run it
+    transport = httpx.ASGITransport(app=app)
+    latencies: list[float] = []
+    headers = {"content-type": "application/json"}
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench.local") as client:
+            first = await client.post(path, content=body, headers=headers)
+            if first.status_code != 200:
+                raise RuntimeError(f"CDS service answered HTTP {first.status_code}")
+            for i in range(cfg.cds_warmup + cfg.cds_calls):
+                started = time.perf_counter()
+                resp = await client.post(path, content=body, headers=headers)
+                if i >= cfg.cds_warmup:
+                    latencies.append((time.perf_counter() - started) * 1000)
+                if resp.status_code != 200:
+                    raise RuntimeError(f"CDS service answered HTTP {resp.status_code}")
+    finally:
+        await app.state.cds_authenticator.aclose()
+    return latencies, first.json()
+
+
+def cds_hooks(cfg: BenchConfig, protocol: Protocol, ws: Workspace) -> dict[str, Any]:
+    from service.cds.router import service_id
+
+    n = cfg.cds_obs
+    pid = ws.patient_id(n)
+    store = StaticFhirStore([e["resource"] for e in orjson.loads(ws.body(n))["entry"]], BASE_URL)
+    request = {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": "Practitioner/bench-user", "patientId": pid},
+        "prefetch": prefetch_for(store, protocol, pid),
+    }
+    body = orjson.dumps(request)
+    path = f"/cds-services/{service_id(protocol)}"
+    latencies, answer = asyncio.run(_cds_calls(cfg, body, path))
+    return {
+        "transport": "in-process httpx.ASGITransport (service cost, no network)",
+        "observations": n,
+        "request_bytes": len(body),
+        "cards": len(answer.get("cards") or []),
+        "latency": summary(latencies),
+    }
+
+
+# -- 6: memory --------------------------------------------------------------------------
+
+
+def _rss(mode: str, path: Path, day: date) -> dict[str, int]:
+    done = subprocess.run(
+        [sys.executable, "-m", "service.bench.memory", mode, str(path), day.isoformat()],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory(cfg: BenchConfig, ws: Workspace, progress: Progress) -> dict[str, Any]:
+    path = ws.file(cfg.memory_n)
+    out: dict[str, Any] = {"n": cfg.memory_n, "body_bytes": path.stat().st_size}
+    for mode, name in (("engine", "engine"), ("json", "json_loads")):
+        progress(f"peak RSS, {name}, N={cfg.memory_n}: {cfg.memory_reps} fresh interpreter(s)")
+        runs = [_rss(mode, path, ws.anchor) for _ in range(cfg.memory_reps)]
+        out[name] = {
+            key: summary([r[key] for r in runs], "KiB")
+            for key in ("peak_kb", "baseline_kb", "net_kb", "ru_maxrss_kb")
+        }
+        out[name]["peak_reset"] = all(r["peak_reset"] for r in runs)
+    out["net_ratio"] = _ratio(
+        out["engine"]["net_kb"]["median"], out["json_loads"]["net_kb"]["median"]
+    )
+    out["raw_ratio"] = _ratio(
+        out["engine"]["peak_kb"]["median"], out["json_loads"]["peak_kb"]["median"]
+    )
+    return out

@@ -1,0 +1,145 @@
+"""The benchmark in smoke mode: every case runs and the JSON report has numbers for each.
+
+No timing assertions: CI machines are too noisy for that; `make bench` is for measuring.
+Also checks the benchmark's own inputs: the synthetic patient is valid FHIR and eligible,
+and the loopback FHIR server pages and filters the way our client expects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from service.bench.cases import BenchConfig
+from service.bench.cli import run_bench
+from service.bench.fhir_server import StaticFhirStore
+from service.bench.synthetic import OTHER, make_patient
+from service.pipeline import evaluate_body
+from service.protocol import load_protocol
+
+AS_OF = date(2026, 11, 20)
+CASES = ("engine_vs_json", "growth", "pull", "http", "cds", "memory")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _medians(node: Any) -> list[Any]:
+    """Every ``median`` in a nested structure."""
+    if isinstance(node, dict):
+        found = [node["median"]] if "median" in node else []
+        for value in node.values():
+            found.extend(_medians(value))
+        return found
+    if isinstance(node, list):
+        return [m for item in node for m in _medians(item)]
+    return []
+
+
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    results, path = run_bench(BenchConfig.quick(), out, Console(width=200, quiet=True))
+    return results, path
+
+
+def test_smoke_writes_a_json_report_with_every_case(smoke_report: tuple[dict, Path]) -> None:
+    results, path = smoke_report
+    on_disk = json.loads(path.read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    assert on_disk["meta"]["smoke"] is True
+    assert set(CASES) <= set(on_disk["cases"])
+    for case in CASES:
+        if case == "growth":
+            continue  # derived ratios, checked below
+        medians = _medians(on_disk["cases"][case])
+        assert medians, f"{case} has no median"
+        assert all(_number(m) for m in medians), f"{case} has a non-numeric median"
+
+
+def test_smoke_case_fields_are_numeric(smoke_report: tuple[dict, Path]) -> None:
+    cases = smoke_report[0]["cases"]
+    for row in cases["engine_vs_json"]["rows"]:
+        assert row["status"] == "eligible"  # the synthetic patient evaluates as intended
+        for key in ("engine", "json_loads", "naive"):
+            assert _number(row[key]["median"])
+    assert _number(cases["growth"]["engine_growth"])
+    assert _number(cases["growth"]["json_loads_growth"])
+    for row in cases["pull"]["rows"]:
+        assert row["status"] == "eligible"
+        assert row["http_requests"] >= 2
+        assert _number(row["wall"]["median"]) and _number(row["slowest_query"]["median"])
+    assert [r["concurrency"] for r in cases["http"]["rows"]] == [1, 8, 32]
+    for row in cases["http"]["rows"]:
+        for name in ("eligibility", "bare"):
+            assert row[name]["errors"] == 0
+            assert _number(row[name]["rps"]) and _number(row[name]["latency"]["p95"])
+    assert cases["cds"]["cards"] >= 1
+    assert _number(cases["cds"]["latency"]["p95"])
+    for name in ("engine", "json_loads"):
+        assert _number(cases["memory"][name]["net_kb"]["median"])
+
+
+def test_smoke_reports_every_target(smoke_report: tuple[dict, Path]) -> None:
+    targets = smoke_report[0]["targets"]
+    ids = {t["id"] for t in targets}
+    assert {"engine_json_mid", "engine_json_large", "naive_engine_mid", "growth"} <= ids
+    assert {"http_c8", "cds_p95", "memory"} <= ids
+    assert any(i.startswith("pull_") for i in ids)
+    assert all(isinstance(t["pass"], bool) for t in targets)
+    assert smoke_report[1].with_suffix(".txt").read_text().count("PASS") + smoke_report[
+        1
+    ].with_suffix(".txt").read_text().count("FAIL") == len(targets)
+
+
+def test_synthetic_patient_is_eligible_with_mostly_unused_codes() -> None:
+    protocol = load_protocol()
+    data = make_patient(300, anchor=AS_OF)
+    observations = [r for r in data.resources if r["resourceType"] == "Observation"]
+    assert len(observations) == 300
+    wanted = protocol.observation_codes()
+    unused = [
+        o for o in observations if ("http://loinc.org", o["code"]["coding"][0]["code"]) not in wanted
+    ]
+    assert len(unused) > len(observations) / 2
+    assert not any(("http://loinc.org", a.code) in wanted for a in OTHER)
+    evaluation, _ = evaluate_body(data.body, protocol, as_of=AS_OF)
+    assert evaluation.status.value == "eligible"
+    assert make_patient(300, anchor=AS_OF).body == data.body  # deterministic
+
+
+def test_synthetic_bundle_is_valid_fhir_r4b() -> None:
+    from fhir.resources.R4B.bundle import Bundle
+
+    bundle = Bundle.model_validate_json(make_patient(60, anchor=AS_OF).body)
+    assert len(bundle.entry) == 60 + 10  # Observations + Patient, Practitioner, story resources
+
+
+def test_static_fhir_store_filters_sorts_and_pages() -> None:
+    data = make_patient(400, anchor=AS_OF, patient_id="p1")
+    store = StaticFhirStore(data.resources, "http://127.0.0.1:1/fhir")
+    params = [
+        ("patient", "p1"),
+        ("code", "http://loinc.org|777-3,http://loinc.org|718-7"),
+        ("date", "ge2026-06-01"),
+        ("_sort", "-date"),
+    ]
+    found = store.search("Observation", params)
+    assert found and all(o["code"]["coding"][0]["code"] in ("777-3", "718-7") for o in found)
+    days = [o["effectiveDateTime"] for o in found]
+    assert days == sorted(days, reverse=True) and days[-1] >= "2026-06-01"
+
+    first = store.page("Observation", [*params, ("_count", "3")])
+    assert len(first["entry"]) == 3 and first["total"] == len(found)
+    next_url = next(link["url"] for link in first["link"] if link["relation"] == "next")
+    assert "_offset=3" in next_url
+    assert store.search("Observation", [("patient", "other")]) == []
+    with pytest.raises(ValueError):
+        store.search("Observation", [("patient", "p1"), ("value-quantity", "gt1")])
