@@ -16,7 +16,7 @@ from rich.console import Console
 
 from service.clinical.evaluation import Evaluation
 from service.fhir.errors import FhirError
-from service.pipeline import evaluate_body, evaluate_fetched, evaluate_resource, parse_as_of
+from service.pipeline import evaluate_body, evaluate_from_server, evaluate_resource, parse_as_of
 from service.protocol import Protocol, ProtocolError, load_protocol
 from service.record import InputError
 from service.settings import get_settings
@@ -92,31 +92,13 @@ def evaluate(
         if not patient:
             raise _fail("--patient is required with --fhir-base")
         try:
-            evaluation, result = asyncio.run(_pull(fhir_base, patient, protocol, day))
+            settings = get_settings().model_copy(update={"fhir_base_url": fhir_base})
+            evaluation, result = asyncio.run(evaluate_from_server(settings, protocol, patient, day))
         except FhirError as exc:
             raise _fail(exc.message, EXIT_UPSTREAM if exc.http_status >= 500 else 2) from None
         except InputError as exc:
             raise _fail(str(exc)) from None
     _print(evaluation, result, protocol, format)
-
-
-async def _pull(base: str, patient_id: str, protocol: Protocol, day: date | None):
-    from service.clinical.dates import today
-    from service.fhir.client import client_for
-    from service.fhir.fetch import fetch_patient
-
-    settings = get_settings().model_copy(update={"fhir_base_url": base})
-    day = day or today()
-    async with client_for(settings) as client:
-        fetched = await fetch_patient(client, protocol, patient_id, day)
-    return evaluate_fetched(
-        fetched.patient,
-        fetched.resources,
-        protocol,
-        as_of=day,
-        issues=fetched.issues,
-        truncated=fetched.truncated,
-    )
 
 
 @app.command()

@@ -6,16 +6,18 @@ Both the HTTP API and the CLI call these, so the two can never disagree.
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from service.clinical.dates import today
 from service.clinical.engine import evaluate
 from service.clinical.evaluation import Evaluation
+from service.clinical.model import Issue
 from service.output import result_bundle
-from service.protocol import Protocol
+from service.protocol import Protocol as TrialProtocol
 from service.record import InputError, PatientRecord, record_from_bundle, record_from_resources
+from service.settings import Settings
 
 
 def parse_json(body: bytes | str) -> Any:
@@ -55,7 +57,7 @@ def parse_as_of(value: Any) -> date:
 
 
 def evaluate_record(
-    record: PatientRecord, protocol: Protocol, as_of: date | None
+    record: PatientRecord, protocol: TrialProtocol, as_of: date | None
 ) -> tuple[Evaluation, dict[str, Any]]:
     evaluation = evaluate(record, protocol, as_of or today())
     return evaluation, result_bundle(evaluation, protocol)
@@ -63,7 +65,7 @@ def evaluate_record(
 
 def evaluate_body(
     body: bytes | str,
-    protocol: Protocol,
+    protocol: TrialProtocol,
     *,
     as_of: date | None = None,
     patient_id: str | None = None,
@@ -74,7 +76,7 @@ def evaluate_body(
 
 def evaluate_resource(
     resource: Any,
-    protocol: Protocol,
+    protocol: TrialProtocol,
     *,
     as_of: date | None = None,
     patient_id: str | None = None,
@@ -85,14 +87,32 @@ def evaluate_resource(
     return evaluate_record(record, protocol, as_of or param_as_of)
 
 
+class FetchedData(Protocol):
+    """One patient's data as read from a server (pull mode) or a CDS Hooks prefetch."""
+
+    patient: dict[str, Any]
+    resources: list[dict[str, Any]]
+    issues: list[Issue]
+    truncated: frozenset[str]
+
+
 def evaluate_fetched(
-    patient: dict[str, Any],
-    resources: list[dict[str, Any]],
-    protocol: Protocol,
-    *,
-    as_of: date | None,
-    issues=(),
-    truncated: frozenset[str] = frozenset(),
+    data: FetchedData, protocol: TrialProtocol, as_of: date | None
 ) -> tuple[Evaluation, dict[str, Any]]:
-    record = record_from_resources(patient, resources, protocol, issues=issues, truncated=truncated)
+    record = record_from_resources(
+        data.patient, data.resources, protocol, issues=data.issues, truncated=data.truncated
+    )
     return evaluate_record(record, protocol, as_of)
+
+
+async def evaluate_from_server(
+    settings: Settings, protocol: TrialProtocol, patient_id: str, as_of: date | None
+) -> tuple[Evaluation, dict[str, Any]]:
+    """Pull mode: fetch the patient from the configured FHIR server (or the demo store)."""
+    from service.fhir.client import client_for
+    from service.fhir.fetch import fetch_patient
+
+    day = as_of or today()
+    async with client_for(settings) as client:
+        fetched = await fetch_patient(client, protocol, patient_id, day)
+    return evaluate_fetched(fetched, protocol, day)

@@ -11,11 +11,8 @@ from starlette.concurrency import run_in_threadpool
 
 from fhir_mappings import MAPPINGS_DIR
 from service import __version__
-from service.clinical.dates import today
-from service.fhir.client import client_for
-from service.fhir.fetch import fetch_patient
 from service.fhir_response import ACCEPTED_CONTENT_TYPES, FhirResponse
-from service.pipeline import evaluate_body, evaluate_fetched, parse_as_of
+from service.pipeline import evaluate_body, evaluate_from_server, parse_as_of
 from service.protocol import Protocol
 
 router = APIRouter()
@@ -75,18 +72,9 @@ async def eligibility_from_server(
     request: Request, patient_id: str, as_of: AsOf = None
 ) -> FhirResponse:
     """Pull the patient's data from the configured FHIR server (or the demo store) and evaluate."""
-    settings = request.app.state.settings
-    protocol = _protocol(request)
-    day = parse_as_of(as_of) if as_of else today()
-    async with client_for(settings) as client:
-        fetched = await fetch_patient(client, protocol, patient_id, day)
-    _, bundle = evaluate_fetched(
-        fetched.patient,
-        fetched.resources,
-        protocol,
-        as_of=day,
-        issues=fetched.issues,
-        truncated=fetched.truncated,
+    day = parse_as_of(as_of) if as_of else None
+    _, bundle = await evaluate_from_server(
+        request.app.state.settings, _protocol(request), patient_id, day
     )
     return FhirResponse(bundle)
 

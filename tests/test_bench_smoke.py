@@ -94,9 +94,8 @@ def test_smoke_reports_every_target(smoke_report: tuple[dict, Path]) -> None:
     assert {"http_c8", "cds_p95", "memory"} <= ids
     assert any(i.startswith("pull_") for i in ids)
     assert all(isinstance(t["pass"], bool) for t in targets)
-    assert smoke_report[1].with_suffix(".txt").read_text().count("PASS") + smoke_report[
-        1
-    ].with_suffix(".txt").read_text().count("FAIL") == len(targets)
+    text = smoke_report[1].with_suffix(".txt").read_text()
+    assert text.count("PASS") + text.count("FAIL") == len(targets)
 
 
 def test_synthetic_patient_is_eligible_with_mostly_unused_codes() -> None:
@@ -106,7 +105,9 @@ def test_synthetic_patient_is_eligible_with_mostly_unused_codes() -> None:
     assert len(observations) == 300
     wanted = protocol.observation_codes()
     unused = [
-        o for o in observations if ("http://loinc.org", o["code"]["coding"][0]["code"]) not in wanted
+        o
+        for o in observations
+        if ("http://loinc.org", o["code"]["coding"][0]["code"]) not in wanted
     ]
     assert len(unused) > len(observations) / 2
     assert not any(("http://loinc.org", a.code) in wanted for a in OTHER)

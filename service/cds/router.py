@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from service.cds.cards import patient_view_cards, trial_name
 from service.cds.jwt_auth import CdsClientAuthenticator, audience_for
@@ -22,6 +22,7 @@ from service.protocol import Protocol
 from service.settings import Settings
 
 log = logging.getLogger("service.cds")
+M = TypeVar("M", bound=BaseModel)
 router = APIRouter(prefix="/cds-services", tags=["cds-hooks"])
 HOOK = "patient-view"
 
@@ -85,18 +86,22 @@ async def _body(request: Request) -> Any:
         raise HTTPException(400, "the request body is not JSON") from None
 
 
+def _validated(model: type[M], body: Any, what: str) -> M:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise HTTPException(400, f"invalid {what}: {where}: {first['msg']}") from None
+
+
 @router.post("/{sid}", dependencies=[Depends(cds_client)])
 async def call_service(sid: str, request: Request):
     protocol: Protocol = request.app.state.protocol
     settings: Settings = request.app.state.settings
     if sid != service_id(protocol):
         raise HTTPException(404, "no such CDS service")
-    try:
-        call = PatientViewRequest.model_validate(await _body(request))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise HTTPException(400, f"invalid CDS Hooks request: {where}: {first['msg']}") from None
+    call = _validated(PatientViewRequest, await _body(request), "CDS Hooks request")
 
     if call.fhirServer is not None and not _allowed(call.fhirServer, settings):
         # Refused before any outbound request: no SSRF through our service.
@@ -111,14 +116,7 @@ async def call_service(sid: str, request: Request):
             "prefetch incomplete and no fhirServer to fetch from: "
             + ", ".join(sorted(resolved.missing)),
         )
-    evaluation, _ = evaluate_fetched(
-        resolved.patient,
-        resolved.resources,
-        protocol,
-        as_of=day,
-        issues=resolved.issues,
-        truncated=resolved.truncated,
-    )
+    evaluation, _ = evaluate_fetched(resolved, protocol, day)
     return _json(
         patient_view_cards(
             evaluation, protocol, settings, service_base_url=str(request.base_url).rstrip("/")
@@ -136,12 +134,7 @@ async def feedback(sid: str, request: Request) -> JSONResponse:
     protocol: Protocol = request.app.state.protocol
     if sid != service_id(protocol):
         raise HTTPException(404, "no such CDS service")
-    try:
-        body = FeedbackRequest.model_validate(await _body(request))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise HTTPException(400, f"invalid feedback: {where}: {first['msg']}") from None
+    body = _validated(FeedbackRequest, await _body(request), "feedback")
     counts = Counter(item.outcome for item in body.feedback)
     log.info("cds feedback", extra={"service": sid, "outcomes": dict(counts)})
     return _json({})

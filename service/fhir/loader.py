@@ -81,7 +81,8 @@ def load_bundles(
             try:
                 response = client.post("", json=tx)
             except httpx.HTTPError as exc:
-                raise LoadError(f"{name}: cannot reach the FHIR server ({type(exc).__name__})")
+                reason = type(exc).__name__
+                raise LoadError(f"{name}: cannot reach the FHIR server ({reason})") from None
 
             if response.status_code != 200:
                 raise LoadError(f"{name}: HTTP {response.status_code} from the FHIR server")

@@ -7,6 +7,7 @@ usable (with a warning), so the next older usable result is the one that decides
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,23 +126,21 @@ def _decide(
     op: str,
     threshold: float,
     threshold_text: str,
-    extra: str = "",
 ) -> CriterionResult:
     evidence = [ctx.record.ref(dated.resource)]
     shown = f"{reading.shown} ({reading.converted})" if reading.converted else reading.shown
     verdict = satisfies(reading.value, reading.comparator, op, threshold)
-    base = f"{criterion.params.get('analyte', criterion.title)} {shown} on {dated.day}{extra}"
+    base = f"{criterion.params.get('analyte', criterion.title)} {shown} on {dated.day}"
     if verdict is True:
         return met(criterion.code, f"{base} {_SYMBOL[op]} {threshold_text}", evidence)
     if verdict is False:
         return not_met(criterion.code, f"{base}: not {_SYMBOL[op]} {threshold_text}", evidence)
-    result = undetermined(
+    return undetermined(
         criterion.code,
         f"{base}: the reported bound cannot decide {_SYMBOL[op]} {threshold_text}",
         evidence,
         [_requirement(criterion, ctx)],
     )
-    return result
 
 
 def _candidates(criterion: CriterionDef, ctx: Context, issues: list[Issue]) -> list[Dated]:
@@ -150,25 +149,39 @@ def _candidates(criterion: CriterionDef, ctx: Context, issues: list[Issue]) -> l
     return candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, window, issues)
 
 
+def _latest_usable(
+    criterion: CriterionDef,
+    ctx: Context,
+    target: str,
+    decide: Callable[[Dated, Reading], CriterionResult],
+) -> CriterionResult:
+    """Let the most recent usable result in the window decide; say why when none can."""
+    issues: list[Issue] = []
+    unusable = 0
+    for dated in _candidates(criterion, ctx, issues):
+        reading = read_quantity(dated, criterion.params, target, ctx, issues)
+        if reading is None:
+            unusable += 1
+            continue
+        result = decide(dated, reading)
+        break
+    else:
+        result = _no_usable_result(criterion, ctx, criterion.params.get("window_days"), unusable)
+    result.issues.extend(issues)
+    return result
+
+
 @rule("lab_threshold")
 def lab_threshold(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     p = criterion.params
     target = p["threshold"]["unit"]
     threshold = float(p["threshold"]["value"])
     threshold_text = f"{p['threshold']['value']} {units.describe(target)}"
-    issues: list[Issue] = []
-    unusable = 0
-    for dated in _candidates(criterion, ctx, issues):
-        reading = read_quantity(dated, p, target, ctx, issues)
-        if reading is None:
-            unusable += 1
-            continue
-        result = _decide(criterion, ctx, dated, reading, p["comparator"], threshold, threshold_text)
-        break
-    else:
-        result = _no_usable_result(criterion, ctx, p.get("window_days"), unusable)
-    result.issues.extend(issues)
-    return result
+
+    def decide(dated: Dated, reading: Reading) -> CriterionResult:
+        return _decide(criterion, ctx, dated, reading, p["comparator"], threshold, threshold_text)
+
+    return _latest_usable(criterion, ctx, target, decide)
 
 
 @rule("lab_uln_multiple")
@@ -177,26 +190,17 @@ def lab_uln_multiple(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     p = criterion.params
     default = p["default_uln"]
     target = default["unit"]
-    multiple = float(p["max_uln_multiple"])
-    issues: list[Issue] = []
-    unusable = 0
-    for dated in _candidates(criterion, ctx, issues):
-        reading = read_quantity(dated, p, target, ctx, issues)
-        if reading is None:
-            unusable += 1
-            continue
+
+    def decide(dated: Dated, reading: Reading) -> CriterionResult:
         uln, source = _upper_limit(dated, target, default)
-        limit = multiple * uln
+        limit = float(p["max_uln_multiple"]) * uln
+        unit = units.describe(target)
         threshold_text = (
-            f"{p['max_uln_multiple']} × ULN {_fmt(uln)} {units.describe(target)} "
-            f"= {_fmt(limit)} {units.describe(target)} ({source})"
+            f"{p['max_uln_multiple']} × ULN {_fmt(uln)} {unit} = {_fmt(limit)} {unit} ({source})"
         )
-        result = _decide(criterion, ctx, dated, reading, "<=", limit, threshold_text)
-        break
-    else:
-        result = _no_usable_result(criterion, ctx, p.get("window_days"), unusable)
-    result.issues.extend(issues)
-    return result
+        return _decide(criterion, ctx, dated, reading, "<=", limit, threshold_text)
+
+    return _latest_usable(criterion, ctx, target, decide)
 
 
 def _upper_limit(dated: Dated, target: str, default: dict[str, Any]) -> tuple[float, str]:
