@@ -156,5 +156,21 @@ def serve(
     uvicorn.run("service.api:app", host=host, port=port, workers=workers, log_config=None)
 
 
+@app.command()
+def bench(
+    smoke: Annotated[
+        bool, typer.Option("--smoke", help="tiny sizes, few runs: exercises every case (CI)")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="folder for the JSON and text results")] = Path(
+        "bench-results"
+    ),
+) -> None:
+    """Benchmark the engine, pull mode, HTTP API, CDS Hooks and memory against their floors."""
+    from service.bench.cases import BenchConfig  # heavy: imported only when benchmarking
+    from service.bench.cli import run_bench
+
+    run_bench(BenchConfig.quick() if smoke else BenchConfig.full(), out)
+
+
 if __name__ == "__main__":
     app()

@@ -14,6 +14,7 @@ from service.clinical.dates import today
 from service.clinical.engine import evaluate
 from service.clinical.evaluation import Evaluation
 from service.clinical.model import Issue
+from service.gc_pause import gc_paused
 from service.output import result_bundle
 from service.protocol import Protocol as TrialProtocol
 from service.record import InputError, PatientRecord, record_from_bundle, record_from_resources
@@ -71,7 +72,8 @@ def evaluate_body(
     patient_id: str | None = None,
 ) -> tuple[Evaluation, dict[str, Any]]:
     """Bytes of a Bundle (or Parameters) in, the evaluation and its result Bundle out."""
-    return evaluate_resource(parse_json(body), protocol, as_of=as_of, patient_id=patient_id)
+    with gc_paused():
+        return evaluate_resource(parse_json(body), protocol, as_of=as_of, patient_id=patient_id)
 
 
 def evaluate_resource(

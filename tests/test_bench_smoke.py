@@ -72,9 +72,11 @@ def test_smoke_case_fields_are_numeric(smoke_report: tuple[dict, Path]) -> None:
             assert _number(row[key]["median"])
     assert _number(cases["growth"]["engine_growth"])
     assert _number(cases["growth"]["json_loads_growth"])
+    assert {r["search"] for r in cases["pull"]["rows"]} == {"GET", "POST"}
     for row in cases["pull"]["rows"]:
         assert row["status"] == "eligible"
         assert row["http_requests"] >= 2
+        assert row["http_methods"].get(row["search"], 0) >= 1  # the client really used it
         assert _number(row["wall"]["median"]) and _number(row["slowest_query"]["median"])
     assert [r["concurrency"] for r in cases["http"]["rows"]] == [1, 8, 32]
     for row in cases["http"]["rows"]:

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,6 @@ class BenchConfig:
     memory_n: int
     memory_reps: int
     seed: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def full(cls) -> BenchConfig:
@@ -231,16 +230,23 @@ def growth(case1: dict[str, Any]) -> dict[str, Any]:
 
 
 class _RequestTimes(logging.Handler):
-    """Collects the per-request wall time the FHIR client logs (``elapsed_ms``)."""
+    """Collects what the FHIR client logs per HTTP request: method and ``elapsed_ms``."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.elapsed: list[float] = []
+        self.methods: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         value = getattr(record, "elapsed_ms", None)
         if isinstance(value, int | float):
             self.elapsed.append(float(value))
+            args = record.args if isinstance(record.args, tuple) else ()
+            self.methods.append(str(args[0]) if args else "?")
+
+    def clear(self) -> None:
+        self.elapsed.clear()
+        self.methods.clear()
 
 
 @contextmanager
@@ -263,18 +269,54 @@ async def _pull_once(settings: Any, protocol: Protocol, pid: str, day: date) -> 
     from service.fhir.client import client_for
     from service.fhir.fetch import fetch_patient
 
+    # What pipeline.evaluate_from_server does, keeping the FetchResult for its timings.
     async with client_for(settings) as client:
         fetched = await fetch_patient(client, protocol, pid, day)
-    evaluation, result = evaluate_fetched(
-        fetched.patient,
-        fetched.resources,
-        protocol,
-        as_of=day,
-        issues=fetched.issues,
-        truncated=fetched.truncated,
-    )
+    evaluation, result = evaluate_fetched(fetched, protocol, day)
     orjson.dumps(result)
     return fetched, evaluation
+
+
+async def _pull_row(
+    cfg: BenchConfig,
+    protocol: Protocol,
+    settings: Any,
+    pid: str,
+    day: date,
+    requests: _RequestTimes,
+) -> dict[str, Any]:
+    walls, slow_query, slow_request, counts = [], [], [], []
+    methods: dict[str, int] = {}
+    fetched = evaluation = None
+    for i in range(cfg.pull_warmup + cfg.pull_reps):
+        gc.collect()
+        requests.clear()
+        started = time.perf_counter()
+        fetched, evaluation = await _pull_once(settings, protocol, pid, day)
+        wall = (time.perf_counter() - started) * 1000
+        if i < cfg.pull_warmup:
+            continue
+        timings = getattr(fetched, "timings", None) or {}
+        walls.append(wall)
+        slow_request.append(max(requests.elapsed, default=0.0))
+        slow_query.append(max(timings.values(), default=slow_request[-1]))
+        counts.append(len(requests.elapsed))
+        methods = {m: requests.methods.count(m) for m in sorted(set(requests.methods))}
+    assert fetched is not None and evaluation is not None
+    row: dict[str, Any] = {
+        "status": evaluation.status.value,
+        "resources_fetched": len(fetched.resources),
+        "http_requests": statistics.median(counts),
+        "http_methods": methods,
+        "wall": summary(walls),
+        "slowest_query": summary(slow_query),
+        "slowest_request": summary(slow_request),
+        "query_ms": dict(getattr(fetched, "timings", {}) or {}),
+    }
+    # The queries run in parallel; the slowest one (all its pages) is the floor.
+    row["wall_over_slowest_query"] = _ratio(row["wall"]["median"], row["slowest_query"]["median"])
+    row["bound_ms"] = round(1.3 * row["slowest_query"]["median"] + 20, 3)
+    return row
 
 
 async def _pull_rows(
@@ -283,44 +325,19 @@ async def _pull_rows(
     from service.fhir.client import close_clients
 
     settings = bench_settings().model_copy(update={"fhir_base_url": fhir_base})
+    # A query-length limit below any of our searches: every search goes as POST _search.
+    post = settings.model_copy(update={"max_query_length": 10})
+    plan = [(n, "GET", settings) for n in cfg.pull_sizes]
+    plan.append((cfg.pull_sizes[0], "POST", post))
     rows = []
     try:
         with _capture_fhir_requests() as requests:
-            for n in cfg.pull_sizes:
-                progress(f"pull mode, N={n}: {cfg.pull_reps} evaluations")
-                pid = ws.patient_id(n)
-                walls, slow_query, slow_request, counts = [], [], [], []
-                fetched = evaluation = None
-                for i in range(cfg.pull_warmup + cfg.pull_reps):
-                    gc.collect()
-                    requests.elapsed.clear()
-                    started = time.perf_counter()
-                    fetched, evaluation = await _pull_once(settings, protocol, pid, ws.anchor)
-                    wall = (time.perf_counter() - started) * 1000
-                    if i < cfg.pull_warmup:
-                        continue
-                    timings = getattr(fetched, "timings", None) or {}
-                    walls.append(wall)
-                    slow_request.append(max(requests.elapsed, default=0.0))
-                    slow_query.append(max(timings.values(), default=slow_request[-1]))
-                    counts.append(len(requests.elapsed))
-                assert fetched is not None and evaluation is not None
-                row: dict[str, Any] = {
-                    "n": n,
-                    "latency_ms": cfg.latency_ms,
-                    "status": evaluation.status.value,
-                    "resources_fetched": len(fetched.resources),
-                    "http_requests": statistics.median(counts),
-                    "wall": summary(walls),
-                    "slowest_query": summary(slow_query),
-                    "slowest_request": summary(slow_request),
-                    "query_ms": dict(getattr(fetched, "timings", {}) or {}),
-                }
-                # The queries run in parallel; the slowest one (all its pages) is the floor.
-                row["wall_over_slowest_query"] = _ratio(
-                    row["wall"]["median"], row["slowest_query"]["median"]
+            for n, search, variant in plan:
+                progress(f"pull mode, N={n}, {search} searches: {cfg.pull_reps} evaluations")
+                row = {"n": n, "search": search, "latency_ms": cfg.latency_ms}
+                row |= await _pull_row(
+                    cfg, protocol, variant, ws.patient_id(n), ws.anchor, requests
                 )
-                row["bound_ms"] = round(1.3 * row["slowest_query"]["median"] + 20, 3)
                 rows.append(row)
     finally:
         await close_clients()

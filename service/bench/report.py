@@ -67,8 +67,8 @@ def targets(results: Results) -> list[dict[str, Any]]:
     for row in cases["pull"]["rows"]:
         out.append(
             _target(
-                f"pull_{row['n']}",
-                f"pull wall at N={row['n']:,} <= 1.3 x slowest query + 20 ms",
+                _pull_id(row),
+                f"pull wall at N={row['n']:,} ({row['search']}) <= 1.3 x slowest query + 20 ms",
                 row["wall"]["median"],
                 "<=",
                 row["bound_ms"],
@@ -106,6 +106,10 @@ def targets(results: Results) -> list[dict[str, Any]]:
         )
     )
     return out
+
+
+def _pull_id(row: dict[str, Any]) -> str:
+    return f"pull_{row['n']}_{row['search'].lower()}"
 
 
 # -- table --------------------------------------------------------------------------------
@@ -183,13 +187,14 @@ def _rows(results: Results) -> list[list[str]]:
         rows.append(
             [
                 "3 pull",
-                f"N={r['n']:,}, {r['latency_ms']:g} ms/request, {r['http_requests']:g} requests",
+                f"N={r['n']:,}, {r['latency_ms']:g} ms/request, "
+                f"{r['http_requests']:g} requests ({r['search']})",
                 _ms(r["wall"]["median"]),
                 _spread(r["wall"]),
                 f"slowest query {_ms(r['slowest_query']['median'])}"
                 f" (request {_ms(r['slowest_request']['median'])})",
                 _x(r["wall_over_slowest_query"]),
-                *_check(by_id[f"pull_{r['n']}"]),
+                *_check(by_id[_pull_id(r)]),
             ]
         )
     for r in cases["http"]["rows"]:

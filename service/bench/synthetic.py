@@ -46,300 +46,43 @@ class Analyte:
     decimals: int = 1
 
 
+# fmt: off
 # Codes no criterion reads. Vital signs carry no reference range (as on real servers).
 OTHER: tuple[Analyte, ...] = (
-    Analyte(
-        "2345-7",
-        "Glucose [Mass/volume] in Serum or Plasma",
-        "Glucose",
-        "laboratory",
-        "mg/dL",
-        70,
-        99,
-        65,
-        180,
-        0,
-    ),  # noqa: E501
-    Analyte(
-        "2951-2",
-        "Sodium [Moles/volume] in Serum or Plasma",
-        "Sodium",
-        "laboratory",
-        "mmol/L",
-        136,
-        145,
-        130,
-        148,
-        0,
-    ),  # noqa: E501
-    Analyte(
-        "2823-3",
-        "Potassium [Moles/volume] in Serum or Plasma",
-        "Potassium",
-        "laboratory",
-        "mmol/L",
-        3.5,
-        5.1,
-        3.1,
-        5.6,
-    ),  # noqa: E501
-    Analyte(
-        "2075-0",
-        "Chloride [Moles/volume] in Serum or Plasma",
-        "Chloride",
-        "laboratory",
-        "mmol/L",
-        98,
-        107,
-        95,
-        110,
-        0,
-    ),  # noqa: E501
-    Analyte(
-        "2028-9",
-        "Carbon dioxide, total [Moles/volume] in Serum or Plasma",
-        "CO2",
-        "laboratory",
-        "mmol/L",
-        22,
-        29,
-        19,
-        31,
-        0,
-    ),  # noqa: E501
-    Analyte(
-        "3094-0",
-        "Urea nitrogen [Mass/volume] in Serum or Plasma",
-        "BUN",
-        "laboratory",
-        "mg/dL",
-        7,
-        20,
-        5,
-        35,
-        0,
-    ),  # noqa: E501
-    Analyte(
-        "17861-6",
-        "Calcium [Mass/volume] in Serum or Plasma",
-        "Calcium",
-        "laboratory",
-        "mg/dL",
-        8.6,
-        10.3,
-        8.0,
-        10.8,
-    ),  # noqa: E501
-    Analyte(
-        "1751-7",
-        "Albumin [Mass/volume] in Serum or Plasma",
-        "Albumin",
-        "laboratory",
-        "g/dL",
-        3.5,
-        5.0,
-        2.8,
-        5.2,
-    ),  # noqa: E501
-    Analyte(
-        "2532-0",
-        "Lactate dehydrogenase [Enzymatic activity/volume] in Serum or Plasma",
-        "LDH",
-        "laboratory",
-        "U/L",
-        140,
-        280,
-        120,
-        650,
-        0,
-    ),  # noqa: E501
-    Analyte(
-        "6690-2",
-        "Leukocytes [#/volume] in Blood by Automated count",
-        "WBC",
-        "laboratory",
-        "10*9/L",
-        4.0,
-        11.0,
-        0.8,
-        14.0,
-    ),  # noqa: E501
-    Analyte(
-        "731-0",
-        "Lymphocytes [#/volume] in Blood by Automated count",
-        "Lymphocytes",
-        "laboratory",
-        "10*9/L",
-        1.0,
-        4.8,
-        0.2,
-        5.0,
-    ),  # noqa: E501
-    Analyte(
-        "787-2",
-        "MCV [Entitic volume] by Automated count",
-        "MCV",
-        "laboratory",
-        "fL",
-        80,
-        100,
-        78,
-        104,
-        0,
-    ),  # noqa: E501
-    Analyte(
-        "4548-4",
-        "Hemoglobin A1c/Hemoglobin.total in Blood",
-        "HbA1c",
-        "laboratory",
-        "%",
-        4.0,
-        5.6,
-        4.6,
-        7.2,
-    ),  # noqa: E501
+    Analyte("2345-7", "Glucose [Mass/volume] in Serum or Plasma", "Glucose", "laboratory", "mg/dL", 70, 99, 65, 180, 0),  # noqa: E501
+    Analyte("2951-2", "Sodium [Moles/volume] in Serum or Plasma", "Sodium", "laboratory", "mmol/L", 136, 145, 130, 148, 0),  # noqa: E501
+    Analyte("2823-3", "Potassium [Moles/volume] in Serum or Plasma", "Potassium", "laboratory", "mmol/L", 3.5, 5.1, 3.1, 5.6),  # noqa: E501
+    Analyte("2075-0", "Chloride [Moles/volume] in Serum or Plasma", "Chloride", "laboratory", "mmol/L", 98, 107, 95, 110, 0),  # noqa: E501
+    Analyte("2028-9", "Carbon dioxide, total [Moles/volume] in Serum or Plasma", "CO2", "laboratory", "mmol/L", 22, 29, 19, 31, 0),  # noqa: E501
+    Analyte("3094-0", "Urea nitrogen [Mass/volume] in Serum or Plasma", "BUN", "laboratory", "mg/dL", 7, 20, 5, 35, 0),  # noqa: E501
+    Analyte("17861-6", "Calcium [Mass/volume] in Serum or Plasma", "Calcium", "laboratory", "mg/dL", 8.6, 10.3, 8.0, 10.8),  # noqa: E501
+    Analyte("1751-7", "Albumin [Mass/volume] in Serum or Plasma", "Albumin", "laboratory", "g/dL", 3.5, 5.0, 2.8, 5.2),  # noqa: E501
+    Analyte("2532-0", "Lactate dehydrogenase [Enzymatic activity/volume] in Serum or Plasma", "LDH", "laboratory", "U/L", 140, 280, 120, 650, 0),  # noqa: E501
+    Analyte("6690-2", "Leukocytes [#/volume] in Blood by Automated count", "WBC", "laboratory", "10*9/L", 4.0, 11.0, 0.8, 14.0),  # noqa: E501
+    Analyte("731-0", "Lymphocytes [#/volume] in Blood by Automated count", "Lymphocytes", "laboratory", "10*9/L", 1.0, 4.8, 0.2, 5.0),  # noqa: E501
+    Analyte("787-2", "MCV [Entitic volume] by Automated count", "MCV", "laboratory", "fL", 80, 100, 78, 104, 0),  # noqa: E501
+    Analyte("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", "HbA1c", "laboratory", "%", 4.0, 5.6, 4.6, 7.2),  # noqa: E501
     Analyte("8867-4", "Heart rate", "Heart rate", "vital-signs", "/min", None, None, 55, 118, 0),
-    Analyte(
-        "8480-6",
-        "Systolic blood pressure",
-        "Systolic BP",
-        "vital-signs",
-        "mm[Hg]",
-        None,
-        None,
-        95,
-        165,
-        0,
-    ),  # noqa: E501
-    Analyte(
-        "8462-4",
-        "Diastolic blood pressure",
-        "Diastolic BP",
-        "vital-signs",
-        "mm[Hg]",
-        None,
-        None,
-        55,
-        98,
-        0,
-    ),  # noqa: E501
-    Analyte(
-        "8310-5", "Body temperature", "Temperature", "vital-signs", "Cel", None, None, 36.1, 38.9
-    ),  # noqa: E501
-    Analyte(
-        "9279-1",
-        "Respiratory rate",
-        "Respiratory rate",
-        "vital-signs",
-        "/min",
-        None,
-        None,
-        12,
-        24,
-        0,
-    ),  # noqa: E501
-    Analyte(
-        "2708-6",
-        "Oxygen saturation in Arterial blood",
-        "SpO2",
-        "vital-signs",
-        "%",
-        None,
-        None,
-        90,
-        100,
-        0,
-    ),  # noqa: E501
+    Analyte("8480-6", "Systolic blood pressure", "Systolic BP", "vital-signs", "mm[Hg]", None, None, 95, 165, 0),  # noqa: E501
+    Analyte("8462-4", "Diastolic blood pressure", "Diastolic BP", "vital-signs", "mm[Hg]", None, None, 55, 98, 0),  # noqa: E501
+    Analyte("8310-5", "Body temperature", "Temperature", "vital-signs", "Cel", None, None, 36.1, 38.9),  # noqa: E501
+    Analyte("9279-1", "Respiratory rate", "Respiratory rate", "vital-signs", "/min", None, None, 12, 24, 0),  # noqa: E501
+    Analyte("2708-6", "Oxygen saturation in Arterial blood", "SpO2", "vital-signs", "%", None, None, 90, 100, 0),  # noqa: E501
     Analyte("29463-7", "Body weight", "Weight", "vital-signs", "kg", None, None, 68, 76),
 )
 
 # The trial's labs, every value inside the pass range, so the newest result always passes.
 LABS: tuple[Analyte, ...] = (
-    Analyte(
-        "1975-2",
-        "Bilirubin.total [Mass/volume] in Serum or Plasma",
-        "Total bilirubin",
-        "laboratory",
-        "mg/dL",
-        0.1,
-        1.2,
-        0.2,
-        1.6,
-    ),  # noqa: E501
-    Analyte(
-        "1742-6",
-        "Alanine aminotransferase [Enzymatic activity/volume] in Serum or Plasma",
-        "ALT",
-        "laboratory",
-        "U/L",
-        7,
-        41,
-        12,
-        70,
-        0,
-    ),  # noqa: E501
-    Analyte(
-        "1920-8",
-        "Aspartate aminotransferase [Enzymatic activity/volume] in Serum or Plasma",
-        "AST",
-        "laboratory",
-        "U/L",
-        10,
-        40,
-        12,
-        65,
-        0,
-    ),  # noqa: E501
-    Analyte(
-        "2160-0",
-        "Creatinine [Mass/volume] in Serum or Plasma",
-        "Creatinine",
-        "laboratory",
-        "mg/dL",
-        0.7,
-        1.3,
-        0.6,
-        1.4,
-        2,
-    ),  # noqa: E501
-    Analyte(
-        "751-8",
-        "Neutrophils [#/volume] in Blood by Automated count",
-        "ANC",
-        "laboratory",
-        "10*9/L",
-        1.8,
-        7.5,
-        0.7,
-        4.5,
-    ),  # noqa: E501
-    Analyte(
-        "777-3",
-        "Platelets [#/volume] in Blood by Automated count",
-        "Platelets",
-        "laboratory",
-        "10*9/L",
-        150,
-        400,
-        45,
-        260,
-        0,
-    ),  # noqa: E501
-    Analyte(
-        "718-7",
-        "Hemoglobin [Mass/volume] in Blood",
-        "Hemoglobin",
-        "laboratory",
-        "g/dL",
-        13.0,
-        17.0,
-        8.2,
-        13.5,
-    ),  # noqa: E501
+    Analyte("1975-2", "Bilirubin.total [Mass/volume] in Serum or Plasma", "Total bilirubin", "laboratory", "mg/dL", 0.1, 1.2, 0.2, 1.6),  # noqa: E501
+    Analyte("1742-6", "Alanine aminotransferase [Enzymatic activity/volume] in Serum or Plasma", "ALT", "laboratory", "U/L", 7, 41, 12, 70, 0),  # noqa: E501
+    Analyte("1920-8", "Aspartate aminotransferase [Enzymatic activity/volume] in Serum or Plasma", "AST", "laboratory", "U/L", 10, 40, 12, 65, 0),  # noqa: E501
+    Analyte("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "Creatinine", "laboratory", "mg/dL", 0.7, 1.3, 0.6, 1.4, 2),  # noqa: E501
+    Analyte("751-8", "Neutrophils [#/volume] in Blood by Automated count", "ANC", "laboratory", "10*9/L", 1.8, 7.5, 0.7, 4.5),  # noqa: E501
+    Analyte("777-3", "Platelets [#/volume] in Blood by Automated count", "Platelets", "laboratory", "10*9/L", 150, 400, 45, 260, 0),  # noqa: E501
+    Analyte("718-7", "Hemoglobin [Mass/volume] in Blood", "Hemoglobin", "laboratory", "g/dL", 13.0, 17.0, 8.2, 13.5),  # noqa: E501
 )
-LVEF = Analyte(
-    "10230-1", "Left ventricular Ejection fraction", "LVEF", "imaging", "%", 52, 72, 50, 64, 0
-)  # noqa: E501
+LVEF = Analyte("10230-1", "Left ventricular Ejection fraction", "LVEF", "imaging", "%", 52, 72, 50, 64, 0)  # noqa: E501
+# fmt: on
 LAB_SHARE = 0.2  # of the generated Observations, the share that are the trial's labs
 
 

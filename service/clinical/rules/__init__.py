@@ -11,6 +11,7 @@ import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cache
 
 from service.clinical.model import CriterionResult, Issue
 from service.protocol import CriterionDef, Protocol
@@ -46,6 +47,7 @@ def rule(name: str, *, reads: tuple[str, ...] = ()) -> Callable[[Evaluator], Eva
     return register
 
 
+@cache
 def load_all() -> dict[str, Rule]:
     """Import every module of this package once, so each rule registers itself."""
     for module in pkgutil.iter_modules(__path__):
