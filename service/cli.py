@@ -16,7 +16,7 @@ from rich.console import Console
 
 from service.clinical.evaluation import Evaluation
 from service.fhir.errors import FhirError
-from service.pipeline import evaluate_body, evaluate_from_server, evaluate_resource, parse_as_of
+from service.pipeline import evaluate_body, evaluate_from_server, parse_as_of
 from service.protocol import Protocol, ProtocolError, load_protocol
 from service.record import InputError
 from service.settings import get_settings
@@ -105,12 +105,23 @@ def evaluate(
 def demo(
     format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.summary,
 ) -> None:
-    """Evaluate the bundled demo patients (dated as of today) and print their summaries."""
+    """Evaluate the bundled demo patients (dated as of today) and print their summaries.
+
+    Each patient is pulled through the FHIR client from the built-in demo store, the same
+    path ``GET /Patient/{id}/$eligibility`` takes when no FHIR server is configured.
+    """
     from service.demo import load_demo_bundles
 
     protocol = _protocol()
-    for bundle in load_demo_bundles().values():
-        evaluation, result = evaluate_resource(bundle, protocol)
+    settings = get_settings().model_copy(update={"fhir_base_url": None})
+
+    async def run_all() -> list[tuple[Evaluation, dict]]:
+        return [
+            await evaluate_from_server(settings, protocol, patient_id, None)
+            for patient_id in load_demo_bundles()
+        ]
+
+    for evaluation, result in asyncio.run(run_all()):
         _print(evaluation, result, protocol, format)
         print()
 
