@@ -272,3 +272,20 @@ def test_replayed_token_is_refused(secured):
     headers = {"Authorization": f"Bearer {token}"}
     assert secured.get("/cds-services", headers=headers).status_code == 200
     assert secured.get("/cds-services", headers=headers).status_code == 401
+
+
+def test_cors_only_for_configured_origins():
+    app = create_app(_settings(cors_origins=["https://sandbox.cds-hooks.org"]))
+    with TestClient(app) as c:
+        preflight = {"Access-Control-Request-Method": "POST"}
+        ok = c.options(
+            "/cds-services", headers={"Origin": "https://sandbox.cds-hooks.org", **preflight}
+        )
+        assert ok.headers["access-control-allow-origin"] == "https://sandbox.cds-hooks.org"
+        other = c.options("/cds-services", headers={"Origin": "https://evil.example", **preflight})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_no_cors_headers_by_default(client):
+    r = client.get("/cds-services", headers={"Origin": "https://sandbox.cds-hooks.org"})
+    assert "access-control-allow-origin" not in r.headers
