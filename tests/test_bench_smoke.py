@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import httpx
 import pytest
 from rich.console import Console
 
 from service.bench.cases import BenchConfig
 from service.bench.cli import run_bench
-from service.bench.fhir_server import StaticFhirStore
+from service.bench.fhir_server import create_fhir_app, store_for
 from service.bench.synthetic import OTHER, make_patient
 from service.pipeline import evaluate_body
 from service.protocol import load_protocol
@@ -68,10 +71,12 @@ def test_smoke_case_fields_are_numeric(smoke_report: tuple[dict, Path]) -> None:
     cases = smoke_report[0]["cases"]
     for row in cases["engine_vs_json"]["rows"]:
         assert row["status"] == "eligible"  # the synthetic patient evaluates as intended
-        for key in ("engine", "json_loads", "naive"):
+        for key in ("engine", "json_loads", "json_loads_gc_paused", "naive"):
             assert _number(row[key]["median"])
+        assert _number(row["engine_over_json"]) and _number(row["engine_over_json_gc_paused"])
     assert _number(cases["growth"]["engine_growth"])
     assert _number(cases["growth"]["json_loads_growth"])
+    assert _number(cases["growth"]["json_loads_gc_paused_growth"])
     assert {r["search"] for r in cases["pull"]["rows"]} == {"GET", "POST"}
     for row in cases["pull"]["rows"]:
         assert row["status"] == "eligible"
@@ -98,6 +103,9 @@ def test_smoke_reports_every_target(smoke_report: tuple[dict, Path]) -> None:
     assert all(isinstance(t["pass"], bool) for t in targets)
     text = smoke_report[1].with_suffix(".txt").read_text()
     assert text.count("PASS") + text.count("FAIL") == len(targets)
+    assert text.count("json.loads, GC paused") == len(
+        smoke_report[0]["cases"]["engine_vs_json"]["rows"]
+    )
 
 
 def test_synthetic_patient_is_eligible_with_mostly_unused_codes() -> None:
@@ -125,24 +133,39 @@ def test_synthetic_bundle_is_valid_fhir_r4b() -> None:
     assert len(bundle.entry) == 60 + 10  # Observations + Patient, Practitioner, story resources
 
 
-def test_static_fhir_store_filters_sorts_and_pages() -> None:
+async def test_loopback_fhir_server_serves_the_demo_store_over_http() -> None:
+    """GET and POST searches, paging and errors through the bench's ASGI wrapper."""
     data = make_patient(400, anchor=AS_OF, patient_id="p1")
-    store = StaticFhirStore(data.resources, "http://127.0.0.1:1/fhir")
+    base = "http://127.0.0.1:1/fhir"
+    store = store_for([data.bundle], base)
+    app = create_fhir_app(store, latency_ms=20)
     params = [
         ("patient", "p1"),
         ("code", "http://loinc.org|777-3,http://loinc.org|718-7"),
         ("date", "ge2026-06-01"),
         ("_sort", "-date"),
     ]
-    found = store.search("Observation", params)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        started = time.perf_counter()
+        assert (await http.get(f"{base}/Patient/p1")).json()["id"] == "p1"
+        assert time.perf_counter() - started >= 0.02  # the added latency
+        found, url = [], f"{base}/Observation?{urlencode([*params, ('_count', '2')])}"
+        while url:
+            page = (await http.get(url)).json()
+            found += [e["resource"] for e in page["entry"]]
+            url = next((x["url"] for x in page["link"] if x["relation"] == "next"), None)
+        posted = await http.post(
+            f"{base}/Observation/_search",
+            content=urlencode([*params, ("_count", "500")]).encode(),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        unknown = await http.get(f"{base}/Observation", params={"patient": "p1", "x": "1"})
+        metadata = await http.get(f"{base}/metadata")
     assert found and all(o["code"]["coding"][0]["code"] in ("777-3", "718-7") for o in found)
     days = [o["effectiveDateTime"] for o in found]
     assert days == sorted(days, reverse=True) and days[-1] >= "2026-06-01"
-
-    first = store.page("Observation", [*params, ("_count", "3")])
-    assert len(first["entry"]) == 3 and first["total"] == len(found)
-    next_url = next(link["url"] for link in first["link"] if link["relation"] == "next")
-    assert "_offset=3" in next_url
-    assert store.search("Observation", [("patient", "other")]) == []
-    with pytest.raises(ValueError):
-        store.search("Observation", [("patient", "p1"), ("value-quantity", "gt1")])
+    assert page["total"] == len(found) > 2  # really paged
+    assert [e["resource"] for e in posted.json()["entry"]] == found
+    assert posted.headers["content-type"] == "application/fhir+json"
+    assert unknown.status_code == 400 and unknown.json()["resourceType"] == "OperationOutcome"
+    assert metadata.json()["resourceType"] == "CapabilityStatement"

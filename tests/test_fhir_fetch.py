@@ -362,6 +362,62 @@ async def test_demo_store_answers_post_search():
     assert sorted(e["resource"]["id"] for e in resp.json()["entry"]) == ["ecog-new", "ecog-old"]
 
 
+def test_demo_store_runs_a_search_once_for_all_its_pages(monkeypatch):
+    store = DemoStore(demo_bundles(), default_page_size=2, max_page_size=2, cache_size=2)
+    calls: list[str] = []
+    search = store._search
+    monkeypatch.setattr(store, "_search", lambda t, p: calls.append(t) or search(t, p))
+    hb = [("patient", "p1"), ("code", f"{LOINC}|718-7"), ("_sort", "-date")]
+    pages = [store.page("Observation", [*hb, ("_offset", str(o))]) for o in (0, 2, 4, 6)]
+    assert [e["resource"]["id"] for p in pages for e in p["entry"]] == [
+        f"hb-{i}" for i in range(1, 8)
+    ]
+    assert calls == ["Observation"]  # later pages came from the cache
+    assert store.search("Observation", list(reversed(hb))) is store.search("Observation", hb)
+    store.search("Consent", [("patient", "p1")])
+    store.search("Procedure", [("patient", "p1")])  # evicts the oldest (cache_size=2)
+    store.search("Observation", hb)
+    assert calls == ["Observation", "Consent", "Procedure", "Observation"]
+
+
+def test_demo_store_caps_the_page_size():
+    store = DemoStore(demo_bundles(), max_page_size=3)
+    page = store.page("Observation", [("patient", "p1"), ("_count", "500")])
+    assert len(page["entry"]) == 3 and page["total"] == 14
+    next_url = next(x["url"] for x in page["link"] if x["relation"] == "next")
+    assert "_count=3" in next_url and "_offset=3" in next_url
+    assert len(DemoStore(demo_bundles(), max_page_size=500).page(
+        "Observation", [("patient", "p1"), ("_count", "500")])["entry"]) == 14  # fmt: skip
+
+
+async def test_demo_store_refuses_malformed_dates_and_answers_metadata_and_reads():
+    for bad in ("ge2025-13-45", "ap2025-01-01", "yesterday"):
+        resp = await demo_get("Observation", {"patient": "p1", "date": bad})
+        assert resp.status_code == 400, bad
+        assert resp.json()["resourceType"] == "OperationOutcome"
+    metadata = (await demo_get("metadata")).json()
+    assert metadata["resourceType"] == "CapabilityStatement"
+    types = {r["type"] for r in metadata["rest"][0]["resource"]}
+    assert {"Patient", "Observation", "QuestionnaireResponse"} <= types
+    assert (await demo_get("Observation/hb-3")).json()["effectiveDateTime"] == days_ago(3)
+    assert (await demo_get("Observation/nope")).status_code == 404
+
+
+def test_demo_store_token_forms_and_conflicting_patients():
+    store = DemoStore(demo_bundles())
+
+    def ids(*params: tuple[str, str]) -> list[str]:
+        return sorted(r["id"] for r in store.search("Observation", list(params)))
+
+    assert ids(("patient", "p1"), ("code", f"{LOINC}|")) == sorted(
+        ["bili-new", "bili-old", *(f"hb-{i}" for i in range(1, 8)), "ecog-new", "ecog-old",
+         "cd19", "pulse"]
+    )  # fmt: skip
+    assert ids(("patient", "p1"), ("code", "|718-7")) == []  # "no system" matches none here
+    assert ids(("patient", "p1"), ("patient", "p2")) == []
+    assert ids(("subject", "Patient/p2")) == ["p2-bili"]
+
+
 async def test_client_for_without_a_base_uses_the_demo_store(monkeypatch):
     monkeypatch.setattr(demo_store, "_load_demo_bundles", demo_bundles)
     settings = Settings(_env_file=None, fhir_base_url=None, page_size=4)

@@ -2,12 +2,19 @@
 
 It speaks enough real FHIR search (``patient``, ``code`` tokens, ``date``/``authored``
 prefixes, ``questionnaire``, ``status``, ``_sort``, ``_count`` and ``link[next]`` paging with
-``_offset``) that the service exercises the same client code paths as against HAPI, paging
-included. Unknown search parameters get a 400, as on HAPI, so a bad query fails here first.
+``_offset``, GET or POST ``{type}/_search``) that the service exercises the same client code
+paths as against HAPI, paging included. Unknown search parameters and malformed dates get a
+400, as on HAPI, so a bad query fails here first. The benchmark serves the same store over
+loopback HTTP (service/bench/fhir_server.py), so there is one search implementation.
+
+Resources are indexed by type and patient, and a search's matches are kept (bounded LRU) so
+walking its pages does not redo the search: the benchmark's patients hold 20,000 Observations.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -19,6 +26,10 @@ import orjson
 DEMO_BASE_URL = "http://demo.invalid/fhir"
 FHIR_JSON = "application/fhir+json"
 _TINY = timedelta(microseconds=1)
+
+Resource = dict[str, Any]
+Params = list[tuple[str, str]]
+Range = tuple[datetime, datetime]  # half-open [lo, hi)
 
 # Search parameter -> element holding the date, per resource type.
 _DATE_PARAMS: dict[str, dict[str, str]] = {
@@ -36,9 +47,17 @@ _TOKEN_PARAMS: dict[str, set[str]] = {
     "Consent": {"status", "category", "scope"},
     "QuestionnaireResponse": {"status"},
 }
-_COMMON = {"patient", "subject", "_count", "_offset", "_sort"}
+_PATIENT_PARAMS = {"patient", "subject"}
+_PAGING = {"_count", "_offset"}
+_COMMON = _PATIENT_PARAMS | _PAGING | {"_sort"}
 
-Range = tuple[datetime, datetime]  # half-open [lo, hi)
+
+class SearchError(ValueError):
+    """A search this store does not support; answered with HTTP 400, as HAPI would."""
+
+    def __init__(self, message: str, code: str = "processing") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def parse_range(value: str) -> Range | None:
@@ -61,7 +80,7 @@ def parse_range(value: str) -> Range | None:
         return None
 
 
-def _element_range(resource: dict, element: str) -> Range | None:
+def _element_range(resource: Resource, element: str) -> Range | None:
     """``effective[x]``-style choice elements: dateTime, instant or Period."""
     for suffix in ("", "DateTime", "Instant", "Period"):
         value = resource.get(element + suffix)
@@ -77,22 +96,29 @@ def _element_range(resource: dict, element: str) -> Range | None:
     return None
 
 
-def _date_matches(target: Range | None, search: str) -> bool:
+_DATE_TESTS: dict[str, Callable[[Range, Range], bool]] = {
+    "eq": lambda t, s: s[0] <= t[0] and t[1] <= s[1],
+    "ge": lambda t, s: t[1] > s[0],
+    "gt": lambda t, s: t[1] > s[1],
+    "le": lambda t, s: t[0] < s[1],
+    "lt": lambda t, s: t[0] < s[0],
+}
+
+
+def _date_test(search: str) -> Callable[[Range | None], bool]:
+    """A predicate over a resource's date span for ``ge2025-01-01`` and friends."""
     prefix, value = (search[:2], search[2:]) if search[:2].isalpha() else ("eq", search)
     span = parse_range(value)
-    if target is None or span is None:
-        return False
-    (tlo, thi), (slo, shi) = target, span
-    return {
-        "eq": slo <= tlo and thi <= shi,
-        "ge": thi > slo,
-        "gt": thi > shi,
-        "le": tlo < shi,
-        "lt": tlo < slo,
-    }.get(prefix, False)
+    if span is None:
+        raise SearchError(f"Invalid date {search!r}")
+    test = _DATE_TESTS.get(prefix)
+    if test is None:
+        raise SearchError(f"Unsupported date prefix {prefix!r}", "not-supported")
+    return lambda target: target is not None and test(target, span)
 
 
-def _split_unescaped(value: str, sep: str) -> list[str]:
+def _split_unescaped(value: str, sep: str, *, unescape: bool = True) -> list[str]:
+    """Split on ``sep`` where it is not escaped with a backslash (FHIR search escaping)."""
     parts, buf, escaped = [], [], False
     for ch in value:
         if escaped:
@@ -100,6 +126,8 @@ def _split_unescaped(value: str, sep: str) -> list[str]:
             escaped = False
         elif ch == "\\":
             escaped = True
+            if not unescape:
+                buf.append(ch)
         elif ch == sep:
             parts.append("".join(buf))
             buf = []
@@ -120,35 +148,32 @@ def _codings(value: Any) -> list[tuple[str | None, str | None]]:
     return out
 
 
-def _token_matches(resource: dict, param: str, search: str) -> bool:
+def _token_test(param: str, search: str) -> Callable[[Resource], bool]:
+    """A predicate for ``code=[system]|[code],...``, the search value parsed once."""
+    alternatives: list[tuple[str | None, str]] = []
+    for alternative in _split_unescaped(search, ",", unescape=False):
+        parts = _split_unescaped(alternative, "|")
+        alternatives.append((parts[0], parts[1]) if len(parts) > 1 else (None, parts[0]))
     element = _CODE_ELEMENT.get(param, param)
-    codings = _codings(resource.get(element))
-    for alternative in _split_unescaped(search, ","):
-        if "|" in alternative.replace("\\|", ""):
-            system, code = _split_unescaped(alternative, "|")[:2]
-        else:
-            system, code = None, _split_unescaped(alternative, "|")[0]
-        for csys, ccode in codings:
-            if system not in (None, "") and csys != system:
-                continue
-            if system == "" and csys is not None:
-                continue
-            if code and ccode != code:
-                continue
-            return True
-    return False
 
+    def system_ok(system: str | None, csys: str | None) -> bool:
+        return system is None or (csys is None if system == "" else csys == system)
 
-def _outcome(status: int, code: str, text: str) -> httpx.Response:
-    body = {
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": code, "diagnostics": text}],
-    }
-    return httpx.Response(status, content=orjson.dumps(body), headers={"content-type": FHIR_JSON})
+    def matches(resource: Resource) -> bool:
+        return any(
+            system_ok(system, csys) and (not code or ccode == code)
+            for csys, ccode in _codings(resource.get(element))
+            for system, code in alternatives
+        )
+
+    return matches
 
 
 class DemoStore:
-    """Serve demo bundles (patient id -> collection Bundle) as a FHIR server would."""
+    """Serve collection Bundles (patient id -> Bundle) as a read-only FHIR server would.
+
+    ``handle`` is an httpx transport handler; ``read``/``search``/``page`` answer in-process.
+    """
 
     def __init__(
         self,
@@ -158,20 +183,23 @@ class DemoStore:
         default_page_size: int = 20,
         max_page_size: int = 50,
         loader: Callable[[], dict[str, dict]] | None = None,
+        cache_size: int = 128,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._base_path = httpx.URL(self.base_url).path.rstrip("/") + "/"
         self.default_page_size = default_page_size
         self.max_page_size = max_page_size
+        self.cache_size = cache_size
         self._loader = loader
         self._loaded_on: date | None = None
-        self._patients: dict[str, dict] = {}
-        self._resources: dict[str, list[tuple[str, dict]]] = {}  # type -> (patient id, res)
-        if bundles is not None:
-            self._index(bundles)
+        self._lock = threading.Lock()
+        self._index({} if bundles is None else bundles)
 
     def _index(self, bundles: dict[str, dict]) -> None:
-        self._patients, self._resources = {}, {}
+        patients: dict[str, Resource] = {}
+        by_id: dict[tuple[str, str], Resource] = {}
+        by_type: dict[str, list[tuple[str, Resource]]] = {}  # type -> (patient id, resource)
+        by_owner: dict[tuple[str, str], list[tuple[str, Resource]]] = {}
         for pid, bundle in bundles.items():
             for n, entry in enumerate(bundle.get("entry") or []):
                 resource = dict(entry.get("resource") or {})
@@ -179,10 +207,17 @@ class DemoStore:
                 if not rtype:
                     continue
                 if rtype == "Patient":
-                    self._patients[pid] = {**resource, "id": pid}
+                    patients[pid] = {**resource, "id": pid}
                     continue
                 resource.setdefault("id", f"{pid}-{rtype.lower()}-{n}"[:64])
-                self._resources.setdefault(rtype, []).append((pid, resource))
+                by_id[(rtype, resource["id"])] = resource
+                by_type.setdefault(rtype, []).append((pid, resource))
+                by_owner.setdefault((rtype, pid), []).append((pid, resource))
+        with self._lock:
+            self._patients, self._by_id = patients, by_id
+            self._by_type, self._by_owner = by_type, by_owner
+            self._ranges: dict[tuple[int, str], Range | None] = {}
+            self._cache: OrderedDict[tuple, list[Resource]] = OrderedDict()
 
     def _refresh(self) -> None:
         """Demo dates are shifted to today: rebuild when the day changes."""
@@ -190,88 +225,43 @@ class DemoStore:
             self._index(self._loader())
             self._loaded_on = date.today()
 
-    # -- HTTP --------------------------------------------------------------------------------
-    def handle(self, request: httpx.Request) -> httpx.Response:
+    # -- in-process API -----------------------------------------------------------------------
+    def read(self, rtype: str, rid: str) -> Resource | None:
         self._refresh()
-        path = request.url.path
-        if not path.startswith(self._base_path):
-            return _outcome(404, "not-found", "unknown path")
-        parts = [p for p in path[len(self._base_path) :].split("/") if p]
-        params = list(request.url.params.multi_items())
-        if request.method == "GET" and len(parts) == 2:
-            return self._read(*parts)
-        if request.method == "GET" and len(parts) == 1:
-            return self._search(parts[0], params)
-        if request.method == "POST" and len(parts) == 2 and parts[1] == "_search":
-            form = parse_qsl(request.content.decode(), keep_blank_values=True)
-            return self._search(parts[0], params + form)
-        return _outcome(405, "not-supported", "this demo store is read-only")
-
-    def _read(self, rtype: str, rid: str) -> httpx.Response:
         if rtype == "Patient":
-            found = self._patients.get(rid)
-        else:
-            found = next((r for _, r in self._resources.get(rtype, []) if r["id"] == rid), None)
-        if found is None:
-            return _outcome(404, "not-found", f"{rtype} not found")
-        return httpx.Response(200, content=orjson.dumps(found), headers={"content-type": FHIR_JSON})
+            return self._patients.get(rid)
+        return self._by_id.get((rtype, rid))
 
-    def _search(self, rtype: str, params: list[tuple[str, str]]) -> httpx.Response:
-        date_params = _DATE_PARAMS.get(rtype, {})
-        allowed = _COMMON | _TOKEN_PARAMS.get(rtype, set()) | set(date_params)
-        if rtype == "QuestionnaireResponse":
-            allowed |= {"questionnaire"}
-        unknown = sorted({k for k, _ in params} - allowed)
-        if unknown:
-            return _outcome(400, "processing", f"Unknown search parameter {unknown[0]}")
-        if rtype == "Patient":
-            return _outcome(400, "not-supported", "Patient search is not supported here")
+    def search(self, rtype: str, params: Params) -> list[Resource]:
+        """Every match of a search in the requested order; paging parameters are ignored."""
+        self._refresh()
+        key = (rtype, tuple(sorted(p for p in params if p[0] not in _PAGING)))
+        with self._lock:
+            found = self._cache.get(key)
+            if found is not None:
+                self._cache.move_to_end(key)
+                return found
+        found = self._search(rtype, params)
+        with self._lock:
+            self._cache[key] = found
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return found
 
-        candidates = list(self._resources.get(rtype, []))
-        sort_key: str | None = None
+    def page(self, rtype: str, params: Params) -> Resource:
+        """One searchset page with ``self`` and (when more remain) ``next`` links."""
         count, offset = self.default_page_size, 0
         for name, value in params:
-            if name in ("patient", "subject"):
-                pid = value.rsplit("/", 1)[-1]
-                candidates = [(p, r) for p, r in candidates if p == pid]
-            elif name in date_params:
-                elem = date_params[name]
-                candidates = [
-                    (p, r) for p, r in candidates if _date_matches(_element_range(r, elem), value)
-                ]
-            elif name == "questionnaire":
-                candidates = [
-                    (p, r)
-                    for p, r in candidates
-                    if str(r.get("questionnaire", "")).split("|")[0] == value.split("|")[0]
-                ]
-            elif name in _TOKEN_PARAMS.get(rtype, set()):
-                candidates = [(p, r) for p, r in candidates if _token_matches(r, name, value)]
-            elif name == "_count":
-                count = max(0, min(int(value), self.max_page_size)) if value.isdigit() else count
-            elif name == "_offset":
-                offset = int(value) if value.isdigit() else 0
-            elif name == "_sort":
-                sort_key = value
-
-        matches = [r for _, r in candidates]
-        if sort_key:
-            name = sort_key.lstrip("-")
-            elem = date_params.get(name)
-            if elem is None:
-                return _outcome(400, "processing", f"Cannot sort on {name}")
-            with_date = [(r, _element_range(r, elem)) for r in matches]
-            dated = sorted(
-                (x for x in with_date if x[1]), key=lambda x: x[1][0], reverse=sort_key[0] == "-"
-            )
-            matches = [r for r, _ in dated] + [r for r, rng in with_date if rng is None]
-
-        page = matches[offset : offset + count]
-        keep = [(k, v) for k, v in params if k not in ("_offset", "_count")]
+            if name == "_count" and value.isdigit():
+                count = min(int(value), self.max_page_size)
+            elif name == "_offset" and value.isdigit():
+                offset = int(value)
+        matches = self.search(rtype, params)
+        keep = [(k, v) for k, v in params if k not in _PAGING]
         links = [{"relation": "self", "url": self._url(rtype, keep, count, offset)}]
-        if offset + count < len(matches) and count > 0:
+        if count > 0 and offset + count < len(matches):
             links.append({"relation": "next", "url": self._url(rtype, keep, count, offset + count)})
-        bundle = {
+        return {
             "resourceType": "Bundle",
             "type": "searchset",
             "total": len(matches),
@@ -282,16 +272,127 @@ class DemoStore:
                     "resource": r,
                     "search": {"mode": "match"},
                 }
-                for r in page
+                for r in matches[offset : offset + count]
             ],
         }
-        return httpx.Response(
-            200, content=orjson.dumps(bundle), headers={"content-type": FHIR_JSON}
-        )
 
-    def _url(self, rtype: str, params: list[tuple[str, str]], count: int, offset: int) -> str:
+    def capability(self) -> Resource:
+        """``GET metadata``: what this store can search, so clients and probes can ask."""
+        resources = [{"type": "Patient", "interaction": [{"code": "read"}]}]
+        for rtype, tokens in _TOKEN_PARAMS.items():
+            names = sorted(_PATIENT_PARAMS | tokens | set(_DATE_PARAMS.get(rtype, {})))
+            names += ["questionnaire"] if rtype == "QuestionnaireResponse" else []
+            resources.append(
+                {
+                    "type": rtype,
+                    "interaction": [{"code": "read"}, {"code": "search-type"}],
+                    "searchParam": [{"name": n} for n in names],
+                }
+            )
+        return {
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": date.today().isoformat(),
+            "kind": "instance",
+            "fhirVersion": "4.0.1",
+            "format": ["json"],
+            "rest": [{"mode": "server", "resource": resources}],
+        }
+
+    # -- HTTP --------------------------------------------------------------------------------
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if not path.startswith(self._base_path):
+            return _outcome(404, "not-found", "unknown path")
+        parts = [p for p in path[len(self._base_path) :].split("/") if p]
+        params = list(request.url.params.multi_items())
+        if request.method == "GET" and parts == ["metadata"]:
+            return _json(self.capability())
+        if request.method == "GET" and len(parts) == 2:
+            found = self.read(*parts)
+            return _json(found) if found else _outcome(404, "not-found", f"{parts[0]} not found")
+        if request.method == "GET" and len(parts) == 1:
+            return self._answer_search(parts[0], params)
+        if request.method == "POST" and len(parts) == 2 and parts[1] == "_search":
+            form = parse_qsl(request.content.decode(), keep_blank_values=True)
+            return self._answer_search(parts[0], params + form)
+        return _outcome(405, "not-supported", "this demo store is read-only")
+
+    def _answer_search(self, rtype: str, params: Params) -> httpx.Response:
+        try:
+            return _json(self.page(rtype, params))
+        except SearchError as exc:
+            return _outcome(400, exc.code, str(exc))
+
+    # -- search ------------------------------------------------------------------------------
+    def _search(self, rtype: str, params: Params) -> list[Resource]:
+        date_params = _DATE_PARAMS.get(rtype, {})
+        tokens = _TOKEN_PARAMS.get(rtype, set())
+        allowed = _COMMON | tokens | set(date_params)
+        if rtype == "QuestionnaireResponse":
+            allowed |= {"questionnaire"}
+        unknown = sorted({k for k, _ in params} - allowed)
+        if unknown:
+            raise SearchError(f"Unknown search parameter {unknown[0]}")
+        if rtype == "Patient":
+            raise SearchError("Patient search is not supported here", "not-supported")
+
+        owners = {v.rsplit("/", 1)[-1] for k, v in params if k in _PATIENT_PARAMS}
+        if len(owners) > 1:
+            return []
+        if owners:
+            candidates = [r for _, r in self._by_owner.get((rtype, owners.pop()), [])]
+        else:
+            candidates = [r for _, r in self._by_type.get(rtype, [])]
+        sort_key: str | None = None
+        for name, value in params:
+            if name in date_params:
+                date_test, elem = _date_test(value), date_params[name]
+                candidates = [r for r in candidates if date_test(self._range(r, elem))]
+            elif name == "questionnaire":
+                wanted = value.split("|")[0]
+                candidates = [
+                    r for r in candidates if str(r.get("questionnaire", "")).split("|")[0] == wanted
+                ]
+            elif name in tokens:
+                token_test = _token_test(name, value)
+                candidates = [r for r in candidates if token_test(r)]
+            elif name == "_sort":
+                sort_key = value
+
+        if not sort_key:
+            return candidates
+        elem = date_params.get(sort_key.lstrip("-"))
+        if elem is None:
+            raise SearchError(f"Cannot sort on {sort_key.lstrip('-')}")
+        spans = [(r, self._range(r, elem)) for r in candidates]
+        dated = sorted(
+            ((r, s) for r, s in spans if s), key=lambda x: x[1][0], reverse=sort_key[0] == "-"
+        )
+        return [r for r, _ in dated] + [r for r, s in spans if s is None]
+
+    def _range(self, resource: Resource, element: str) -> Range | None:
+        """A resource's date span, parsed once per store (sorting and filters reuse it)."""
+        key = (id(resource), element)
+        if key not in self._ranges:
+            self._ranges[key] = _element_range(resource, element)
+        return self._ranges[key]
+
+    def _url(self, rtype: str, params: Params, count: int, offset: int) -> str:
         query = urlencode([*params, ("_count", str(count)), ("_offset", str(offset))])
         return f"{self.base_url}/{rtype}?{query}"
+
+
+def _json(body: Resource) -> httpx.Response:
+    return httpx.Response(200, content=orjson.dumps(body), headers={"content-type": FHIR_JSON})
+
+
+def _outcome(status: int, code: str, text: str) -> httpx.Response:
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": text}],
+    }
+    return httpx.Response(status, content=orjson.dumps(body), headers={"content-type": FHIR_JSON})
 
 
 def _load_demo_bundles() -> dict[str, dict]:
