@@ -29,9 +29,13 @@ class ValueSet:
     url: str
     codes: frozenset[Code]
     resource: dict[str, Any] = field(repr=False, compare=False, hash=False)
+    displays: dict[Code, str] = field(default_factory=dict, repr=False, compare=False, hash=False)
 
     def matches(self, codings: Iterable[Code]) -> bool:
         return any(c in self.codes for c in codings)
+
+    def display(self, code: Code) -> str | None:
+        return self.displays.get(code) or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +127,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     return orjson.loads(path.read_bytes())
 
 
-def _valueset_codes(resource: dict[str, Any]) -> frozenset[Code]:
-    """Codes of an enumerated ValueSet (compose.include[].concept[]); no filters, no expansion."""
-    codes: set[Code] = set()
+def _valueset_concepts(resource: dict[str, Any]) -> dict[Code, str]:
+    """Code -> display of an enumerated ValueSet (compose.include[].concept[]); no expansion."""
+    concepts: dict[Code, str] = {}
     for include in resource.get("compose", {}).get("include", []):
         if "filter" in include or "valueSet" in include:
             raise ProtocolError(
@@ -133,8 +137,8 @@ def _valueset_codes(resource: dict[str, Any]) -> frozenset[Code]:
             )
         system = include["system"]
         for concept in include.get("concept", []):
-            codes.add((system, concept["code"]))
-    return frozenset(codes)
+            concepts[(system, concept["code"])] = concept.get("display", "")
+    return concepts
 
 
 def load_protocol(path: Path | str = DEFAULT_PROTOCOL) -> Protocol:
@@ -146,8 +150,9 @@ def load_protocol(path: Path | str = DEFAULT_PROTOCOL) -> Protocol:
     valuesets: dict[str, ValueSet] = {}
     for vs_path in sorted(directory.glob(study.get("valuesets_glob", "ValueSet-*.json"))):
         resource = _read_json(vs_path)
+        concepts = _valueset_concepts(resource)
         valuesets[resource["id"]] = ValueSet(
-            resource["id"], resource["url"], _valueset_codes(resource), resource
+            resource["id"], resource["url"], frozenset(concepts), resource, concepts
         )
 
     criteria: dict[str, CriterionDef] = {}

@@ -275,7 +275,10 @@ def test_i9_alive_uses_attestation_or_stays_undetermined():
 
 
 def test_i12_active_consent_covering_as_of_is_met():
-    c = consent(date_time="2026-11-01", period=("2026-11-01", "2027-11-01"))
+    study = "https://fhir.cart-eligibility.example.org/ResearchStudy/cd19-cart-rr-ball"
+    c = consent(
+        date_time="2026-11-01", period=("2026-11-01", "2027-11-01"), policy=[{"uri": study}]
+    )
     r = evaluate("I12", c)
     assert r.outcome is Outcome.MET
     assert r.reason == (
@@ -369,3 +372,36 @@ def test_i12_truncated_consent_search_makes_met_unconfirmed():
     r = evaluate("I12", c, truncated={"Consent"})
     assert r.outcome is Outcome.UNDETERMINED
     assert "truncated" in r.reason
+
+
+# -- which study a Consent is for ---------------------------------------------------------
+
+STUDY_CONTEXT = "http://hl7.org/fhir/StructureDefinition/consent-ResearchStudyContext"
+
+
+def _i12(*resources):
+    from tests.builders import result, run
+
+    return result(run(*resources), "I12")
+
+
+def test_consent_naming_this_study_is_met_without_caveat():
+    from service.protocol import default_protocol
+
+    c = consent(policy=[{"uri": default_protocol().canonical}])
+    r = _i12(c)
+    assert r.outcome is Outcome.MET
+    assert "does not name the study" not in r.reason
+
+
+def test_consent_naming_no_study_is_met_with_a_caveat():
+    r = _i12(consent())
+    assert r.outcome is Outcome.MET
+    assert "does not name the study" in r.reason
+
+
+def test_consent_to_another_study_does_not_count():
+    other = {"url": STUDY_CONTEXT, "valueReference": {"reference": "ResearchStudy/other-trial"}}
+    r = _i12(consent(extension=[other]))
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "another study" in r.reason

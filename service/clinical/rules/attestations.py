@@ -393,6 +393,10 @@ def consent(criterion: CriterionDef, ctx: Context) -> CriterionResult:
         if not scope.matches(codings(c.get("scope"))):
             continue
         ref = ctx.record.ref(c).reference
+        if _study_of(c, ctx) is False:
+            notes.append(f"{ref} is consent to another study")
+            noted.append(c)
+            continue
         signed = parse_date(c.get("dateTime"))
         if signed is not None and signed.earliest > ctx.as_of:
             continue
@@ -424,6 +428,29 @@ def consent(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     return result
 
 
+# R4 core extension naming the ResearchStudy a Consent is for.
+RESEARCH_STUDY_CONTEXT = "http://hl7.org/fhir/StructureDefinition/consent-ResearchStudyContext"
+
+
+def _study_of(consent: Resource, ctx: Context) -> bool | None:
+    """Whether a Consent is for this study: True, False (another study), None (names none)."""
+    canonical = ctx.protocol.canonical
+    ours = {canonical, f"{canonical}|{ctx.protocol.version}", f"ResearchStudy/{ctx.protocol.id}"}
+    named: list[str] = []
+    for policy in consent.get("policy") or ():
+        uri = policy.get("uri") if isinstance(policy, dict) else None
+        if isinstance(uri, str) and "ResearchStudy/" in uri:
+            named.append(uri)
+    for ext in consent.get("extension") or ():
+        if isinstance(ext, dict) and ext.get("url") == RESEARCH_STUDY_CONTEXT:
+            reference = (ext.get("valueReference") or {}).get("reference")
+            if isinstance(reference, str):
+                named.append(reference)
+    if not named:
+        return None
+    return any(n in ours or n.endswith(f"/ResearchStudy/{ctx.protocol.id}") for n in named)
+
+
 def _consent_decision(
     criterion: CriterionDef,
     ctx: Context,
@@ -446,6 +473,8 @@ def _consent_decision(
                 [ref(chosen)] + [ref(r) for r in later_refusal],
                 [_consent_requirement(criterion, ctx)],
             )
+        if _study_of(chosen, ctx) is None:
+            reason += " (the Consent does not name the study: check it is this trial's)"
         return met(criterion.code, reason, [ref(chosen)])
     if refused:
         listed = ", ".join(

@@ -48,15 +48,11 @@ def code_label(code: Code, *valuesets: ValueSet) -> str:
     system, value = code
     label = f"{_SYSTEM_LABELS.get(system, system or 'no system')} {value}"
     for vs in valuesets:
-        for include in vs.resource.get("compose", {}).get("include", []):
-            if include.get("system") != system:
-                continue
-            for concept in include.get("concept", []):
-                if concept.get("code") == value and concept.get("display"):
-                    display = concept["display"]
-                    if system == _SNOMED:  # drop the semantic tag: "(disorder)", "(finding)"
-                        display = _SEMANTIC_TAG.sub("", display)
-                    return f"{display} ({label})"
+        display = vs.display(code)
+        if display:
+            if system == _SNOMED:  # drop the semantic tag: "(disorder)", "(finding)"
+                display = _SEMANTIC_TAG.sub("", display)
+            return f"{display} ({label})"
     return label
 
 
