@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import Response
+from fastapi import HTTPException, Request, Response
 
 FHIR_JSON = "application/fhir+json"
 ACCEPTED_CONTENT_TYPES = ("application/fhir+json", "application/json")
@@ -42,3 +42,18 @@ ISSUE_CODE = {
     502: "transient",
     504: "timeout",
 }
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

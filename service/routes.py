@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fhir_mappings import MAPPINGS_DIR
 from service import __version__
-from service.fhir_response import ACCEPTED_CONTENT_TYPES, FhirResponse
+from service.fhir_response import ACCEPTED_CONTENT_TYPES, FhirResponse, read_body
 from service.pipeline import evaluate_body, evaluate_from_server, parse_as_of
 from service.protocol import Protocol
 
@@ -25,21 +25,6 @@ _OPERATION = orjson.loads((MAPPINGS_DIR / "OperationDefinition-eligibility.json"
 
 def _protocol(request: Request) -> Protocol:
     return request.app.state.protocol
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"request body larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"request body larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _check_content_type(request: Request) -> None:

@@ -289,3 +289,9 @@ def test_cors_only_for_configured_origins():
 def test_no_cors_headers_by_default(client):
     r = client.get("/cds-services", headers={"Origin": "https://sandbox.cds-hooks.org"})
     assert "access-control-allow-origin" not in r.headers
+
+
+def test_oversized_cds_request_is_413():
+    with TestClient(create_app(_settings(max_body_bytes=1000))) as c:
+        r = c.post(f"/cds-services/{SID}", content=b"{" + b" " * 2000 + b"}")
+        assert r.status_code == 413

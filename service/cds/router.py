@@ -16,7 +16,7 @@ from service.cds.jwt_auth import CdsClientAuthenticator, audience_for
 from service.cds.models import FeedbackRequest, PatientViewRequest
 from service.cds.prefetch import resolve_prefetch
 from service.clinical.dates import today
-from service.fhir_response import outcome
+from service.fhir_response import outcome, read_body
 from service.pipeline import evaluate_fetched
 from service.protocol import Protocol
 from service.settings import Settings
@@ -79,7 +79,7 @@ async def discovery(request: Request) -> JSONResponse:
 
 
 async def _body(request: Request) -> Any:
-    raw = await request.body()
+    raw = await read_body(request, request.app.state.settings.max_body_bytes)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
