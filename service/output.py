@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from service import __version__
-from service.clinical.evaluation import Evaluation, SubjectStatus
+from service.clinical.evaluation import Evaluation
 from service.clinical.model import CriterionResult, Issue, Outcome
 from service.protocol import Protocol
 
@@ -179,9 +179,9 @@ def _criterion_observation(
 
 
 def _data_requirements(evaluation: Evaluation) -> tuple[list[dict[str, Any]], list[str]]:
-    """What data would resolve the undetermined criteria, and the same in words."""
-    seen: dict[tuple[str, str | None], dict[str, Any]] = {}
-    notes: list[str] = []
+    """What data would resolve the undetermined criteria, as DataRequirements and in words."""
+    requirements: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+    notes: dict[str, None] = {}
     stack = list(evaluation.results)
     while stack:
         result = stack.pop(0)
@@ -189,16 +189,15 @@ def _data_requirements(evaluation: Evaluation) -> tuple[list[dict[str, Any]], li
         if result.outcome is not Outcome.UNDETERMINED:
             continue
         for need in result.needs:
-            key = (need.resource_type, need.valueset)
-            if key in seen:
-                continue
-            requirement: dict[str, Any] = {"type": need.resource_type}
-            if need.valueset:
-                requirement["codeFilter"] = [{"path": "code", "valueSet": need.valueset}]
-            seen[key] = requirement
+            key = (need.resource_type, need.valueset, need.path)
+            if key not in requirements:
+                requirement: dict[str, Any] = {"type": need.resource_type}
+                if need.valueset:
+                    requirement["codeFilter"] = [{"path": need.path, "valueSet": need.valueset}]
+                requirements[key] = requirement
             if need.description:
-                notes.append(need.description)
-    return list(seen.values()), notes
+                notes[need.description] = None
+    return list(requirements.values()), list(notes)
 
 
 def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
@@ -214,7 +213,3 @@ def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
             }
         )
     return {"resourceType": "OperationOutcome", "issue": out}
-
-
-def status_display(status: SubjectStatus) -> str:
-    return status.value.replace("-", " ")

@@ -14,6 +14,7 @@ from typing import Any
 
 from service.clinical.model import Issue, Severity, SourceRef
 from service.protocol import Code, Protocol, ValueSet
+from service.shapes import shape_error
 
 Resource = dict[str, Any]
 
@@ -162,6 +163,7 @@ def build_record(
     pid = patient.resource.get("id") or patient.full_url
     if not isinstance(pid, str) or not pid:
         raise InputError("the Patient has neither an id nor a fullUrl")
+    patient = Entry(_usable_patient(patient.resource, issues), patient.full_url)
     reference = _reference_of(patient.resource, patient.full_url) or pid
     aliases = _Aliases(patient.resource.get("id"), patient.full_url)
     record = PatientRecord(patient.resource, pid, reference, issues=issues, truncated=truncated)
@@ -196,6 +198,9 @@ def build_record(
             if _normalise(ref) not in aliases:
                 other_patient[rtype] += 1
                 continue
+            bad = shape_error(resource)
+            if bad is not None:
+                raise _Malformed(bad)
             record._refs[id(resource)] = SourceRef(
                 _reference_of(resource, entry.full_url) or f"{rtype} (no id)", rtype
             )
@@ -204,12 +209,13 @@ def build_record(
                     observations[code].append(resource)
             else:
                 targets[rtype].append(resource)
-        except (AttributeError, TypeError, KeyError, ValueError):
+        except (_Malformed, AttributeError, TypeError, KeyError, ValueError) as exc:
+            where = f" ({exc.args[0]} has the wrong type)" if isinstance(exc, _Malformed) else ""
             issues.append(
                 Issue(
                     Severity.WARNING,
                     "invalid",
-                    f"malformed {rtype} skipped",
+                    f"malformed {rtype} skipped{where}",
                     _reference_of(resource, entry.full_url),
                 )
             )
@@ -228,6 +234,28 @@ def build_record(
             )
         )
     return record
+
+
+class _Malformed(ValueError):
+    """A resource element we read has the wrong JSON type (args[0] names it)."""
+
+
+def _usable_patient(resource: Resource, issues: list[Issue]) -> Resource:
+    """The Patient with each wrongly typed element made present-but-unreadable.
+
+    The patient is the subject, so it is never skipped. An unreadable element is not the
+    same as a missing one: an unreadable death record must not read as "alive", so it makes
+    the criteria it feeds undetermined.
+    """
+    patient = resource
+    while (bad := shape_error(patient)) is not None:
+        element = bad.split(".")[0].split("[")[0]
+        patient = {k: v for k, v in patient.items() if k != element}
+        patient["deceasedDateTime" if element.startswith("deceased") else element] = ""
+        issues.append(
+            Issue(Severity.WARNING, "invalid", f"Patient.{element} has the wrong type; unreadable")
+        )
+    return patient
 
 
 def _normalise(reference: str) -> str:

@@ -12,6 +12,7 @@ Conversion is on the hot path, so the UCUM registry is loaded once per process a
 from __future__ import annotations
 
 import math
+import re
 import threading
 import tomllib
 from collections import Counter
@@ -115,11 +116,18 @@ class _Parsed:
     arbitrary: tuple[tuple[str, int], ...]  # arbitrary-unit signature, see _arbitrary_signature
 
 
+MAX_UNIT_LENGTH = 40
+_UCUM_CHARS = re.compile(r"[\x21-\x7e]+")  # UCUM: printable ASCII without spaces
+
+
 @lru_cache(maxsize=_CACHE_SIZE)
 def _parse(ucum: str) -> _Parsed | str:
     """Parse a UCUM code; a ``str`` result is the reason it cannot be used (cached too)."""
     if not ucum:
         return "no unit"
+    if len(ucum) > MAX_UNIT_LENGTH or not _UCUM_CHARS.fullmatch(ucum):
+        # The parser's time grows faster than the input; a lab unit is never this long.
+        return "unit is too long or has characters UCUM does not use"
     registry = _registry()
     with _LOCK:
         try:

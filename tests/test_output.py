@@ -104,3 +104,13 @@ def test_eligible_demo_cites_its_sources():
     [provenance] = _by_type(bundle, "Provenance")
     kinds = {e["what"]["type"] for e in provenance["entity"]}
     assert {"Patient", "Observation", "Condition", "Consent", "QuestionnaireResponse"} <= kinds
+
+
+def test_every_open_attestation_is_named_in_the_guidance():
+    _, bundle = _demo("demo-potential")
+    [guidance] = _by_type(bundle, "GuidanceResponse")
+    notes = " ".join(n["text"] for n in guidance["note"])
+    for item in ("I5", "I9", "I11", "I12"):
+        assert f"attestation item {item} in" in notes
+    consent = [d for d in guidance["dataRequirement"] if d["type"] == "Consent"]
+    assert consent and consent[0]["codeFilter"][0]["path"] == "scope"

@@ -147,3 +147,16 @@ def test_irrelevant_observations_are_dropped_before_any_other_work():
     unrelated = lab("4548-4", 6.1, "%")  # HbA1c: not a protocol input
     record = record_from_bundle(bundle(patient(), unrelated), default_protocol())
     assert record.observations == {}
+
+
+def test_a_rule_that_cannot_read_its_input_gives_undetermined_not_a_crash(monkeypatch):
+    from service.clinical import rules
+    from tests.builders import result, run
+
+    def broken(criterion, ctx):
+        raise TypeError("boom")
+
+    monkeypatch.setitem(rules.RULES, "minimum_age", rules.Rule(broken, frozenset()))
+    r = result(run(), "I1")
+    assert r.outcome.value == "undetermined"
+    assert any(i.severity.value == "error" for i in r.issues)

@@ -232,3 +232,28 @@ def test_not_met_member_beats_undetermined_member():
     r = result(run(lab("777-3", 10, "10*9/L")), "I7")
     assert r.outcome is NOT_MET
     assert "I7-platelets" in r.reason
+
+
+@pytest.mark.parametrize(
+    ("high", "why"),
+    [
+        (
+            {"value": 40, "unit": "U/mL", "system": UCUM, "code": "U/mL"},
+            "implausible",
+        ),  # 40,000 U/L
+        ({"value": 0}, "implausible"),
+    ],
+)
+def test_implausible_result_uln_falls_back_to_the_default(high, why):
+    obs = lab("1742-6", 900, "U/L", referenceRange=[{"high": high}])
+    r = result(run(obs), "I6-alt")
+    assert r.outcome is NOT_MET  # 900 > 3 x default 40
+    assert "protocol default ULN" in r.reason
+    assert any(why in i.message for i in r.issues)
+
+
+def test_population_specific_range_is_not_used_as_uln():
+    rng = {"high": {"value": 150}, "appliesTo": [{"text": "neonates"}]}
+    r = result(run(lab("1742-6", 300, "U/L", referenceRange=[rng])), "I6-alt")
+    assert r.outcome is NOT_MET
+    assert "protocol default ULN" in r.reason

@@ -458,3 +458,15 @@ def test_every_sample_analyte_quantity_converts_or_raises_unit_error() -> None:
     assert min(converted["14682-9"]) == pytest.approx(50)  # 0.05 mmol/L creatinine
     assert max(converted["718-7"]) == pytest.approx(176)  # g/L hemoglobin unchanged
     assert max(converted["1975-2"]) == pytest.approx(8.6 * 17.104, rel=1e-3)  # US Core 8.6 mg/dL
+
+
+def test_overlong_or_odd_units_never_reach_the_parser(monkeypatch):
+    registry = units._registry()
+
+    def spy(_unit):
+        raise AssertionError("the UCUM parser was called")
+
+    monkeypatch.setattr(registry.ureg, "from_ucum", spy)
+    for unit in ("mg/" * 3000 + "dL", "mg /dL", "mg\ndL"):
+        with pytest.raises(units.UnitError, match="too long or has characters"):
+            units.convert(1.0, unit, "g/L")

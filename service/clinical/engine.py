@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, date, datetime
 
 from service.clinical.evaluation import Evaluation
-from service.clinical.model import CriterionResult, Issue, Outcome, Severity, SourceRef
+from service.clinical.model import (
+    CriterionResult,
+    Issue,
+    Outcome,
+    Severity,
+    SourceRef,
+    undetermined,
+)
 from service.clinical.rules import Context, load_all
 from service.protocol import CriterionDef, Protocol, ProtocolError
 from service.record import PatientRecord
+
+log = logging.getLogger("service.clinical")
 
 
 def evaluate(record: PatientRecord, protocol: Protocol, as_of: date) -> Evaluation:
@@ -39,7 +49,19 @@ def _run(criterion: CriterionDef, ctx: Context, rules) -> CriterionResult:
     rule = rules.get(criterion.rule)
     if rule is None:
         raise ProtocolError(f"{criterion.code}: no evaluator for rule {criterion.rule!r}")
-    result = rule.evaluate(criterion, ctx)
+    try:
+        result = rule.evaluate(criterion, ctx)
+    except (AttributeError, TypeError, KeyError, ValueError, IndexError) as exc:
+        # Input shapes are checked when the record is built; this is the last line of
+        # defence: one criterion becomes undetermined, never the whole evaluation a 500.
+        log.error("rule failed", extra={"criterion": criterion.code, "error": type(exc).__name__})
+        result = undetermined(
+            criterion.code, "could not be evaluated: the input holds data this rule cannot read"
+        )
+        result.issues.append(
+            Issue(Severity.ERROR, "exception", f"{criterion.code}: unreadable input data")
+        )
+        return result
     feeds = _feeds(criterion) | rule.reads
     if result.outcome is not Outcome.UNDETERMINED and ctx.record.is_truncated(*feeds):
         # A capped server search may have hidden the result that matters.

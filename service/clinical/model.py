@@ -43,6 +43,7 @@ class DataRequirement:
     resource_type: str  # "Observation", "QuestionnaireResponse", "Consent", ...
     valueset: str | None = None  # canonical URL of the ValueSet that would resolve it
     description: str = ""
+    path: str = "code"  # the element the ValueSet constrains (Consent: "scope")
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import weakref
 from collections.abc import Sequence
@@ -54,6 +55,9 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 ACCEPT = "application/fhir+json, application/json;q=0.9"
 FORM = "application/x-www-form-urlencoded"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_RESPONSE_BYTES = 50 * 1024 * 1024  # one response body, after decompression
+_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{0,63}")
+_ISSUE_CODE = re.compile(r"[a-z][a-z-]{0,39}")
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,11 @@ class ClientConfig:
     wait_initial: float = 0.2
     wait_max: float = 2.0
     wait_jitter: float = 0.3
+    max_response_bytes: int = MAX_RESPONSE_BYTES
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClientConfig:
+        """The service's limits; ``max_response_bytes`` only if Settings has such a field."""
         return cls(
             page_size=settings.page_size,
             max_pages=settings.max_pages,
@@ -79,7 +85,18 @@ class ClientConfig:
             max_query_length=settings.max_query_length,
             deadline_seconds=settings.deadline_seconds,
             retry_attempts=settings.retry_attempts,
+            max_response_bytes=getattr(settings, "max_response_bytes", MAX_RESPONSE_BYTES),
         )
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A final response whose body was read in full, within the size cap."""
+
+    status_code: int
+    headers: httpx.Headers
+    url: httpx.URL  # of the request, to resolve relative next-page links
+    content: bytes
 
 
 @dataclass
@@ -106,11 +123,11 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -122,14 +139,78 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
 
 
 def _outcome_codes(body: Any, severities: frozenset[str]) -> list[str]:
-    """Issue codes (not diagnostics, which may echo values) of an OperationOutcome."""
+    """Issue codes (not diagnostics, which may echo values) of an OperationOutcome.
+
+    Lenient: this only words an error message, so a malformed outcome yields no codes.
+    """
     if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
         return []
+    issues = body.get("issue")
     return [
-        str(i.get("code", "unknown"))
-        for i in body.get("issue") or []
+        _issue_code(i.get("code"))
+        for i in (issues if isinstance(issues, list) else [])
         if isinstance(i, dict) and i.get("severity") in severities
     ]
+
+
+def _issue_code(code: Any) -> str:
+    """An IssueType code as sent, or ``unknown``: never echo free text from the server."""
+    return code if isinstance(code, str) and _ISSUE_CODE.fullmatch(code) else "unknown"
+
+
+def _type_name(value: Any) -> str:
+    """A resourceType fit for a message: a type name, never an arbitrary server value."""
+    if isinstance(value, str) and _TYPE_NAME.fullmatch(value):
+        return value
+    return "resource of unknown type"
+
+
+def _shape_error(what: str, element: str) -> UpstreamError:
+    """A Bundle we cannot read; names the element's path, never the value found there."""
+    return UpstreamError(f"the FHIR server answered the {what} with a malformed Bundle ({element})")
+
+
+def _optional_list(obj: dict, name: str, what: str, path: str) -> list:
+    """``obj[name]`` as a list: absent or null is empty, anything else but a list is an error."""
+    value = obj.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _shape_error(what, path)
+    return value
+
+
+def _too_large(what: str, limit: int) -> UpstreamError:
+    return UpstreamError(
+        f"the FHIR server's answer to the {what} was refused: response too large "
+        f"(limit {limit} bytes)"
+    )
+
+
+async def _read_capped(resp: httpx.Response, limit: int, what: str) -> bytes:
+    """Read a streamed body, giving up as soon as it exceeds ``limit`` (decoded) bytes."""
+    declared = resp.headers.get("content-length", "").strip()
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise _too_large(what, limit)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in resp.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(what, limit)
+            chunks.append(chunk)
+    except httpx.DecodingError:
+        raise UpstreamError(
+            f"the FHIR server's answer to the {what} could not be decoded "
+            f"(content-encoding {_header_token(resp, 'content-encoding')})"
+        ) from None
+    return b"".join(chunks)
+
+
+def _header_token(resp: httpx.Response | _Reply, name: str) -> str:
+    """The first token of a header (e.g. a media type), short, for an error message."""
+    return resp.headers.get(name, "none").split(";")[0].strip()[:60]
 
 
 _SERIOUS = frozenset({"error", "fatal"})
@@ -192,7 +273,9 @@ class FhirClient:
         if resp.status_code in (404, 410) and resource_type == "Patient":
             raise PatientNotFound("the FHIR server has no Patient with this id")
         body = self._check(resp, what, expect=resource_type)
-        if body.get("id") not in (None, id):
+        if body.get("id") is None:
+            raise UpstreamError(f"the FHIR server answered the {what} with a resource without id")
+        if body.get("id") != id:
             raise UpstreamError(f"the FHIR server answered the {what} with a different resource")
         return body
 
@@ -236,14 +319,15 @@ class FhirClient:
                     f"the FHIR server answered the {what} with a non-searchset Bundle"
                 )
             result.pages += 1
-            if result.pages == 1 and isinstance(bundle.get("total"), int):
-                result.total = bundle["total"]
+            total = bundle.get("total")
+            if result.pages == 1 and isinstance(total, int) and not isinstance(total, bool):
+                result.total = total
             self._collect(bundle, rtype, what, result)
             if len(result.entries) > cfg.max_entries:
                 del result.entries[cfg.max_entries :]
                 result.truncated = True
                 break
-            next_url = self._next_link(bundle, resp.request.url, what)
+            next_url = self._next_link(bundle, resp.url, what)
             if next_url is None:
                 break
             if result.pages >= cfg.max_pages:
@@ -278,11 +362,16 @@ class FhirClient:
 
     # -- internals -----------------------------------------------------------------------
     def _collect(self, bundle: dict, rtype: str, what: str, result: SearchResult) -> None:
-        for entry in bundle.get("entry") or []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
+        """Add a page's match entries to ``result``; a malformed entry fails the search."""
+        for entry in _optional_list(bundle, "entry", what, "Bundle.entry"):
+            if not isinstance(entry, dict):
+                raise _shape_error(what, "Bundle.entry")
+            resource = entry.get("resource")
+            if resource is None:
+                continue  # nothing to read (a searchset entry should have one)
             if not isinstance(resource, dict):
-                continue
-            mode = (entry.get("search") or {}).get("mode")
+                raise _shape_error(what, "Bundle.entry.resource")
+            mode = self._entry_mode(entry, what)
             if resource.get("resourceType") == "OperationOutcome":
                 self._outcome_entry(resource, what, result)
                 continue
@@ -290,7 +379,7 @@ class FhirClient:
                 continue  # "include" entries are not ours to use; "outcome" handled above
             result.received += 1
             if resource.get("resourceType") != rtype:
-                other = str(resource.get("resourceType"))[:40]
+                other = _type_name(resource.get("resourceType"))
                 result.issues.append(
                     Issue(
                         Severity.WARNING,
@@ -299,36 +388,66 @@ class FhirClient:
                     )
                 )
                 continue
+            if not isinstance(resource.get("id", ""), str):
+                raise _shape_error(what, "Bundle.entry.resource.id")  # ids are deduplicated
             result.entries.append(resource)
 
     @staticmethod
+    def _entry_mode(entry: dict, what: str) -> str | None:
+        """``entry.search.mode``: an object with a string mode, or absent."""
+        search = entry.get("search")
+        if search is None:
+            return None
+        if not isinstance(search, dict):
+            raise _shape_error(what, "Bundle.entry.search")
+        mode = search.get("mode")
+        if mode is not None and not isinstance(mode, str):
+            raise _shape_error(what, "Bundle.entry.search.mode")
+        return mode
+
+    @staticmethod
     def _outcome_entry(outcome: dict, what: str, result: SearchResult) -> None:
+        issues = _optional_list(outcome, "issue", what, "Bundle.entry.resource.issue")
+        if not all(isinstance(i, dict) for i in issues):
+            raise _shape_error(what, "Bundle.entry.resource.issue")
         serious = _outcome_codes(outcome, _SERIOUS)
         if serious:
             raise UpstreamError(
                 f"the FHIR server reported an error in the {what} result "
                 f"(OperationOutcome: {', '.join(serious)})"
             )
-        for issue in outcome.get("issue") or []:
-            if isinstance(issue, dict) and issue.get("severity") == "warning":
-                detail = str(issue.get("diagnostics") or issue.get("code") or "warning")[:200]
+        for issue in issues:
+            if issue.get("severity") == "warning":
+                diagnostics = issue.get("diagnostics")
+                detail = diagnostics if isinstance(diagnostics, str) else None
+                detail = (detail or _issue_code(issue.get("code")))[:200]
                 result.issues.append(
                     Issue(Severity.WARNING, "informational", f"FHIR server, {what}: {detail}")
                 )
 
     def _next_link(self, bundle: dict, current: httpx.URL, what: str) -> httpx.URL | None:
-        for link in bundle.get("link") or []:
-            if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
-                url = httpx.URL(urljoin(str(current), str(link["url"])))
-                if _origin(url) != _origin(self._base):
-                    raise UpstreamError(
-                        f"refused to follow the next-page link of the {what}: it points to "
-                        "another scheme, host or port than the configured FHIR base"
-                    )
-                return url
+        """The next page's URL, only on our FHIR base; a malformed link fails the search."""
+        for link in _optional_list(bundle, "link", what, "Bundle.link"):
+            if not isinstance(link, dict):
+                raise _shape_error(what, "Bundle.link")
+            if link.get("relation") != "next":
+                continue
+            raw = link.get("url")
+            if not isinstance(raw, str) or not raw:
+                raise _shape_error(what, "Bundle.link.url")
+            try:
+                url = httpx.URL(urljoin(str(current), raw))
+            except (ValueError, httpx.InvalidURL):
+                raise _shape_error(what, "Bundle.link.url is not a URL") from None
+            if _origin(url) != _origin(self._base):
+                raise UpstreamError(
+                    f"refused to follow the next-page link of the {what}: it points to "
+                    "another scheme, host or port than the configured FHIR base"
+                )
+            return url
         return None
 
-    def _check(self, resp: httpx.Response, what: str, *, expect: str) -> dict:
+    def _check(self, resp: _Reply, what: str, *, expect: str) -> dict:
         """Turn a final response into the expected resource, or a clear failure."""
         status = resp.status_code
         body: Any = None
@@ -345,7 +464,7 @@ class FhirClient:
         if status != 200:
             raise UpstreamError(f"the FHIR server answered HTTP {status} to the {what}{detail}")
         if not isinstance(body, dict):
-            ctype = resp.headers.get("content-type", "none").split(";")[0].strip()[:60]
+            ctype = _header_token(resp, "content-type")
             raise UpstreamError(
                 f"the FHIR server answered the {what} with a body that is not a JSON resource "
                 f"(content-type {ctype})"
@@ -357,7 +476,7 @@ class FhirClient:
             raise UpstreamError(f"the FHIR server answered the {what} with {label}{detail}")
         if rtype != expect:
             raise UpstreamError(
-                f"the FHIR server answered the {what} with a {str(rtype)[:40]}, not a {expect}"
+                f"the FHIR server answered the {what} with a {_type_name(rtype)}, not a {expect}"
             )
         return body
 
@@ -372,7 +491,7 @@ class FhirClient:
         names: Sequence[str] = (),
         content: bytes | None = None,
         content_type: str | None = None,
-    ) -> httpx.Response:
+    ) -> _Reply:
         """Send with retries inside the deadline; return the final non-retryable response."""
         remaining = self.remaining()
         if remaining <= 0:
@@ -391,12 +510,12 @@ class FhirClient:
                 return exc.retry_after if exc.retry_after < left else False
             return isinstance(exc, httpx.TransportError)
 
-        async def attempt_once() -> httpx.Response:
+        async def attempt_once() -> _Reply:
             sent = await self._auth.headers()
-            resp = await self._send(method, url, {**headers, **sent}, content, log_extra)
+            resp = await self._send(method, url, {**headers, **sent}, content, what, log_extra)
             if resp.status_code == 401 and await self._auth.refresh(sent):
                 sent = await self._auth.headers()
-                resp = await self._send(method, url, {**headers, **sent}, content, log_extra)
+                resp = await self._send(method, url, {**headers, **sent}, content, what, log_extra)
             if resp.status_code in RETRY_STATUSES:
                 raise _Retryable(
                     resp.status_code, retry_after_seconds(resp.headers.get("retry-after"))
@@ -445,14 +564,21 @@ class FhirClient:
         url: httpx.URL,
         headers: dict[str, str],
         content: bytes | None,
+        what: str,
         log_extra: dict[str, Any],
-    ) -> httpx.Response:
+    ) -> _Reply:
+        """One request; the body is streamed so an oversized one is refused, not buffered."""
         started = time.perf_counter()
         status: int | str = "error"
         try:
-            resp = await self._http.request(method, url, headers=headers, content=content)
+            request = self._http.build_request(method, url, headers=headers, content=content)
+            resp = await self._http.send(request, stream=True)
             status = resp.status_code
-            return resp
+            try:
+                body = await _read_capped(resp, self.config.max_response_bytes, what)
+            finally:
+                await resp.aclose()
+            return _Reply(resp.status_code, resp.headers, request.url, body)
         except httpx.TransportError as exc:
             status = type(exc).__name__
             raise
@@ -530,14 +656,20 @@ def _settings_auth(settings: Settings, base: str, http: httpx.AsyncClient) -> Fh
 
 
 def client_for(
-    settings: Settings, *, bearer_token: str | None = None, base_url: str | None = None
+    settings: Settings,
+    *,
+    bearer_token: str | None = None,
+    base_url: str | None = None,
+    service_credentials: bool = True,
 ) -> FhirClient:
     """A client for one evaluation (use ``async with``); call from inside the event loop.
 
     ``base_url`` (CDS Hooks ``fhirServer``) overrides the configured base; the configured
     credentials are only ever sent to the configured base, never to another server.
     ``bearer_token`` (CDS Hooks ``fhirAuthorization.access_token``) is used for this client
-    only. With no base at all, the built-in demo store answers.
+    only. ``service_credentials=False`` is for callers acting for someone else (CDS Hooks):
+    they get their own token or none, never the service's, even on the configured base
+    (no confused deputy). With no base at all, the built-in demo store answers.
     """
     base = (base_url or settings.fhir_base_url or DEMO_BASE_URL).rstrip("/")
     http = _http_for(base, settings)
@@ -545,7 +677,7 @@ def client_for(
     auth: FhirAuth
     if bearer_token:
         auth = BearerAuth(bearer_token)
-    elif base == configured:
+    elif service_credentials and base == configured:
         auth = _settings_auth(settings, base, http)
     else:
         auth = NoAuth()

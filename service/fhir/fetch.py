@@ -13,12 +13,12 @@ from datetime import date
 from typing import Any
 
 from service.clinical.model import Issue
-from service.fhir.client import FhirClient, SearchResult, client_for, close_clients
+from service.fhir.client import FhirClient, SearchResult
 from service.fhir.errors import FhirError, PatientNotFound
 from service.fhir.queries import Query, check_id, plan_queries
 from service.protocol import Protocol
 
-__all__ = ["FetchResult", "client_for", "close_clients", "fetch_patient"]
+__all__ = ["FetchResult", "fetch_patient"]
 
 
 @dataclass

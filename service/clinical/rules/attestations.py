@@ -518,5 +518,8 @@ def _period_gap(period: Any, as_of: date) -> str | None:
 def _consent_requirement(criterion: CriterionDef, ctx: Context) -> DataRequirement:
     vs = ctx.protocol.valueset(criterion.params["consent_scope_valueset"])
     return DataRequirement(
-        "Consent", vs.url, "an active research Consent for this study covering the evaluation date"
+        "Consent",
+        vs.url,
+        "an active research Consent for this study covering the evaluation date",
+        path="scope",
     )

@@ -24,6 +24,7 @@ from service.clinical.model import (
 from service.clinical.observations import Dated, candidate_observations, satisfies
 from service.clinical.rules import Context, rule
 from service.protocol import CriterionDef
+from service.record import codings
 
 _SYMBOL = {"<=": "≤", "<": "<", ">=": "≥", ">": ">"}
 
@@ -60,7 +61,10 @@ def read_quantity(
     value = float(quantity["value"])
     unit = units.unit_of(quantity)
     try:
-        if spec.get("fraction_as_percent") and (unit == "1" or (unit is None and value <= 1)):
+        fraction_max = spec.get("unitless_fraction_max")  # LVEF 0.55 with no unit is 55 %
+        if spec.get("fraction_as_percent") and (
+            unit == "1" or (unit is None and fraction_max is not None and value <= fraction_max)
+        ):
             converted = value * 100
         else:
             converted = units.convert(value, unit, target, spec.get("molar_mass_g_per_mol"))
@@ -192,7 +196,8 @@ def lab_uln_multiple(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     target = default["unit"]
 
     def decide(dated: Dated, reading: Reading) -> CriterionResult:
-        uln, source = _upper_limit(dated, target, default)
+        ref = ctx.record.ref(dated.resource).reference
+        uln, source = _upper_limit(dated, p, target, uln_issues, ref)
         limit = float(p["max_uln_multiple"]) * uln
         unit = units.describe(target)
         threshold_text = (
@@ -200,20 +205,50 @@ def lab_uln_multiple(criterion: CriterionDef, ctx: Context) -> CriterionResult:
         )
         return _decide(criterion, ctx, dated, reading, "<=", limit, threshold_text)
 
-    return _latest_usable(criterion, ctx, target, decide)
+    uln_issues: list[Issue] = []
+    result = _latest_usable(criterion, ctx, target, decide)
+    result.issues.extend(uln_issues)
+    return result
 
 
-def _upper_limit(dated: Dated, target: str, default: dict[str, Any]) -> tuple[float, str]:
-    """The laboratory's ULN for this result, or the protocol default with the assumption said."""
+def _upper_limit(
+    dated: Dated, spec: dict[str, Any], target: str, issues: list[Issue], ref: str
+) -> tuple[float, str]:
+    """The laboratory's ULN for this result, or the protocol default with the assumption said.
+
+    Only a plain normal range counts (no ``appliesTo`` population, type absent or "normal"),
+    and a ULN outside the protocol's plausible range is not believed.
+    """
     quantity = dated.resource.get("valueQuantity") or {}
+    plausible = spec.get("uln_plausible")
     for ref_range in dated.resource.get("referenceRange") or ():
-        high = ref_range.get("high") if isinstance(ref_range, dict) else None
+        high = ref_range.get("high")
         if not isinstance(high, dict) or not isinstance(high.get("value"), int | float):
+            continue
+        if ref_range.get("appliesTo") or any(
+            code != "normal" for _, code in codings(ref_range.get("type"))
+        ):
             continue
         unit = units.unit_of(high) or units.unit_of(quantity)  # a bare high shares the unit
         try:
-            return units.convert(float(high["value"]), unit, target), "ULN from the result"
+            uln = units.convert(float(high["value"]), unit, target)
         except units.UnitError:
             continue
-    value = float(default["value"])
+        if plausible and not (
+            units.convert(plausible["low"], plausible["unit"], target)
+            <= uln
+            <= units.convert(plausible["high"], plausible["unit"], target)
+        ):
+            issues.append(
+                Issue(
+                    Severity.WARNING,
+                    "value",
+                    f"implausible upper limit of normal {_fmt(uln)} {units.describe(target)}; "
+                    "the protocol default is used",
+                    ref,
+                )
+            )
+            break
+        return uln, "ULN from the result"
+    value = units.convert(float(spec["default_uln"]["value"]), spec["default_uln"]["unit"], target)
     return value, "protocol default ULN; the result has no usable reference range"

@@ -1,0 +1,115 @@
+"""JSON shape checks for the elements the evaluators read.
+
+Real servers send odd things (a status as a list, ``coding: 1``). Checking the few elements
+we read, once, when a resource enters the record lets the evaluators trust their input: a
+resource that breaks one is skipped with a warning instead of failing a rule halfway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Check = Callable[[Any], str | None]  # None when fine, else the path (relative) that is wrong
+
+
+def _type(*kinds: type) -> Check:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, kinds) and not (bool not in kinds and isinstance(value, bool))
+        return None if ok else ""
+
+    return check
+
+
+def _obj(**fields: Check) -> Check:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, dict):
+            return ""
+        for name, field_check in fields.items():
+            if name in value:
+                bad = field_check(value[name])
+                if bad is not None:
+                    return f".{name}{bad}"
+        return None
+
+    return check
+
+
+def _list(item: Check) -> Check:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, list):
+            return ""
+        for i, element in enumerate(value):
+            bad = item(element)
+            if bad is not None:
+                return f"[{i}]{bad}"
+        return None
+
+    return check
+
+
+STR = _type(str)
+NUMBER = _type(int, float)
+BOOL = _type(bool)
+CODING = _obj(system=STR, code=STR, display=STR)
+CONCEPT = _obj(coding=_list(CODING), text=STR)
+PERIOD = _obj(start=STR, end=STR)
+QUANTITY = _obj(value=NUMBER, comparator=STR, unit=STR, system=STR, code=STR)
+REFERENCE = _obj(reference=STR, display=STR)
+EXTENSION = _obj(url=STR, valueCodeableConcept=CONCEPT, valueReference=REFERENCE)
+ANSWER = _obj(valueBoolean=BOOL, valueCoding=CODING, valueString=STR)
+
+
+def _item(value: Any) -> str | None:
+    return _obj(linkId=STR, answer=_list(ANSWER), item=_list(_item))(value)
+
+
+RESOURCE_SHAPES: dict[str, Check] = {
+    "Patient": _obj(birthDate=STR, deceasedBoolean=BOOL, deceasedDateTime=STR),
+    "Observation": _obj(
+        status=STR,
+        code=CONCEPT,
+        effectiveDateTime=STR,
+        effectivePeriod=PERIOD,
+        effectiveInstant=STR,
+        issued=STR,
+        valueQuantity=QUANTITY,
+        valueCodeableConcept=CONCEPT,
+        valueString=STR,
+        valueInteger=_type(int),
+        interpretation=_list(CONCEPT),
+        referenceRange=_list(_obj(low=QUANTITY, high=QUANTITY, type=CONCEPT)),
+        extension=_list(EXTENSION),
+    ),
+    "Condition": _obj(
+        code=CONCEPT,
+        clinicalStatus=CONCEPT,
+        verificationStatus=CONCEPT,
+        onsetDateTime=STR,
+        onsetPeriod=PERIOD,
+        abatementDateTime=STR,
+        recordedDate=STR,
+        extension=_list(EXTENSION),
+    ),
+    "Procedure": _obj(status=STR, code=CONCEPT, performedDateTime=STR, performedPeriod=PERIOD),
+    "Consent": _obj(
+        status=STR,
+        scope=CONCEPT,
+        dateTime=STR,
+        provision=_obj(type=STR, period=PERIOD),
+        policy=_list(_obj(uri=STR)),
+        extension=_list(EXTENSION),
+    ),
+    "QuestionnaireResponse": _obj(
+        status=STR, questionnaire=STR, authored=STR, author=REFERENCE, item=_list(_item)
+    ),
+}
+
+
+def shape_error(resource: dict[str, Any]) -> str | None:
+    """The first element of ``resource`` we read whose JSON type is wrong, e.g. 'status'."""
+    check = RESOURCE_SHAPES.get(resource.get("resourceType", ""))
+    if check is None:
+        return None
+    bad = check(resource)
+    return bad.lstrip(".") if bad is not None else None
