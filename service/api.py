@@ -72,6 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         started = time.perf_counter()
         try:
             response = await call_next(request)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: log, answer 500
+            log.error("unhandled error", extra={"error_type": type(exc).__name__})
+            response = outcome(500, "exception", "internal error")  # never a stack trace
         finally:
             logs.request_id.reset(token)
         elapsed = round((time.perf_counter() - started) * 1000, 1)

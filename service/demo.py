@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, timedelta
-from functools import cache
+from functools import lru_cache
 from importlib import resources
 from typing import Any
 
@@ -67,7 +67,7 @@ def demo_files() -> dict[str, bytes]:
     }
 
 
-@cache
+@lru_cache(maxsize=2)
 def _load(on: date) -> dict[str, dict[str, Any]]:
     days = (on - ANCHOR).days
     return {name: shift_dates(orjson.loads(raw), days) for name, raw in demo_files().items()}

@@ -5,6 +5,7 @@ Both the HTTP API and the CLI call these, so the two can never disagree.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import date
 from typing import Any, Protocol
 
@@ -60,8 +61,9 @@ def parse_as_of(value: Any) -> date:
 def evaluate_record(
     record: PatientRecord, protocol: TrialProtocol, as_of: date | None
 ) -> tuple[Evaluation, dict[str, Any]]:
-    evaluation = evaluate(record, protocol, as_of or today())
-    return evaluation, result_bundle(evaluation, protocol)
+    with gc_paused():
+        evaluation = evaluate(record, protocol, as_of or today())
+        return evaluation, result_bundle(evaluation, protocol)
 
 
 def evaluate_body(
@@ -117,4 +119,17 @@ async def evaluate_from_server(
     day = as_of or today()
     async with client_for(settings) as client:
         fetched = await fetch_patient(client, protocol, patient_id, day)
-    return evaluate_fetched(fetched, protocol, day)
+    return await evaluate_fetched_off_loop(fetched, protocol, day)
+
+
+# More resources than this (about 60 ms of work) are evaluated in a worker thread, so one
+# large patient does not stall every other request on the event loop.
+INLINE_RESOURCES = 5000
+
+
+async def evaluate_fetched_off_loop(
+    data: FetchedData, protocol: TrialProtocol, as_of: date | None
+) -> tuple[Evaluation, dict[str, Any]]:
+    if len(data.resources) <= INLINE_RESOURCES:
+        return evaluate_fetched(data, protocol, as_of)
+    return await asyncio.to_thread(evaluate_fetched, data, protocol, as_of)

@@ -50,6 +50,7 @@ class PatientRecord:
     questionnaire_responses: list[Resource] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
     truncated: frozenset[str] = frozenset()  # ValueSet ids / resource types a server search cut
+    unreadable: frozenset[str] = frozenset()  # ... that had a malformed or conflicting resource
     _refs: dict[int, SourceRef] = field(default_factory=dict, repr=False)
 
     def observations_in(self, valueset: ValueSet) -> list[Resource]:
@@ -72,6 +73,9 @@ class PatientRecord:
 
     def is_truncated(self, *feeds: str) -> bool:
         return any(f in self.truncated for f in feeds)
+
+    def is_unreadable(self, *feeds: str) -> bool:
+        return any(f in self.unreadable for f in feeds)
 
 
 def codings(concept: Any) -> Iterator[Code]:
@@ -117,6 +121,8 @@ def select_patient(entries: list[Entry], patient_id: str | None) -> Entry:
         chosen = [e for e in patients if patient_id in (e.resource.get("id"), e.full_url)]
         if not chosen:
             raise InputError(f"no Patient with id {patient_id!r} in the Bundle")
+        if len(chosen) > 1:
+            raise InputError(f"{len(chosen)} Patient resources match {patient_id!r}: ambiguous")
         return chosen[0]
     if not patients:
         raise InputError("the Bundle holds no Patient resource")
@@ -180,11 +186,14 @@ def build_record(
     other_patient: Counter[str] = Counter()
     unlinked: Counter[str] = Counter()
 
+    kept: dict[tuple[str, str], tuple[Resource, list[Code]]] = {}
+    unreadable: set[str] = set()
     for entry in entries:
         resource = entry.resource
         rtype = resource["resourceType"]
         if rtype not in SUBJECT_ELEMENT or resource is patient.resource:
             continue
+        matched: list[Code] = []
         try:
             if rtype == "Observation":
                 matched = [c for c in codings(resource.get("code")) if c in wanted_codes]
@@ -201,24 +210,41 @@ def build_record(
             bad = shape_error(resource)
             if bad is not None:
                 raise _Malformed(bad)
-            record._refs[id(resource)] = SourceRef(
-                _reference_of(resource, entry.full_url) or f"{rtype} (no id)", rtype
-            )
-            if rtype == "Observation":
-                for code in matched:
-                    observations[code].append(resource)
-            else:
-                targets[rtype].append(resource)
         except (_Malformed, AttributeError, TypeError, KeyError, ValueError) as exc:
+            # Its criteria cannot be decided: an unreadable newer result may be the one
+            # that matters, so it is not simply dropped in favour of older data.
+            unreadable |= _feeds(rtype, matched, protocol)
             where = f" ({exc.args[0]} has the wrong type)" if isinstance(exc, _Malformed) else ""
             issues.append(
                 Issue(
                     Severity.WARNING,
                     "invalid",
-                    f"malformed {rtype} skipped{where}",
+                    f"malformed {rtype} could not be read{where}",
                     _reference_of(resource, entry.full_url),
                 )
             )
+            continue
+        reference = _reference_of(resource, entry.full_url) or f"{rtype}#{len(kept)}"
+        record._refs[id(resource)] = SourceRef(reference, rtype)
+        key = (rtype, reference)
+        if key in kept:
+            resource = _one_version(
+                kept[key][0],
+                resource,
+                reference,
+                issues,
+                unreadable,
+                _feeds(rtype, matched, protocol),
+            )
+        kept[key] = (resource, matched)
+
+    for (rtype, _), (resource, matched) in kept.items():
+        if rtype == "Observation":
+            for code in matched:
+                observations[code].append(resource)
+        else:
+            targets[rtype].append(resource)
+    record.unreadable = frozenset(unreadable)
 
     record.observations = dict(observations)
     for rtype, n in sorted(other_patient.items()):
@@ -234,6 +260,39 @@ def build_record(
             )
         )
     return record
+
+
+def _feeds(rtype: str, matched: list[Code], protocol: Protocol) -> set[str]:
+    """What a resource feeds: its Observation ValueSets, or its resource type."""
+    if rtype != "Observation":
+        return {rtype}
+    return {vs.id for vs in protocol.valuesets.values() if vs.codes.intersection(matched)}
+
+
+def _one_version(
+    old: Resource,
+    new: Resource,
+    reference: str,
+    issues: list[Issue],
+    unreadable: set[str],
+    feeds: set[str],
+) -> Resource:
+    """Two copies of one resource: keep the later version, or flag a conflict we cannot order."""
+    if old == new:
+        return old
+    stamps = [(r.get("meta") or {}).get("lastUpdated") for r in (old, new)]
+    if all(isinstance(t, str) for t in stamps) and stamps[0] != stamps[1]:
+        return new if stamps[1] > stamps[0] else old
+    unreadable |= feeds
+    issues.append(
+        Issue(
+            Severity.WARNING,
+            "duplicate",
+            "two different versions of this resource and no way to tell which is current",
+            reference,
+        )
+    )
+    return new
 
 
 class _Malformed(ValueError):
@@ -277,5 +336,7 @@ class _Aliases:
     def __contains__(self, reference: str) -> bool:
         if reference == self.relative or (self.full_url and reference == self.full_url):
             return True
+        if self.full_url and self.full_url.startswith(("http://", "https://")):
+            return False  # the Patient's own URL names its server: another server's p1 is not ours
         absolute = reference.startswith(("http://", "https://"))
         return bool(self.suffix and absolute and reference.endswith(self.suffix))

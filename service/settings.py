@@ -52,7 +52,6 @@ class Settings(BaseSettings):
     max_pages: int = 50
     max_entries: int = 10_000
     max_query_length: int = 1800  # longer GET query strings switch to POST _search
-    allowed_fhir_hosts: list[str] = Field(default_factory=list)
 
     # -- CDS Hooks ---------------------------------------------------------
     cds_auth_enabled: bool = True

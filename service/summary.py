@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from service.clinical.evaluation import Evaluation
@@ -28,9 +29,9 @@ def render_summary(evaluation: Evaluation, protocol: Protocol, console: Console)
         title = protocol.criterion_display(result.code)
         style = _STYLE[result.outcome]
         table.add_row(
-            f"{indent}{result.code} {title}",
+            escape(f"{indent}{result.code} {title}"),
             f"[{style}]{result.outcome.value}[/{style}]",
-            result.reason,
+            escape(result.reason),
         )
         for member in result.members:
             add(member, indent + "  ")

@@ -293,5 +293,13 @@ def test_no_cors_headers_by_default(client):
 
 def test_oversized_cds_request_is_413():
     with TestClient(create_app(_settings(max_body_bytes=1000))) as c:
-        r = c.post(f"/cds-services/{SID}", content=b"{" + b" " * 2000 + b"}")
+        body = b"{" + b" " * 2000 + b"}"
+        r = c.post(
+            f"/cds-services/{SID}", content=body, headers={"Content-Type": "application/json"}
+        )
         assert r.status_code == 413
+
+
+def test_cds_request_must_be_json(client):
+    r = client.post(f"/cds-services/{SID}", content=b"{}", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from service.fhir.auth import (
     ASSERTION_TYPE,
+    MAX_AUTH_RESPONSE_BYTES,
     BearerAuth,
     SmartBackendAuth,
     jwk_thumbprint,
@@ -24,7 +25,7 @@ from service.fhir.auth import (
     to_v1_scopes,
 )
 from service.fhir.client import ClientConfig, FhirClient, client_for
-from service.fhir.errors import FhirConfigError, UpstreamAuthError
+from service.fhir.errors import FhirConfigError, UpstreamAuthError, UpstreamError
 from service.settings import Settings
 
 BASE = "https://fhir.test/r4"
@@ -77,12 +78,14 @@ class TokenServer:
         return httpx.Response(200, json=body)
 
 
-def smart_client(http: httpx.AsyncClient, key, alg="ES384", clock=time.time, kid="key-1"):
+def smart_client(
+    http: httpx.AsyncClient, key, alg="ES384", clock=time.time, kid="key-1", base=BASE
+):
     auth = SmartBackendAuth(
-        http, BASE, client_id="elig-svc", private_key=key, alg=alg, kid=kid, scopes=SCOPES,
+        http, base, client_id="elig-svc", private_key=key, alg=alg, kid=kid, scopes=SCOPES,
         clock=clock,
     )  # fmt: skip
-    return FhirClient(http, BASE, auth=auth, config=ClientConfig())
+    return FhirClient(http, base, auth=auth, config=ClientConfig())
 
 
 @pytest.mark.parametrize("alg", ["ES384", "RS384"])
@@ -342,3 +345,118 @@ async def test_per_request_tokens_share_the_pool_but_not_the_token():
 async def test_missing_static_token_is_a_config_error():
     with pytest.raises(FhirConfigError):
         client_for(settings(fhir_base_url=BASE, fhir_auth="static"))
+
+
+async def test_service_credentials_false_never_borrows_the_configured_token():
+    cfg = settings(fhir_base_url=BASE, fhir_auth="static", fhir_token="cfg-token")
+    with respx.mock() as router:
+        route = router.get(f"{BASE}/Patient/{PID}").respond(200, json=PATIENT)
+        async with client_for(cfg, base_url=BASE, service_credentials=False) as client:
+            await client.read("Patient", PID)
+        async with client_for(cfg, service_credentials=False) as client:
+            await client.read("Patient", PID)
+        own = client_for(cfg, base_url=BASE, bearer_token="cds-token", service_credentials=False)
+        async with own as client:
+            await client.read("Patient", PID)
+        sent = [call.request.headers.get("authorization") for call in route.calls]
+    assert sent == [None, None, "Bearer cds-token"]
+
+
+async def test_service_credentials_false_never_starts_smart(tmp_path, ec_key):
+    key_file = tmp_path / "key.pem"
+    key_file.write_bytes(
+        ec_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cfg = settings(
+        fhir_base_url=BASE, fhir_auth="smart", smart_client_id="svc",
+        smart_private_key_path=key_file,
+    )  # fmt: skip
+    with respx.mock() as router:  # no discovery or token route: any such request would fail
+        route = router.get(f"{BASE}/Patient/{PID}").respond(200, json=PATIENT)
+        async with client_for(cfg, base_url=BASE, service_credentials=False) as client:
+            await client.read("Patient", PID)
+    assert "authorization" not in route.calls.last.request.headers
+
+
+# -- no tokens in clear text -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("base", "token_url"),
+    [
+        (BASE, "http://auth.test/oauth/token"),  # https FHIR base, http token endpoint
+        ("http://fhir.test/r4", "http://fhir.test/oauth/token"),  # http, but not loopback
+        ("http://127.0.0.1:8080/r4", "http://auth.test/oauth/token"),  # leaves the host
+        (BASE, "ftp://auth.test/oauth/token"),
+        (BASE, "http://[bad/token"),
+    ],
+)
+async def test_a_clear_text_token_endpoint_is_refused(ec_key, base, token_url):
+    with respx.mock(assert_all_called=False) as router:
+        router.get(f"{base}/.well-known/smart-configuration").respond(
+            200, json=smart_config() | {"token_endpoint": token_url}
+        )
+        token = router.route(method="POST").respond(200, json={"access_token": "t"})
+        fhir = router.get(f"{base}/Patient/{PID}").respond(200, json=PATIENT)
+        async with smart_client(httpx.AsyncClient(), ec_key, base=base) as client:
+            with pytest.raises(UpstreamError, match="token endpoint|token_endpoint"):
+                await client.read("Patient", PID)
+    assert token.call_count == 0 and fhir.call_count == 0
+
+
+@pytest.mark.parametrize(
+    ("base", "token_url"),
+    [
+        ("http://localhost:8080/r4", "http://localhost:8081/token"),
+        ("http://127.0.0.1:8080/r4", "http://127.0.0.1:8080/auth/token"),
+        ("http://[::1]:8080/r4", "http://[::1]:9000/token"),
+    ],
+)
+async def test_a_local_http_setup_may_use_an_http_token_endpoint(ec_key, base, token_url):
+    tokens = TokenServer()
+    with respx.mock() as router:
+        router.get(f"{base}/.well-known/smart-configuration").respond(
+            200, json=smart_config() | {"token_endpoint": token_url}
+        )
+        router.post(token_url).mock(side_effect=tokens)
+        fhir = router.get(f"{base}/Patient/{PID}").respond(200, json=PATIENT)
+        async with smart_client(httpx.AsyncClient(), ec_key, base=base) as client:
+            await client.read("Patient", PID)
+    assert fhir.calls.last.request.headers["authorization"] == "Bearer access-token-1"
+
+
+# -- odd discovery and token responses ---------------------------------------------------------
+
+
+async def test_malformed_discovery_lists_are_tolerated(ec_key):
+    tokens = TokenServer()
+    config = smart_config() | {"capabilities": 5, "scopes_supported": "system/Patient.rs"}
+    with respx.mock() as router:
+        router.get(f"{BASE}/.well-known/smart-configuration").respond(200, json=config)
+        router.post(TOKEN_URL).mock(side_effect=tokens)
+        router.get(f"{BASE}/Patient/{PID}").respond(200, json=PATIENT)
+        async with smart_client(httpx.AsyncClient(), ec_key) as client:
+            await client.read("Patient", PID)
+    assert tokens.forms[0]["scope"] == to_v1_scopes(SCOPES)  # no readable sign of v2
+
+
+@pytest.mark.parametrize("step", ["discovery", "token"])
+async def test_oversized_discovery_or_token_responses_are_refused(ec_key, step):
+    async def endless():
+        for _ in range(MAX_AUTH_RESPONSE_BYTES // 1000 + 10):
+            yield b" " * 1000
+
+    huge = httpx.Response(200, content=endless())
+    with respx.mock(assert_all_called=False) as router:
+        router.get(f"{BASE}/.well-known/smart-configuration").mock(
+            return_value=huge if step == "discovery" else httpx.Response(200, json=smart_config())
+        )
+        router.post(TOKEN_URL).mock(return_value=huge)
+        router.get(f"{BASE}/Patient/{PID}").respond(200, json=PATIENT)
+        async with smart_client(httpx.AsyncClient(), ec_key) as client:
+            with pytest.raises(UpstreamError, match="response too large"):
+                await client.read("Patient", PID)

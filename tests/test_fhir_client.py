@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from types import SimpleNamespace
 
 import httpx
+import orjson
 import pytest
 import respx
 import stamina
 
 from service.fhir.auth import BearerAuth
-from service.fhir.client import ClientConfig, FhirClient, retry_after_seconds
+from service.fhir.client import (
+    MAX_RESPONSE_BYTES,
+    ClientConfig,
+    FhirClient,
+    retry_after_seconds,
+)
 from service.fhir.errors import (
     DeadlineExceeded,
     InvalidPatientId,
@@ -23,6 +31,7 @@ from service.fhir.errors import (
     UpstreamError,
 )
 from service.fhir.queries import Query
+from service.settings import Settings
 
 BASE = "http://fhir.test/fhir"
 PID = "pat-7781"
@@ -479,3 +488,171 @@ async def test_request_logs_are_structured_and_carry_no_values(caplog):
     for record in caplog.records:  # httpx's own URL logging is silenced as well
         text = record.getMessage() + repr(record.__dict__)
         assert PID not in text and "1975-2" not in text
+
+
+# -- malformed Bundles ----------------------------------------------------------------------
+
+
+def _with_entry(entry) -> dict:
+    return {**searchset([]), "entry": entry}
+
+
+def _with_link(link) -> dict:
+    return {**searchset([obs(1)]), "link": link}
+
+
+def _next_to(url) -> dict:
+    return searchset([obs(1)], next_url="placeholder") | {
+        "link": [{"relation": "next", "url": url}]
+    }
+
+
+MALFORMED = {
+    "entry is a number": (_with_entry(5), "Bundle.entry"),
+    "entry item is a number": (_with_entry([5]), "Bundle.entry"),
+    "resource is a string": (_with_entry([{"resource": "x"}]), "Bundle.entry.resource"),
+    "search is a string": (
+        _with_entry([{"resource": obs(1), "search": "match"}]),
+        "Bundle.entry.search",
+    ),
+    "search.mode is a number": (
+        _with_entry([{"resource": obs(1), "search": {"mode": 5}}]),
+        "Bundle.entry.search.mode",
+    ),
+    "id is a list": (
+        _with_entry([{"resource": {**obs(1), "id": [PID]}}]),
+        "Bundle.entry.resource.id",
+    ),
+    "outcome issue is a number": (
+        _with_entry([{"resource": {"resourceType": "OperationOutcome", "issue": 5}}]),
+        "Bundle.entry.resource.issue",
+    ),
+    "link is a number": (_with_link(5), "Bundle.link"),
+    "link item is a string": (_with_link(["next"]), "Bundle.link"),
+    "next url is a number": (_next_to(5), "Bundle.link.url"),
+    "next url is empty": (_next_to(""), "Bundle.link.url"),
+    "next url, bad IPv6 (ValueError)": (_next_to(f"http://[{PID}/x"), "Bundle.link.url"),
+    "next url, bad port (InvalidURL)": (_next_to(f"http://fhir.test:{PID}/x"), "Bundle.link.url"),
+}
+
+
+@pytest.mark.parametrize(("bundle", "element"), MALFORMED.values(), ids=MALFORMED.keys())
+async def test_a_malformed_searchset_is_an_upstream_error(bundle, element):
+    with respx.mock() as router:
+        router.get(f"{BASE}/Observation").respond(200, json=bundle)
+        async with make_client() as client:
+            with pytest.raises(UpstreamError) as err:
+                await client.search(OBS_QUERY)
+    message = err.value.message
+    assert f"malformed Bundle ({element}" in message
+    assert "'labs' Observation search; parameters: patient, code, _sort, _count" in message
+    assert PID not in message and "1975-2" not in message  # names only, never values
+
+
+async def test_absent_or_null_entry_and_link_are_an_empty_last_page():
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": None, "link": None}
+    with respx.mock() as router:
+        router.get(f"{BASE}/Observation").respond(200, json=bundle)
+        async with make_client() as client:
+            result = await client.search(OBS_QUERY)
+    assert result.entries == [] and result.pages == 1 and not result.truncated
+
+
+async def test_server_values_are_not_echoed_in_type_names_or_issue_codes():
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": PID}]}
+    with respx.mock() as router:
+        router.get(f"{BASE}/Patient/{PID}").respond(200, json={"resourceType": {"x": PID}})
+        router.get(f"{BASE}/Observation").respond(500, json=outcome)
+        async with make_client() as client:
+            with pytest.raises(UpstreamError, match="resource of unknown type") as read_err:
+                await client.read("Patient", PID)
+            with pytest.raises(UpstreamError, match=r"HTTP 500.*unknown") as search_err:
+                await client.search(OBS_QUERY)
+    assert PID not in read_err.value.message and PID not in search_err.value.message
+
+
+def test_retry_after_with_non_ascii_digits_is_ignored():
+    assert retry_after_seconds("²") is None
+    assert retry_after_seconds("Mon, 01 Jan 99999 00:00:00 GMT") is None
+
+
+async def test_a_patient_without_id_is_a_failure():
+    with respx.mock() as router:
+        router.get(f"{BASE}/Patient/{PID}").respond(200, json={"resourceType": "Patient"})
+        async with make_client() as client:
+            with pytest.raises(UpstreamError, match="without id"):
+                await client.read("Patient", PID)
+
+
+# -- response size cap ----------------------------------------------------------------------
+
+
+def gzipped_stream(raw: bytes) -> httpx.Response:
+    """A gzip-labelled body that httpx decodes while streaming (not up front)."""
+
+    async def body():
+        yield raw
+
+    return httpx.Response(200, content=body(), headers={"content-encoding": "gzip"})
+
+
+async def test_a_declared_oversized_response_is_refused():
+    big = searchset([obs(i) for i in range(100)])
+    with respx.mock() as router:
+        router.get(f"{BASE}/Observation").respond(200, json=big)
+        async with make_client(ClientConfig(max_response_bytes=1000)) as client:
+            with pytest.raises(UpstreamError, match="response too large") as err:
+                await client.search(OBS_QUERY)
+    assert "'labs' Observation search" in err.value.message
+
+
+async def test_an_undeclared_oversized_response_is_refused_while_streaming():
+    seen: list[int] = []
+
+    async def endless():
+        for i in range(10_000):
+            seen.append(i)
+            yield b" " * 1000
+
+    with respx.mock() as router:
+        router.get(f"{BASE}/Patient/{PID}").mock(
+            return_value=httpx.Response(200, content=endless())
+        )
+        async with make_client(ClientConfig(max_response_bytes=10_000)) as client:
+            with pytest.raises(UpstreamError, match="response too large"):
+                await client.read("Patient", PID)
+    assert len(seen) < 20  # stopped reading soon after the cap, not at the end
+
+
+async def test_the_cap_counts_decompressed_bytes():
+    bomb = gzip.compress(b'{"resourceType": "Patient", "id": "pat-7781", "x": "' + b" " * 200_000)
+    with respx.mock() as router:
+        router.get(f"{BASE}/Patient/{PID}").mock(return_value=gzipped_stream(bomb))
+        async with make_client(ClientConfig(max_response_bytes=100_000)) as client:
+            assert len(bomb) < 100_000
+            with pytest.raises(UpstreamError, match="response too large"):
+                await client.read("Patient", PID)
+
+
+async def test_a_response_within_the_cap_is_read():
+    body = {"resourceType": "Patient", "id": PID}
+    with respx.mock() as router:
+        router.get(f"{BASE}/Patient/{PID}").respond(200, json=body)
+        async with make_client(ClientConfig(max_response_bytes=len(orjson.dumps(body)))) as c:
+            assert await c.read("Patient", PID) == body
+
+
+async def test_a_corrupt_compressed_body_is_an_upstream_error():
+    with respx.mock() as router:
+        router.get(f"{BASE}/Patient/{PID}").mock(return_value=gzipped_stream(b"not gzip"))
+        async with make_client() as client:
+            with pytest.raises(UpstreamError, match="could not be decoded.*gzip"):
+                await client.read("Patient", PID)
+
+
+def test_the_size_cap_defaults_to_50_mb_and_follows_settings_when_it_has_the_field():
+    settings = Settings(_env_file=None)
+    assert ClientConfig().max_response_bytes == MAX_RESPONSE_BYTES == 50 * 1024 * 1024
+    assert ClientConfig.from_settings(settings).max_response_bytes == MAX_RESPONSE_BYTES
+    custom = SimpleNamespace(**dict(settings), max_response_bytes=1234)
+    assert ClientConfig.from_settings(custom).max_response_bytes == 1234

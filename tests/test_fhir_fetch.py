@@ -257,6 +257,56 @@ async def test_one_failing_search_fails_the_fetch_and_names_it():
     assert "'consents' Consent search" in err.value.message and "HTTP 500" in err.value.message
 
 
+@pytest.mark.parametrize(
+    "bundle",
+    [
+        {"resourceType": "Bundle", "type": "searchset", "entry": 5},
+        {"resourceType": "Bundle", "type": "searchset", "link": 5},
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": {"resourceType": "Consent", "id": "c"}, "search": "match"}],
+        },
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": {"resourceType": "Consent", "id": ["p1"]}}],  # unhashable
+        },
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "link": [{"relation": "next", "url": "http://[p1/fhir/Consent"}],
+        },
+    ],
+    ids=["entry-number", "link-number", "search-string", "id-list", "unparsable-next"],
+)
+async def test_a_malformed_search_fails_the_fetch_as_an_upstream_error(bundle):
+    with respx.mock(base_url="http://fhir.test/fhir", assert_all_called=False) as router:
+        router.get("/Patient/p1").respond(200, json={"resourceType": "Patient", "id": "p1"})
+        router.get("/Consent").respond(200, json=bundle)
+        empty = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+        router.route().respond(200, json=empty)
+        async with FhirClient(httpx.AsyncClient(), "http://fhir.test/fhir") as client:
+            with pytest.raises(UpstreamError) as err:  # not a TypeError or an ExceptionGroup
+                await fetch_patient(client, PROTOCOL, "p1", TODAY)
+    assert "'consents' Consent search" in err.value.message
+    assert "malformed Bundle" in err.value.message and "p1" not in err.value.message
+    assert err.value.http_status == 502
+
+
+async def test_a_programming_error_is_not_turned_into_an_upstream_error(monkeypatch):
+    async def broken(self, query):
+        raise KeyError("bug")
+
+    monkeypatch.setattr(FhirClient, "search", broken)
+    with respx.mock(base_url="http://fhir.test/fhir") as router:
+        router.get("/Patient/p1").respond(200, json={"resourceType": "Patient", "id": "p1"})
+        async with FhirClient(httpx.AsyncClient(), "http://fhir.test/fhir") as client:
+            with pytest.raises(ExceptionGroup) as err:
+                await fetch_patient(client, PROTOCOL, "p1", TODAY)
+    assert err.group_contains(KeyError)
+
+
 async def test_queries_run_in_parallel():
     """Each request is slowed by 0.20-0.30 s; the total must track the slowest, not the sum."""
     delays: dict[str, float] = {}

@@ -19,7 +19,6 @@ class Resolved:
     issues: list[Issue] = field(default_factory=list)
     truncated: frozenset[str] = frozenset()
     missing: set[str] = field(default_factory=set)  # keys neither prefetched nor fetchable
-    fetched: set[str] = field(default_factory=set)  # keys we had to fetch ourselves
 
 
 def _usable_search(value: Any) -> list[dict[str, Any]] | None:
@@ -93,5 +92,4 @@ async def resolve_prefetch(
     resolved.resources.extend(fetched.resources)
     resolved.issues.extend(fetched.issues)
     resolved.truncated = fetched.truncated
-    resolved.fetched = need
     return resolved

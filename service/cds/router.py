@@ -17,7 +17,7 @@ from service.cds.models import FeedbackRequest, PatientViewRequest
 from service.cds.prefetch import resolve_prefetch
 from service.clinical.dates import today
 from service.fhir_response import outcome, read_body
-from service.pipeline import evaluate_fetched
+from service.pipeline import evaluate_fetched_off_loop
 from service.protocol import Protocol
 from service.settings import Settings
 
@@ -79,6 +79,9 @@ async def discovery(request: Request) -> JSONResponse:
 
 
 async def _body(request: Request) -> Any:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise HTTPException(415, "send application/json")
     raw = await read_body(request, request.app.state.settings.max_body_bytes)
     try:
         return orjson.loads(raw)
@@ -116,10 +119,13 @@ async def call_service(sid: str, request: Request):
             "prefetch incomplete and no fhirServer to fetch from: "
             + ", ".join(sorted(resolved.missing)),
         )
-    evaluation, _ = evaluate_fetched(resolved, protocol, day)
+    evaluation, _ = await evaluate_fetched_off_loop(resolved, protocol, day)
     return _json(
         patient_view_cards(
-            evaluation, protocol, settings, service_base_url=str(request.base_url).rstrip("/")
+            evaluation,
+            protocol,
+            settings,
+            service_base_url=(settings.public_base_url or str(request.base_url)).rstrip("/"),
         )
     )
 

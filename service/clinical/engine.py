@@ -63,12 +63,21 @@ def _run(criterion: CriterionDef, ctx: Context, rules) -> CriterionResult:
         )
         return result
     feeds = _feeds(criterion) | rule.reads
-    if result.outcome is not Outcome.UNDETERMINED and ctx.record.is_truncated(*feeds):
+    if result.outcome is Outcome.UNDETERMINED:
+        return result
+    if ctx.record.is_truncated(*feeds):
         # A capped server search may have hidden the result that matters.
         result.outcome = Outcome.UNDETERMINED
         result.reason = f"{result.reason} — but the server search was truncated, so unconfirmed"
         result.issues.append(
             Issue(Severity.WARNING, "too-costly", f"{criterion.code}: input search truncated")
+        )
+    elif ctx.record.is_unreadable(*feeds):
+        # A malformed or conflicting input resource may be the one that matters.
+        result.outcome = Outcome.UNDETERMINED
+        result.reason = (
+            f"{result.reason} — but an input resource for this criterion could not be read "
+            "(see warnings), so unconfirmed"
         )
     return result
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ipaddress
 import json
 import logging
 import re
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 
 import httpx
 import jwt
+import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -36,6 +38,7 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME = 240  # seconds; SMART allows at most 300, leave room for clock skew
 TOKEN_MARGIN = 30.0  # renew this many seconds before expires_in runs out
 DEFAULT_EXPIRES_IN = 300  # SMART's recommended lifetime when the server omits expires_in
+MAX_AUTH_RESPONSE_BYTES = 1024 * 1024  # discovery documents and token responses are small
 _V2_SUFFIX = re.compile(
     r"^(?P<head>(?:system|user|patient)/[^.?]+)\.(?P<perm>[cruds]+)(?P<q>\?.*)?$"
 )
@@ -130,10 +133,46 @@ def to_v1_scopes(scopes: str) -> str:
 
 def supports_v2(config: dict[str, Any]) -> bool:
     """The server says it understands v2 scopes (capability or an advertised v2 scope)."""
-    if "permission-v2" in (config.get("capabilities") or []):
+    capabilities = config.get("capabilities")
+    if isinstance(capabilities, list) and "permission-v2" in capabilities:
         return True
-    scopes = config.get("scopes_supported") or []
+    scopes = config.get("scopes_supported")
+    scopes = scopes if isinstance(scopes, list) else []
     return any(isinstance(s, str) and _V2_SUFFIX.match(s) for s in scopes)
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1): traffic that stays on this host."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _clear_text_allowed(fhir_base: str, endpoint: httpx.URL) -> bool:
+    """Plain http for the token endpoint only in a local setup: it and the base on loopback."""
+    try:
+        base = httpx.URL(fhir_base)
+    except (httpx.InvalidURL, ValueError):
+        return False
+    return base.scheme == "http" and is_loopback(base.host) and is_loopback(endpoint.host)
+
+
+async def _read_json(resp: httpx.Response, step: str) -> Any:
+    """A small JSON body, read with a size cap; None when it is not JSON."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_AUTH_RESPONSE_BYTES:
+            raise UpstreamError(f"{step} failed: response too large")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError:
+        return None
 
 
 @dataclass
@@ -231,27 +270,46 @@ class SmartBackendAuth:
             self._token = token
             return token
 
+    async def _exchange(
+        self, method: str, url: str, step: str, form: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """One request to discovery or the token endpoint: status and JSON body (or None)."""
+        try:
+            async with self._http.stream(
+                method, url, data=form, headers={"Accept": "application/json"}
+            ) as resp:
+                return resp.status_code, await _read_json(resp, step)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{step} failed ({type(exc).__name__})") from None
+
     async def _discover(self) -> dict[str, Any]:
         if self._config is not None:
             return self._config
-        try:
-            resp = await self._http.get(
-                f"{self._base}/.well-known/smart-configuration",
-                headers={"Accept": "application/json"},
-            )
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"SMART discovery failed ({type(exc).__name__})") from None
-        if resp.status_code != 200:
-            raise UpstreamError(f"SMART discovery failed: HTTP {resp.status_code}")
-        try:
-            config = resp.json()
-        except ValueError:
-            raise UpstreamError("SMART discovery returned a non-JSON body") from None
-        endpoint = config.get("token_endpoint") if isinstance(config, dict) else None
-        if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
-            raise UpstreamError("SMART discovery has no usable token_endpoint")
+        status, config = await self._exchange(
+            "GET", f"{self._base}/.well-known/smart-configuration", "SMART discovery"
+        )
+        if status != 200:
+            raise UpstreamError(f"SMART discovery failed: HTTP {status}")
+        if config is None:
+            raise UpstreamError("SMART discovery returned a non-JSON body")
+        self._check_token_endpoint(config)
         self._config = config
         return config
+
+    def _check_token_endpoint(self, config: Any) -> None:
+        """An https endpoint, or http only when everything is local: no tokens in clear text."""
+        endpoint = config.get("token_endpoint") if isinstance(config, dict) else None
+        try:
+            url = httpx.URL(endpoint) if isinstance(endpoint, str) else None
+        except (httpx.InvalidURL, ValueError):
+            url = None
+        if url is None or url.scheme not in ("https", "http") or not url.host:
+            raise UpstreamError("SMART discovery has no usable token_endpoint")
+        if url.scheme == "http" and not _clear_text_allowed(self._base, url):
+            raise UpstreamError(
+                "SMART discovery advertises a token endpoint without TLS (http); refused, "
+                "tokens must not travel in clear text"
+            )
 
     def _assertion(self, audience: str) -> str:
         now = int(self._clock())
@@ -275,39 +333,30 @@ class SmartBackendAuth:
             "client_assertion": self._assertion(endpoint),
         }
         started = time.perf_counter()
-        try:
-            resp = await self._http.post(
-                endpoint, data=form, headers={"Accept": "application/json"}
-            )
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"SMART token request failed ({type(exc).__name__})") from None
+        status, body = await self._exchange("POST", endpoint, "SMART token request", form)
         log.info(
             "SMART token request -> %s",
-            resp.status_code,
+            status,
             extra={
                 "fhir_resource": "token",
                 "fhir_params": sorted(form),
-                "status": resp.status_code,
+                "status": status,
                 "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )
-        try:
-            body = resp.json()
-        except ValueError:
-            body = None
         body = body if isinstance(body, dict) else {}
-        if resp.status_code != 200:
+        if status != 200:
             error = body.get("error")
             error = (
                 error if isinstance(error, str) and re.fullmatch(r"[a-z_]{1,40}", error) else None
             )
             if error == "invalid_scope":
                 raise _InvalidScope()
-            if resp.status_code >= 500:
-                raise UpstreamError(f"SMART token endpoint failed: HTTP {resp.status_code}")
+            if status >= 500:
+                raise UpstreamError(f"SMART token endpoint failed: HTTP {status}")
             raise UpstreamAuthError(
                 "the SMART token endpoint refused our credentials: "
-                f"HTTP {resp.status_code}{f' ({error})' if error else ''}"
+                f"HTTP {status}{f' ({error})' if error else ''}"
             )
         value = body.get("access_token")
         if not isinstance(value, str) or not value:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
 
-from service.clinical.model import CriterionResult, Issue
+from service.clinical.model import CriterionResult
 from service.protocol import CriterionDef, Protocol
 from service.record import PatientRecord
 
@@ -24,7 +24,6 @@ class Context:
     protocol: Protocol
     as_of: date
     results: dict[str, CriterionResult] = field(default_factory=dict)  # evaluated so far
-    issues: list[Issue] = field(default_factory=list)  # warnings for the OperationOutcome
 
 
 Evaluator = Callable[[CriterionDef, Context], CriterionResult]
