@@ -98,6 +98,8 @@ def evaluate(
             raise _fail(exc.message, EXIT_UPSTREAM if exc.http_status >= 500 else 2) from None
         except InputError as exc:
             raise _fail(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - one line, no traceback with patient data
+            raise _fail(f"internal error ({type(exc).__name__})", 1) from None
     _print(evaluation, result, protocol, format)
 
 

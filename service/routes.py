@@ -6,11 +6,12 @@ from datetime import date
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from fhir_mappings import MAPPINGS_DIR
 from service import __version__
+from service.api_keys import require_api_key
 from service.fhir_response import ACCEPTED_CONTENT_TYPES, FhirResponse, read_body
 from service.pipeline import evaluate_body, evaluate_from_server, parse_as_of
 from service.protocol import Protocol
@@ -36,7 +37,12 @@ def _check_content_type(request: Request) -> None:
 AsOf = Annotated[str | None, Query(alias="asOf", description="Evaluation date, YYYY-MM-DD")]
 
 
-@router.post("/$eligibility", response_class=FhirResponse, tags=["eligibility"])
+@router.post(
+    "/$eligibility",
+    response_class=FhirResponse,
+    tags=["eligibility"],
+    dependencies=[Depends(require_api_key)],
+)
 async def eligibility_from_bundle(
     request: Request, as_of: AsOf = None, patient: str | None = None
 ) -> FhirResponse:
@@ -53,7 +59,12 @@ async def eligibility_from_bundle(
     return FhirResponse(bundle)
 
 
-@router.get("/Patient/{patient_id}/$eligibility", response_class=FhirResponse, tags=["eligibility"])
+@router.get(
+    "/Patient/{patient_id}/$eligibility",
+    response_class=FhirResponse,
+    tags=["eligibility"],
+    dependencies=[Depends(require_api_key)],
+)
 async def eligibility_from_server(
     request: Request, patient_id: str, as_of: AsOf = None
 ) -> FhirResponse:

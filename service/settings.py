@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = 20 * 1024 * 1024
     public_base_url: str | None = None  # our own URL as clients see it (JWT aud, card links)
     cors_origins: list[str] = Field(default_factory=list)
+    # Bearer keys callers of $eligibility must present (none: the endpoints are open).
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    # Pull mode reads patient data with the service's own FHIR credentials; without API keys
+    # anyone who reaches the port could read any patient, so the service refuses to start
+    # unless this says the network in front of it already restricts callers.
+    allow_anonymous_pull: bool = False
     log_level: str = "INFO"
 
     # -- pull mode: the FHIR server we read from ----------------------------

@@ -186,3 +186,26 @@ def test_as_of_default_is_today(client):
         e["resource"] for e in body["entry"] if e["resource"]["resourceType"] == "Observation"
     )
     assert obs["effectiveDateTime"] == date.today().isoformat()
+
+
+def test_api_keys_guard_the_operation():
+    settings = Settings(cds_auth_enabled=False, api_keys=["k-123"])
+    with TestClient(create_app(settings)) as c:
+        body = orjson.dumps(bundle(patient()))
+        assert c.post("/$eligibility", content=body, headers=FHIR).status_code == 401
+        wrong = {**FHIR, "Authorization": "Bearer k-124"}
+        assert c.post("/$eligibility", content=body, headers=wrong).status_code == 401
+        assert c.get("/Patient/demo-eligible/$eligibility").status_code == 401
+        right = {**FHIR, "Authorization": "Bearer k-123"}
+        assert c.post("/$eligibility", content=body, headers=right).status_code == 200
+        assert c.get("/metadata").status_code == 200  # the protocol stays public
+
+
+def test_pull_with_service_credentials_needs_api_keys():
+    from service.api_keys import UnsafeConfiguration
+
+    risky = {"fhir_base_url": "https://fhir.example.org", "fhir_auth": "static", "fhir_token": "t"}
+    with pytest.raises(UnsafeConfiguration):
+        create_app(Settings(**risky))
+    create_app(Settings(**risky, api_keys=["k"]))
+    create_app(Settings(**risky, allow_anonymous_pull=True))

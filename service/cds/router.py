@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from service.cds.cards import patient_view_cards, trial_name
-from service.cds.jwt_auth import CdsClientAuthenticator, audience_for
+from service.cds.jwt_auth import require_cds_client
 from service.cds.models import FeedbackRequest, PatientViewRequest
 from service.cds.prefetch import resolve_prefetch
 from service.clinical.dates import today
@@ -33,17 +33,7 @@ def service_id(protocol: Protocol) -> str:
 
 async def cds_client(request: Request) -> dict | None:
     """Verified JWT claims of the calling CDS client (401 with no detail otherwise)."""
-    authenticator: CdsClientAuthenticator = request.app.state.cds_authenticator
-    if not authenticator.enabled:
-        return None
-    from service.cds.jwt_auth import CdsAuthError
-
-    try:
-        return await authenticator.verify(
-            request.headers.get("authorization"), audience_for(request, authenticator.settings)
-        )
-    except CdsAuthError:
-        raise HTTPException(401, headers={"WWW-Authenticate": "Bearer"}) from None
+    return await require_cds_client(request.app.state.cds_authenticator)(request)
 
 
 def _json(content: Any, status: int = 200) -> JSONResponse:
