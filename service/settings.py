@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     max_pages: int = 50
     max_entries: int = 10_000
     max_query_length: int = 1800  # longer GET query strings switch to POST _search
+    max_response_bytes: int = 50 * 1024 * 1024  # a larger FHIR server response is refused
 
     # -- CDS Hooks ---------------------------------------------------------
     cds_auth_enabled: bool = True

@@ -303,3 +303,17 @@ def test_oversized_cds_request_is_413():
 def test_cds_request_must_be_json(client):
     r = client.post(f"/cds-services/{SID}", content=b"{}", headers={"Content-Type": "text/plain"})
     assert r.status_code == 415
+
+
+def test_cds_fetch_never_borrows_the_services_own_credentials():
+    settings = _settings(
+        fhir_base_url=EHR, fhir_auth="static", fhir_token="service-secret", api_keys=["k"]
+    )
+    prefetch = full_prefetch("demo-eligible")
+    del prefetch["labs"]
+    store = _store()
+    with TestClient(create_app(settings)) as c, respx.mock(assert_all_mocked=True) as mock:
+        route = mock.route(host="ehr.example.org").mock(side_effect=store.handle)
+        r = c.post(f"/cds-services/{SID}", json=call("demo-eligible", prefetch, fhirServer=EHR))
+    assert r.status_code == 200
+    assert route.calls and all("authorization" not in c.request.headers for c in route.calls)

@@ -57,6 +57,19 @@ def test_threshold_and_unit_paths(code, value, unit, criterion, expected):
     assert AS_OF.isoformat() in r.reason
 
 
+def test_unit_with_blank_is_not_rounded_as_if_converted():
+    """176.84 umol/L fails <= 176.8; rounding is only for values really converted."""
+    obs = observation("14682-9", value={"value": 176.84, "unit": "umol/L "})
+    r = result(run(obs), "I6-creatinine")
+    assert r.outcome is NOT_MET
+    assert "µmol/L)" not in r.reason.split(" on ")[0]  # no "(converted)" part
+
+
+def test_converted_creatinine_is_still_compared_at_the_thresholds_precision():
+    r = result(run(lab("2160-0", 2.0, "mg/dL ")), "I6-creatinine")
+    assert r.outcome is MET  # 176.803 -> 176.8
+
+
 def test_note_shows_value_date_conversion_and_threshold():
     r = result(run(lab("1975-2", 2.5, "mg/dL")), "I6-bilirubin")
     assert r.reason == "Total bilirubin 2.5 mg/dL (42.8 µmol/L) on 2026-11-20 ≤ 51 µmol/L"
@@ -88,13 +101,138 @@ def test_implausible_value_is_unusable_and_warns_of_unit_error():
     assert any("unit error" in i.message for i in r.issues)
 
 
-def test_unusable_newest_lets_older_usable_decide():
+def test_unusable_newest_is_undetermined_and_older_does_not_decide():
+    """Changed on purpose: the most recent result decides even when it cannot be read."""
     newer = lab("777-3", 150, "furlongs", day=days_ago(1))
     older = lab("777-3", 20, "10*9/L", day=days_ago(3))
     r = result(run(newer, older), "I7-platelets")
+    assert r.outcome is UNDETERMINED
+    assert [e.reference for e in r.evidence] == [f"Observation/{newer['id']}"]
+    assert f"Observation/{newer['id']} on {days_ago(1)}" in r.reason
+    assert "unit not usable" in r.reason and "1 older result(s)" in r.reason
+    assert r.issues and r.needs  # the newer one is reported
+
+
+@pytest.mark.parametrize(
+    "newest",
+    [
+        lab("777-3", 150000, "10*9/L", day=days_ago(1)),  # implausible
+        observation("777-3", day=days_ago(1), valueString="150"),  # no numeric value
+        observation("777-3", value={"value": 150, "unit": "K/UL"}, day=days_ago(1)),
+    ],
+    ids=["implausible", "string", "unknown-unit"],
+)
+def test_unusable_newest_never_lets_an_older_passing_result_decide(newest):
+    older = lab("777-3", 150, "10*9/L", day=days_ago(5))
+    r = result(run(older, newest), "I7-platelets")
+    assert r.outcome is UNDETERMINED
+    assert "the most recent Platelets result cannot be used" in r.reason
+
+
+def test_unusable_newest_alt_is_undetermined():
+    newer = lab("1742-6", 30, "kat/L", day=days_ago(1))
+    older = lab("1742-6", 30, "U/L", day=days_ago(4))
+    r = result(run(newer, older), "I6-alt")
+    assert r.outcome is UNDETERMINED
+    assert r.evidence[0].reference == f"Observation/{newer['id']}"
+
+
+# -- dataAbsentReason ---------------------------------------------------------------------
+
+DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+
+
+def test_value_with_data_absent_reason_is_unusable_with_warning():
+    flagged = lab("777-3", 150, "10*9/L", day=days_ago(1))
+    flagged["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT, "code": "error"}]}
+    r = result(run(flagged, lab("777-3", 150, "10*9/L", day=days_ago(4))), "I7-platelets")
+    assert r.outcome is UNDETERMINED
+    assert "dataAbsentReason 'error' and also a value" in r.reason
+    assert any("dataAbsentReason" in i.message and i.severity == "warning" for i in r.issues)
+
+
+def test_data_absent_reason_without_value_is_unusable():
+    absent = observation("777-3", day=days_ago(1))
+    absent["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT, "code": "not-performed"}]}
+    r = result(run(absent, lab("777-3", 150, "10*9/L", day=days_ago(4))), "I7-platelets")
+    assert r.outcome is UNDETERMINED
+    assert "no value (dataAbsentReason 'not-performed')" in r.reason
+
+
+# -- same-day results ---------------------------------------------------------------------
+
+
+def test_same_day_results_without_time_that_disagree_are_undetermined():
+    high = lab("777-3", 150, "10*9/L", day=days_ago(1))
+    low = lab("777-3", 12, "10*9/L", day=days_ago(1))
+    r = result(run(high, low), "I7-platelets")
+    assert r.outcome is UNDETERMINED
+    assert r.reason.startswith(f"two results on {days_ago(1)} disagree")
+    assert {e.reference for e in r.evidence} == {
+        f"Observation/{high['id']}",
+        f"Observation/{low['id']}",
+    }
+
+
+def test_same_day_results_without_time_that_agree_decide_together():
+    a = lab("777-3", 150, "10*9/L", day=days_ago(1))
+    b = lab("777-3", 120, "10*9/L", day=days_ago(1))
+    r = result(run(a, b), "I7-platelets")
+    assert r.outcome is MET
+    assert f"two results on {days_ago(1)} agree" in r.reason
+    assert len(r.evidence) == 2
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_same_day_results_with_times_the_later_one_decides(order):
+    morning = lab("777-3", 150, "10*9/L", day=days_ago(1) + "T08:00:00Z")
+    evening = lab("777-3", 12, "10*9/L", day=days_ago(1) + "T20:00:00+01:00")
+    pair = (morning, evening)
+    r = result(run(pair[order[0]], pair[order[1]]), "I7-platelets")
     assert r.outcome is NOT_MET
-    assert r.evidence[0].reference == f"Observation/{older['id']}"
-    assert r.issues  # the newer one is reported
+    assert [e.reference for e in r.evidence] == [f"Observation/{evening['id']}"]
+
+
+def test_times_are_compared_across_zones_not_as_written():
+    # 23:00 at UTC-5 is 04:00 UTC the next day: later than 02:00 UTC, though its day is earlier
+    late = lab("777-3", 12, "10*9/L", day=days_ago(2) + "T23:00:00-05:00")
+    early = lab("777-3", 150, "10*9/L", day=days_ago(1) + "T02:00:00Z")
+    r = result(run(early, late), "I7-platelets")
+    assert r.outcome is NOT_MET
+    assert [e.reference for e in r.evidence] == [f"Observation/{late['id']}"]
+
+
+@pytest.mark.parametrize(
+    "other_time",
+    ["", "T20:00:00"],  # a date only, or a time without a zone: cannot be ordered
+    ids=["date-only", "no-zone"],
+)
+def test_same_day_result_that_cannot_be_ordered_and_disagrees_is_undetermined(other_time):
+    timed = lab("777-3", 150, "10*9/L", day=days_ago(1) + "T22:00:00Z")
+    other = lab("777-3", 12, "10*9/L", day=days_ago(1) + other_time)
+    r = result(run(timed, other), "I7-platelets")
+    assert r.outcome is UNDETERMINED
+    assert "disagree" in r.reason
+
+
+def test_same_day_unusable_result_that_cannot_be_ordered_is_undetermined():
+    usable = lab("777-3", 150, "10*9/L", day=days_ago(1))
+    unusable = lab("777-3", 150, "bananas/L", day=days_ago(1))
+    r = result(run(usable, unusable), "I7-platelets")
+    assert r.outcome is UNDETERMINED
+    assert f"Observation/{unusable['id']}" in r.reason and "cannot be ordered" in r.reason
+
+
+def test_same_day_bound_that_cannot_decide_against_a_passing_value_is_undetermined():
+    bound = observation("751-8", value=quantity(0.8, "10*9/L", comparator="<"), day=days_ago(1))
+    plain = lab("751-8", 1.5, "10*9/L", day=days_ago(1))
+    assert result(run(plain, bound), "I7-anc").outcome is UNDETERMINED
+
+
+def test_an_older_day_is_ordered_before_a_timed_newer_day():
+    older = lab("777-3", 12, "10*9/L", day=days_ago(2))
+    newer = lab("777-3", 150, "10*9/L", day=days_ago(1) + "T08:00:00Z")
+    assert result(run(older, newer), "I7-platelets").outcome is MET
 
 
 def test_older_result_never_overrides_newer():

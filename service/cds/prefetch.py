@@ -85,7 +85,10 @@ async def resolve_prefetch(
     token = (
         call.fhirAuthorization.access_token.get_secret_value() if call.fhirAuthorization else None
     )
-    async with client_for(settings, bearer_token=token, base_url=call.fhirServer) as client:
+    # The EHR named this server: only its own token may be sent there, never ours.
+    async with client_for(
+        settings, bearer_token=token, base_url=call.fhirServer, service_credentials=False
+    ) as client:
         fetched = await fetch_patient(client, protocol, patient_id, day, only=need)
     if fetched.patient:
         resolved.patient = fetched.patient

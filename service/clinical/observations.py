@@ -1,21 +1,82 @@
-"""Choosing the result that decides: status, date, window, and comparator logic."""
+"""Choosing the result that decides: status, date, window, ordering and comparator logic.
+
+The MOST RECENT result in the window decides, even when it is not usable. Earlier versions
+let the most recent *usable* result decide; that was changed on purpose: a newer result the
+rule cannot read (unknown unit, implausible value, no value, ``dataAbsentReason``) may be the
+one that fails, so letting an older result decide in its place would be a guess.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import date, datetime
 from typing import Any
 
 from service.clinical.dates import effective_date, in_window
-from service.clinical.model import Issue, Severity
+from service.clinical.model import (
+    CriterionResult,
+    DataRequirement,
+    Issue,
+    Severity,
+    SourceRef,
+    undetermined,
+)
 from service.protocol import Protocol, ValueSet
-from service.record import PatientRecord, Resource
+from service.record import PatientRecord, Resource, codings
 
 
 @dataclass(frozen=True, slots=True)
 class Dated:
     day: date
     resource: Resource
+    moment: datetime | None = None  # aware time, only when the source gives time and zone
+
+
+@dataclass(frozen=True, slots=True)
+class Unusable:
+    """A result the rule cannot read, and why in plain words (it still blocks older ones)."""
+
+    why: str
+
+
+Judged = CriterionResult | Unusable
+
+
+def _effective_value(resource: Resource) -> Any:
+    """The raw time element ``effective_date`` reads (same order), so day and moment agree."""
+    period = resource.get("effectivePeriod")
+    period = period if isinstance(period, dict) else {}
+    for value in (
+        resource.get("effectiveDateTime"),
+        period.get("end"),
+        period.get("start"),
+        resource.get("effectiveInstant"),
+        resource.get("issued"),
+    ):
+        if value is not None:
+            return value
+    return None
+
+
+def effective_moment(resource: Resource) -> datetime | None:
+    """The result's time as an aware datetime; None for a date only or a time without zone.
+
+    Without a zone a time cannot be compared with another source's, so it orders like a
+    date (by day only).
+    """
+    value = _effective_value(resource)
+    if not isinstance(value, str) or "T" not in value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def _sort_key(dated: Dated) -> tuple[date, float]:
+    return dated.day, dated.moment.timestamp() if dated.moment else float("-inf")
 
 
 def candidate_observations(
@@ -26,7 +87,7 @@ def candidate_observations(
     window_days: int | None,
     issues: list[Issue],
 ) -> list[Dated]:
-    """Observations of ``valueset`` that may be used, newest first.
+    """Observations of ``valueset`` that may be used, newest first (by day, then time).
 
     Results with a status other than final/amended/corrected, or with no full-day time,
     are left out with a warning; results after ``as_of`` or before the window are left out
@@ -50,9 +111,140 @@ def candidate_observations(
             issues.append(Issue(Severity.WARNING, "incomplete", "no usable result time", ref))
             continue
         if in_window(day, as_of, window_days):
-            found.append(Dated(day, obs))
-    found.sort(key=lambda d: d.day, reverse=True)
+            found.append(Dated(day, obs, effective_moment(obs)))
+    found.sort(key=_sort_key, reverse=True)
     return found
+
+
+# -- the newest result decides ----------------------------------------------------------
+
+
+def strictly_before(a: Dated, b: Dated) -> bool:
+    """Whether ``a`` is known to precede ``b``: by aware time when both have one, else by day.
+
+    Two results on the same day cannot be ordered unless both carry a time with a zone.
+    """
+    if a.moment is not None and b.moment is not None:
+        return a.moment < b.moment
+    return a.day < b.day
+
+
+def newest_group(candidates: list[Dated]) -> list[Dated]:
+    """The newest result together with every result that cannot be ordered before it.
+
+    These are the results no other candidate is known to follow; usually just one.
+    """
+    group = [c for c in candidates if not any(strictly_before(c, o) for o in candidates)]
+    # Mixed zones can make the day/time comparison cyclic; then keep the whole newest day.
+    return group or [c for c in candidates if c.day == candidates[0].day]
+
+
+def _data_absent(record: PatientRecord, dated: Dated, issues: list[Issue]) -> Unusable | None:
+    """A result with ``dataAbsentReason`` is never read, even when it also has a value."""
+    obs = dated.resource
+    if obs.get("dataAbsentReason") is None:
+        return None
+    reason = next((code for _, code in codings(obs.get("dataAbsentReason"))), None)
+    said = f"dataAbsentReason {reason!r}" if reason else "a dataAbsentReason"
+    has_value = any(key.startswith("value") for key in obs)
+    why = f"it carries {said} and also a value" if has_value else f"no value ({said})"
+    issues.append(
+        Issue(Severity.WARNING, "invalid", f"{why}; result ignored", record.ref(obs).reference)
+    )
+    return Unusable(why)
+
+
+def _word(n: int) -> str:
+    return {2: "two", 3: "three"}.get(n, str(n))
+
+
+def _days(group: list[Dated]) -> str:
+    return " and ".join(str(d) for d in sorted({g.day for g in group}))
+
+
+def _refs(record: PatientRecord, group: list[Dated]) -> list[SourceRef]:
+    return list(dict.fromkeys(record.ref(d.resource) for d in group))
+
+
+def _unusable_result(
+    code: str,
+    record: PatientRecord,
+    judged: list[tuple[Dated, Judged]],
+    older: int,
+    what: str,
+    needs: list[DataRequirement],
+    hint: str,
+) -> CriterionResult:
+    lines = [
+        f"{record.ref(d.resource).reference} on {d.day}: {j.why}"
+        for d, j in judged
+        if isinstance(j, Unusable)
+    ]
+    group = [d for d, _ in judged]
+    named = f"{what} result" if what else "result"
+    reason = f"the most recent {named} cannot be used: " + "; ".join(lines)
+    if len(group) > 1:
+        reason += f"; {_word(len(group))} results on {_days(group)} cannot be ordered"
+    if older:
+        reason += f"; {older} older result(s) in the window do not decide in its place"
+    return undetermined(code, reason + hint, _refs(record, group), needs)
+
+
+def _disagreement(
+    code: str,
+    record: PatientRecord,
+    judged: list[tuple[Dated, CriterionResult]],
+    needs: list[DataRequirement],
+) -> CriterionResult:
+    group = [d for d, _ in judged]
+    reason = (
+        f"{_word(len(group))} results on {_days(group)} disagree and cannot be ordered: "
+        + "; ".join(r.reason for _, r in judged)
+    )
+    return undetermined(code, reason, _refs(record, group), needs)
+
+
+def _agreement(
+    record: PatientRecord, judged: list[tuple[Dated, CriterionResult]]
+) -> CriterionResult:
+    """The first result, with every same-time result that agrees with it as evidence."""
+    first = judged[0][1]
+    if len(judged) == 1:
+        return first
+    group = [d for d, _ in judged]
+    evidence = list(dict.fromkeys([*first.evidence, *_refs(record, group)]))
+    reason = f"{first.reason} ({_word(len(group))} results on {_days(group)} agree)"
+    return replace(first, reason=reason, evidence=evidence)
+
+
+def newest_verdict(
+    code: str,
+    record: PatientRecord,
+    candidates: list[Dated],
+    judge: Callable[[Dated], Judged],
+    *,
+    needs: list[DataRequirement],
+    issues: list[Issue],
+    what: str = "",
+    hint: str = "",
+) -> CriterionResult | None:
+    """The verdict of the most recent result in ``candidates``; None when there is none.
+
+    Only the newest result (and any that cannot be ordered before it) is judged. If one of
+    them is unusable, or they disagree, the criterion is undetermined: an older result
+    never decides in place of a newer one. ``hint`` is added to an "unusable" reason.
+    """
+    if not candidates:
+        return None
+    group = newest_group(candidates)
+    judged = [(d, _data_absent(record, d, issues) or judge(d)) for d in group]
+    older = len(candidates) - len(group)
+    if any(isinstance(j, Unusable) for _, j in judged):
+        return _unusable_result(code, record, judged, older, what, needs, hint)
+    usable = [(d, j) for d, j in judged if isinstance(j, CriterionResult)]
+    if len({r.outcome for _, r in usable}) > 1:
+        return _disagreement(code, record, usable, needs)
+    return _agreement(record, usable)
 
 
 # -- comparators -----------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 A partial birth date (year, or year-month) is a range of possible birthdays: the criterion is
 met only if even the latest possible birthday gives the minimum age, not met only if even the
-earliest one does not, and undetermined in between.
+earliest one does not, and undetermined in between. A birth date after the evaluation date,
+or one implying an age above the protocol's plausible maximum (a placeholder such as
+0001-01-01), is not believed: the age is undetermined, with a warning.
 """
 
 from __future__ import annotations
@@ -37,6 +39,18 @@ def _years(n: int) -> str:
     return f"{n} year" if n == 1 else f"{n} years"
 
 
+def _implausible(criterion: CriterionDef, ctx: Context, why: str, warning: str) -> CriterionResult:
+    """A birth date that cannot be true: never guess an age from it, and say so."""
+    result = undetermined(
+        criterion.code,
+        f"{why}: implausible",
+        [ctx.record.patient_ref],
+        [DataRequirement("Patient", None, "a correct Patient.birthDate")],
+    )
+    result.issues.append(Issue(Severity.WARNING, "value", warning, ctx.record.patient_reference))
+    return result
+
+
 @rule("minimum_age")
 def minimum_age(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     minimum = int(criterion.params["min_age_years"])
@@ -48,24 +62,18 @@ def minimum_age(criterion: CriterionDef, ctx: Context) -> CriterionResult:
         why = "the Patient has no birth date" if raw is None else "the birth date is unreadable"
         return undetermined(criterion.code, f"{why}, so the age is unknown", evidence, needs)
     if born.earliest > ctx.as_of:
-        result = undetermined(
-            criterion.code,
-            f"birth date {raw} is after the evaluation date {ctx.as_of}: implausible",
-            evidence,
-            needs,
-        )
-        result.issues.append(
-            Issue(
-                Severity.WARNING,
-                "value",
-                "birth date after the evaluation date",
-                ctx.record.patient_reference,
-            )
-        )
-        return result
+        why = f"birth date {raw} is after the evaluation date {ctx.as_of}"
+        return _implausible(criterion, ctx, why, "birth date after the evaluation date")
 
     youngest = age_on(born.latest, ctx.as_of)
     oldest = age_on(born.earliest, ctx.as_of)
+    maximum = int(criterion.params["max_plausible_age_years"])
+    if oldest > maximum:
+        why = (
+            f"birth date {raw} implies an age of up to {_years(oldest)} on {ctx.as_of}, above "
+            f"the plausible maximum of {maximum} (a placeholder date?)"
+        )
+        return _implausible(criterion, ctx, why, f"birth date implies an age over {maximum} years")
     if born.exact:
         stated = f"born {born.earliest}; {_years(oldest)} old on {ctx.as_of}"
     else:

@@ -3,8 +3,11 @@ histology-morphology-behavior extension (registries such as PanCareSurPass leave
 Condition.code empty and put the ICD-O-3 morphology only there).
 
 A diagnosis whose lineage is not stated (e.g. ICD-10-CM C91.0x: ALL, B or T) counts only when
-another criterion (the CD19 immunophenotype) shows the lineage. The helpers here are shared
-with the relapse rule, which reads the same Conditions.
+another criterion (the CD19 immunophenotype) shows the lineage; a diagnosis of another lineage
+(T-ALL) recorded as well makes the lineage conflicting. Only a confirmed diagnosis counts (an
+absent verification status counts, with a caveat): a provisional or differential one is a
+question, not a diagnosis. The helpers here are shared with the relapse rule, which reads the
+same Conditions.
 """
 
 from __future__ import annotations
@@ -77,6 +80,9 @@ def condition_codes(condition: Resource, histology_extension: str | None) -> lis
     return found
 
 
+Hit = tuple[Resource, CodeAt]  # a Condition and the code that matched
+
+
 def first_match(codes: Iterable[CodeAt], valueset: ValueSet) -> CodeAt | None:
     return next((c for c in codes if c.code in valueset.codes), None)
 
@@ -84,19 +90,42 @@ def first_match(codes: Iterable[CodeAt], valueset: ValueSet) -> CodeAt | None:
 def usable_conditions(ctx: Context) -> tuple[list[Resource], list[Resource]]:
     """(usable, excluded): Conditions refuted or entered in error are not evidence.
 
-    A Condition whose onset is after the evaluation date is left out silently, like a
-    result after it: it is not part of this evaluation.
+    A Condition not known on the evaluation date is left out silently, like a result after
+    it: it is not part of this evaluation.
     """
     excluded_status = set(ctx.protocol.general["condition_excluded_verification"])
     usable: list[Resource] = []
     excluded: list[Resource] = []
     for condition in ctx.record.conditions:
-        onset = _onset_range(condition)
-        if onset is not None and onset.earliest > ctx.as_of:
+        if _after(condition, ctx.as_of):
             continue
         status = {code for _, code in codings(condition.get("verificationStatus"))}
         (excluded if status & excluded_status else usable).append(condition)
     return usable, excluded
+
+
+def _after(condition: Resource, as_of: date) -> bool:
+    """Onset after ``as_of``; with no dated onset, recorded after it (not yet known then)."""
+    onset = _onset_range(condition)
+    if onset is not None:
+        return onset.earliest > as_of
+    recorded = parse_date(condition.get("recordedDate"))
+    return recorded is not None and recorded.earliest > as_of
+
+
+def verification(condition: Resource, ctx: Context) -> tuple[bool, str]:
+    """(counts, caveat): confirmed counts; absent counts with a caveat; anything else not.
+
+    The statuses that confirm come from the protocol; a provisional, differential or
+    unconfirmed diagnosis is still a question, and an unreadable status is not a confirmation.
+    """
+    confirmed = set(ctx.protocol.general["condition_confirmed_verification"])
+    if condition.get("verificationStatus") is None:
+        return True, "verification status not recorded"
+    codes = [code for _, code in codings(condition.get("verificationStatus"))]
+    if set(codes) & confirmed:
+        return True, ""
+    return False, f"verification status: {', '.join(codes) if codes else 'unreadable'}"
 
 
 def _onset_range(condition: Resource) -> DateRange | None:
@@ -123,10 +152,8 @@ def _describe(ctx: Context, condition: Resource, hit: CodeAt, *valuesets: ValueS
     onset = onset_date(condition)
     if onset:
         text += f" (onset {onset})"
-    verification = [code for _, code in codings(condition.get("verificationStatus"))]
-    if verification and "confirmed" not in verification:
-        text += f" (verification status: {', '.join(verification)})"
-    return text
+    _, caveat = verification(condition, ctx)
+    return f"{text} ({caveat})" if caveat else text
 
 
 def _listed(items: list[str], limit: int = 3) -> str:
@@ -149,23 +176,32 @@ def diagnosis(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     conditions, excluded = usable_conditions(ctx)
     coded = [(c, condition_codes(c, extension)) for c in conditions]
 
-    hits = [(c, h) for c, codes in coded if (h := first_match(codes, confirmed))]
-    if hits:
+    hits = _hits(coded, confirmed)
+    lineage = _hits(coded, unstated)
+    other = _hits(coded, ctx.protocol.valueset(p["other_lineage_valueset"]))
+    if other and (hits or lineage):
+        return _conflicting_lineage(criterion, ctx, hits + lineage, other, need_diagnosis)
+
+    verified, doubtful = _split_verified(ctx, hits)
+    if verified:
         return met(
             criterion.code,
             "B-ALL diagnosis recorded: "
-            + _listed([_describe(ctx, c, h, confirmed) for c, h in hits]),
-            _refs(ctx, (c for c, _ in hits)),
+            + _listed([_describe(ctx, c, h, confirmed) for c, h in verified]),
+            _refs(ctx, (c for c, _ in verified)),
         )
 
-    lineage = [(c, h) for c, codes in coded if (h := first_match(codes, unstated))]
-    if lineage:
-        return _unstated_lineage(criterion, ctx, lineage, unstated, need_diagnosis)
+    lineage_verified, lineage_doubtful = _split_verified(ctx, lineage)
+    if lineage_verified:
+        return _unstated_lineage(criterion, ctx, lineage_verified, unstated, need_diagnosis)
+
+    if doubtful or lineage_doubtful:
+        return _unconfirmed(criterion, ctx, doubtful + lineage_doubtful, need_diagnosis)
 
     if not conditions:
         why = "no Condition in the record"
         if ctx.record.conditions:
-            why = f"no Condition with an onset on or before {ctx.as_of}"
+            why = f"no Condition known on or before {ctx.as_of} (by onset, else record date)"
         if excluded:
             why = f"every Condition in the record ({len(excluded)}) is refuted or entered in error"
         return undetermined(
@@ -193,10 +229,65 @@ def diagnosis(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     )
 
 
+def _hits(coded: list[tuple[Resource, list[CodeAt]]], valueset: ValueSet) -> list[Hit]:
+    """The Conditions with a code of ``valueset``, each with the first such code."""
+    return [(c, h) for c, codes in coded if (h := first_match(codes, valueset))]
+
+
+def _split_verified(ctx: Context, hits: list[Hit]) -> tuple[list[Hit], list[Hit]]:
+    """(counting, not counting) by verification status."""
+    counting: list[Hit] = []
+    not_counting: list[Hit] = []
+    for hit in hits:
+        (counting if verification(hit[0], ctx)[0] else not_counting).append(hit)
+    return counting, not_counting
+
+
+def _lineage_valuesets(criterion: CriterionDef, ctx: Context) -> tuple[ValueSet, ...]:
+    """The ValueSets whose displays name a diagnosis in a reason."""
+    keys = ("confirmed_valueset", "lineage_unstated_valueset", "other_lineage_valueset")
+    return tuple(ctx.protocol.valueset(criterion.params[k]) for k in keys)
+
+
+def _unconfirmed(
+    criterion: CriterionDef, ctx: Context, hits: list[Hit], need: DataRequirement
+) -> CriterionResult:
+    """An ALL diagnosis recorded only as provisional, differential or unconfirmed."""
+    vs = _lineage_valuesets(criterion, ctx)
+    shown = _listed([_describe(ctx, c, h, *vs) for c, h in hits])
+    return undetermined(
+        criterion.code,
+        f"ALL diagnosis recorded but not confirmed: {shown}; a provisional, differential or "
+        "unconfirmed diagnosis is not a diagnosis",
+        _refs(ctx, (c for c, _ in hits)),
+        [need],
+    )
+
+
+def _conflicting_lineage(
+    criterion: CriterionDef,
+    ctx: Context,
+    hits: list[Hit],
+    other: list[Hit],
+    need: DataRequirement,
+) -> CriterionResult:
+    """B-ALL or unstated-lineage ALL next to another lineage (T-ALL): the lineage is unclear."""
+    vs = _lineage_valuesets(criterion, ctx)
+    shown = _listed([_describe(ctx, c, h, *vs) for c, h in hits])
+    others = _listed([_describe(ctx, c, h, *vs) for c, h in other])
+    return undetermined(
+        criterion.code,
+        f"conflicting lineage: {others} is recorded as well as {shown}; the B lineage is not "
+        "taken as shown while another lineage is recorded",
+        _refs(ctx, (c for c, _ in hits + other)),
+        [need],
+    )
+
+
 def _unstated_lineage(
     criterion: CriterionDef,
     ctx: Context,
-    lineage: list[tuple[Resource, CodeAt]],
+    lineage: list[Hit],
     unstated: ValueSet,
     need_diagnosis: DataRequirement,
 ) -> CriterionResult:

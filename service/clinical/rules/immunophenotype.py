@@ -4,6 +4,11 @@ Only a coded reading decides: the value (valueCodeableConcept) or the interpreta
 the protocol's positive / negative ValueSets. A numeric percentage or a narrative report is
 listed as evidence but never interpreted here: what counts as "positive" in a flow report is a
 clinical reading, and parsing free text is not reliable enough to enrol on.
+
+The most recent result in the window decides. A newer result without a coded reading (e.g.
+0 % CD19 after blinatumomab, a CD19-negative escape, or a narrative) makes the criterion
+undetermined: an older coded positive does not decide in its place (a deliberate change from
+"the latest coded result decides").
 """
 
 from __future__ import annotations
@@ -16,12 +21,17 @@ from service.clinical.model import (
     DataRequirement,
     Issue,
     Severity,
-    SourceRef,
     met,
     not_met,
     undetermined,
 )
-from service.clinical.observations import Dated, candidate_observations
+from service.clinical.observations import (
+    Dated,
+    Judged,
+    Unusable,
+    candidate_observations,
+    newest_verdict,
+)
 from service.clinical.rules import Context, rule
 from service.clinical.rules.diagnosis import code_label
 from service.protocol import CriterionDef, ValueSet
@@ -87,8 +97,31 @@ def _line(ctx: Context, r: Reading, valueset: ValueSet) -> str:
     return f"{_title(r.dated, valueset)} on {r.dated.day}: {r.how} ({ref})"
 
 
+def _judge(
+    criterion: CriterionDef,
+    ctx: Context,
+    dated: Dated,
+    valuesets: tuple[ValueSet, ValueSet, ValueSet],
+    issues: list[Issue],
+) -> Judged:
+    """Met / not met from a coded reading; ``Unusable`` (its words listed) without one."""
+    vs, positive, negative = valuesets
+    r = read_finding(dated, positive, negative)
+    ref = ctx.record.ref(dated.resource)
+    if r.conflict:
+        issues.append(
+            Issue(Severity.WARNING, "value", "contradictory positive/negative", ref.reference)
+        )
+    if r.polarity is None:
+        return Unusable(f"{_title(dated, vs)}: {r.how}")
+    if r.polarity == POSITIVE:
+        return met(criterion.code, f"positive: {_line(ctx, r, vs)}", [ref])
+    return not_met(criterion.code, f"negative: {_line(ctx, r, vs)}", [ref])
+
+
 @rule("coded_finding")
 def coded_finding(criterion: CriterionDef, ctx: Context) -> CriterionResult:
+    """The newest result decides, and only through a coded positive/negative reading."""
     p = criterion.params
     vs = ctx.protocol.valueset(p["observation_valueset"])
     positive = ctx.protocol.valueset(p["positive_valueset"])
@@ -96,13 +129,6 @@ def coded_finding(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     window = p.get("window_days")
     issues: list[Issue] = []
     candidates = candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, window, issues)
-    readings = [read_finding(d, positive, negative) for d in candidates]
-    for r in readings:
-        if r.conflict:
-            ref = ctx.record.ref(r.dated.resource).reference
-            issues.append(Issue(Severity.WARNING, "value", "contradictory positive/negative", ref))
-
-    coded = [r for r in readings if r.polarity is not None]
     within = f" within {window} days" if window else ""
     need = DataRequirement(
         "Observation",
@@ -110,49 +136,25 @@ def coded_finding(criterion: CriterionDef, ctx: Context) -> CriterionResult:
         f"{criterion.title}: a final result{within} with a coded positive or negative value "
         f"or interpretation (ValueSets {positive.id} / {negative.id})",
     )
-    if not coded:
-        result = _no_coded_result(criterion, ctx, vs, readings, window, need)
-    else:
-        decisive = coded[0]
-        newer = [r for r in readings if r.dated.day > decisive.dated.day and r.polarity is None]
-        same_day = [r for r in coded if r.dated.day == decisive.dated.day]
-        used = [*same_day, *newer]
-        evidence = list(dict.fromkeys(ctx.record.ref(r.dated.resource) for r in used))
-        text = "; ".join(_line(ctx, r, vs) for r in same_day)
-        if newer:
-            text += ". Newer result(s) without a coded reading, not used: " + "; ".join(
-                _line(ctx, r, vs) for r in newer
-            )
-        if len({r.polarity for r in same_day}) > 1:
-            result = undetermined(
-                criterion.code, f"conflicting results on the same day: {text}", evidence, [need]
-            )
-        elif decisive.polarity == POSITIVE:
-            result = met(criterion.code, f"positive: {text}", evidence)
-        else:
-            result = not_met(criterion.code, f"negative: {text}", evidence)
+    result = newest_verdict(
+        criterion.code,
+        ctx.record,
+        candidates,
+        lambda d: _judge(criterion, ctx, d, (vs, positive, negative), issues),
+        what=p.get("analyte", ""),
+        needs=[need],
+        issues=issues,
+        hint="; it needs a coded reading (positive or negative value or interpretation): "
+        "text and numbers are not interpreted automatically",
+    ) or _no_result(criterion, ctx, vs, window, need)
     result.issues.extend(issues)
     return result
 
 
-def _no_coded_result(
-    criterion: CriterionDef,
-    ctx: Context,
-    vs: ValueSet,
-    readings: list[Reading],
-    window: int | None,
-    need: DataRequirement,
+def _no_result(
+    criterion: CriterionDef, ctx: Context, vs: ValueSet, window: int | None, need: DataRequirement
 ) -> CriterionResult:
-    if readings:
-        evidence: list[SourceRef] = [ctx.record.ref(r.dated.resource) for r in readings]
-        return undetermined(
-            criterion.code,
-            "no result with a coded positive/negative reading; each needs a coded reading "
-            "(the text and numbers are not interpreted automatically): "
-            + "; ".join(_line(ctx, r, vs) for r in readings),
-            evidence,
-            [need],
-        )
+    """Nothing in the window: say when the most recent result (if any) was."""
     older = candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, None, [])
     why = "no result found"
     if older:

@@ -1,8 +1,10 @@
 """Numeric results against a threshold: organ function, blood counts, LVEF.
 
-The most recent usable result in the window decides; an older result never overrides a
-newer one. A result whose unit is unknown or whose converted value is implausible is not
-usable (with a warning), so the next older usable result is the one that decides.
+The most recent result in the window decides; an older result never overrides a newer one.
+A result whose unit is unknown, whose converted value is implausible or that has no numeric
+value is not usable (with a warning). Deliberate change from "the most recent *usable*
+result decides": an unusable newest result now makes the criterion undetermined, because
+the value that cannot be read may be the one that fails (see ``observations.newest_verdict``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from service.clinical.model import (
     not_met,
     undetermined,
 )
-from service.clinical.observations import Dated, candidate_observations, satisfies
+from service.clinical.observations import (
+    Dated,
+    Judged,
+    Unusable,
+    candidate_observations,
+    newest_verdict,
+    satisfies,
+)
 from service.clinical.rules import Context, rule
 from service.protocol import CriterionDef
 from service.record import codings
@@ -48,16 +57,28 @@ def _as_reported(quantity: dict[str, Any]) -> str:
     return f"{quantity.get('comparator', '')}{quantity.get('value')} {unit}".strip()
 
 
+def _is_target(unit: str | None, target: str) -> bool:
+    """Whether ``unit`` (already alias-resolved) is the protocol's unit, blanks aside.
+
+    Only a value that really was converted is rounded to the threshold's precision.
+    """
+    return unit is not None and unit.strip() == units.unit_of({"unit": target})
+
+
 def read_quantity(
     dated: Dated, spec: dict[str, Any], target: str, ctx: Context, issues: list[Issue]
-) -> Reading | None:
-    """Convert one result to ``target``; None (with a warning) when it cannot be used."""
+) -> Reading | Unusable:
+    """Convert one result to ``target``; ``Unusable`` (with a warning) when it cannot be."""
     obs = dated.resource
     ref = ctx.record.ref(obs).reference
     quantity = obs.get("valueQuantity")
-    if not isinstance(quantity, dict) or not isinstance(quantity.get("value"), int | float):
+    if (
+        not isinstance(quantity, dict)
+        or isinstance(quantity.get("value"), bool)
+        or not isinstance(quantity.get("value"), int | float)
+    ):
         issues.append(Issue(Severity.WARNING, "incomplete", "result has no numeric value", ref))
-        return None
+        return Unusable("result has no numeric value")
     value = float(quantity["value"])
     unit = units.unit_of(quantity)
     try:
@@ -68,33 +89,28 @@ def read_quantity(
             converted = value * 100
         else:
             converted = units.convert(value, unit, target, spec.get("molar_mass_g_per_mol"))
-            if unit != target and "compare_decimals" in spec:
+            if not _is_target(unit, target) and "compare_decimals" in spec:
                 # Conversion factors carry more digits than the protocol's threshold does.
                 converted = round(converted, int(spec["compare_decimals"]))
     except units.UnitError as exc:
-        issues.append(
-            Issue(
-                Severity.WARNING, "not-supported", f"unit not usable ({exc}); result ignored", ref
-            )
-        )
-        return None
+        why = f"unit not usable ({exc})"
+        issues.append(Issue(Severity.WARNING, "not-supported", f"{why}; result ignored", ref))
+        return Unusable(f"{_as_reported(quantity)}: {why}")
     plausible = spec.get("plausible")
     if plausible:
         low = units.convert(plausible["low"], plausible["unit"], target)
         high = units.convert(plausible["high"], plausible["unit"], target)
         if not low <= converted <= high:
-            issues.append(
-                Issue(
-                    Severity.WARNING,
-                    "value",
-                    f"implausible value {_as_reported(quantity)} ({_fmt(converted)} "
-                    f"{units.describe(target)}; plausible {plausible['low']}–{plausible['high']} "
-                    f"{units.describe(plausible['unit'])}): probably a unit error; result ignored",
-                    ref,
-                )
+            why = (
+                f"implausible value {_as_reported(quantity)} ({_fmt(converted)} "
+                f"{units.describe(target)}; plausible {plausible['low']}–{plausible['high']} "
+                f"{units.describe(plausible['unit'])}): probably a unit error"
             )
-            return None
-    converted_text = "" if unit == target else f"{_fmt(converted)} {units.describe(target)}"
+            issues.append(Issue(Severity.WARNING, "value", f"{why}; result ignored", ref))
+            return Unusable(why)
+    converted_text = (
+        "" if _is_target(unit, target) else f"{_fmt(converted)} {units.describe(target)}"
+    )
     return Reading(converted, quantity.get("comparator"), _as_reported(quantity), converted_text)
 
 
@@ -108,14 +124,11 @@ def _requirement(criterion: CriterionDef, ctx: Context) -> DataRequirement:
     )
 
 
-def _no_usable_result(
-    criterion: CriterionDef, ctx: Context, window: int | None, unusable: int
-) -> CriterionResult:
+def _no_result(criterion: CriterionDef, ctx: Context, window: int | None) -> CriterionResult:
+    """Nothing in the window: say when the most recent result (if any) was."""
     vs = ctx.protocol.valueset(criterion.params["observation_valueset"])
     older = candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, None, [])
-    if unusable:
-        why = f"{unusable} result(s) in the last {window} days could not be used (see warnings)"
-    elif older:
+    if older:
         why = f"no result in the last {window} days; the most recent is from {older[0].day}"
     else:
         why = "no result found"
@@ -153,24 +166,31 @@ def _candidates(criterion: CriterionDef, ctx: Context, issues: list[Issue]) -> l
     return candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, window, issues)
 
 
-def _latest_usable(
+def _latest(
     criterion: CriterionDef,
     ctx: Context,
     target: str,
     decide: Callable[[Dated, Reading], CriterionResult],
 ) -> CriterionResult:
-    """Let the most recent usable result in the window decide; say why when none can."""
+    """Let the most recent result in the window decide; undetermined when it is unusable.
+
+    An unusable newest result is not skipped for an older one (see the module docstring).
+    """
     issues: list[Issue] = []
-    unusable = 0
-    for dated in _candidates(criterion, ctx, issues):
+
+    def judge(dated: Dated) -> Judged:
         reading = read_quantity(dated, criterion.params, target, ctx, issues)
-        if reading is None:
-            unusable += 1
-            continue
-        result = decide(dated, reading)
-        break
-    else:
-        result = _no_usable_result(criterion, ctx, criterion.params.get("window_days"), unusable)
+        return reading if isinstance(reading, Unusable) else decide(dated, reading)
+
+    result = newest_verdict(
+        criterion.code,
+        ctx.record,
+        _candidates(criterion, ctx, issues),
+        judge,
+        what=criterion.params.get("analyte", criterion.title),
+        needs=[_requirement(criterion, ctx)],
+        issues=issues,
+    ) or _no_result(criterion, ctx, criterion.params.get("window_days"))
     result.issues.extend(issues)
     return result
 
@@ -185,7 +205,7 @@ def lab_threshold(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     def decide(dated: Dated, reading: Reading) -> CriterionResult:
         return _decide(criterion, ctx, dated, reading, p["comparator"], threshold, threshold_text)
 
-    return _latest_usable(criterion, ctx, target, decide)
+    return _latest(criterion, ctx, target, decide)
 
 
 @rule("lab_uln_multiple")
@@ -206,7 +226,7 @@ def lab_uln_multiple(criterion: CriterionDef, ctx: Context) -> CriterionResult:
         return _decide(criterion, ctx, dated, reading, "<=", limit, threshold_text)
 
     uln_issues: list[Issue] = []
-    result = _latest_usable(criterion, ctx, target, decide)
+    result = _latest(criterion, ctx, target, decide)
     result.issues.extend(uln_issues)
     return result
 

@@ -1,9 +1,11 @@
 """Performance status: ECOG, with Karnofsky only as a fallback.
 
-The most recent usable ECOG in the window decides. ECOG arrives as a number, as a coded
-grade (LOINC answer or SNOMED finding) in the value, or as such a grade in the
-interpretation; when these disagree, or the number is outside the scale, the result is not
-usable. Karnofsky is read only when no usable ECOG exists, and only where every published
+The most recent ECOG in the window decides. ECOG arrives as a number, as a coded grade
+(LOINC answer or SNOMED finding) in the value, or as such a grade in the interpretation;
+when these disagree, or the number is outside the scale, the result is not usable, and an
+unusable newest ECOG makes the criterion undetermined: an older ECOG does not decide in its
+place (a deliberate change from "the most recent *usable* ECOG"). Karnofsky is read only
+when there is no ECOG result at all in the window, and only where every published
 conversion agrees on the ECOG side of the cut-off.
 """
 
@@ -21,7 +23,13 @@ from service.clinical.model import (
     not_met,
     undetermined,
 )
-from service.clinical.observations import Dated, candidate_observations
+from service.clinical.observations import (
+    Dated,
+    Judged,
+    Unusable,
+    candidate_observations,
+    newest_verdict,
+)
 from service.clinical.rules import Context, rule
 from service.protocol import Code, CriterionDef, ValueSet
 from service.record import Resource, codings
@@ -46,11 +54,12 @@ def _grades(codes: Iterable[Code], grade_sets: list[ValueSet]) -> set[int]:
 
 def read_ecog(
     obs: Resource, grade_sets: list[ValueSet], low: int, high: int, ref: str, issues: list[Issue]
-) -> tuple[int, str] | None:
-    """(grade, where it was read) or None with a warning when the result is not usable."""
+) -> tuple[int, str] | Unusable:
+    """(grade, where it was read), or ``Unusable`` with a warning when it cannot be read."""
 
-    def unusable(code: str, why: str) -> None:
+    def unusable(code: str, why: str) -> Unusable:
         issues.append(Issue(Severity.WARNING, code, f"ECOG {why}; result ignored", ref))
+        return Unusable(f"ECOG {why}")
 
     readings: dict[str, int] = {}
     if "valueInteger" in obs:
@@ -81,7 +90,10 @@ def read_ecog(
     return readings[where], where
 
 
-def read_karnofsky(obs: Resource, low: int, high: int, ref: str, issues: list[Issue]) -> int | None:
+def read_karnofsky(
+    obs: Resource, low: int, high: int, ref: str, issues: list[Issue]
+) -> int | Unusable:
+    """The Karnofsky score, or ``Unusable`` with a warning when it cannot be read."""
     value = _whole_number(obs.get("valueInteger"))
     if value is None:
         why = "has no whole-number score (valueInteger)"
@@ -90,95 +102,109 @@ def read_karnofsky(obs: Resource, low: int, high: int, ref: str, issues: list[Is
     else:
         return value
     issues.append(Issue(Severity.WARNING, "value", f"Karnofsky {why}; result ignored", ref))
-    return None
+    return Unusable(f"Karnofsky {why}")
+
+
+def _requirement(criterion: CriterionDef, ecog_vs: ValueSet) -> DataRequirement:
+    return DataRequirement(
+        "Observation",
+        ecog_vs.url,
+        f"{criterion.title}: an ECOG performance status within "
+        f"{criterion.params.get('window_days')} days before the evaluation date",
+    )
+
+
+def _judge_ecog(criterion: CriterionDef, ctx: Context, dated: Dated, issues: list[Issue]) -> Judged:
+    """Met or not met from one ECOG result; ``Unusable`` when it cannot be read."""
+    p = criterion.params
+    grade_sets = [ctx.protocol.valueset(v) for v in p["ecog_grade_valuesets"]]
+    low, high = p["ecog_range"]
+    ref = ctx.record.ref(dated.resource)
+    reading = read_ecog(dated.resource, grade_sets, low, high, ref.reference, issues)
+    if isinstance(reading, Unusable):
+        return reading
+    grade, where = reading
+    source = "" if where == "value" else f" (from the {where})"
+    base = f"ECOG {grade}{source} on {dated.day}"
+    if grade <= p["ecog_max"]:
+        return met(criterion.code, f"{base} ≤ {p['ecog_max']}", [ref])
+    return not_met(criterion.code, f"{base}: above {p['ecog_max']}", [ref])
+
+
+def _judge_karnofsky(
+    criterion: CriterionDef, ctx: Context, dated: Dated, issues: list[Issue]
+) -> Judged:
+    """Met / not met only where every ECOG–Karnofsky conversion agrees, else undetermined."""
+    p = criterion.params
+    low, high = p["karnofsky_range"]
+    ref = ctx.record.ref(dated.resource)
+    score = read_karnofsky(dated.resource, low, high, ref.reference, issues)
+    if isinstance(score, Unusable):
+        return score
+    base = f"no ECOG in the last {p.get('window_days')} days; Karnofsky {score} on {dated.day}"
+    if score >= p["karnofsky_met_min"]:
+        return met(
+            criterion.code,
+            f"{base} ≥ {p['karnofsky_met_min']}, i.e. ECOG ≤ {p['ecog_max']}",
+            [ref],
+        )
+    if score <= p["karnofsky_not_met_max"]:
+        return not_met(
+            criterion.code,
+            f"{base} ≤ {p['karnofsky_not_met_max']}, i.e. ECOG above {p['ecog_max']}",
+            [ref],
+        )
+    ecog_vs = ctx.protocol.valueset(p["ecog_observation_valueset"])
+    return undetermined(
+        criterion.code,
+        f"{base}: published ECOG–Karnofsky conversions disagree whether this is "
+        f"within ECOG ≤ {p['ecog_max']}",
+        [ref],
+        [_requirement(criterion, ecog_vs)],
+    )
 
 
 @rule("performance_status")
 def performance_status(criterion: CriterionDef, ctx: Context) -> CriterionResult:
+    """The newest ECOG decides; Karnofsky only when the window holds no ECOG result at all."""
     p = criterion.params
     window = p.get("window_days")
     ecog_vs = ctx.protocol.valueset(p["ecog_observation_valueset"])
     karnofsky_vs = ctx.protocol.valueset(p["karnofsky_observation_valueset"])
-    grade_sets = [ctx.protocol.valueset(v) for v in p["ecog_grade_valuesets"]]
-    ecog_low, ecog_high = p["ecog_range"]
     issues: list[Issue] = []
-    requirement = DataRequirement(
-        "Observation",
-        ecog_vs.url,
-        f"{criterion.title}: an ECOG performance status within {window} days before the "
-        "evaluation date",
-    )
-
-    unusable = 0
-    for dated in candidate_observations(
-        ctx.record, ctx.protocol, ecog_vs, ctx.as_of, window, issues
-    ):
-        ref = ctx.record.ref(dated.resource)
-        reading = read_ecog(dated.resource, grade_sets, ecog_low, ecog_high, ref.reference, issues)
-        if reading is None:
-            unusable += 1
-            continue
-        grade, where = reading
-        source = "" if where == "value" else f" (from the {where})"
-        base = f"ECOG {grade}{source} on {dated.day}"
-        if grade <= p["ecog_max"]:
-            result = met(criterion.code, f"{base} ≤ {p['ecog_max']}", [ref])
-        else:
-            result = not_met(criterion.code, f"{base}: above {p['ecog_max']}", [ref])
-        result.issues.extend(issues)
-        return result
-
-    no_ecog = (
-        f"no usable ECOG in the last {window} days ({unusable} could not be used)"
-        if unusable
-        else f"no ECOG in the last {window} days"
-    )
-    k_low, k_high = p["karnofsky_range"]
-    for dated in candidate_observations(
-        ctx.record, ctx.protocol, karnofsky_vs, ctx.as_of, window, issues
-    ):
-        ref = ctx.record.ref(dated.resource)
-        score = read_karnofsky(dated.resource, k_low, k_high, ref.reference, issues)
-        if score is None:
-            unusable += 1
-            continue
-        base = f"{no_ecog}; Karnofsky {score} on {dated.day}"
-        if score >= p["karnofsky_met_min"]:
-            result = met(
-                criterion.code,
-                f"{base} ≥ {p['karnofsky_met_min']}, i.e. ECOG ≤ {p['ecog_max']}",
-                [ref],
-            )
-        elif score <= p["karnofsky_not_met_max"]:
-            result = not_met(
-                criterion.code,
-                f"{base} ≤ {p['karnofsky_not_met_max']}, i.e. ECOG above {p['ecog_max']}",
-                [ref],
-            )
-        else:
-            result = undetermined(
-                criterion.code,
-                f"{base}: published ECOG–Karnofsky conversions disagree whether this is "
-                f"within ECOG ≤ {p['ecog_max']}",
-                [ref],
-                [requirement],
-            )
-        result.issues.extend(issues)
-        return result
-
-    result = undetermined(
-        criterion.code, _why_none(ctx, ecog_vs, window, unusable), needs=[requirement]
-    )
+    needs = [_requirement(criterion, ecog_vs)]
+    ecog = candidate_observations(ctx.record, ctx.protocol, ecog_vs, ctx.as_of, window, issues)
+    if ecog:
+        result = newest_verdict(
+            criterion.code,
+            ctx.record,
+            ecog,
+            lambda d: _judge_ecog(criterion, ctx, d, issues),
+            what="ECOG",
+            needs=needs,
+            issues=issues,
+            hint="; Karnofsky is read only when there is no ECOG result in the window",
+        )
+    else:
+        karnofsky = candidate_observations(
+            ctx.record, ctx.protocol, karnofsky_vs, ctx.as_of, window, issues
+        )
+        result = newest_verdict(
+            criterion.code,
+            ctx.record,
+            karnofsky,
+            lambda d: _judge_karnofsky(criterion, ctx, d, issues),
+            what="Karnofsky",
+            needs=needs,
+            issues=issues,
+        )
+    if result is None:
+        result = undetermined(criterion.code, _why_none(ctx, ecog_vs, window), needs=needs)
     result.issues.extend(issues)
     return result
 
 
-def _why_none(ctx: Context, ecog_vs: ValueSet, window: int | None, unusable: int) -> str:
-    if unusable:
-        return (
-            f"{unusable} ECOG/Karnofsky result(s) in the last {window} days could not be used "
-            "(see warnings)"
-        )
+def _why_none(ctx: Context, ecog_vs: ValueSet, window: int | None) -> str:
     older: list[Dated] = candidate_observations(
         ctx.record, ctx.protocol, ecog_vs, ctx.as_of, None, []
     )
