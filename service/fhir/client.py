@@ -85,7 +85,7 @@ class ClientConfig:
             max_query_length=settings.max_query_length,
             deadline_seconds=settings.deadline_seconds,
             retry_attempts=settings.retry_attempts,
-            max_response_bytes=getattr(settings, "max_response_bytes", MAX_RESPONSE_BYTES),
+            max_response_bytes=settings.max_response_bytes,
         )
 
 
