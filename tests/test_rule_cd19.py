@@ -20,6 +20,7 @@ IMMUNOPHENOTYPE = "101119-6"
 CD19_PERCENT = "8117-4"
 V3 = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 PRESENT, ABSENT = "LA9633-4", "LA9634-2"
+DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 
 
 def days_ago(n: int) -> str:
@@ -114,16 +115,41 @@ def test_the_most_recent_coded_result_decides():
     assert days_ago(5) in r.reason and days_ago(60) not in r.reason
 
 
-def test_newer_uncoded_result_is_listed_but_the_coded_one_decides():
+def test_newer_uncoded_result_makes_it_undetermined_and_is_listed():
+    """Changed on purpose: 2 % CD19 after an older coded positive may be CD19-negative escape."""
     coded = coded_observation(IMMUNOPHENOTYPE, LOINC, PRESENT, day=days_ago(30))
     numeric = lab(CD19_PERCENT, 2, "%", day=days_ago(2))
     r = i2(coded, numeric)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert f"Observation/{numeric['id']} on {days_ago(2)}" in r.reason
+    assert "numeric value only (2 %)" in r.reason and "1 older result(s)" in r.reason
+    assert [e.reference for e in r.evidence] == [f"Observation/{numeric['id']}"]
+    assert r.needs
+
+
+def test_newer_narrative_after_a_coded_positive_is_undetermined():
+    coded = coded_observation(IMMUNOPHENOTYPE, LOINC, PRESENT, day=days_ago(30))
+    text = observation(IMMUNOPHENOTYPE, day=days_ago(3), valueString="CD19 dim/negative")
+    r = i2(coded, text)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "narrative text only" in r.reason
+
+
+def test_older_uncoded_result_does_not_block_a_newer_coded_one():
+    numeric = lab(CD19_PERCENT, 85, "%", day=days_ago(30))
+    coded = coded_observation(IMMUNOPHENOTYPE, LOINC, PRESENT, day=days_ago(2))
+    r = i2(numeric, coded)
     assert r.outcome is Outcome.MET
-    assert "without a coded reading, not used" in r.reason and "numeric value only" in r.reason
-    assert {e.reference for e in r.evidence} == {
-        f"Observation/{coded['id']}",
-        f"Observation/{numeric['id']}",
-    }
+    assert [e.reference for e in r.evidence] == [f"Observation/{coded['id']}"]
+
+
+def test_coded_positive_with_data_absent_reason_is_unusable():
+    obs = coded_observation(IMMUNOPHENOTYPE, LOINC, PRESENT, day=days_ago(2))
+    obs["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT, "code": "error"}]}
+    r = i2(obs)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "dataAbsentReason 'error'" in r.reason
+    assert any("dataAbsentReason" in i.message for i in r.issues)
 
 
 def test_same_day_conflict_is_undetermined():
@@ -132,7 +158,24 @@ def test_same_day_conflict_is_undetermined():
         coded_observation(IMMUNOPHENOTYPE, LOINC, ABSENT, day=days_ago(1)),
     )
     assert r.outcome is Outcome.UNDETERMINED
-    assert "conflicting" in r.reason and len(r.evidence) == 2
+    assert r.reason.startswith(f"two results on {days_ago(1)} disagree")
+    assert len(r.evidence) == 2
+
+
+def test_same_day_results_with_times_the_later_one_decides():
+    later = coded_observation(IMMUNOPHENOTYPE, LOINC, ABSENT, day=days_ago(1) + "T15:00:00Z")
+    earlier = coded_observation(IMMUNOPHENOTYPE, LOINC, PRESENT, day=days_ago(1) + "T09:00:00Z")
+    r = i2(later, earlier)
+    assert r.outcome is Outcome.NOT_MET
+    assert [e.reference for e in r.evidence] == [f"Observation/{later['id']}"]
+
+
+def test_same_day_uncoded_result_blocks_a_coded_positive():
+    coded = coded_observation(IMMUNOPHENOTYPE, LOINC, PRESENT, day=days_ago(1))
+    numeric = lab(CD19_PERCENT, 0, "%", day=days_ago(1))
+    r = i2(coded, numeric)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "numeric value only (0 %)" in r.reason
 
 
 def test_value_and_interpretation_contradicting_is_not_used():

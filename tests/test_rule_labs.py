@@ -395,3 +395,8 @@ def test_population_specific_range_is_not_used_as_uln():
     r = result(run(lab("1742-6", 300, "U/L", referenceRange=[rng])), "I6-alt")
     assert r.outcome is NOT_MET
     assert "protocol default ULN" in r.reason
+
+
+def test_exact_unit_conversions_are_not_rounded_to_the_threshold():
+    # 0.17684 mmol/L is 176.84 µmol/L exactly: above 176.8, no molar mass involved
+    assert result(run(lab("14682-9", 0.17684, "mmol/L")), "I6-creatinine").outcome is NOT_MET

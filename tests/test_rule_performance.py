@@ -1,4 +1,4 @@
-"""I10: ECOG performance status 0-2, with Karnofsky only when there is no usable ECOG."""
+"""I10: ECOG performance status 0-2, with Karnofsky only when the window holds no ECOG."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import copy
 import json
 from datetime import date, timedelta
 from pathlib import Path
+
+import pytest
 
 from service.clinical.model import CriterionResult, Outcome
 from service.clinical.rules import RULES, Context
@@ -17,6 +19,7 @@ from tests.builders import AS_OF, LOINC, SNOMED, bundle, concept, observation, p
 SAMPLES = Path(__file__).parents[2] / "shared" / "fhir-samples"
 ECOG = "89247-1"
 KARNOFSKY = "89243-0"
+DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 RECENT = AS_OF - timedelta(days=5)  # 2026-11-15
 
 
@@ -102,25 +105,67 @@ def test_value_and_interpretation_disagreeing_is_unusable():
     assert "sources disagree (value 1, interpretation 3)" in messages(r)
 
 
-def test_out_of_range_ecog_is_unusable_and_an_older_result_decides():
+def test_out_of_range_newest_ecog_is_undetermined_and_an_older_one_does_not_decide():
+    """Changed on purpose: the most recent ECOG decides even when it cannot be read."""
     bad = ecog(-1, day=RECENT)
     good = ecog(1, day=AS_OF - timedelta(days=10))
     r = evaluate(bad, good)
-    assert r.outcome is Outcome.MET
-    assert r.reason == "ECOG 1 on 2026-11-10 ≤ 2"
-    assert refs(r) == [f"Observation/{good['id']}"]
+    assert r.outcome is Outcome.UNDETERMINED
+    assert r.reason.startswith(
+        f"the most recent ECOG result cannot be used: Observation/{bad['id']} on 2026-11-15: "
+        "ECOG value -1 is outside 0–5; 1 older result(s) in the window not used in its place"
+    )
+    assert refs(r) == [f"Observation/{bad['id']}"]
     assert "ECOG value -1 is outside 0–5; result ignored" in messages(r)
     assert r.issues[0].expression == f"Observation/{bad['id']}"
 
 
 def test_out_of_range_ecog_alone_is_undetermined():
-    r = evaluate(ecog(7))
+    obs = ecog(7)
+    r = evaluate(obs)
     assert r.outcome is Outcome.UNDETERMINED
-    assert (
-        r.reason
-        == "1 ECOG/Karnofsky result(s) in the last 30 days could not be used (see warnings)"
+    assert r.reason == (
+        f"the most recent ECOG result cannot be used: Observation/{obs['id']} on 2026-11-15: "
+        "ECOG value 7 is outside 0–5; Karnofsky is read only when there is no ECOG result in "
+        "the window"
     )
     assert r.needs and r.needs[0].valueset == default_protocol().valueset("ecog").url
+
+
+@pytest.mark.parametrize(
+    "newest",
+    [
+        {"valueQuantity": {"value": 3}},  # ECOG 3 as a Quantity
+        {"valueString": "3"},
+        {"valueInteger": 3, "dataAbsentReason": concept(DATA_ABSENT, "error")},
+    ],
+    ids=["quantity", "string", "data-absent-reason"],
+)
+def test_unreadable_newest_ecog_never_lets_an_older_passing_one_decide(newest):
+    r = evaluate(ecog(day=RECENT, **newest), ecog(1, day=AS_OF - timedelta(days=20)))
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "the most recent ECOG result cannot be used" in r.reason
+
+
+def test_data_absent_reason_with_a_grade_is_unusable_with_a_warning():
+    r = evaluate(ecog(1, dataAbsentReason=concept(DATA_ABSENT, "error")))
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "dataAbsentReason 'error' and also a value; result ignored" in messages(r)
+
+
+def test_same_day_ecogs_without_time_that_disagree_are_undetermined():
+    r = evaluate(ecog(1), ecog(3))
+    assert r.outcome is Outcome.UNDETERMINED
+    assert r.reason.startswith("two results on 2026-11-15 disagree")
+    assert len(r.evidence) == 2
+
+
+def test_same_day_ecogs_with_times_the_later_one_decides():
+    later = ecog(3, day="2026-11-15T16:00:00+02:00")
+    earlier = ecog(1, day="2026-11-15T09:00:00+02:00")
+    r = evaluate(later, earlier)
+    assert r.outcome is Outcome.NOT_MET
+    assert refs(r) == [f"Observation/{later['id']}"]
 
 
 def test_real_sample_with_ecog_and_karnofsky_minus_one_is_undetermined():
@@ -143,9 +188,9 @@ def test_real_sample_with_ecog_and_karnofsky_minus_one_is_undetermined():
     assert r.outcome is Outcome.UNDETERMINED
     text = messages(r)
     assert "ECOG value -1 is outside 0–5" in text  # its interpretation (grade 3) is not trusted
-    assert "Karnofsky value -1 is outside 0–100" in text
-    assert "2 ECOG/Karnofsky result(s)" in r.reason
-    assert r.evidence == []
+    assert "Karnofsky" not in text  # an ECOG in the window: Karnofsky is not read
+    assert "the most recent ECOG result cannot be used" in r.reason
+    assert refs(r) == ["Observation/mCODEECOGPerformanceStatusExample"]
 
 
 def test_ecog_older_than_window_is_not_used():
@@ -205,10 +250,28 @@ def test_ecog_is_preferred_over_a_newer_karnofsky():
     assert refs(r) == [f"Observation/{e['id']}"]
 
 
-def test_karnofsky_used_when_ecog_is_unusable():
+def test_unusable_ecog_in_the_window_blocks_the_karnofsky_fallback():
     r = evaluate(ecog(-1), karnofsky(80))
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "Karnofsky is read only when there is no ECOG result in the window" in r.reason
+
+
+def test_karnofsky_used_when_the_only_ecog_is_outside_the_window():
+    r = evaluate(ecog(1, day=AS_OF - timedelta(days=31)), karnofsky(80))
     assert r.outcome is Outcome.MET
-    assert r.reason.startswith("no usable ECOG in the last 30 days (1 could not be used)")
+    assert r.reason.startswith("no ECOG in the last 30 days; Karnofsky 80")
+
+
+def test_unusable_newest_karnofsky_is_undetermined():
+    r = evaluate(karnofsky(110), karnofsky(80, day=AS_OF - timedelta(days=10)))
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "the most recent Karnofsky result cannot be used" in r.reason
+
+
+def test_same_day_karnofskys_that_disagree_are_undetermined():
+    r = evaluate(karnofsky(80), karnofsky(30))
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "disagree" in r.reason
 
 
 def test_out_of_range_karnofsky_is_unusable():

@@ -132,11 +132,23 @@ def strictly_before(a: Dated, b: Dated) -> bool:
 def newest_group(candidates: list[Dated]) -> list[Dated]:
     """The newest result together with every result that cannot be ordered before it.
 
-    These are the results no other candidate is known to follow; usually just one.
+    These are the results no other candidate is known to follow (see ``strictly_before``);
+    usually just one. Linear, so a long chart does not cost a pairwise comparison.
     """
-    group = [c for c in candidates if not any(strictly_before(c, o) for o in candidates)]
+    if not candidates:
+        return []
+    latest_day = max(c.day for c in candidates)
+    latest_moment = max((c.moment for c in candidates if c.moment), default=None)
+    latest_dateonly = max((c.day for c in candidates if c.moment is None), default=None)
+
+    def followed(c: Dated) -> bool:
+        if c.moment is None or latest_moment is None:
+            return c.day < latest_day
+        return c.moment < latest_moment or (latest_dateonly is not None and c.day < latest_dateonly)
+
+    group = [c for c in candidates if not followed(c)]
     # Mixed zones can make the day/time comparison cyclic; then keep the whole newest day.
-    return group or [c for c in candidates if c.day == candidates[0].day]
+    return group or [c for c in candidates if c.day == latest_day]
 
 
 def _data_absent(record: PatientRecord, dated: Dated, issues: list[Issue]) -> Unusable | None:
@@ -186,7 +198,7 @@ def _unusable_result(
     if len(group) > 1:
         reason += f"; {_word(len(group))} results on {_days(group)} cannot be ordered"
     if older:
-        reason += f"; {older} older result(s) in the window do not decide in its place"
+        reason += f"; {older} older result(s) in the window not used in its place"
     return undetermined(code, reason + hint, _refs(record, group), needs)
 
 

@@ -33,6 +33,21 @@ from service.record import Resource, codings
 
 
 @dataclass(frozen=True, slots=True)
+class _Problem:
+    """Why a response's answer is unusable: for the reason, and for the warning."""
+
+    reason: str
+    warning: str
+
+
+_NOT_BOOLEAN = _Problem("has no usable yes/no answer", "is not a single yes/no (boolean) answer")
+_DUPLICATE = _Problem(
+    "answers it more than once, with different answers",
+    "is given more than once in the response, with different answers",
+)
+
+
+@dataclass(frozen=True, slots=True)
 class _Answer:
     """One response's answer to the item we look for."""
 
@@ -40,6 +55,7 @@ class _Answer:
     day: date
     moment: datetime | None  # full timestamp with zone, to order same-day responses
     response: Resource
+    problem: _Problem | None = None  # why ``answer`` is None
 
 
 @dataclass(slots=True)
@@ -66,78 +82,118 @@ class AttestationLookup:
         return f"{self.item} attested {str(self.answer).lower()} {by} on {self.day}"
 
 
+@dataclass(slots=True)
+class _Candidates:
+    """Responses in the window that answer the item, sorted by whether they may count."""
+
+    usable: list[_Answer] = field(default_factory=list)
+    not_investigator: list[_Answer] = field(default_factory=list)  # ignored: wrong author
+    older: list[date] = field(default_factory=list)  # authored before the window
+
+
 def lookup_attestation(ctx: Context, item: str) -> AttestationLookup:
     """The newest usable answer to ``item`` in the protocol's Questionnaire.
 
     Only responses with an allowed status, authored within the attestation window and not
-    after the evaluation date count. The newest response that *contains* the item decides,
-    so a newer response that skips the item does not erase an older answer; a newer
-    non-yes/no answer is not skipped over (an older answer may no longer hold).
+    after the evaluation date, by an investigator (an allowed author type), count. The newest
+    response that *contains* the item decides, so a newer response that skips the item does
+    not erase an older answer; a newer non-yes/no answer is not skipped over (an older answer
+    may no longer hold), nor is a newer different answer by someone else.
     """
-    general = ctx.protocol.general
-    statuses = set(general["attestation_statuses"])
-    window = int(general["attestation_window_days"])
     lookup = AttestationLookup(item)
-    usable: list[_Answer] = []
-    older: list[date] = []
+    found = _Candidates()
     for qr in ctx.record.questionnaire_responses:
-        ref = ctx.record.ref(qr).reference
-        if not _is_protocol_questionnaire(qr.get("questionnaire"), ctx, ref, lookup.issues):
-            continue
-        answers = _answers_to(qr, item)
-        if not answers:
-            continue  # the item is absent or unanswered: this response says nothing about it
-        authored = parse_date(qr.get("authored"))
-        if authored is not None and authored.earliest > ctx.as_of:
-            continue  # written after the evaluation date
-        day = authored.latest if authored is not None and authored.exact else None
-        status = qr.get("status")
-        if status not in statuses:
-            if day is None or in_window(day, ctx.as_of, window):
-                lookup.issues.append(
-                    Issue(
-                        Severity.WARNING,
-                        "business-rule",
-                        f"QuestionnaireResponse status {status!r} ignored",
-                        ref,
-                    )
-                )
-            continue
-        if day is None:
-            lookup.issues.append(
-                Issue(
-                    Severity.WARNING,
-                    "incomplete",
-                    "QuestionnaireResponse has no full authored date; not used",
-                    ref,
-                )
-            )
-            continue
-        if not in_window(day, ctx.as_of, window):
-            older.append(day)
-            continue
-        value = _boolean(answers)
-        if value is None:
-            lookup.issues.append(
-                Issue(
-                    Severity.WARNING,
-                    "value",
-                    f"answer to item {item} is not a single yes/no (boolean) answer; not used",
-                    ref,
-                )
-            )
-        usable.append(_Answer(value, day, _moment(qr.get("authored")), qr))
-
-    if not usable:
-        if older:
-            lookup.missing = (
-                f"the latest attestation of {item}, {max(older)}, is older than {window} days"
-            )
-        else:
-            lookup.missing = f"no investigator attestation of {item} found"
+        _consider(ctx, qr, lookup, found)
+    if not found.usable:
+        lookup.missing = _none_found(ctx, item, found)
         return lookup
-    _choose(lookup, usable)
+    _choose(lookup, found.usable)
+    _check_newer_others(ctx, lookup, found.not_investigator)
     return lookup
+
+
+def _consider(ctx: Context, qr: Resource, lookup: AttestationLookup, found: _Candidates) -> None:
+    """Sort one response into ``found``, with a warning when it is unusable for a reason."""
+    general = ctx.protocol.general
+    window = int(general["attestation_window_days"])
+    ref = ctx.record.ref(qr).reference
+    if not _is_protocol_questionnaire(qr.get("questionnaire"), ctx, ref, lookup.issues):
+        return
+    groups = _answers_to(qr, lookup.item)
+    if not groups:
+        return  # the item is absent or unanswered: this response says nothing about it
+    authored = parse_date(qr.get("authored"))
+    if authored is not None and authored.earliest > ctx.as_of:
+        return  # written after the evaluation date
+    day = authored.latest if authored is not None and authored.exact else None
+    status = qr.get("status")
+    if status not in set(general["attestation_statuses"]):
+        if day is None or in_window(day, ctx.as_of, window):
+            message = f"QuestionnaireResponse status {status!r} ignored"
+            lookup.issues.append(Issue(Severity.WARNING, "business-rule", message, ref))
+        return
+    if day is None:
+        message = "QuestionnaireResponse has no full authored date; not used"
+        lookup.issues.append(Issue(Severity.WARNING, "incomplete", message, ref))
+        return
+    if not in_window(day, ctx.as_of, window):
+        found.older.append(day)
+        return
+    value, problem = _read_answer(groups)
+    answer = _Answer(value, day, _moment(qr.get("authored")), qr, problem)
+    if not _by_investigator(qr, ctx):
+        message = f"QuestionnaireResponse {_author_text(qr)}, not {_types(ctx)}; not used"
+        lookup.issues.append(Issue(Severity.WARNING, "business-rule", message, ref))
+        found.not_investigator.append(answer)
+        return
+    if problem is not None:
+        message = f"answer to item {lookup.item} {problem.warning}; not used"
+        lookup.issues.append(Issue(Severity.WARNING, "value", message, ref))
+    found.usable.append(answer)
+
+
+def _read_answer(groups: list[list[Any]]) -> tuple[bool | None, _Problem | None]:
+    """(value, problem): one yes/no across every copy of the item, or why there is none."""
+    values = [_boolean(answers) for answers in groups]
+    if None in values:
+        return None, _NOT_BOOLEAN
+    if len(set(values)) > 1:
+        return None, _DUPLICATE
+    return values[0], None
+
+
+def _none_found(ctx: Context, item: str, found: _Candidates) -> str:
+    """Why no answer counts, naming responses ignored for their author."""
+    window = int(ctx.protocol.general["attestation_window_days"])
+    if found.older:
+        text = f"the latest attestation of {item}, {max(found.older)}, is older than {window} days"
+    else:
+        text = f"no investigator attestation of {item} found"
+    if found.not_investigator:
+        names = ", ".join(
+            f"{ctx.record.ref(a.response).reference} ({_author_text(a.response)})"
+            for a in found.not_investigator
+        )
+        text += f"; ignored, not authored by {_types(ctx)}: {names}"
+    return text
+
+
+def _check_newer_others(ctx: Context, lookup: AttestationLookup, others: list[_Answer]) -> None:
+    """A newer (or same-day) different answer by someone else leaves the item open."""
+    if lookup.answer is None or lookup.day is None:
+        return
+    newer = [a for a in others if a.day >= lookup.day and a.answer is not lookup.answer]
+    if not newer:
+        return
+    names = ", ".join(
+        f"{ctx.record.ref(a.response).reference} ({_author_text(a.response)}, {a.day})"
+        for a in newer
+    )
+    lookup.missing = (
+        f"{lookup.describe()}, but a response not authored by {_types(ctx)} answers it "
+        f"differently on the same day or later: {names}"
+    )
+    lookup.answer = None
 
 
 def _choose(lookup: AttestationLookup, usable: list[_Answer]) -> None:
@@ -150,9 +206,8 @@ def _choose(lookup: AttestationLookup, usable: list[_Answer]) -> None:
     lookup.responses = [a.response for a in top]
     values = {a.answer for a in top}
     if None in values:
-        lookup.missing = (
-            f"the latest attestation of {lookup.item} ({newest_day}) has no usable yes/no answer"
-        )
+        problem = next(a.problem or _NOT_BOOLEAN for a in top if a.answer is None)
+        lookup.missing = f"the latest attestation of {lookup.item} ({newest_day}) {problem.reason}"
     elif len(values) > 1:
         lookup.missing = (
             f"attestations of {lookup.item} on {newest_day} disagree and cannot be ordered"
@@ -162,6 +217,51 @@ def _choose(lookup: AttestationLookup, usable: list[_Answer]) -> None:
         lookup.answer = chosen.answer
         lookup.day = chosen.day
         lookup.author = _author(chosen.response)
+
+
+def _types(ctx: Context) -> str:
+    """'a Practitioner or PractitionerRole', from the protocol."""
+    return "a " + " or ".join(ctx.protocol.general["attestation_author_types"])
+
+
+def _by_investigator(qr: Resource, ctx: Context) -> bool:
+    return _author_type(qr) in set(ctx.protocol.general["attestation_author_types"])
+
+
+def _author_type(qr: Resource) -> str | None:
+    """The author's resource type: from the reference ('Practitioner/1', an absolute URL,
+    a contained '#id'), else Reference.type for a 'urn:' reference. None when unknown or
+    when the reference and Reference.type disagree."""
+    author = qr.get("author")
+    if not isinstance(author, dict) or not isinstance(author.get("reference"), str):
+        return None
+    reference = author["reference"].partition("/_history/")[0]
+    declared = author.get("type") if isinstance(author.get("type"), str) else None
+    if reference.startswith("#"):
+        found = _contained_type(qr, reference[1:])
+    elif reference.startswith("urn:"):
+        found = declared
+    else:
+        parts = reference.split("/")
+        found = parts[-2] if len(parts) >= 2 else None
+    if found is None or (declared is not None and declared != found):
+        return None
+    return found
+
+
+def _contained_type(qr: Resource, rid: str) -> str | None:
+    for res in qr.get("contained") or ():
+        if isinstance(res, dict) and res.get("id") == rid:
+            rtype = res.get("resourceType")
+            return rtype if isinstance(rtype, str) else None
+    return None
+
+
+def _author_text(qr: Resource) -> str:
+    """'authored by Patient/p1', or 'with no author reference'."""
+    author = qr.get("author")
+    reference = author.get("reference") if isinstance(author, dict) else None
+    return f"authored by {reference}" if isinstance(reference, str) else "with no author reference"
 
 
 def _is_protocol_questionnaire(value: Any, ctx: Context, ref: str, issues: list[Issue]) -> bool:
@@ -201,12 +301,14 @@ def _items(items: Any) -> Iterator[dict[str, Any]]:
                 yield from _items(answer.get("item"))
 
 
-def _answers_to(qr: Resource, link_id: str) -> list[Any]:
+def _answers_to(qr: Resource, link_id: str) -> list[list[Any]]:
+    """The answers of every item with ``link_id``: an item may (wrongly) appear twice."""
+    found: list[list[Any]] = []
     for item in _items(qr.get("item")):
-        if item.get("linkId") == link_id:
-            answers = item.get("answer")
-            return answers if isinstance(answers, list) else []
-    return []
+        answers = item.get("answer")
+        if item.get("linkId") == link_id and isinstance(answers, list) and answers:
+            found.append(answers)
+    return found
 
 
 def _boolean(answers: list[Any]) -> bool | None:
@@ -379,53 +481,86 @@ def survival(criterion: CriterionDef, ctx: Context) -> CriterionResult:
 def consent(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     """An active research Consent covering the evaluation date; a refusal; else the investigator.
 
-    A Consent signed after the evaluation date is not part of this evaluation. Draft or
-    proposed consent is not consent yet and inactive consent no longer counts; both are named
-    in the reason. An active Consent whose top-level provision denies is read as a refusal.
+    A Consent signed after the evaluation date is not part of this evaluation; one that may
+    have been signed after it (a partial date) leaves the criterion open. Draft or proposed
+    consent is not consent yet and inactive consent no longer counts; both are named in the
+    reason. A Consent that denies anywhere in its provisions is read as a refusal, and a
+    covering consent counts only when every refusal is dated strictly before it.
     """
+    found = _sort_consents(criterion, ctx)
+    result = _consent_decision(criterion, ctx, found)
+    result.issues[:0] = found.issues
+    return result
+
+
+Dated = tuple[DateRange | None, Resource]  # a Consent and its signing date, if readable
+
+
+@dataclass(slots=True)
+class _Consents:
+    """This patient's research Consents for the evaluation date, by what they say."""
+
+    covering: list[Dated] = field(default_factory=list)
+    refused: list[Dated] = field(default_factory=list)
+    unsure: list[tuple[str, Resource]] = field(default_factory=list)  # may postdate asOf
+    notes: list[str] = field(default_factory=list)
+    noted: list[Resource] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+
+    def note(self, text: str, consent: Resource) -> None:
+        self.notes.append(text)
+        self.noted.append(consent)
+
+
+def _sort_consents(criterion: CriterionDef, ctx: Context) -> _Consents:
     scope = ctx.protocol.valueset(criterion.params["consent_scope_valueset"])
-    covering: list[tuple[date | None, Resource]] = []
-    refused: list[tuple[date | None, Resource]] = []
-    notes: list[str] = []
-    noted: list[Resource] = []
-    issues: list[Issue] = []
+    found = _Consents()
     for c in ctx.record.consents:
         if not scope.matches(codings(c.get("scope"))):
             continue
-        ref = ctx.record.ref(c).reference
         if _study_of(c, ctx) is False:
-            notes.append(f"{ref} is consent to another study")
-            noted.append(c)
+            found.note(f"{ctx.record.ref(c).reference} is consent to another study", c)
             continue
         signed = parse_date(c.get("dateTime"))
         if signed is not None and signed.earliest > ctx.as_of:
             continue
-        signed_day = signed.latest if signed is not None else None
-        status = c.get("status")
-        provision = c.get("provision") if isinstance(c.get("provision"), dict) else {}
-        if status == "rejected" or (status == "active" and provision.get("type") == "deny"):
-            refused.append((signed_day, c))
-        elif status == "active":
-            gap = _period_gap(provision.get("period"), ctx.as_of)
-            if gap is None:
-                covering.append((signed_day, c))
-            else:
-                notes.append(f"{ref} is active but {gap}")
-                noted.append(c)
-        elif status in ("draft", "proposed"):
-            notes.append(f"{ref} is {status}: not consent yet")
-            noted.append(c)
-        elif status == "inactive":
-            notes.append(f"{ref} is inactive and does not count")
-            noted.append(c)
-        elif status != "entered-in-error":
-            issues.append(
-                Issue(Severity.WARNING, "business-rule", f"Consent status {status!r} ignored", ref)
-            )
+        _sort_consent(c, signed, ctx, found)
+    return found
 
-    result = _consent_decision(criterion, ctx, covering, refused, notes, noted)
-    result.issues[:0] = issues
-    return result
+
+def _sort_consent(c: Resource, signed: DateRange | None, ctx: Context, found: _Consents) -> None:
+    ref = ctx.record.ref(c).reference
+    status = c.get("status")
+    provision = c.get("provision") if isinstance(c.get("provision"), dict) else {}
+    if status == "rejected" or (status == "active" and _denies(provision)):
+        found.refused.append((signed, c))
+    elif status == "active" and signed is not None and signed.latest > ctx.as_of:
+        shown = _day_text(signed)
+        found.unsure.append((f"{ref} was signed {shown}, possibly after {ctx.as_of}", c))
+    elif status == "active":
+        gap = _period_gap(provision.get("period"), ctx.as_of)
+        if gap is None:
+            found.covering.append((signed, c))
+        else:
+            found.note(f"{ref} is active but {gap}", c)
+    elif status in ("draft", "proposed"):
+        found.note(f"{ref} is {status}: not consent yet", c)
+    elif status == "inactive":
+        found.note(f"{ref} is inactive and does not count", c)
+    elif status != "entered-in-error":
+        message = f"Consent status {status!r} ignored"
+        found.issues.append(Issue(Severity.WARNING, "business-rule", message, ref))
+
+
+def _denies(provision: Any) -> bool:
+    """A deny anywhere in the provision tree. A nested deny (e.g. for research purposes under
+    a general permit) is read, conservatively, as a refusal of research consent."""
+    if not isinstance(provision, dict):
+        return False
+    if provision.get("type") == "deny":
+        return True
+    nested = provision.get("provision")
+    return isinstance(nested, list) and any(_denies(n) for n in nested)
 
 
 # R4 core extension naming the ResearchStudy a Consent is for.
@@ -451,52 +586,88 @@ def _study_of(consent: Resource, ctx: Context) -> bool | None:
     return any(n in ours or n.endswith(f"/ResearchStudy/{ctx.protocol.id}") for n in named)
 
 
-def _consent_decision(
-    criterion: CriterionDef,
-    ctx: Context,
-    covering: list[tuple[date | None, Resource]],
-    refused: list[tuple[date | None, Resource]],
-    notes: list[str],
-    noted: list[Resource],
-) -> CriterionResult:
+def _consent_decision(criterion: CriterionDef, ctx: Context, found: _Consents) -> CriterionResult:
     ref = ctx.record.ref
-    if covering:
-        day, chosen = max(covering, key=lambda pair: pair[0] or date.min)
-        signed = f"signed {day}" if day else "signing date not recorded"
-        reason = f"active research consent {ref(chosen).reference} ({signed}) covers {ctx.as_of}"
-        later_refusal = [r for d, r in refused if d is not None and day is not None and d > day]
-        if later_refusal:
-            return undetermined(
-                criterion.code,
-                f"{reason}, but {', '.join(ref(r).reference for r in later_refusal)} "
-                "records a later refusal",
-                [ref(chosen)] + [ref(r) for r in later_refusal],
-                [_consent_requirement(criterion, ctx)],
-            )
-        if _study_of(chosen, ctx) is None:
-            reason += " (the Consent does not name the study: check it is this trial's)"
-        return met(criterion.code, reason, [ref(chosen)])
-    if refused:
-        listed = ", ".join(
-            f"{ref(r).reference} ({d})" if d else ref(r).reference for d, r in refused
+    if found.covering:
+        return _covering(criterion, ctx, found)
+    refusals = _refusals_text(ctx, found.refused)
+    if found.unsure:
+        also = f"; refused: {refusals}" if found.refused else ""
+        return undetermined(
+            criterion.code,
+            f"{'; '.join(t for t, _ in found.unsure)}: a full signing date is needed{also}",
+            [ref(c) for _, c in found.unsure] + [ref(r) for _, r in found.refused],
+            [_consent_requirement(criterion, ctx)],
         )
-        extra = f" ({'; '.join(notes)})" if notes else ""
+    if found.refused:
+        extra = f" ({'; '.join(found.notes)})" if found.notes else ""
         return not_met(
             criterion.code,
-            f"research consent refused: {listed}; no active research consent{extra}",
-            [ref(r) for _, r in refused] + [ref(r) for r in noted],
+            f"research consent refused: {refusals}; no active research consent{extra}",
+            [ref(r) for _, r in found.refused] + [ref(r) for r in found.noted],
         )
     prefix = "no active research consent"
-    prefix += f" ({'; '.join(notes)}); " if notes else "; "
+    prefix += f" ({'; '.join(found.notes)}); " if found.notes else "; "
     lookup = lookup_attestation(ctx, criterion.params["attestation_item"])
     return decide_by_attestation(
         criterion,
         ctx,
         lookup,
         prefix=prefix,
-        evidence=[ref(r) for r in noted],
+        evidence=[ref(r) for r in found.noted],
         needs=[_consent_requirement(criterion, ctx)],
     )
+
+
+def _covering(criterion: CriterionDef, ctx: Context, found: _Consents) -> CriterionResult:
+    """The newest covering consent counts only if every refusal is dated strictly before it."""
+    ref = ctx.record.ref
+    day, chosen = max(found.covering, key=lambda pair: pair[0].earliest if pair[0] else date.min)
+    signed = f"signed {_day_text(day)}" if day else "signing date not recorded"
+    reason = f"active research consent {ref(chosen).reference} ({signed}) covers {ctx.as_of}"
+    unordered = [(d, r, why) for d, r in found.refused if (why := _not_before(d, day)) is not None]
+    if unordered:
+        listed = "; ".join(
+            f"{ref(r).reference}{f' ({_day_text(d)})' if d else ''} {why}"
+            for d, r, why in unordered
+        )
+        return undetermined(
+            criterion.code,
+            f"{reason}, but a refusal is not dated before it: {listed}",
+            [ref(chosen)] + [ref(r) for _, r, _ in unordered],
+            [_consent_requirement(criterion, ctx)],
+        )
+    if _study_of(chosen, ctx) is None:
+        reason += " (the Consent does not name the study: check it is this trial's)"
+    return met(criterion.code, reason, [ref(chosen)])
+
+
+def _not_before(refusal: DateRange | None, consent: DateRange | None) -> str | None:
+    """None when the refusal is dated strictly before the consent; else why it may not be."""
+    if consent is None:
+        return "cannot be ordered against the undated consent"
+    if refusal is None:
+        return "is undated"
+    if refusal.latest < consent.earliest:
+        return None
+    if refusal.earliest > consent.latest:
+        return "is later"
+    if refusal.exact and consent.exact:
+        return "is on the same day"
+    return "may be on the same day or later"
+
+
+def _refusals_text(ctx: Context, refused: list[Dated]) -> str:
+    """'Consent/a (2026-11-10), Consent/b (a nested provision denies)'."""
+    items = []
+    for day, r in refused:
+        details = [_day_text(day)] if day else []
+        provision = r.get("provision") if isinstance(r.get("provision"), dict) else {}
+        if r.get("status") == "active" and provision.get("type") != "deny":
+            details.append("a nested provision denies")
+        shown = f" ({'; '.join(details)})" if details else ""
+        items.append(f"{ctx.record.ref(r).reference}{shown}")
+    return ", ".join(items)
 
 
 def _period_gap(period: Any, as_of: date) -> str | None:

@@ -57,6 +57,15 @@ def _as_reported(quantity: dict[str, Any]) -> str:
     return f"{quantity.get('comparator', '')}{quantity.get('value')} {unit}".strip()
 
 
+def _needs_molar_mass(unit: str | None, target: str) -> bool:
+    """Whether reaching ``target`` from ``unit`` goes through a molar mass (mass ↔ substance)."""
+    try:
+        units.convert(1.0, unit, target)
+    except units.UnitError:
+        return True
+    return False
+
+
 def _is_target(unit: str | None, target: str) -> bool:
     """Whether ``unit`` (already alias-resolved) is the protocol's unit, blanks aside.
 
@@ -89,8 +98,9 @@ def read_quantity(
             converted = value * 100
         else:
             converted = units.convert(value, unit, target, spec.get("molar_mass_g_per_mol"))
-            if not _is_target(unit, target) and "compare_decimals" in spec:
-                # Conversion factors carry more digits than the protocol's threshold does.
+            if "compare_decimals" in spec and _needs_molar_mass(unit, target):
+                # A molar mass carries more digits than the protocol's threshold does
+                # (2.0 mg/dL creatinine is 176.803 µmol/L); exact conversions are not rounded.
                 converted = round(converted, int(spec["compare_decimals"]))
     except units.UnitError as exc:
         why = f"unit not usable ({exc})"

@@ -12,14 +12,21 @@ the onset is likely the first diagnosis date, and the relapse is treated as unda
 undated relapse is evidence of relapse (so "not met" is impossible) but, having no place on
 the timeline, it can never make the criterion met; an undated remission blocks the paths that
 need to know there was no remission at a time (short first remission, failed treatment).
+
+A disease-status Observation whose ``focus`` names another Condition of the patient is about
+another disease and is not used. One whose focus cannot be tied to an ALL Condition is
+"unplaced": like an undated event it can keep the criterion open but never decide it. A
+remission recorded on the same day as a relapse never separates two relapse episodes: the
+order within a day is not known.
 """
 
 from __future__ import annotations
 
 import calendar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from enum import IntEnum
+from typing import Any
 
 from service.clinical.dates import effective_date, parse_date
 from service.clinical.model import (
@@ -46,8 +53,9 @@ from service.record import Resource, codings
 
 
 class Kind(IntEnum):
-    """Event kinds; the value orders events of the same day (a same-day remission comes
-    after a relapse, so it never splits one relapse episode into two)."""
+    """Event kinds; the value orders events of the same day for display and for the
+    treatment rule. The true order within a day is unknown, so ``relapse_episodes`` never
+    lets a remission separate episodes when a relapse shares its day."""
 
     DIAGNOSIS = 0
     RELAPSE = 1
@@ -82,6 +90,7 @@ class Timeline:
     dated: list[Event]
     undated: list[Event]
     has_diagnosis: bool
+    unplaced: list[Event] = field(default_factory=list)  # focus not tied to an ALL Condition
 
     def of(self, *kinds: Kind) -> list[Event]:
         return [e for e in self.dated if e.kind in kinds]
@@ -89,11 +98,26 @@ class Timeline:
     def undated_of(self, *kinds: Kind) -> list[Event]:
         return [e for e in self.undated if e.kind in kinds]
 
+    def unplaced_of(self, *kinds: Kind) -> list[Event]:
+        return [e for e in self.unplaced if e.kind in kinds]
+
+    def everything(self) -> list[Event]:
+        return [*self.dated, *self.undated, *self.unplaced]
+
+    def same_day_relapse_and_remission(self) -> list[date]:
+        """Days with both a relapse and a remission: their order is unknown."""
+        relapses = {e.day for e in self.of(Kind.RELAPSE)}
+        return sorted({e.day for e in self.of(Kind.REMISSION) if e.day in relapses})
+
     def text(self, limit: int = 20) -> str:
         items = [f"{e.day} {e.kind.words}" for e in self.dated]
         if len(items) > limit:
             items = [f"… {len(items) - limit} earlier event(s)", *items[-limit:]]
         items += [f"undated {e.kind.words} ({e.what})" for e in self.undated]
+        items += [
+            f"{e.day or 'undated'} {e.kind.words} not tied to the ALL ({e.what})"
+            for e in self.unplaced
+        ]
         return "; ".join(items) if items else "no dated disease events"
 
 
@@ -167,8 +191,59 @@ def _classify(codes: list[Code], valuesets: list[tuple[Kind, ValueSet]]) -> tupl
     return Kind.OTHER_STATUS, "no coded value", False
 
 
+@dataclass(frozen=True, slots=True)
+class _Conditions:
+    """References of this patient's usable Conditions: ALL ones and the others."""
+
+    all: frozenset[str]
+    other: frozenset[str]
+
+    @classmethod
+    def of(cls, criterion: CriterionDef, ctx: Context) -> _Conditions:
+        p = criterion.params
+        all_any = ctx.protocol.valueset(p["all_condition_valueset"])
+        extension = p.get("histology_extension")
+        refs = {ctx.record.ref(c).reference: c for c in usable_conditions(ctx)[0]}
+        ours = frozenset(
+            r for r, c in refs.items() if first_match(condition_codes(c, extension), all_any)
+        )
+        return cls(ours, frozenset(refs) - ours)
+
+    def about(self, obs: Resource) -> str:
+        """What a disease status is about: 'all' (no focus, or only ALL Conditions), 'other'
+        (only other Conditions of this patient) or 'unknown' (anything else)."""
+        focus = obs.get("focus")
+        if focus is None or focus == []:
+            return "all"
+        if not isinstance(focus, list):
+            return "unknown"
+        targets = {_reference(f) for f in focus}
+        if targets <= self.all:
+            return "all"
+        return "other" if targets <= self.other else "unknown"
+
+
+def _reference(value: Any) -> str | None:
+    """A Reference's target without a version suffix ('Condition/1/_history/2' -> 'Condition/1')."""
+    ref = value.get("reference") if isinstance(value, dict) else None
+    return ref.partition("/_history/")[0] if isinstance(ref, str) else None
+
+
+def _focus_issue(obs: Resource, ctx: Context, about: str) -> Issue:
+    ref = ctx.record.ref(obs).reference
+    if about == "other":
+        why = "is about another Condition (focus), not the ALL; not used"
+    else:
+        why = "has a focus that is not an ALL Condition of this patient; not placed on the timeline"
+    return Issue(Severity.WARNING, "business-rule", f"disease status {why}", ref)
+
+
 def _observation_events(
-    criterion: CriterionDef, ctx: Context, out: list[Event], issues: list[Issue]
+    criterion: CriterionDef,
+    ctx: Context,
+    out: list[Event],
+    unplaced: list[Event],
+    issues: list[Issue],
 ) -> None:
     p = criterion.params
     vs = ctx.protocol.valueset
@@ -187,17 +262,28 @@ def _observation_events(
             issues.append(Issue(Severity.WARNING, "value", "contradictory disease status", ref))
         return Event(day, kind, f"{label}, {ref}", obs, from_observation=True)
 
+    conditions = _Conditions.of(criterion, ctx)
+
+    def place(obs: Resource, day: date | None) -> None:
+        about = conditions.about(obs)
+        if about != "all":
+            issues.append(_focus_issue(obs, ctx, about))
+            if about == "unknown":
+                unplaced.append(event(obs, day))
+            return
+        e = event(obs, day)
+        # Undated results are unusable, but one that may show disease must stop a "not met".
+        if day is not None or e.kind is not Kind.REMISSION:
+            out.append(e)
+
     for dated in candidate_observations(
         ctx.record, ctx.protocol, status_vs, ctx.as_of, None, issues
     ):
-        out.append(event(dated.resource, dated.day))
-    # Undated results are unusable, but one that may show disease must stop a "not met".
+        place(dated.resource, dated.day)
     allowed = set(ctx.protocol.general["observation_statuses"])
     for obs in ctx.record.observations_in(status_vs):
         if obs.get("status") in allowed and effective_date(obs) is None:
-            undated = event(obs, None)
-            if undated.kind is not Kind.REMISSION:
-                out.append(undated)
+            place(obs, None)
 
 
 def _procedure_events(criterion: CriterionDef, ctx: Context, out: list[Event]) -> None:
@@ -244,13 +330,14 @@ def _place_condition_relapses(events: list[Event]) -> list[Event]:
 
 def build_timeline(criterion: CriterionDef, ctx: Context, issues: list[Issue]) -> Timeline:
     events: list[Event] = []
+    unplaced: list[Event] = []
     has_diagnosis = _condition_events(criterion, ctx, events)
-    _observation_events(criterion, ctx, events, issues)
+    _observation_events(criterion, ctx, events, unplaced, issues)
     _procedure_events(criterion, ctx, events)
     events = _place_condition_relapses(events)
     dated = sorted((e for e in events if e.day is not None), key=Event.sort_key)
     undated = [e for e in events if e.day is None]
-    return Timeline(dated, undated, has_diagnosis)
+    return Timeline(dated, undated, has_diagnosis, unplaced)
 
 
 # -- the grounds for "met" ------------------------------------------------------------------
@@ -272,11 +359,15 @@ def _refractory(t: Timeline) -> Ground | None:
 
 def relapse_episodes(t: Timeline) -> tuple[list[list[Event]], list[Event]]:
     """(episodes, separating remissions): dated relapse events not separated by a documented
-    remission are one episode. Undated relapses are left out: they cannot be placed."""
+    remission are one episode. Undated relapses are left out: they cannot be placed. A
+    remission on the same day as a relapse separates nothing: which came first is unknown."""
     episodes: list[list[Event]] = []
     between: list[Event] = []
     in_relapse = False
+    ambiguous = set(t.same_day_relapse_and_remission())
     for e in t.of(Kind.RELAPSE, Kind.REMISSION):
+        if e.kind is Kind.REMISSION and e.day in ambiguous:
+            continue
         if e.kind is Kind.RELAPSE:
             if not in_relapse:
                 episodes.append([])
@@ -308,8 +399,8 @@ def _short_first_remission(t: Timeline, months: int) -> Ground | None:
     Calendar arithmetic: the relapse must fall before the remission date plus ``months``
     calendar months (a day of the month that does not exist is clamped to the month's end).
     """
-    if t.undated_of(Kind.REMISSION):
-        return None  # an undated remission may be the real first one
+    if t.undated_of(Kind.REMISSION) or t.unplaced_of(Kind.REMISSION):
+        return None  # an undated or unplaced remission may be the real first one
     remissions = t.of(Kind.REMISSION)
     if not remissions:
         return None
@@ -337,8 +428,8 @@ def _failed_treatment(t: Timeline) -> Ground | None:
     A treatment given in remission (consolidation, maintenance) is skipped: a relapse after it
     is a relapse, not a failure to respond.
     """
-    if t.undated_of(Kind.REMISSION):
-        return None
+    if t.undated_of(Kind.REMISSION) or t.unplaced_of(Kind.REMISSION):
+        return None  # it may be a remission after the treatment
     statuses = t.of(*STATUS_KINDS)
     for treatment in t.of(Kind.TREATMENT):
         day = treatment.day
@@ -379,7 +470,16 @@ def relapsed_refractory(criterion: CriterionDef, ctx: Context) -> CriterionResul
     p = criterion.params
     issues: list[Issue] = []
     t = build_timeline(criterion, ctx, issues)
-    everything = [*t.dated, *t.undated]
+    everything = t.everything()
+    for day in t.same_day_relapse_and_remission():
+        issues.append(
+            Issue(
+                Severity.WARNING,
+                "business-rule",
+                f"relapse and remission both recorded on {day}: their order is unknown, so the "
+                "remission does not separate relapse episodes",
+            )
+        )
     months = int(p["short_first_remission_months"])
     grounds = [
         g
@@ -405,18 +505,38 @@ def relapsed_refractory(criterion: CriterionDef, ctx: Context) -> CriterionResul
     return result
 
 
+def _relapse_count(t: Timeline) -> str:
+    """'2 dated relapse episode(s), 1 undated', with what kept the count down."""
+    counted = f"{len(relapse_episodes(t)[0])} dated relapse episode(s)"
+    undated = len(t.undated_of(Kind.RELAPSE, Kind.REFRACTORY))
+    unplaced = len(t.unplaced_of(Kind.RELAPSE, Kind.REFRACTORY))
+    counted += f", {undated} undated" if undated else ""
+    counted += f", {unplaced} not tied to the ALL" if unplaced else ""
+    same_day = t.same_day_relapse_and_remission()
+    if same_day:
+        days = ", ".join(str(d) for d in same_day)
+        counted += f"; a remission on the day of a relapse ({days}) separates no episodes"
+    return counted
+
+
 def _not_met_or_undetermined(
     criterion: CriterionDef, ctx: Context, t: Timeline, months: int, timeline: str
 ) -> CriterionResult:
     p = criterion.params
-    evidence = _refs(ctx, [*t.dated, *t.undated])
-    relapse = t.of(Kind.RELAPSE) + t.undated_of(Kind.RELAPSE, Kind.REFRACTORY)
+    evidence = _refs(ctx, t.everything())
+    relapse = (
+        t.of(Kind.RELAPSE)
+        + t.undated_of(Kind.RELAPSE, Kind.REFRACTORY)
+        + t.unplaced_of(Kind.RELAPSE, Kind.REFRACTORY)
+    )
     remissions = t.of(Kind.REMISSION)
     any_remission = bool(remissions or t.undated_of(Kind.REMISSION))
     last_remission = remissions[-1].day if remissions else None
-    unclear = [
-        e for e in t.of(Kind.OTHER_STATUS) if last_remission is None or e.day > last_remission
-    ] + t.undated_of(Kind.OTHER_STATUS)
+    unclear = (
+        [e for e in t.of(Kind.OTHER_STATUS) if last_remission is None or e.day > last_remission]
+        + t.undated_of(Kind.OTHER_STATUS)
+        + t.unplaced_of(Kind.OTHER_STATUS)
+    )
 
     if t.has_diagnosis and any_remission and not relapse and not unclear:
         return not_met(
@@ -448,9 +568,7 @@ def _not_met_or_undetermined(
             ),
         )
     if relapse:
-        dated = len(relapse_episodes(t)[0])
-        undated = len(t.undated_of(Kind.RELAPSE, Kind.REFRACTORY))
-        counted = f"{dated} dated relapse episode(s)" + (f", {undated} undated" if undated else "")
+        counted = _relapse_count(t)
         why = (
             f"relapse is recorded ({counted}), but not: "
             f"{p['min_relapse_episodes']} relapse episodes separated by remission, a first "
