@@ -257,6 +257,29 @@ def unit_of(quantity: Mapping[str, Any]) -> str | None:
     return None if raw is None else _alias(raw)
 
 
+def check_agreement(quantity: Mapping[str, Any]) -> None:
+    """Raise ``UnitError`` when a UCUM ``code`` and a ``unit`` text name different units.
+
+    The code is what we read, so a unit text that is itself a unit and says something else
+    (code ``umol/L``, text ``mg/dL``) makes the value ambiguous. Free text that is not a
+    unit ("milligram per deciliter") does not count against the code.
+    """
+    if quantity.get("system") != UCUM_SYSTEM:
+        return
+    code, text = _text(quantity.get("code")), _text(quantity.get("unit"))
+    if not code or not text:
+        return
+    code_unit, text_unit = _alias(code), _alias(text)
+    if code_unit == text_unit or isinstance(_parse(text_unit), str):
+        return
+    try:
+        same = math.isclose(convert(1.0, text_unit, code_unit), 1.0, rel_tol=1e-9)
+    except UnitError:
+        same = False
+    if not same:
+        raise UnitError(f"unit code {code!r} and unit text {text!r} disagree")
+
+
 def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise UnitError("value is missing or not a number")

@@ -8,6 +8,7 @@ import pytest
 
 from service.clinical.model import Outcome
 from service.clinical.rules.age import age_on
+from service.protocol import default_protocol
 from tests.builders import patient, result, run
 
 
@@ -100,3 +101,30 @@ def test_birth_after_the_evaluation_date_is_implausible():
     assert r.outcome is Outcome.UNDETERMINED
     assert "implausible" in r.reason
     assert any("after the evaluation date" in i.message for i in r.issues)
+
+
+@pytest.mark.parametrize("birth_date", ["0001-01-01", "1850-01-01", "1900"])
+def test_placeholder_birth_date_is_implausible(birth_date):
+    r = i1(birth_date)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "above the plausible maximum of 120" in r.reason and "implausible" in r.reason
+    assert any("over 120 years" in i.message for i in r.issues)
+    assert r.needs[0].resource_type == "Patient"
+
+
+@pytest.mark.parametrize(
+    ("birth_date", "outcome"),
+    [
+        ("1906-11-20", Outcome.MET),  # exactly 120: still plausible
+        ("1906-11-19", Outcome.MET),  # 120 years and a day
+        ("1905-11-20", Outcome.UNDETERMINED),  # 121
+        ("1906", Outcome.MET),  # 119 or 120
+        ("1905", Outcome.UNDETERMINED),  # 120 or 121: may be above the maximum
+    ],
+)
+def test_plausible_maximum_boundary(birth_date, outcome):
+    assert i1(birth_date).outcome is outcome
+
+
+def test_plausible_maximum_comes_from_the_protocol():
+    assert default_protocol().criteria["I1"].params["max_plausible_age_years"] == 120

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import pytest
+
 from service.clinical.engine import _run
 from service.clinical.model import CriterionResult, Outcome
 from service.clinical.rules import RULES, Context
@@ -67,12 +69,118 @@ def test_attested_false_is_not_met():
     assert refs(r) == [f"QuestionnaireResponse/{qr['id']}"]
 
 
-def test_author_display_is_preferred_and_missing_author_is_said():
-    qr = questionnaire_response({"I11": True}, authored=RECENT, author=None)
-    assert "(author not recorded)" in evaluate("I11", qr).reason
+def test_author_display_is_preferred():
     qr = questionnaire_response({"I11": True}, authored=RECENT)
     qr["author"] = {"reference": "Practitioner/dr-x", "display": "Dr X"}
     assert "attested true by Dr X on" in evaluate("I11", qr).reason
+
+
+# -- who may attest -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "author",
+    [
+        {"reference": "PractitionerRole/pi-1"},
+        {"reference": "https://ehr.example.org/fhir/Practitioner/dr-x"},
+        {"reference": "Practitioner/dr-x/_history/2"},
+        {"reference": "Practitioner/dr-x", "type": "Practitioner"},
+        {"reference": "urn:uuid:4b1d6b3e-8a4e-4f0c-9d5e-2f6b7c1a0e11", "type": "Practitioner"},
+    ],
+)
+def test_investigator_authors_count(author):
+    qr = questionnaire_response({"I11": True}, authored=RECENT) | {"author": author}
+    assert evaluate("I11", qr).outcome is Outcome.MET
+
+
+def test_contained_practitioner_author_counts():
+    qr = questionnaire_response({"I11": True}, authored=RECENT)
+    qr["contained"] = [{"resourceType": "Practitioner", "id": "pi"}]
+    qr["author"] = {"reference": "#pi"}
+    assert evaluate("I11", qr).outcome is Outcome.MET
+
+
+@pytest.mark.parametrize(
+    ("author", "shown"),
+    [
+        ({"reference": "Patient/p1"}, "authored by Patient/p1"),
+        ({"reference": "RelatedPerson/mother"}, "authored by RelatedPerson/mother"),
+        ({"reference": "Device/tablet"}, "authored by Device/tablet"),
+        ({"reference": "Practitioner/dr-x", "type": "Patient"}, "authored by Practitioner/dr-x"),
+        ({"reference": "urn:uuid:4b1d6b3e-8a4e-4f0c-9d5e-2f6b7c1a0e11"}, "authored by urn:"),
+        ({"display": "Dr X"}, "with no author reference"),
+        (None, "with no author reference"),
+    ],
+    ids=["patient", "relative", "device", "type-disagrees", "urn-untyped", "display", "none"],
+)
+def test_other_authors_are_ignored_and_named(author, shown):
+    qr = questionnaire_response({"I11": True}, authored=RECENT, author=None)
+    if author is not None:
+        qr["author"] = author
+    r = evaluate("I11", qr)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert r.reason.startswith(
+        "no investigator attestation of I11 found; ignored, not authored by a Practitioner "
+        f"or PractitionerRole: QuestionnaireResponse/{qr['id']} ({shown}"
+    )
+    assert shown in messages(r) and "not used" in messages(r)
+    assert r.evidence == []
+
+
+def test_older_investigator_answer_counts_when_a_newer_other_one_agrees():
+    older = questionnaire_response({"I11": True}, authored=AS_OF - timedelta(days=10))
+    newer = questionnaire_response({"I11": True}, authored=RECENT, author="Patient/p1")
+    r = evaluate("I11", older, newer)
+    assert r.outcome is Outcome.MET
+    assert "on 2026-11-10" in r.reason
+    assert "authored by Patient/p1" in messages(r)
+
+
+def test_newer_different_answer_by_someone_else_leaves_the_item_open():
+    older = questionnaire_response({"I9": True}, authored=AS_OF - timedelta(days=10))
+    newer = questionnaire_response({"I9": False}, authored=RECENT, author=None)
+    r = evaluate("I9", older, newer)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert r.reason.startswith("I9 attested true by Practitioner/dr-x on 2026-11-10, but a ")
+    assert f"QuestionnaireResponse/{newer['id']} (with no author reference, 2026-11-15)" in (
+        r.reason
+    )
+
+
+def test_older_different_answer_by_someone_else_does_not_matter():
+    older = questionnaire_response({"I11": False}, authored=AS_OF - timedelta(days=10))
+    older["author"] = {"reference": "Patient/p1"}
+    newer = questionnaire_response({"I11": True}, authored=RECENT)
+    assert evaluate("I11", older, newer).outcome is Outcome.MET
+
+
+def test_author_types_come_from_the_protocol():
+    general = default_protocol().general
+    assert general["attestation_author_types"] == ["Practitioner", "PractitionerRole"]
+
+
+# -- one item answered twice in one response ------------------------------------------------
+
+
+def test_item_answered_twice_with_different_answers_is_undetermined():
+    qr = questionnaire_response(
+        {"I9": True}, items=[qr_item("group", items=[qr_item("I9", False)])], authored=RECENT
+    )
+    r = evaluate("I9", qr)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert r.reason == (
+        "the latest attestation of I9 (2026-11-15) answers it more than once, with different "
+        "answers"
+    )
+    assert "given more than once in the response" in messages(r)
+    assert refs(r) == [f"QuestionnaireResponse/{qr['id']}"]
+
+
+def test_item_answered_twice_alike_or_once_unanswered_counts():
+    alike = questionnaire_response({"I9": True}, items=[qr_item("I9", True)], authored=RECENT)
+    assert evaluate("I9", alike).outcome is Outcome.MET
+    empty_copy = questionnaire_response({"I9": False}, items=[qr_item("I9")], authored=RECENT)
+    assert evaluate("I9", empty_copy).outcome is Outcome.NOT_MET
 
 
 def test_missing_attestation_is_undetermined_and_asks_for_it():
@@ -327,7 +435,83 @@ def test_i12_active_consent_wins_over_an_older_refusal_but_not_a_newer_one():
     later = consent(status="rejected", date_time="2026-11-10")
     r = evaluate("I12", active, later)
     assert r.outcome is Outcome.UNDETERMINED
-    assert "later refusal" in r.reason
+    assert r.reason == (
+        f"active research consent Consent/{active['id']} (signed 2026-11-01) covers 2026-11-20, "
+        f"but a refusal is not dated before it: Consent/{later['id']} (2026-11-10) is later"
+    )
+    assert refs(r) == [f"Consent/{active['id']}", f"Consent/{later['id']}"]
+
+
+@pytest.mark.parametrize(
+    ("signed", "refused", "why"),
+    [
+        ("2026-11-10", "2026-11-10", "(2026-11-10) is on the same day"),
+        ("2026-11-10", None, "is undated"),
+        (None, "2026-10-01", "(2026-10-01) cannot be ordered against the undated consent"),
+        ("2026-11-10", "2026-11", "(2026-11) may be on the same day or later"),
+        ("2026-10", "2026-10-05", "(2026-10-05) may be on the same day or later"),
+    ],
+)
+def test_i12_refusal_not_strictly_before_the_consent_is_undetermined(signed, refused, why):
+    active = consent(date_time=signed)
+    refusal = consent(status="rejected", date_time=refused)
+    qr = questionnaire_response({"I12": True}, authored=RECENT)
+    r = evaluate("I12", active, refusal, qr)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert f"but a refusal is not dated before it: Consent/{refusal['id']} {why}" in r.reason
+    assert {n.resource_type for n in r.needs} == {"Consent"}
+
+
+def test_i12_newest_covering_consent_is_compared_with_the_refusal():
+    first = consent(date_time="2026-01-10")
+    refusal = consent(status="rejected", date_time="2026-05-01")
+    again = consent(date_time="2026-10-01")
+    r = evaluate("I12", first, refusal, again)
+    assert r.outcome is Outcome.MET
+    assert f"Consent/{again['id']} (signed 2026-10-01)" in r.reason
+
+
+@pytest.mark.parametrize("signed", ["2026-11", "2026"])
+def test_i12_consent_possibly_signed_after_as_of_is_undetermined_despite_attestation(signed):
+    c = consent(date_time=signed)
+    qr = questionnaire_response({"I12": True}, authored=RECENT)
+    r = evaluate("I12", c, qr)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert r.reason == (
+        f"Consent/{c['id']} was signed {signed}, possibly after 2026-11-20: a full signing "
+        "date is needed"
+    )
+    assert refs(r) == [f"Consent/{c['id']}"]
+
+
+def test_i12_partial_consent_date_wholly_before_as_of_counts():
+    r = evaluate("I12", consent(date_time="2026-10"))
+    assert r.outcome is Outcome.MET
+    assert "(signed 2026-10)" in r.reason
+
+
+def test_i12_nested_deny_provision_is_a_refusal():
+    c = consent(
+        date_time="2026-11-10",
+        provision={"type": "permit", "provision": [{"type": "permit"}, {"type": "deny"}]},
+    )
+    r = evaluate("I12", c)
+    assert r.outcome is Outcome.NOT_MET
+    assert f"Consent/{c['id']} (2026-11-10; a nested provision denies)" in r.reason
+
+
+def test_i12_deeply_nested_deny_blocks_an_older_permit():
+    older = consent(date_time="2026-10-01")
+    deny = {"type": "permit", "provision": [{"type": "permit", "provision": [{"type": "deny"}]}]}
+    newer = consent(date_time="2026-11-10", provision=deny)
+    r = evaluate("I12", older, newer)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert f"Consent/{newer['id']} (2026-11-10) is later" in r.reason
+
+
+def test_i12_nested_permits_only_are_consent():
+    c = consent(date_time="2026-11-10", provision={"type": "permit", "provision": [{}]})
+    assert evaluate("I12", c).outcome is Outcome.MET
 
 
 def test_i12_no_consent_uses_attestation():

@@ -153,10 +153,88 @@ def test_only_refuted_conditions_is_undetermined():
     assert "refuted or entered in error" in r.reason
 
 
-def test_provisional_diagnosis_counts_but_is_said():
-    r = i3(verified(condition(SNOMED, "277571004"), "provisional"))
+@pytest.mark.parametrize("status", ["provisional", "differential", "unconfirmed"])
+def test_unconfirmed_diagnosis_is_undetermined_and_says_why(status):
+    cond = verified(condition(SNOMED, "277571004"), status)
+    r = i3(cond)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "recorded but not confirmed" in r.reason
+    assert f"verification status: {status}" in r.reason
+    assert [e.reference for e in r.evidence] == [f"Condition/{cond['id']}"]
+    assert r.needs[0].resource_type == "Condition"
+
+
+def test_unreadable_verification_status_is_not_a_confirmation():
+    cond = condition(SNOMED, "277571004")
+    cond["verificationStatus"] = {"text": "confirmed?"}
+    r = i3(cond)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "verification status: unreadable" in r.reason
+
+
+def test_absent_verification_status_counts_with_a_caveat():
+    r = i3(condition(SNOMED, "277571004"))
     assert r.outcome is Outcome.MET
-    assert "verification status: provisional" in r.reason
+    assert "verification status not recorded" in r.reason
+
+
+def test_confirmed_diagnosis_is_met_without_caveat_next_to_a_provisional_one():
+    confirmed = verified(condition(SNOMED, "277571004"), "confirmed")
+    provisional = verified(condition(ICDO3, "9811/3"), "provisional")
+    r = i3(confirmed, provisional)
+    assert r.outcome is Outcome.MET
+    assert "verification status" not in r.reason
+    assert [e.reference for e in r.evidence] == [f"Condition/{confirmed['id']}"]
+
+
+def test_unconfirmed_unstated_lineage_is_not_upgraded_by_cd19():
+    r = i3(verified(condition(ICD10CM, "C91.00"), "provisional"), cd19_positive())
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "not confirmed" in r.reason and "C91.00" in r.reason
+
+
+def test_unstated_lineage_with_cd19_decides_over_an_unconfirmed_b_all():
+    provisional = verified(condition(SNOMED, "277571004"), "provisional")
+    r = i3(provisional, condition(ICD10CM, "C91.00"), cd19_positive())
+    assert r.outcome is Outcome.MET
+    assert "B lineage shown by I2" in r.reason
+
+
+def test_accepted_verification_statuses_come_from_the_protocol():
+    assert default_protocol().general["condition_confirmed_verification"] == ["confirmed"]
+
+
+# -- conflicting lineage ----------------------------------------------------------------------
+
+
+def test_t_all_next_to_unstated_lineage_and_cd19_positive_is_undetermined():
+    t_all, unstated = condition(ICDO3, "9837/3"), condition(ICD10CM, "C91.00")
+    r = i3(t_all, unstated, cd19_positive())
+    assert r.outcome is Outcome.UNDETERMINED
+    assert r.reason.startswith("conflicting lineage: Precursor T-cell lymphoblastic leukemia")
+    assert "C91.00" in r.reason
+    assert {e.reference for e in r.evidence} == {
+        f"Condition/{t_all['id']}",
+        f"Condition/{unstated['id']}",
+    }
+
+
+def test_t_all_next_to_b_all_is_undetermined():
+    r = i3(condition(ICDO3, "9837/3"), condition(SNOMED, "277571004"))
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "conflicting lineage" in r.reason and "277571004" in r.reason
+
+
+def test_refuted_t_all_does_not_conflict():
+    refuted = verified(condition(ICDO3, "9837/3"), "refuted")
+    r = i3(refuted, condition(SNOMED, "277571004"))
+    assert r.outcome is Outcome.MET
+
+
+def test_t_all_in_the_histology_extension_conflicts_too():
+    r = i3(histology_only("9837/3"), condition(ICD10CM, "C91.02"), cd19_positive())
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "conflicting lineage" in r.reason and "histology extension" in r.reason
 
 
 def test_text_only_condition_is_not_read():
@@ -170,7 +248,26 @@ def test_text_only_condition_is_not_read():
 def test_condition_with_onset_after_the_evaluation_date_is_ignored():
     r = i3(condition(SNOMED, "277571004", onset="2027-01-05"))
     assert r.outcome is Outcome.UNDETERMINED
-    assert "no Condition with an onset on or before 2026-11-20" in r.reason
+    assert "no Condition known on or before 2026-11-20" in r.reason
+
+
+def test_condition_without_onset_recorded_after_the_evaluation_date_is_ignored():
+    r = i3(condition(SNOMED, "277571004", recordedDate="2026-12-01"))
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "no Condition known on or before 2026-11-20 (by onset, else record date)" in r.reason
+
+
+@pytest.mark.parametrize(
+    ("extra", "outcome"),
+    [
+        ({"recordedDate": "2026-11-20"}, Outcome.MET),
+        ({"recordedDate": "2026-11"}, Outcome.MET),  # may be on or before: kept, like onset
+        ({"recordedDate": "2026-12-01", "onsetDateTime": "2022-01-01"}, Outcome.MET),
+        ({"recordedDate": "2027"}, Outcome.UNDETERMINED),
+    ],
+)
+def test_record_date_decides_only_without_onset(extra, outcome):
+    assert i3(condition(SNOMED, "277571004", **extra)).outcome is outcome
 
 
 def test_a_truncated_condition_search_makes_a_met_undetermined():

@@ -382,11 +382,11 @@ def test_not_met_member_beats_undetermined_member():
         ({"value": 0}, "implausible"),
     ],
 )
-def test_implausible_result_uln_falls_back_to_the_default(high, why):
-    obs = lab("1742-6", 900, "U/L", referenceRange=[{"high": high}])
+def test_implausible_result_uln_makes_the_result_undetermined(high, why):
+    obs = lab("1742-6", 50, "U/L", referenceRange=[{"high": high}])
     r = result(run(obs), "I6-alt")
-    assert r.outcome is NOT_MET  # 900 > 3 x default 40
-    assert "protocol default ULN" in r.reason
+    assert r.outcome is UNDETERMINED  # not judged against a guessed default either
+    assert "is implausible" in r.reason
     assert any(why in i.message for i in r.issues)
 
 
@@ -400,3 +400,17 @@ def test_population_specific_range_is_not_used_as_uln():
 def test_exact_unit_conversions_are_not_rounded_to_the_threshold():
     # 0.17684 mmol/L is 176.84 µmol/L exactly: above 176.8, no molar mass involved
     assert result(run(lab("14682-9", 0.17684, "mmol/L")), "I6-creatinine").outcome is NOT_MET
+
+
+def test_unit_code_and_text_that_disagree_make_the_result_unusable():
+    obs = observation(
+        "14631-6", value={"value": 40, "unit": "mg/dL", "system": UCUM, "code": "umol/L"}
+    )
+    r = result(run(obs), "I6-bilirubin")
+    assert r.outcome is UNDETERMINED
+    assert any("disagree" in i.message for i in r.issues)
+
+
+def test_unit_text_that_is_only_words_does_not_conflict():
+    q = {"value": 40, "unit": "micromoles per litre", "system": UCUM, "code": "umol/L"}
+    assert result(run(observation("14631-6", value=q)), "I6-bilirubin").outcome is MET

@@ -89,8 +89,40 @@ def test_same_day_remission_does_not_split_an_episode():
         status("2024-07-01", RELAPSE),
     )
     assert r.outcome is Outcome.UNDETERMINED
-    assert "(1 dated relapse episode(s))" in r.reason
+    assert "(1 dated relapse episode(s); a remission on the day of a relapse (2024-07-01)" in (
+        r.reason
+    )
     assert "2024-07-01 relapse; 2024-07-01 remission" in r.reason
+
+
+def test_same_day_relapse_and_remission_never_separate_two_episodes():
+    # Relapse and remission on one day, then a relapse a month later: which came first on
+    # that day is unknown, so the remission cannot prove two separate episodes.
+    r = i4(
+        dx(),
+        status("2022-03-01", REMISSION),
+        status("2026-09-01", RELAPSE),
+        status("2026-09-01", REMISSION),
+        status("2026-10-01", RELAPSE),
+    )
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "(1 dated relapse episode(s); a remission on the day of a relapse (2026-09-01)" in (
+        r.reason
+    )
+    assert any("order is unknown" in i.message for i in r.issues)
+
+
+def test_remission_on_another_day_still_separates_episodes():
+    r = i4(
+        dx(),
+        status("2022-03-01", REMISSION),
+        status("2026-09-01", RELAPSE),
+        status("2026-09-02", REMISSION),
+        status("2026-10-01", RELAPSE),
+    )
+    assert r.outcome is Outcome.MET
+    assert "2 relapse episodes" in r.reason
+    assert not r.issues
 
 
 def test_first_remission_of_8_months_then_relapse_is_met():
@@ -325,3 +357,89 @@ def test_whole_months():
     assert whole_months(date(2024, 1, 10), date(2024, 9, 12)) == 8
     assert whole_months(date(2024, 1, 10), date(2025, 1, 9)) == 11
     assert whole_months(date(2024, 1, 10), date(2025, 1, 10)) == 12
+
+
+# -- what a disease status is about (Observation.focus) --------------------------------------
+
+
+def about(obs: dict, *targets: str) -> dict:
+    obs["focus"] = [{"reference": t} for t in targets]
+    return obs
+
+
+def test_status_about_an_all_condition_is_used():
+    diagnosis = dx()
+    refractory = about(status("2025-05-05", REFRACTORY), f"Condition/{diagnosis['id']}")
+    r = i4(diagnosis, refractory)
+    assert r.outcome is Outcome.MET
+    assert "refractory disease on 2025-05-05" in r.reason
+    assert not r.issues
+
+
+def test_versioned_focus_reference_is_read():
+    diagnosis = dx()
+    target = f"Condition/{diagnosis['id']}/_history/3"
+    assert i4(diagnosis, about(status("2025-05-05", REFRACTORY), target)).outcome is Outcome.MET
+
+
+def test_status_about_another_condition_is_not_used():
+    breast = condition(SNOMED, "254837009", onset="2019-01-01")
+    refractory = about(status("2020-01-01", REFRACTORY), f"Condition/{breast['id']}")
+    r = i4(dx(), status("2022-03-01", REMISSION), breast, refractory)
+    assert r.outcome is Outcome.NOT_MET
+    assert "2020-01-01" not in r.reason
+    assert f"Observation/{refractory['id']}" not in refs(r)
+    [issue] = r.issues
+    assert "about another Condition" in issue.message
+    assert issue.expression == f"Observation/{refractory['id']}"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "Condition/not-in-the-record",
+        "https://other.example.org/fhir/Condition/x",
+        "urn:uuid:0d6c1f0e-2d6e-4a0e-9a55-6c1c3b0d2a11",
+        "Procedure/x",
+    ],
+)
+def test_status_with_an_unresolved_focus_keeps_the_criterion_open(target):
+    refractory = about(status("2025-05-05", REFRACTORY), target)
+    r = i4(dx(), status("2022-03-01", REMISSION), refractory)
+    assert r.outcome is Outcome.UNDETERMINED  # neither met (refractory) nor not met
+    assert "1 not tied to the ALL" in r.reason
+    assert "2025-05-05 refractory not tied to the ALL" in r.reason
+    assert any("not placed on the timeline" in i.message for i in r.issues)
+
+
+def test_focus_on_both_the_all_and_another_condition_is_unresolved():
+    diagnosis, breast = dx(), condition(SNOMED, "254837009", onset="2019-01-01")
+    refractory = about(
+        status("2025-05-05", REFRACTORY),
+        f"Condition/{diagnosis['id']}",
+        f"Condition/{breast['id']}",
+    )
+    r = i4(diagnosis, breast, status("2022-03-01", REMISSION), refractory)
+    assert r.outcome is Outcome.UNDETERMINED
+
+
+def test_unplaced_remission_blocks_the_failed_treatment_rule():
+    # Without the remission this is primary refractory disease; a remission whose focus
+    # cannot be resolved may be this ALL's, so "no remission after treatment" is not shown.
+    remission = about(status("2024-02-01", REMISSION), "Condition/unknown")
+    r = i4(dx("2024-01-02"), chemo("2024-01-10"), remission, status("2024-03-01", PROGRESSION))
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "primary refractory" not in r.reason
+
+
+def test_unplaced_remission_does_not_make_not_met():
+    remission = about(status("2024-02-01", REMISSION), "Condition/unknown")
+    r = i4(dx(), remission)
+    assert r.outcome is Outcome.UNDETERMINED
+
+
+def test_condition_recorded_after_the_evaluation_date_without_onset_is_ignored():
+    late = condition(ICD10CM, "C91.02", recordedDate="2026-12-01")
+    r = i4(dx(), status("2022-03-01", REMISSION), late)
+    assert r.outcome is Outcome.NOT_MET
+    assert f"Condition/{late['id']}" not in refs(r)

@@ -1,8 +1,8 @@
 """Red-team safety probes: inputs a real (careless or hostile) EHR could send.
 
-Every test asserts the SAFE behaviour. Tests that pass document behaviour that is already
-safe. Tests marked ``xfail(strict=True)`` are open findings: the engine currently says
-"met" (or crashes) where it must not; the reason names the finding and the code at fault.
+Every test asserts the SAFE behaviour. Each began as a finding (the engine said "met", or
+crashed, where it must not) or as a check that a tempting shortcut is not taken; all pass now.
+Add a new finding as a strict xfail, then fix it and drop the mark.
 
 All probes go through ``service.pipeline.evaluate_body`` (orjson decoding, record building,
 rules and the result Bundle), the same path as the HTTP API and the CLI.
@@ -133,10 +133,6 @@ def evaluate_entries(
 
 def outcome(resources: list[dict], code: str, **kw) -> Outcome:
     return result(evaluate(resources, **kw), code).outcome
-
-
-def finding(reason: str):
-    return pytest.mark.xfail(strict=True, reason=reason)
 
 
 # =============================================================================================
@@ -504,11 +500,6 @@ def test_boolean_value_is_not_a_number():
         (CD19, "I2", lambda: coded_observation(CD19, SNOMED, POSITIVE, day=ago(1))),
     ],
 )
-@finding(
-    "dataAbsentReason is never read: a result flagged 'error' that still carries a value "
-    "(violates obs-6) is used as if valid (labs.py read_quantity, performance.py read_ecog, "
-    "immunophenotype.py read_finding)"
-)
 def test_value_with_data_absent_reason_is_not_used(code, criterion, build):
     obs = build() | {"dataAbsentReason": concept(DATA_ABSENT, "error")}
     assert outcome(record(drop=(code,), add=[obs]), criterion) is not MET
@@ -522,10 +513,6 @@ def test_value_with_data_absent_reason_is_not_used(code, criterion, build):
         # same day with times: 12 is the later result and must decide
         ((150, ago(1) + "T08:00:00Z"), (12, ago(1) + "T20:00:00Z")),
     ],
-)
-@finding(
-    "observations.py candidate_observations sorts by calendar day only (stable sort): among "
-    "same-day results the one listed first in the Bundle decides, ignoring time and conflicts"
 )
 def test_same_day_conflicting_results_never_pass(pair):
     (v1, t1), (v2, t2) = pair
@@ -574,20 +561,10 @@ def test_superseded_version_of_a_result_is_not_used(newer):
     ],
     ids=["platelets-unknown-unit", "ecog-as-quantity", "ecog-string-then-karnofsky"],
 )
-@finding(
-    "labs.py _latest_usable / performance.py performance_status skip a newer unusable "
-    "result and let an OLDER one decide: a newer value that cannot be read (K/UL 12, ECOG 3 "
-    "as valueQuantity) is silently overridden -> met. Newest unusable should be undetermined"
-)
 def test_newer_unreadable_result_does_not_let_older_one_pass(code, criterion, add):
     assert outcome(record(drop=(code,), add=add), criterion) is not MET
 
 
-@finding(
-    "immunophenotype.py coded_finding: a newer CD19 result without a coded reading (0 % "
-    "CD19+ after blinatumomab: CD19-negative escape) is listed but an older coded positive "
-    "still makes I2 met"
-)
 def test_newer_uncoded_cd19_result_blocks_older_positive():
     older = coded_observation(CD19, SNOMED, POSITIVE, day=ago(80))
     newer = observation(CD19, value=quantity(0, "%"), day=ago(5))
@@ -602,30 +579,17 @@ def test_absurd_upper_limit_of_normal_never_lets_a_high_alt_pass():
 
 
 @pytest.mark.parametrize("uln", [0, -40])
-@finding(
-    "labs.py _upper_limit: a zero/negative lab ULN was used as is at HEAD (normal ALT 'not "
-    "met'); the uncommitted change silently swaps in the protocol default 40 U/L (ALT 'met'). "
-    "Both guess: a result whose own reference range is implausible should be undetermined"
-)
 def test_zero_or_negative_upper_limit_of_normal_is_undetermined(uln):
     obs = lab(ALT, 30, "U/L", ago(1), referenceRange=[{"high": quantity(uln, "U/L")}])
     assert outcome(record(drop=(ALT,), add=[obs]), "I6-alt") is UNDETERMINED
 
 
-@finding(
-    "units.py unit_of prefers the UCUM code and ignores a conflicting unit text "
-    "(code umol/L, unit mg/dL): 40 read as 40 umol/L (met) though it may be 684 umol/L"
-)
 def test_conflicting_unit_code_and_text_is_undetermined():
     q = {"value": 40, "unit": "mg/dL", "system": UCUM, "code": "umol/L"}
     obs = observation("1975-2", value=q, day=ago(1))
     assert outcome(record(drop=(BILI,), add=[obs]), "I6-bilirubin") is UNDETERMINED
 
 
-@finding(
-    "labs.py read_quantity: `unit != target` compares the raw unit ('umol/L ' with a blank) "
-    "so the compare_decimals rounding meant for converted values applies: 176.84 -> 176.8 met"
-)
 def test_trailing_blank_in_unit_does_not_round_a_failing_creatinine():
     obs = observation(CREA, value={"value": 176.84, "unit": "umol/L "}, day=ago(1))
     assert outcome(record(drop=(CREA,), add=[obs]), "I6-creatinine") is NOT_MET
@@ -668,10 +632,6 @@ def test_two_patients_with_the_same_id_are_refused():
 
 
 @pytest.mark.parametrize("author", ["Patient/p1", "RelatedPerson/mother", None])
-@finding(
-    "attestations.py lookup_attestation never checks QuestionnaireResponse.author: a response "
-    "by the patient, a relative or nobody counts as the investigator's attestation"
-)
 def test_attestation_must_come_from_an_investigator(author):
     qr = attestation(author=author)
     evaluation = evaluate(record(drop=("QuestionnaireResponse",), add=[qr]))
@@ -679,10 +639,6 @@ def test_attestation_must_come_from_an_investigator(author):
     assert evaluation.status is not SubjectStatus.ELIGIBLE
 
 
-@finding(
-    "attestations.py _answers_to returns the FIRST item with the linkId; a second item I9 "
-    "answering false in the same response is ignored"
-)
 def test_duplicate_item_with_conflicting_answers_is_undetermined():
     qr = questionnaire_response(
         {"I5": True, "I9": True, "I11": True, "I12": True},
@@ -704,27 +660,15 @@ def test_duplicate_item_with_conflicting_answers_is_undetermined():
     ],
     ids=["active-undated+rejected-recent", "same-day", "rejected-undated"],
 )
-@finding(
-    "attestations.py _consent_decision: a refusal only blocks 'met' when both dates are known "
-    "and the refusal is strictly later; undated or same-day refusals are ignored -> I12 met"
-)
 def test_a_refusal_that_cannot_be_ordered_blocks_consent(consents):
     assert outcome(record(drop=("Consent",), add=consents), "I12") is not MET
 
 
 @pytest.mark.parametrize("signed", ["2026-11", "2026"])
-@finding(
-    "attestations.py consent: a partial Consent.dateTime that may fall after asOf (2026-11 "
-    "for asOf 2026-11-20) is accepted as covering consent"
-)
 def test_consent_possibly_signed_after_as_of_is_not_met(signed):
     assert outcome(record(drop=("Consent",), add=[consent(date_time=signed)]), "I12") is not MET
 
 
-@finding(
-    "attestations.py consent reads only the top-level provision.type; a permit with a nested "
-    "deny provision for research purpose (HRESCH) is taken as research consent"
-)
 def test_nested_deny_for_research_is_not_consent():
     c = consent(
         date_time=ago(2),
@@ -754,10 +698,6 @@ def test_deceased_flag_as_string_is_not_ignored():
 
 
 @pytest.mark.parametrize("birth", ["0001-01-01", "1850-01-01"])
-@finding(
-    "age.py minimum_age has no upper plausibility bound: placeholder birth dates (0001-01-01, "
-    "1850) give ages of 150-2000 years and I1 met"
-)
 def test_placeholder_birth_date_is_implausible(birth):
     assert outcome(record(drop=("Patient",), add=[patient(birth)]), "I1") is not MET
 
@@ -766,10 +706,6 @@ def test_placeholder_birth_date_is_implausible(birth):
 
 
 @pytest.mark.parametrize("status", ["provisional", "differential", "unconfirmed"])
-@finding(
-    "diagnosis.py usable_conditions excludes only refuted/entered-in-error: a provisional or "
-    "differential B-ALL diagnosis makes I3 met"
-)
 def test_unconfirmed_diagnosis_is_not_a_diagnosis(status):
     dx = condition(
         SNOMED, "277571004", onset="2022-01-01", verificationStatus=concept(VER_STATUS, status)
@@ -777,19 +713,11 @@ def test_unconfirmed_diagnosis_is_not_a_diagnosis(status):
     assert outcome(record(drop=("Condition",), add=[dx]), "I3") is not MET
 
 
-@finding(
-    "diagnosis.py usable_conditions ignores recordedDate: a Condition without onset recorded "
-    "after asOf (not known on asOf) makes I3 met"
-)
 def test_diagnosis_recorded_after_as_of_is_ignored():
     dx = condition(SNOMED, "277571004", recordedDate="2026-12-01")
     assert outcome(record(drop=("Condition",), add=[dx]), "I3") is not MET
 
 
-@finding(
-    "diagnosis.py diagnosis: an explicit T-lymphoblastic diagnosis (ICD-O-3 9837/3) is ignored "
-    "when an unstated-lineage ALL + CD19 positive is present -> I3 met as B-ALL"
-)
 def test_explicit_t_lineage_is_not_upgraded_to_b_all():
     add = [
         condition(ICDO3, "9837/3", onset="2022-01-01"),
@@ -808,10 +736,6 @@ def test_i4_documented_remission_without_relapse_is_not_met():
     assert outcome(_i4_single_episode(), "I4") is NOT_MET
 
 
-@finding(
-    "relapse.py _observation_events ignores Observation.focus: a refractory status about "
-    "another cancer (focus Condition/breast) makes I4 met"
-)
 def test_disease_status_of_another_condition_is_not_used():
     other = condition(SNOMED, "254837009", onset="2019-01-01") | {"id": "breast"}
     refractory = coded_observation(
@@ -820,10 +744,6 @@ def test_disease_status_of_another_condition_is_not_used():
     assert outcome(_i4_single_episode() + [other, refractory], "I4") is not MET
 
 
-@finding(
-    "relapse.py Kind ordering puts a same-day remission after a relapse, so contradictory "
-    "same-day statuses split one relapse into two episodes -> I4 met"
-)
 def test_same_day_relapse_and_remission_do_not_make_two_episodes():
     add = [
         coded_observation("97509-4", SNOMED, RELAPSE, day="2026-09-01"),

@@ -91,6 +91,7 @@ def read_quantity(
     value = float(quantity["value"])
     unit = units.unit_of(quantity)
     try:
+        units.check_agreement(quantity)
         fraction_max = spec.get("unitless_fraction_max")  # LVEF 0.55 with no unit is 55 %
         if spec.get("fraction_as_percent") and (
             unit == "1" or (unit is None and fraction_max is not None and value <= fraction_max)
@@ -228,6 +229,13 @@ def lab_uln_multiple(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     def decide(dated: Dated, reading: Reading) -> CriterionResult:
         ref = ctx.record.ref(dated.resource).reference
         uln, source = _upper_limit(dated, p, target, uln_issues, ref)
+        if uln is None:
+            return undetermined(
+                criterion.code,
+                f"{p.get('analyte', criterion.title)} on {dated.day}: {source}",
+                [ctx.record.ref(dated.resource)],
+                [_requirement(criterion, ctx)],
+            )
         limit = float(p["max_uln_multiple"]) * uln
         unit = units.describe(target)
         threshold_text = (
@@ -243,11 +251,12 @@ def lab_uln_multiple(criterion: CriterionDef, ctx: Context) -> CriterionResult:
 
 def _upper_limit(
     dated: Dated, spec: dict[str, Any], target: str, issues: list[Issue], ref: str
-) -> tuple[float, str]:
+) -> tuple[float | None, str]:
     """The laboratory's ULN for this result, or the protocol default with the assumption said.
 
-    Only a plain normal range counts (no ``appliesTo`` population, type absent or "normal"),
-    and a ULN outside the protocol's plausible range is not believed.
+    Only a plain normal range counts (no ``appliesTo`` population, type absent or "normal").
+    A ULN outside the protocol's plausible range casts doubt on the result itself, so it
+    gives no ULN at all (None, with the reason) rather than a silent default.
     """
     quantity = dated.resource.get("valueQuantity") or {}
     plausible = spec.get("uln_plausible")
@@ -269,16 +278,12 @@ def _upper_limit(
             <= uln
             <= units.convert(plausible["high"], plausible["unit"], target)
         ):
-            issues.append(
-                Issue(
-                    Severity.WARNING,
-                    "value",
-                    f"implausible upper limit of normal {_fmt(uln)} {units.describe(target)}; "
-                    "the protocol default is used",
-                    ref,
-                )
+            why = (
+                f"the result's upper limit of normal {_fmt(uln)} {units.describe(target)} "
+                "is implausible, so the result cannot be judged"
             )
-            break
+            issues.append(Issue(Severity.WARNING, "value", why, ref))
+            return None, why
         return uln, "ULN from the result"
     value = units.convert(float(spec["default_uln"]["value"]), spec["default_uln"]["unit"], target)
     return value, "protocol default ULN; the result has no usable reference range"
