@@ -13,21 +13,30 @@ from typing import Any
 Check = Callable[[Any], str | None]  # None when fine, else the path (relative) that is wrong
 
 
+_MISSING = object()
+
+
 def _type(*kinds: type) -> Check:
+    reject_bool = bool not in kinds  # JSON true is not a number
+
     def check(value: Any) -> str | None:
-        ok = isinstance(value, kinds) and not (bool not in kinds and isinstance(value, bool))
-        return None if ok else ""
+        if isinstance(value, kinds) and not (reject_bool and value.__class__ is bool):
+            return None
+        return ""
 
     return check
 
 
 def _obj(**fields: Check) -> Check:
+    items = tuple(fields.items())
+
     def check(value: Any) -> str | None:
         if not isinstance(value, dict):
             return ""
-        for name, field_check in fields.items():
-            if name in value:
-                bad = field_check(value[name])
+        for name, field_check in items:
+            element = value.get(name, _MISSING)
+            if element is not _MISSING:
+                bad = field_check(element)
                 if bad is not None:
                     return f".{name}{bad}"
         return None
