@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from service.clinical.engine import evaluate
-from service.clinical.model import Outcome
-from service.protocol import default_protocol
+from service.clinical.model import CriterionResult, Outcome
+from service.clinical.rules.diagnosis import with_article
+from service.protocol import Protocol, default_protocol
 from service.record import record_from_resources
 from tests.builders import (
     AS_OF,
@@ -278,3 +281,114 @@ def test_a_truncated_condition_search_makes_a_met_undetermined():
     r = result(evaluate(record, protocol, AS_OF), "I3")
     assert r.outcome is Outcome.UNDETERMINED
     assert "truncated" in r.reason
+
+
+# -- the words come from the protocol ---------------------------------------------------------
+
+T_LBL = {
+    "disease": "LBL",
+    "confirmed_disease": "T-LBL",
+    "confirmed_disease_long": "T-cell LBL",
+    "lineage": "T",
+    "lineage_marker": "CD7",
+}
+# This trial's words; code displays from the ValueSets ("B-cell acute ...") may still appear.
+B_ALL_WORDS = re.compile(r"\bALL\b|B-ALL|B-cell ALL|CD19|\bB lineage")
+
+
+def relabelled(**words: str) -> Protocol:
+    """The default protocol with I3's naming parameters replaced."""
+    protocol = default_protocol()
+    base = protocol.criteria["I3"]
+    criteria = {
+        **protocol.criteria,
+        "I3": dataclasses.replace(base, params={**base.params, **words}),
+    }
+    return dataclasses.replace(protocol, criteria=criteria)
+
+
+def i3_as(words: dict[str, str], *resources: dict) -> CriterionResult:
+    """I3 evaluated with the protocol's naming parameters replaced by ``words``."""
+    protocol = relabelled(**words)
+    record = record_from_resources(patient(), list(resources), protocol)
+    return result(evaluate(record, protocol, AS_OF), "I3")
+
+
+def text_only() -> dict:
+    res = condition(SNOMED, "x")
+    res["code"] = {"text": "lymphoblastic lymphoma"}
+    return res
+
+
+def test_the_default_protocol_names_b_all():
+    params = default_protocol().criteria["I3"].params
+    assert {k: params[k] for k in T_LBL} == {
+        "disease": "ALL",
+        "confirmed_disease": "B-ALL",
+        "confirmed_disease_long": "B-cell ALL",
+        "lineage": "B",
+        "lineage_marker": "CD19",
+    }
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        (lambda: [condition(SNOMED, "277571004")], "T-LBL diagnosis recorded: "),
+        (lambda: [condition(ICDO3, "9837/3")], "no T-LBL or LBL diagnosis among 1 coded"),
+        (lambda: [text_only()], "no coded LBL diagnosis; 1 Condition(s) have no code"),
+        (
+            lambda: [verified(condition(SNOMED, "277571004"), "provisional")],
+            "LBL diagnosis recorded but not confirmed: ",
+        ),
+        (
+            lambda: [condition(ICDO3, "9837/3"), condition(SNOMED, "277571004")],
+            "; the T lineage is not taken as shown while another lineage is recorded",
+        ),
+        (
+            lambda: [condition(ICDO3, "9835/3")],
+            "LBL recorded without a stated lineage: ",
+        ),
+        (
+            lambda: [
+                condition(SNOMED, "91857003"),
+                coded_observation("101119-6", LOINC, "LA9634-2", day="2026-11-01"),
+            ],
+            "; T lineage is not shown because I2 is not met "
+            "(a CD7-negative result does not rule out T lineage)",
+        ),
+    ],
+)
+def test_reasons_use_the_protocol_words(resources, expected):
+    r = i3_as(T_LBL, *resources())
+    assert expected in r.reason
+    assert not B_ALL_WORDS.search(r.reason), r.reason
+    title = default_protocol().criteria["I3"].title
+    for need in r.needs:
+        if need.resource_type == "Condition":
+            assert need.description == (
+                f"{title}: a Condition coded as T-cell LBL "
+                "(Condition.code or the histology-morphology-behavior extension)"
+            )
+
+
+def test_lineage_shown_by_the_named_criterion_uses_the_protocol_words():
+    r = i3_as(T_LBL, condition(ICD10CM, "C91.00"), cd19_positive())
+    assert r.outcome is Outcome.MET
+    assert r.reason.startswith("LBL recorded without a stated lineage: ")
+    assert "; T lineage shown by I2 (" in r.reason
+
+
+@pytest.mark.parametrize(
+    ("word", "expected"),
+    [
+        ("CD19-negative result", "a CD19-negative result"),
+        ("MPO-negative result", "an MPO-negative result"),
+        ("ALL Condition", "an ALL Condition"),
+        ("CLL Condition", "a CLL Condition"),
+        ("lymphoma Condition", "a lymphoma Condition"),
+        ("acute leukemia", "an acute leukemia"),
+    ],
+)
+def test_with_article(word, expected):
+    assert with_article(word) == expected

@@ -7,7 +7,7 @@ from datetime import date
 
 import pytest
 
-from service.clinical.model import Outcome
+from service.clinical.model import CriterionResult, Outcome
 from service.clinical.rules import RULES, Context, load_all
 from service.clinical.rules.relapse import add_months, relapsed_refractory, whole_months
 from service.protocol import default_protocol
@@ -443,3 +443,71 @@ def test_condition_recorded_after_the_evaluation_date_without_onset_is_ignored()
     r = i4(dx(), status("2022-03-01", REMISSION), late)
     assert r.outcome is Outcome.NOT_MET
     assert f"Condition/{late['id']}" not in refs(r)
+
+
+# -- the words come from the protocol ---------------------------------------------------------
+
+CLL = {"disease": "CLL", "treatment": "CLL-directed treatment"}
+
+
+def i4_as(words: dict[str, str], *resources: dict) -> CriterionResult:
+    """I4 evaluated with the protocol's naming parameters replaced by ``words``."""
+    protocol = default_protocol()
+    base = protocol.criteria["I4"]
+    criteria = {
+        **protocol.criteria,
+        "I4": dataclasses.replace(base, params={**base.params, **words}),
+    }
+    protocol = dataclasses.replace(protocol, criteria=criteria)
+    record = record_from_bundle(bundle(patient(), *resources), protocol)
+    return relapsed_refractory(protocol.criteria["I4"], Context(record, protocol, AS_OF))
+
+
+def words(r: CriterionResult) -> str:
+    """Everything the result says: reason, data requests and issues."""
+    return " | ".join([r.reason, *(n.description for n in r.needs), *(i.message for i in r.issues)])
+
+
+def test_the_default_protocol_names_all():
+    params = default_protocol().criteria["I4"].params
+    assert (params["disease"], params["treatment"]) == ("ALL", "antileukemic treatment")
+
+
+def test_nothing_at_all_asks_in_the_protocol_words():
+    r = i4_as(CLL)
+    assert r.reason.startswith("no CLL diagnosis, disease status or treatment found.")
+    assert [n.description for n in r.needs] == [
+        "the CLL diagnosis",
+        "dated disease-status assessments (remission, relapse, refractory) of the CLL",
+        "dated CLL-directed treatment lines",
+    ]
+    assert "ALL" not in words(r) and "antileukemic" not in words(r)
+
+
+def test_status_without_a_diagnosis_uses_the_protocol_words():
+    r = i4_as(CLL, status("2022-03-01", REMISSION))
+    assert r.reason.startswith("no CLL diagnosis is recorded with the disease-status data.")
+
+
+def test_not_met_uses_the_protocol_words():
+    r = i4_as(CLL, dx(), status("2022-03-01", REMISSION))
+    assert r.outcome is Outcome.NOT_MET
+    assert r.reason.startswith("CLL diagnosis with documented remission and no relapse")
+    assert "ALL" not in words(r)
+
+
+def test_focus_issues_use_the_protocol_words():
+    breast = condition(SNOMED, "254837009", onset="2019-01-01")
+    other = about(status("2020-01-01", REFRACTORY), f"Condition/{breast['id']}")
+    unknown = about(status("2025-05-05", REFRACTORY), "Condition/not-in-the-record")
+    r = i4_as(CLL, dx(), status("2022-03-01", REMISSION), breast, other, unknown)
+    assert r.outcome is Outcome.UNDETERMINED
+    assert "1 not tied to the CLL" in r.reason
+    assert "2025-05-05 refractory not tied to the CLL" in r.reason
+    messages = [i.message for i in r.issues]
+    assert "disease status is about another Condition (focus), not the CLL; not used" in messages
+    assert (
+        "disease status has a focus that is not a CLL Condition of this patient; "
+        "not placed on the timeline"
+    ) in messages
+    assert "ALL" not in words(r)

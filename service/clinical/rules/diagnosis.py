@@ -8,6 +8,10 @@ another criterion (the CD19 immunophenotype) shows the lineage; a diagnosis of a
 absent verification status counts, with a caveat): a provisional or differential one is a
 question, not a diagnosis. The helpers here are shared with the relapse rule, which reads the
 same Conditions.
+
+Reasons name the disease, the diagnosis sought, its lineage and the lineage marker with the
+words of the criterion's parameters (``disease``, ``confirmed_disease``,
+``confirmed_disease_long``, ``lineage``, ``lineage_marker``), never with words of their own.
 """
 
 from __future__ import annotations
@@ -57,6 +61,21 @@ def code_label(code: Code, *valuesets: ValueSet) -> str:
                 display = _SEMANTIC_TAG.sub("", display)
             return f"{display} ({label})"
     return label
+
+
+def with_article(word: str) -> str:
+    """'a CD19', 'an ALL', 'a lymphoma': the indefinite article for a protocol's word.
+
+    An abbreviation read letter by letter takes 'an' when its first letter's name starts with
+    a vowel sound (A, E, F, H, I, L, M, N, O, R, S, X); any other word when it starts with a
+    vowel.
+    """
+    head = re.split(r"[\s-]", word, maxsplit=1)[0]
+    if head.isupper():
+        vowel_sound = head[0] in "AEFHILMNORSX"
+    else:
+        vowel_sound = head[:1].lower() in tuple("aeiou")
+    return f"{'an' if vowel_sound else 'a'} {word}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +189,8 @@ def diagnosis(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     need_diagnosis = DataRequirement(
         "Condition",
         confirmed.url,
-        f"{criterion.title}: a Condition coded as B-cell ALL (Condition.code or the "
-        "histology-morphology-behavior extension)",
+        f"{criterion.title}: a Condition coded as {p['confirmed_disease_long']} "
+        "(Condition.code or the histology-morphology-behavior extension)",
     )
     conditions, excluded = usable_conditions(ctx)
     coded = [(c, condition_codes(c, extension)) for c in conditions]
@@ -186,7 +205,7 @@ def diagnosis(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     if verified:
         return met(
             criterion.code,
-            "B-ALL diagnosis recorded: "
+            f"{p['confirmed_disease']} diagnosis recorded: "
             + _listed([_describe(ctx, c, h, confirmed) for c, h in verified]),
             _refs(ctx, (c for c, _ in verified)),
         )
@@ -216,15 +235,16 @@ def diagnosis(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     if text_only:
         return undetermined(
             criterion.code,
-            f"no coded ALL diagnosis; {len(text_only)} Condition(s) have no code (text only), "
-            "which is not read automatically: "
+            f"no coded {p['disease']} diagnosis; {len(text_only)} Condition(s) have no code "
+            "(text only), which is not read automatically: "
             + ", ".join(ctx.record.ref(c).reference for c in text_only[:3]),
             _refs(ctx, conditions),
             [need_diagnosis],
         )
     return not_met(
         criterion.code,
-        f"no B-ALL or ALL diagnosis among {len(conditions)} coded Condition(s) ({_listed(seen)})",
+        f"no {p['confirmed_disease']} or {p['disease']} diagnosis among {len(conditions)} "
+        f"coded Condition(s) ({_listed(seen)})",
         _refs(ctx, conditions),
     )
 
@@ -252,13 +272,13 @@ def _lineage_valuesets(criterion: CriterionDef, ctx: Context) -> tuple[ValueSet,
 def _unconfirmed(
     criterion: CriterionDef, ctx: Context, hits: list[Hit], need: DataRequirement
 ) -> CriterionResult:
-    """An ALL diagnosis recorded only as provisional, differential or unconfirmed."""
+    """A diagnosis (e.g. ALL) recorded only as provisional, differential or unconfirmed."""
     vs = _lineage_valuesets(criterion, ctx)
     shown = _listed([_describe(ctx, c, h, *vs) for c, h in hits])
     return undetermined(
         criterion.code,
-        f"ALL diagnosis recorded but not confirmed: {shown}; a provisional, differential or "
-        "unconfirmed diagnosis is not a diagnosis",
+        f"{criterion.params['disease']} diagnosis recorded but not confirmed: {shown}; a "
+        "provisional, differential or unconfirmed diagnosis is not a diagnosis",
         _refs(ctx, (c for c, _ in hits)),
         [need],
     )
@@ -277,8 +297,9 @@ def _conflicting_lineage(
     others = _listed([_describe(ctx, c, h, *vs) for c, h in other])
     return undetermined(
         criterion.code,
-        f"conflicting lineage: {others} is recorded as well as {shown}; the B lineage is not "
-        "taken as shown while another lineage is recorded",
+        f"conflicting lineage: {others} is recorded as well as {shown}; the "
+        f"{criterion.params['lineage']} lineage is not taken as shown while another lineage is "
+        "recorded",
         _refs(ctx, (c for c, _ in hits + other)),
         [need],
     )
@@ -292,25 +313,27 @@ def _unstated_lineage(
     need_diagnosis: DataRequirement,
 ) -> CriterionResult:
     """ALL without a lineage: B lineage must come from the criterion named in the protocol."""
-    by = criterion.params["lineage_confirmed_by"]
+    p = criterion.params
+    by = p["lineage_confirmed_by"]
+    stated = f"{p['disease']} recorded without a stated lineage"
+    wanted = f"{p['lineage']} lineage"
     shown = _listed([_describe(ctx, c, h, unstated) for c, h in lineage])
     evidence = _refs(ctx, (c for c, _ in lineage))
     other: CriterionResult | None = ctx.results.get(by)
     if other is not None and other.outcome is Outcome.MET:
         return met(
             criterion.code,
-            f"ALL recorded without a stated lineage: {shown}; B lineage shown by {by} "
-            f"({other.reason})",
+            f"{stated}: {shown}; {wanted} shown by {by} ({other.reason})",
             _dedupe(evidence + other.evidence),
         )
     status = "not evaluated" if other is None else other.outcome.value.replace("-", " ")
     hint = ""
     if other is not None and other.outcome is Outcome.NOT_MET:
-        hint = " (a CD19-negative result does not rule out B lineage)"
+        negative = with_article(f"{p['lineage_marker']}-negative result")
+        hint = f" ({negative} does not rule out {wanted})"
     result = undetermined(
         criterion.code,
-        f"ALL recorded without a stated lineage: {shown}; B lineage is not shown because "
-        f"{by} is {status}{hint}",
+        f"{stated}: {shown}; {wanted} is not shown because {by} is {status}{hint}",
         evidence,
         [need_diagnosis, *(other.needs if other is not None else [])],
     )

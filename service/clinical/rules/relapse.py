@@ -18,6 +18,9 @@ another disease and is not used. One whose focus cannot be tied to an ALL Condit
 "unplaced": like an undated event it can keep the criterion open but never decide it. A
 remission recorded on the same day as a relapse never separates two relapse episodes: the
 order within a day is not known.
+
+Reasons name the disease and the treatment lines with the words of the criterion's parameters
+(``disease``, ``treatment``), never with words of their own.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from service.clinical.rules.diagnosis import (
     first_match,
     onset_date,
     usable_conditions,
+    with_article,
 )
 from service.protocol import Code, CriterionDef, ValueSet
 from service.record import Resource, codings
@@ -90,7 +94,8 @@ class Timeline:
     dated: list[Event]
     undated: list[Event]
     has_diagnosis: bool
-    unplaced: list[Event] = field(default_factory=list)  # focus not tied to an ALL Condition
+    disease: str  # how reasons name the disease: the protocol's word, e.g. "ALL"
+    unplaced: list[Event] = field(default_factory=list)  # focus not tied to a disease Condition
 
     def of(self, *kinds: Kind) -> list[Event]:
         return [e for e in self.dated if e.kind in kinds]
@@ -115,7 +120,7 @@ class Timeline:
             items = [f"… {len(items) - limit} earlier event(s)", *items[-limit:]]
         items += [f"undated {e.kind.words} ({e.what})" for e in self.undated]
         items += [
-            f"{e.day or 'undated'} {e.kind.words} not tied to the ALL ({e.what})"
+            f"{e.day or 'undated'} {e.kind.words} not tied to the {self.disease} ({e.what})"
             for e in self.unplaced
         ]
         return "; ".join(items) if items else "no dated disease events"
@@ -229,12 +234,16 @@ def _reference(value: Any) -> str | None:
     return ref.partition("/_history/")[0] if isinstance(ref, str) else None
 
 
-def _focus_issue(obs: Resource, ctx: Context, about: str) -> Issue:
+def _focus_issue(obs: Resource, ctx: Context, about: str, disease: str) -> Issue:
+    """Why a disease status about another or an unknown Condition is set aside."""
     ref = ctx.record.ref(obs).reference
     if about == "other":
-        why = "is about another Condition (focus), not the ALL; not used"
+        why = f"is about another Condition (focus), not the {disease}; not used"
     else:
-        why = "has a focus that is not an ALL Condition of this patient; not placed on the timeline"
+        why = (
+            f"has a focus that is not {with_article(disease)} Condition of this patient; "
+            "not placed on the timeline"
+        )
     return Issue(Severity.WARNING, "business-rule", f"disease status {why}", ref)
 
 
@@ -267,7 +276,7 @@ def _observation_events(
     def place(obs: Resource, day: date | None) -> None:
         about = conditions.about(obs)
         if about != "all":
-            issues.append(_focus_issue(obs, ctx, about))
+            issues.append(_focus_issue(obs, ctx, about, p["disease"]))
             if about == "unknown":
                 unplaced.append(event(obs, day))
             return
@@ -337,7 +346,7 @@ def build_timeline(criterion: CriterionDef, ctx: Context, issues: list[Issue]) -
     events = _place_condition_relapses(events)
     dated = sorted((e for e in events if e.day is not None), key=Event.sort_key)
     undated = [e for e in events if e.day is None]
-    return Timeline(dated, undated, has_diagnosis, unplaced)
+    return Timeline(dated, undated, has_diagnosis, criterion.params["disease"], unplaced)
 
 
 # -- the grounds for "met" ------------------------------------------------------------------
@@ -511,7 +520,7 @@ def _relapse_count(t: Timeline) -> str:
     undated = len(t.undated_of(Kind.RELAPSE, Kind.REFRACTORY))
     unplaced = len(t.unplaced_of(Kind.RELAPSE, Kind.REFRACTORY))
     counted += f", {undated} undated" if undated else ""
-    counted += f", {unplaced} not tied to the ALL" if unplaced else ""
+    counted += f", {unplaced} not tied to the {t.disease}" if unplaced else ""
     same_day = t.same_day_relapse_and_remission()
     if same_day:
         days = ", ".join(str(d) for d in same_day)
@@ -523,6 +532,7 @@ def _not_met_or_undetermined(
     criterion: CriterionDef, ctx: Context, t: Timeline, months: int, timeline: str
 ) -> CriterionResult:
     p = criterion.params
+    disease = p["disease"]
     evidence = _refs(ctx, t.everything())
     relapse = (
         t.of(Kind.RELAPSE)
@@ -541,8 +551,8 @@ def _not_met_or_undetermined(
     if t.has_diagnosis and any_remission and not relapse and not unclear:
         return not_met(
             criterion.code,
-            "ALL diagnosis with documented remission and no relapse or refractory disease "
-            f"recorded. {timeline}",
+            f"{disease} diagnosis with documented remission and no relapse or refractory "
+            f"disease recorded. {timeline}",
             evidence,
         )
 
@@ -550,12 +560,12 @@ def _not_met_or_undetermined(
         DataRequirement(
             "Observation",
             ctx.protocol.valueset(p["disease_status_observation_valueset"]).url,
-            "dated disease-status assessments (remission, relapse, refractory) of the ALL",
+            f"dated disease-status assessments (remission, relapse, refractory) of the {disease}",
         ),
         DataRequirement(
             "Procedure",
             ctx.protocol.valueset(p["treatment_valueset"]).url,
-            "dated antileukemic treatment lines",
+            f"dated {p['treatment']} lines",
         ),
     ]
     if not t.has_diagnosis:
@@ -564,7 +574,7 @@ def _not_met_or_undetermined(
             DataRequirement(
                 "Condition",
                 ctx.protocol.valueset(p["all_condition_valueset"]).url,
-                "the ALL diagnosis",
+                f"the {disease} diagnosis",
             ),
         )
     if relapse:
@@ -582,7 +592,7 @@ def _not_met_or_undetermined(
     elif not any_remission and t.has_diagnosis:
         why = "no remission, relapse or refractory status is recorded"
     elif not t.has_diagnosis and not t.dated and not t.undated:
-        why = "no ALL diagnosis, disease status or treatment found"
+        why = f"no {disease} diagnosis, disease status or treatment found"
     else:
-        why = "no ALL diagnosis is recorded with the disease-status data"
+        why = f"no {disease} diagnosis is recorded with the disease-status data"
     return undetermined(criterion.code, f"{why}. {timeline}", evidence, needs)
