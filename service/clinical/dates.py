@@ -74,6 +74,21 @@ def effective_date(resource: dict[str, Any]) -> date | None:
     return None
 
 
+def parse_moment(value: Any) -> datetime | None:
+    """A FHIR dateTime with a time and a zone as an aware datetime; None otherwise.
+
+    Without a zone a time cannot be compared with another source's, so callers order such
+    values by calendar day only.
+    """
+    if not isinstance(value, str) or "T" not in value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
 def in_window(day: date, as_of: date, window_days: int | None) -> bool:
     """On or before ``as_of`` and, when a window is set, no more than ``window_days`` before it."""
     if day > as_of:

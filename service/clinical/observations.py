@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
-from service.clinical.dates import effective_date, in_window
+from service.clinical.dates import effective_date, in_window, parse_moment
 from service.clinical.model import (
     CriterionResult,
     DataRequirement,
@@ -65,14 +65,7 @@ def effective_moment(resource: Resource) -> datetime | None:
     Without a zone a time cannot be compared with another source's, so it orders like a
     date (by day only).
     """
-    value = _effective_value(resource)
-    if not isinstance(value, str) or "T" not in value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else None
+    return parse_moment(_effective_value(resource))
 
 
 def _sort_key(dated: Dated) -> tuple[date, float]:

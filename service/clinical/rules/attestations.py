@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from service.clinical.dates import DateRange, in_window, parse_date
+from service.clinical.dates import DateRange, in_window, parse_date, parse_moment
 from service.clinical.model import (
     CriterionResult,
     DataRequirement,
@@ -140,7 +140,7 @@ def _consider(ctx: Context, qr: Resource, lookup: AttestationLookup, found: _Can
         found.older.append(day)
         return
     value, problem = _read_answer(groups)
-    answer = _Answer(value, day, _moment(qr.get("authored")), qr, problem)
+    answer = _Answer(value, day, parse_moment(qr.get("authored")), qr, problem)
     if not _by_investigator(qr, ctx):
         message = f"QuestionnaireResponse {_author_text(qr)}, not {_types(ctx)}; not used"
         lookup.issues.append(Issue(Severity.WARNING, "business-rule", message, ref))
@@ -318,16 +318,6 @@ def _boolean(answers: list[Any]) -> bool | None:
     if not isinstance(first, bool) or any(v != first for v in values[1:]):
         return None
     return first
-
-
-def _moment(value: Any) -> datetime | None:
-    if not isinstance(value, str) or "T" not in value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
 
 
 def _author(qr: Resource) -> str | None:
