@@ -14,13 +14,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import logs, units
+from service import inputs, logs, units
 from service.api_keys import check_exposure
 from service.cds.jwt_auth import CdsClientAuthenticator
 from service.cds.router import router as cds_router
 from service.fhir.client import close_clients
 from service.fhir.errors import FhirError
 from service.fhir_response import ISSUE_CODE, outcome
+from service.inputs import validation_message
 from service.protocol import ProtocolError, load_protocol
 from service.record import InputError
 from service.routes import router as fhir_router
@@ -69,8 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def request_context(request: Request, call_next):
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        token = logs.request_id.set(rid[:64])
+        rid = inputs.request_id(request.headers.get("x-request-id")) or uuid.uuid4().hex
+        token = logs.request_id.set(rid)
         started = time.perf_counter()
         try:
             response = await call_next(request)
@@ -80,12 +81,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             logs.request_id.reset(token)
         elapsed = round((time.perf_counter() - started) * 1000, 1)
-        response.headers["X-Request-Id"] = rid[:64]
+        response.headers["X-Request-Id"] = rid
         route = request.scope.get("route")
         log.info(
             "request",
             extra={
-                "request_id": rid[:64],
+                "request_id": rid,
                 "method": request.method,
                 "route": getattr(route, "path", "unmatched"),  # the template: no ids in logs
                 "status": response.status_code,
@@ -114,9 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return outcome(400, "invalid", f"invalid request: {where} {first.get('msg', '')}".strip())
+        return outcome(400, "invalid", validation_message("request", list(exc.errors())))
 
     @app.exception_handler(ProtocolError)
     async def protocol_error(request: Request, exc: ProtocolError):

@@ -6,6 +6,7 @@ Both the HTTP API and the CLI call these, so the two can never disagree.
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import date
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ from service.clinical.engine import evaluate
 from service.clinical.evaluation import Evaluation
 from service.clinical.model import Issue
 from service.gc_pause import gc_paused
+from service.inputs import brief, check_bundle, check_patient_selector, json_type
 from service.output import result_bundle
 from service.protocol import Protocol as TrialProtocol
 from service.record import InputError, PatientRecord, record_from_bundle, record_from_resources
@@ -29,33 +31,61 @@ def parse_json(body: bytes | str) -> Any:
         raise InputError(f"the input is not valid JSON ({exc.args[0].split(':')[0]})") from None
 
 
+_PARAMETERS = ("patientData", "asOf", "patient")
+_AS_OF = re.compile(r"\d{4}-\d{2}-\d{2}(T[0-9:.]+(Z|[+-]\d{2}:\d{2})?)?")
+
+
 def unwrap_parameters(resource: Any) -> tuple[Any, date | None, str | None]:
-    """A ``Parameters`` body carries the Bundle in ``patientData`` and optional ``asOf``."""
-    if not (isinstance(resource, dict) and resource.get("resourceType") == "Parameters"):
-        return resource, None, None
-    bundle = as_of = patient = None
-    for param in resource.get("parameter") or ():
+    """A ``Parameters`` body carries the Bundle in ``patientData`` and optional ``asOf``.
+
+    Anything else is returned as is, once its envelope is checked: the result is always a
+    readable Bundle envelope, or an ``InputError`` that names the element (never its value).
+    """
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Parameters":
+        return check_bundle(resource), None, None
+    params = resource.get("parameter")
+    if params is not None and not isinstance(params, list):
+        raise InputError(f"Parameters.parameter is {json_type(params)}, not an array")
+    found: dict[str, dict[str, Any]] = {}
+    for i, param in enumerate(params or ()):
         if not isinstance(param, dict):
-            continue
+            raise InputError(f"Parameters.parameter[{i}] is {json_type(param)}, not an object")
         name = param.get("name")
-        if name == "patientData":
-            bundle = param.get("resource")
-        elif name == "asOf":
-            as_of = parse_as_of(param.get("valueDate") or param.get("valueDateTime"))
-        elif name == "patient":
-            patient = param.get("valueString") or param.get("valueId")
-    if bundle is None:
+        if not isinstance(name, str):
+            raise InputError(f"Parameters.parameter[{i}].name is {json_type(name)}, not a string")
+        if name in _PARAMETERS:
+            if name in found:
+                raise InputError(f"Parameters has more than one '{name}' parameter: ambiguous")
+            found[name] = param
+    if "patientData" not in found:
         raise InputError("Parameters has no 'patientData' parameter with a Bundle")
+    bundle = check_bundle(found["patientData"].get("resource"), "Parameters 'patientData'")
+    as_of = patient = None
+    if "asOf" in found:
+        as_of = parse_as_of(_one_value(found["asOf"], "asOf", ("valueDate", "valueDateTime")))
+    if "patient" in found:
+        value = _one_value(found["patient"], "patient", ("valueString", "valueId"))
+        patient = check_patient_selector(value, "the 'patient' parameter")
     return bundle, as_of, patient
 
 
+def _one_value(param: dict[str, Any], name: str, elements: tuple[str, ...]) -> Any:
+    values = [param[e] for e in elements if e in param]
+    if len(values) != 1:
+        raise InputError(f"the '{name}' parameter needs exactly one of {', '.join(elements)}")
+    return values[0]
+
+
 def parse_as_of(value: Any) -> date:
+    """``asOf``: a date (YYYY-MM-DD), or a dateTime whose date part is taken."""
     if isinstance(value, date):
         return value
-    try:
-        return date.fromisoformat(str(value)[:10])
-    except ValueError:
-        raise InputError(f"asOf must be a date YYYY-MM-DD, got {value!r}") from None
+    if isinstance(value, str) and _AS_OF.fullmatch(value):
+        try:
+            return date.fromisoformat(value[:10])
+        except ValueError:
+            pass
+    raise InputError(f"asOf must be a date YYYY-MM-DD, got {brief(value)}")
 
 
 def evaluate_record(
@@ -87,6 +117,8 @@ def evaluate_resource(
 ) -> tuple[Evaluation, dict[str, Any]]:
     """A decoded Bundle (or Parameters) in, the evaluation and its result Bundle out."""
     bundle, param_as_of, param_patient = unwrap_parameters(resource)
+    if patient_id is not None:
+        check_patient_selector(patient_id)
     record = record_from_bundle(bundle, protocol, patient_id or param_patient)
     return evaluate_record(record, protocol, as_of or param_as_of)
 

@@ -22,9 +22,10 @@ from pydantic import (
     model_validator,
 )
 
-_FHIR_ID = r"[A-Za-z0-9\-.]{1,64}"
-_FHIR_ID_RE = re.compile(rf"^{_FHIR_ID}$")
-_USER_ID_RE = re.compile(rf"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/{_FHIR_ID}$")
+from service.inputs import FHIR_ID_RULE, bundle_envelope_error, is_bearer_token, is_fhir_id
+
+_PREFETCH_KEY = re.compile(r"[A-Za-z0-9_\-]{1,40}")
+_USER_ID_RE = re.compile(r"(Practitioner|PractitionerRole|Patient|RelatedPerson)/(.*)", re.DOTALL)
 
 
 def _http_url(value: str) -> str:
@@ -47,6 +48,14 @@ class FhirAuthorization(BaseModel):
     scope: str
     subject: str
     patient: str | None = None
+
+    @field_validator("access_token")
+    @classmethod
+    def _sendable(cls, value: SecretStr) -> SecretStr:
+        # A token we cannot put in a header would fail (or be retried) at the FHIR server.
+        if not is_bearer_token(value.get_secret_value()):
+            raise ValueError("access_token is not a Bearer token (RFC 6750 characters only)")
+        return value
 
     @field_validator("token_type")
     @classmethod
@@ -82,6 +91,22 @@ class CdsServiceRequest(BaseModel):
     def _server_url(cls, value: str | None) -> str | None:
         return None if value is None else _http_url(value)
 
+    @field_validator("prefetch")
+    @classmethod
+    def _prefetched_bundles(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Each value is a resource (object) or null; a Bundle has a readable envelope."""
+        for key, resource in (value or {}).items():
+            name = f"prefetch '{key}'" if _PREFETCH_KEY.fullmatch(key) else "a prefetch key"
+            if resource is None:
+                continue
+            if not isinstance(resource, dict):
+                raise ValueError(f"{name} must be a FHIR resource or null")
+            if resource.get("resourceType") == "Bundle":
+                error = bundle_envelope_error(resource, name)
+                if error is not None:
+                    raise ValueError(error)
+        return value
+
     @model_validator(mode="after")
     def _server_with_token(self) -> CdsServiceRequest:
         if self.fhirAuthorization is not None and self.fhirServer is None:
@@ -101,14 +126,15 @@ class PatientViewContext(BaseModel):
     @field_validator("patientId", "encounterId")
     @classmethod
     def _fhir_id(cls, value: str | None) -> str | None:
-        if value is not None and not _FHIR_ID_RE.match(value):
-            raise ValueError("must be a FHIR resource id")
+        if value is not None and not is_fhir_id(value):
+            raise ValueError(f"must be a FHIR resource id ({FHIR_ID_RULE})")
         return value
 
     @field_validator("userId")
     @classmethod
     def _user_reference(cls, value: str) -> str:
-        if not _USER_ID_RE.match(value):
+        match = _USER_ID_RE.fullmatch(value)
+        if match is None or not is_fhir_id(match.group(2)):
             raise ValueError("must be Practitioner|PractitionerRole|Patient|RelatedPerson/<id>")
         return value
 

@@ -22,24 +22,33 @@ class Resolved:
 
 
 def _usable_search(value: Any) -> list[dict[str, Any]] | None:
-    """Resources of a prefetched searchset, or None if the key cannot be trusted as complete."""
+    """Resources of a prefetched searchset, or None if the key cannot be trusted as complete.
+
+    The request model already checked the envelope (``entry`` is an array); what is left
+    odd here (a ``link`` that is not an array, an entry without a typed resource) is read
+    conservatively: an unreadable ``link`` may hide a next page, a typeless entry is skipped.
+    """
     if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
         return None  # null, an OperationOutcome, or anything else: fetch it ourselves
-    if any(
-        isinstance(link, dict) and link.get("relation") == "next"
-        for link in value.get("link") or ()
-    ):
+    links = value.get("link")
+    if links is not None and not isinstance(links, list):
+        return None  # cannot tell whether the client paginated: fetch it ourselves
+    if any(isinstance(link, dict) and link.get("relation") == "next" for link in links or ()):
         return None  # the client paginated: the rest is on the server
+    entries = value.get("entry")
     resources = []
-    for entry in value.get("entry") or ():
+    for entry in entries if isinstance(entries, list) else ():
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict):
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             continue
-        if resource.get("resourceType") == "OperationOutcome":
+        if resource["resourceType"] == "OperationOutcome":
+            issues = resource.get("issue")
             severities = {
-                i.get("severity") for i in resource.get("issue") or () if isinstance(i, dict)
+                i.get("severity")
+                for i in (issues if isinstance(issues, list) else ())
+                if isinstance(i, dict) and isinstance(i.get("severity"), str)
             }
-            if severities & {"error", "fatal"}:
+            if severities & {"error", "fatal"} or not isinstance(issues, list | None):
                 return None
             continue
         resources.append(resource)

@@ -17,6 +17,7 @@ from service.cds.models import FeedbackRequest, PatientViewRequest
 from service.cds.prefetch import resolve_prefetch
 from service.clinical.dates import today
 from service.fhir_response import outcome, read_body
+from service.inputs import validation_message
 from service.pipeline import evaluate_fetched_off_loop
 from service.protocol import Protocol
 from service.settings import Settings
@@ -83,9 +84,7 @@ def _validated(model: type[M], body: Any, what: str) -> M:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise HTTPException(400, f"invalid {what}: {where}: {first['msg']}") from None
+        raise HTTPException(400, validation_message(what, exc.errors())) from None
 
 
 @router.post("/{sid}", dependencies=[Depends(cds_client)])
