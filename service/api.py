@@ -6,7 +6,7 @@ import gc
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
@@ -32,6 +32,8 @@ log = logging.getLogger("service.api")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    logs.install()  # redaction first: nothing this app or its libraries log may carry secrets
+    logs.register_settings_secrets(settings)
     check_exposure(settings)
 
     @asynccontextmanager
@@ -74,7 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         token = logs.request_id.set(rid)
         started = time.perf_counter()
         try:
-            response = await call_next(request)
+            with logs.request_scope():
+                _register_request_secrets(request)
+                response = await call_next(request)
         except Exception as exc:  # noqa: BLE001 - the last line of defence: log, answer 500
             log.error("unhandled error", extra={"error_type": type(exc).__name__})
             response = outcome(500, "exception", "internal error")  # never a stack trace
@@ -129,7 +133,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(fhir_router)
     app.include_router(cds_router)
+    logs.set_route_resolver(_route_resolver(app))
     return app
+
+
+def _register_request_secrets(request: Request) -> None:
+    """What a caller sends that must never be logged: its credentials, the patient's id."""
+    for name in ("authorization", "x-api-key"):
+        value = request.headers.get(name)
+        if value:
+            logs.register_request_secret(value)
+            logs.register_request_secret(value.partition(" ")[2].strip())
+    logs.register_request_secret(request.query_params.get("patient"))
+
+
+def _route_resolver(app: FastAPI) -> Callable[[str], str]:
+    """A request path -> its route template, for uvicorn's access log (no ids in logs)."""
+    routes = [(r.path_regex, r.path) for r in app.routes if hasattr(r, "path_regex")]
+
+    def resolve(path: str) -> str:
+        for regex, template in routes:
+            if regex.match(path):
+                return template
+        return "unmatched"
+
+    return resolve
 
 
 app = create_app()

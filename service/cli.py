@@ -14,6 +14,7 @@ import orjson
 import typer
 from rich.console import Console
 
+from service import logs
 from service.clinical.evaluation import Evaluation
 from service.fhir.errors import FhirError
 from service.pipeline import evaluate_body, evaluate_from_server, parse_as_of
@@ -30,6 +31,13 @@ EXIT_UPSTREAM = 3
 class OutputFormat(StrEnum):
     fhir = "fhir"
     summary = "summary"
+
+
+@app.callback()
+def _redact_logs() -> None:
+    """Every command's log lines, ours and libraries', pass the redactor (service/logs.py)."""
+    logs.install()
+    logs.register_settings_secrets(get_settings())
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from service import logs
 from service.record import InputError
 
 FHIR_ID_PATTERN = r"[A-Za-z0-9\-.]{1,64}"
@@ -104,7 +105,13 @@ def bundle_envelope_error(bundle: Any, where: str = "the input") -> str | None:
         for i, entry in enumerate(entries):
             if isinstance(entry, dict):
                 resource = entry.get("resource")
-                if isinstance(resource, dict) and resource.get("resourceType") == "Bundle":
+                if not isinstance(resource, dict):
+                    continue
+                kind = resource.get("resourceType")
+                if kind == "Patient":  # whose identifiers must never reach a log line
+                    logs.register_request_secret(resource.get("id"))
+                    logs.register_request_secret(entry.get("fullUrl"))
+                elif kind == "Bundle":
                     if depth + 1 >= MAX_BUNDLE_NESTING:
                         return f"{where} nests Bundles more than {MAX_BUNDLE_NESTING} deep"
                     stack.append((resource, f"{path}, entry {i}", depth + 1))

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from service import logs
 from service.clinical.dates import today
 from service.clinical.engine import evaluate
 from service.clinical.evaluation import Evaluation
@@ -65,6 +66,7 @@ def unwrap_parameters(resource: Any) -> tuple[Any, date | None, str | None]:
         as_of = parse_as_of(_one_value(found["asOf"], "asOf", ("valueDate", "valueDateTime")))
     if "patient" in found:
         value = _one_value(found["patient"], "patient", ("valueString", "valueId"))
+        logs.register_request_secret(value)
         patient = check_patient_selector(value, "the 'patient' parameter")
     return bundle, as_of, patient
 
@@ -118,6 +120,7 @@ def evaluate_resource(
     """A decoded Bundle (or Parameters) in, the evaluation and its result Bundle out."""
     bundle, param_as_of, param_patient = unwrap_parameters(resource)
     if patient_id is not None:
+        logs.register_request_secret(patient_id)
         check_patient_selector(patient_id)
     record = record_from_bundle(bundle, protocol, patient_id or param_patient)
     return evaluate_record(record, protocol, as_of or param_as_of)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from fhir_mappings import MAPPINGS_DIR
-from service import __version__
+from service import __version__, logs
 from service.api_keys import require_api_key
 from service.fhir_response import ACCEPTED_CONTENT_TYPES, FhirResponse, read_body
 from service.inputs import check_patient_id
@@ -70,6 +70,7 @@ async def eligibility_from_server(
     request: Request, patient_id: str, as_of: AsOf = None
 ) -> FhirResponse:
     """Pull the patient's data from the configured FHIR server (or the demo store) and evaluate."""
+    logs.register_request_secret(patient_id)
     check_patient_id(patient_id, "the patient id in the path")
     day = parse_as_of(as_of) if as_of else None
     _, bundle = await evaluate_from_server(

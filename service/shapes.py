@@ -73,9 +73,12 @@ def _item(value: Any) -> str | None:
     return _obj(linkId=STR, answer=_list(ANSWER), item=_list(_item))(value)
 
 
+META = _obj(lastUpdated=STR)  # read to order two versions of one resource
+
 RESOURCE_SHAPES: dict[str, Check] = {
     "Patient": _obj(birthDate=STR, deceasedBoolean=BOOL, deceasedDateTime=STR),
     "Observation": _obj(
+        meta=META,
         status=STR,
         code=CONCEPT,
         effectiveDateTime=STR,
@@ -91,6 +94,7 @@ RESOURCE_SHAPES: dict[str, Check] = {
         extension=_list(EXTENSION),
     ),
     "Condition": _obj(
+        meta=META,
         code=CONCEPT,
         clinicalStatus=CONCEPT,
         verificationStatus=CONCEPT,
@@ -100,8 +104,11 @@ RESOURCE_SHAPES: dict[str, Check] = {
         recordedDate=STR,
         extension=_list(EXTENSION),
     ),
-    "Procedure": _obj(status=STR, code=CONCEPT, performedDateTime=STR, performedPeriod=PERIOD),
+    "Procedure": _obj(
+        meta=META, status=STR, code=CONCEPT, performedDateTime=STR, performedPeriod=PERIOD
+    ),
     "Consent": _obj(
+        meta=META,
         status=STR,
         scope=CONCEPT,
         dateTime=STR,
@@ -110,7 +117,7 @@ RESOURCE_SHAPES: dict[str, Check] = {
         extension=_list(EXTENSION),
     ),
     "QuestionnaireResponse": _obj(
-        status=STR, questionnaire=STR, authored=STR, author=REFERENCE, item=_list(_item)
+        meta=META, status=STR, questionnaire=STR, authored=STR, author=REFERENCE, item=_list(_item)
     ),
 }
 

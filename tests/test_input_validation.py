@@ -241,3 +241,11 @@ def test_cds_user_id_with_dot_segments_is_400(client):
     body = _cds()
     body["context"]["userId"] = "Practitioner/.."
     _bad(_post_cds(client, body), "context.userId")
+
+
+def test_two_versions_with_a_malformed_meta_do_not_sink_the_evaluation():
+    first = lab("777-3", 12, "10*9/L")
+    first["id"], first["meta"] = "o1", "x"
+    second = {**first, "valueQuantity": {**first["valueQuantity"], "value": 50}, "meta": [1]}
+    _, result = evaluate_body(orjson.dumps(bundle(patient(), first, second)), default_protocol())
+    assert "meta has the wrong type" in str(result)

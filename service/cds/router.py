@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
+from service import logs
 from service.cds.cards import patient_view_cards, trial_name
 from service.cds.jwt_auth import require_cds_client
 from service.cds.models import FeedbackRequest, PatientViewRequest
@@ -93,7 +94,9 @@ async def call_service(sid: str, request: Request):
     settings: Settings = request.app.state.settings
     if sid != service_id(protocol):
         raise HTTPException(404, "no such CDS service")
-    call = _validated(PatientViewRequest, await _body(request), "CDS Hooks request")
+    body = await _body(request)
+    _register_secrets(body)
+    call = _validated(PatientViewRequest, body, "CDS Hooks request")
 
     if call.fhirServer is not None and not _allowed(call.fhirServer, settings):
         # Refused before any outbound request: no SSRF through our service.
@@ -117,6 +120,17 @@ async def call_service(sid: str, request: Request):
             service_base_url=(settings.public_base_url or str(request.base_url)).rstrip("/"),
         )
     )
+
+
+def _register_secrets(body: Any) -> None:
+    """The caller's token and the patient's id, as sent (before validation): never logged."""
+    if not isinstance(body, dict):
+        return
+    auth, context = body.get("fhirAuthorization"), body.get("context")
+    if isinstance(auth, dict):
+        logs.register_request_secret(auth.get("access_token"))
+    if isinstance(context, dict):
+        logs.register_request_secret(context.get("patientId"))
 
 
 def _allowed(server: str, settings: Settings) -> bool:
