@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from service import logs
+from service import logs, strict_json
 from service.clinical.dates import today
 from service.clinical.engine import evaluate
 from service.clinical.evaluation import Evaluation
@@ -26,10 +26,15 @@ from service.settings import Settings
 
 
 def parse_json(body: bytes | str) -> Any:
+    """Decode a request body; an object that names a key twice is refused (ambiguous)."""
     try:
-        return orjson.loads(body)
+        return strict_json.loads(body)
+    except strict_json.DuplicateKeyError as exc:
+        raise InputError(f"the input is {exc}") from None
     except orjson.JSONDecodeError as exc:
         raise InputError(f"the input is not valid JSON ({exc.args[0].split(':')[0]})") from None
+    except ValueError:
+        raise InputError("the input is not valid JSON (nested too deeply)") from None
 
 
 _PARAMETERS = ("patientData", "asOf", "patient")

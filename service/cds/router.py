@@ -6,12 +6,11 @@ import logging
 from collections import Counter
 from typing import Any, TypeVar
 
-import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from service import logs
+from service import logs, strict_json
 from service.cds.cards import patient_view_cards, trial_name
 from service.cds.jwt_auth import require_cds_client
 from service.cds.models import FeedbackRequest, PatientViewRequest
@@ -76,8 +75,10 @@ async def _body(request: Request) -> Any:
         raise HTTPException(415, "send application/json")
     raw = await read_body(request, request.app.state.settings.max_body_bytes)
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        return strict_json.loads(raw)
+    except strict_json.DuplicateKeyError as exc:
+        raise HTTPException(400, f"the request body is {exc}") from None
+    except ValueError:
         raise HTTPException(400, "the request body is not JSON") from None
 
 

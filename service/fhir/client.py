@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urljoin
 
 import httpx
-import orjson
 import stamina
 
+from service import strict_json
 from service.clinical.model import Issue, Severity
 from service.fhir.auth import BearerAuth, FhirAuth, NoAuth, SmartBackendAuth, load_private_key
 from service.fhir.demo_store import DEMO_BASE_URL, demo_transport
@@ -452,8 +452,14 @@ class FhirClient:
         status = resp.status_code
         body: Any = None
         try:
-            body = orjson.loads(resp.content) if resp.content else None
-        except orjson.JSONDecodeError:
+            body = strict_json.loads(resp.content) if resp.content else None
+        except strict_json.DuplicateKeyError:
+            if status == 200:  # two values for one element: we cannot know which one is meant
+                raise UpstreamError(
+                    f"the FHIR server answered the {what} with ambiguous JSON "
+                    "(an object names a key more than once)"
+                ) from None
+        except ValueError:  # not JSON (orjson.JSONDecodeError), or nested too deeply
             body = None
         codes = _outcome_codes(body, frozenset({"error", "fatal", "warning", "information"}))
         detail = f" (OperationOutcome: {', '.join(codes)})" if codes else ""
