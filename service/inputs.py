@@ -21,6 +21,7 @@ _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{0,63}")
 # RFC 6750 section 2.1: the only characters a Bearer token can carry in a header.
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 MAX_TOKEN_LENGTH = 16_384
+MAX_FULL_URL = 4096  # an entry's fullUrl may become a reference in the result
 MAX_BUNDLE_NESTING = 4  # a batch-response holds Bundles; deeper nesting is not real data
 FHIR_ID_RULE = "[A-Za-z0-9-.]{1,64}, not '.' or '..'"
 
@@ -86,8 +87,11 @@ def bundle_envelope_error(bundle: Any, where: str = "the input") -> str | None:
     """Why ``bundle`` cannot be read as a Bundle's envelope, or None.
 
     Checks what every reader relies on: an object whose ``resourceType`` is 'Bundle', whose
-    ``entry`` (if any) is an array, and Bundles nested in entries (batch-response) likewise.
-    A single malformed entry is not an envelope error: it is skipped with a warning later.
+    ``entry`` (if any) is an array, entries' ``fullUrl`` of sane length, Patients' ids that
+    are FHIR ids (the subject's id is repeated in every result), and Bundles nested in
+    entries (batch-response) likewise. A single malformed entry is not an envelope error:
+    it is skipped with a warning later. Patient ids seen are registered with the log
+    redactor on the way.
     """
     stack = [(bundle, where, 0)]
     while stack:
@@ -103,18 +107,29 @@ def bundle_envelope_error(bundle: Any, where: str = "the input") -> str | None:
         if not isinstance(entries, list):
             return f"Bundle.entry in {path} is {json_type(entries)}, not an array"
         for i, entry in enumerate(entries):
-            if isinstance(entry, dict):
-                resource = entry.get("resource")
-                if not isinstance(resource, dict):
-                    continue
-                kind = resource.get("resourceType")
-                if kind == "Patient":  # whose identifiers must never reach a log line
-                    logs.register_request_secret(resource.get("id"))
-                    logs.register_request_secret(entry.get("fullUrl"))
-                elif kind == "Bundle":
-                    if depth + 1 >= MAX_BUNDLE_NESTING:
-                        return f"{where} nests Bundles more than {MAX_BUNDLE_NESTING} deep"
-                    stack.append((resource, f"{path}, entry {i}", depth + 1))
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict):
+                continue
+            error = _entry_error(entry, resource)
+            if error is not None:
+                return f"{path}, entry {i}: {error}"
+            if resource.get("resourceType") == "Bundle":
+                if depth + 1 >= MAX_BUNDLE_NESTING:
+                    return f"{where} nests Bundles more than {MAX_BUNDLE_NESTING} deep"
+                stack.append((resource, f"{path}, entry {i}", depth + 1))
+    return None
+
+
+def _entry_error(entry: dict[str, Any], resource: dict[str, Any]) -> str | None:
+    full_url = entry.get("fullUrl")
+    if isinstance(full_url, str) and len(full_url) > MAX_FULL_URL:
+        return f"fullUrl is longer than {MAX_FULL_URL} characters"
+    if resource.get("resourceType") == "Patient":
+        pid = resource.get("id")
+        logs.register_request_secret(pid)  # a patient's identifiers never reach a log line
+        logs.register_request_secret(full_url)
+        if isinstance(pid, str) and not is_fhir_id(pid):
+            return f"the Patient's id is not a valid FHIR id ({FHIR_ID_RULE})"
     return None
 
 

@@ -249,3 +249,16 @@ def test_two_versions_with_a_malformed_meta_do_not_sink_the_evaluation():
     second = {**first, "valueQuantity": {**first["valueQuantity"], "value": 50}, "meta": [1]}
     _, result = evaluate_body(orjson.dumps(bundle(patient(), first, second)), default_protocol())
     assert "meta has the wrong type" in str(result)
+
+
+def test_a_bundle_patient_with_an_odd_id_is_400_not_an_amplified_answer(client):
+    big = "x" * 100_000
+    data = bundle(patient(pid=big), lab("777-3", 12, "10*9/L", patient_ref=f"Patient/{big}"))
+    r = client.post("/$eligibility", content=orjson.dumps(data), headers=AUTH)
+    text = _bad(r, "the Patient's id is not a valid FHIR id")  # was a 2.2 MB answer
+    assert big[:100] not in text
+    data = bundle(patient())
+    data["entry"][0]["fullUrl"] = "urn:x:" + big
+    _bad(
+        client.post("/$eligibility", content=orjson.dumps(data), headers=AUTH), "fullUrl is longer"
+    )
