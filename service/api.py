@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -147,9 +149,21 @@ def _register_request_secrets(request: Request) -> None:
     logs.register_request_secret(request.query_params.get("patient"))
 
 
+def _templates(routes: list[Any]) -> Iterator[tuple[re.Pattern[str], str]]:
+    """(regex, template) of every route, also inside included routers. If FastAPI's
+    internals change, paths resolve to 'unmatched': less informative, never a leak."""
+    for route in routes:
+        regex, path = getattr(route, "path_regex", None), getattr(route, "path", None)
+        if isinstance(regex, re.Pattern) and isinstance(path, str):
+            yield regex, path
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _templates(list(getattr(inner, "routes", ())))
+
+
 def _route_resolver(app: FastAPI) -> Callable[[str], str]:
     """A request path -> its route template, for uvicorn's access log (no ids in logs)."""
-    routes = [(r.path_regex, r.path) for r in app.routes if hasattr(r, "path_regex")]
+    routes = list(_templates(app.routes))
 
     def resolve(path: str) -> str:
         for regex, template in routes:

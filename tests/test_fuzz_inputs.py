@@ -305,3 +305,40 @@ def test_cds_authorization_and_server_never_5xx(client, token, server):
         r = client.post(f"/cds-services/{SID}", content=orjson.dumps(body), headers=_JSON)
     _assert_no_5xx(r)
     assert r.status_code != 502  # a token we cannot send is the caller's error: 400
+
+
+@pytest.fixture(scope="module")
+def authenticating_client():
+    from service.settings import TrustedIssuer
+
+    app = create_app(
+        Settings(
+            cds_issuers=[TrustedIssuer(iss="https://ehr.example.org", jwks={"keys": []})],
+            api_keys=["key-1"],
+        )
+    )
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@FUZZ
+@given(
+    header=st.one_of(JSON, st.dictionaries(st.sampled_from(["alg", "kid", "jku", "typ"]), JSON)),
+    claims=st.one_of(JSON, st.dictionaries(st.sampled_from(["iss", "aud", "exp", "jti"]), JSON)),
+    signature=st.binary(max_size=8),
+)
+def test_odd_jwts_and_api_keys_are_401_never_5xx(authenticating_client, header, claims, signature):
+    token = ".".join([_b64(orjson.dumps(header)), _b64(orjson.dumps(claims)), _b64(signature)])
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    for r in (
+        authenticating_client.get("/cds-services", headers=headers),
+        authenticating_client.post(f"/cds-services/{SID}", content=b"{}", headers=headers),
+        authenticating_client.get("/Patient/demo-eligible/$eligibility", headers=headers),
+    ):
+        assert r.status_code == 401, (r.status_code, r.text[:200])
