@@ -6,10 +6,12 @@ check (service/strict_json.py) proves uniqueness from byte counts; the property 
 compares it with the standard library's pair-by-pair check on random documents built to
 contain repeated keys, escaped keys and escaped colons.
 
-Cost, measured with service/bench's synthetic generator (CPU time, median of 21/11 runs,
-interleaved, on the shared 2-core dev machine under load): +13.6 ms at 5,000 Observations
-(4.3 MB; engine 69 -> 83 ms) and +51 ms at 20,000 (17.3 MB; 282 -> 333 ms): one
-orjson.dumps of the decoded document and two byte scans.
+Cost, measured with service/bench's synthetic generator (CPU time, medians, interleaved, on
+the shared 2-core dev machine): decoding alone, compact input (orjson-encoded, the memcmp
+path) +6.9 ms at 5,000 Observations (4.3 MB; 33.1 -> 40.0 ms) and +21.9 ms at 20,000 (17.3 MB;
+143.9 -> 165.8 ms); indented input (the byte-count path) +12.6 ms (7.6 MB) and +42.3 ms
+(30.6 MB). Whole engine (evaluate_body), compact: 66.6 -> 76.2 ms at 5,000 (+14 %) and
+278.8 -> 304.3 ms at 20,000 (+9 %).
 """
 
 from __future__ import annotations
