@@ -315,7 +315,8 @@ def test_served_app_at_debug_logs_no_secret_and_no_patient_id(tmp_path):
             "ELIGIBILITY_CDS_ALLOWED_FHIR_SERVERS": orjson.dumps([f"{local.url}/ehr"]).decode(),
         }
         cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        log_file = (tmp_path / "stderr.log").open("wb")  # a pipe would fill up and block it
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log_file,
                                 cwd=tmp_path)  # fmt: skip
         try:
             base = f"http://127.0.0.1:{port}"
@@ -347,8 +348,9 @@ def test_served_app_at_debug_logs_no_secret_and_no_patient_id(tmp_path):
                 assert r.status_code == 400
         finally:
             proc.terminate()
-            _, err = proc.communicate(timeout=20)
-    text = err.decode()
+            proc.wait(timeout=20)
+            log_file.close()
+    text = (tmp_path / "stderr.log").read_text()
     access = [line for line in text.splitlines() if '"logger":"uvicorn.access"' in line]
     assert any("GET /Patient/{patient_id}/$eligibility HTTP" in line for line in access), access
     assert any("POST /cds-services/{sid} HTTP" in line for line in access), access
