@@ -262,3 +262,17 @@ def test_a_bundle_patient_with_an_odd_id_is_400_not_an_amplified_answer(client):
     _bad(
         client.post("/$eligibility", content=orjson.dumps(data), headers=AUTH), "fullUrl is longer"
     )
+
+
+def test_cli_pull_mode_refuses_dot_segments_before_any_request():
+    from typer.testing import CliRunner
+
+    from service.cli import app as cli
+
+    with respx.mock(assert_all_called=False) as mock:
+        route = mock.route().mock(return_value=httpx.Response(200, json={}))
+        result = CliRunner().invoke(
+            cli, ["evaluate", "--fhir-base", "http://fhir.test/r4", "--patient", ".."]
+        )
+    assert result.exit_code == 2 and "not a valid FHIR id" in result.stderr
+    assert not route.called

@@ -63,7 +63,11 @@ class ObservationGroup:
 
 def check_id(patient_id: str) -> str:
     """Refuse anything that is not a FHIR id before it becomes part of a URL."""
-    if not isinstance(patient_id, str) or not _FHIR_ID.fullmatch(patient_id):
+    if (
+        not isinstance(patient_id, str)
+        or not _FHIR_ID.fullmatch(patient_id)
+        or patient_id in (".", "..")  # would move the URL path: Patient/.. is the base
+    ):
         raise InvalidPatientId("the patient id is not a valid FHIR id ([A-Za-z0-9-.]{1,64})")
     return patient_id
 
