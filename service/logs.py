@@ -47,19 +47,23 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization / API key headers, in any quoting: keep the name, drop the value.
     (
         re.compile(
-            r"(?i)((?:proxy-)?authorization|x-api-key|api[-_]?key)(['\"]?\s*[:=,]\s*[(\[]?\s*b?['\"]?)"
+            r"(?i)((?:proxy-)?authorization|x-api-key|api[-_]?key)(['\"]?\s*[:=,]\s*[(\[]?\s*(?:b?['\"])?)"
             r"(?:(?:bearer|basic|dpop)\s+)?[^\s'\",;)\]}]+"
         ),
         rf"\1\2{REDACTED}",
     ),
-    (re.compile(r"(?i)\b(bearer|dpop)(\s+|%20|\+)[^\s'\",;)\]}]+"), rf"\1 {REDACTED}"),
+    (
+        # 'Bearer <token>' (not the prose 'bearer token' of an error message)
+        re.compile(r"(?i)\b(bearer|dpop)(\s+|%20|\+)(?!tokens?(?:\s|$))[^\s'\",;)\]}]+"),
+        rf"\1 {REDACTED}",
+    ),
     (re.compile(r"\b(Basic)\s+[A-Za-z0-9+/=]{8,}"), rf"\1 {REDACTED}"),
     # key=value / "key": "value" pairs whose value is a credential.
     (
         re.compile(
             r"(?i)\b(access_token|refresh_token|id_token|client_assertion|client_secret|"
             r"assertion|password|passwd|secret|api_key|apikey|token)"
-            r"(['\"]?\s*[:=]\s*b?['\"]?)[^\s'\"&,;)\]}]+"
+            r"(['\"]?\s*[:=]\s*(?:b?['\"])?)[^\s'\"&,;)\]}]+"
         ),
         rf"\1\2{REDACTED}",
     ),

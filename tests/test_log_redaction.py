@@ -33,6 +33,8 @@ import stamina
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service import logs
 from service.api import create_app
@@ -265,6 +267,31 @@ def test_a_full_session_logs_no_secret_and_no_patient_id(capture, key_file):
 )
 def test_patterns_remove_credentials_and_ids(line, secret):
     assert secret not in logs.scrub(line)
+
+
+TOKENS = st.from_regex(r"[A-Za-z0-9\-._~+/]{8,40}=*", fullmatch=True)
+TEMPLATES = [
+    "Authorization: Bearer {t}",
+    "headers={{'Authorization': 'Bearer {t}', 'Accept': 'x'}}",
+    "[(b'authorization', b'Bearer {t}')]",
+    "Illegal header value b'Bearer {t}\\n'",
+    "send: Bearer {t}",
+    "access_token={t}&token_type=bearer",
+    '{{"access_token": "{t}", "expires_in": 300}}',
+    "x-api-key: {t}",
+]
+
+
+@settings(max_examples=150, derandomize=True, database=None, deadline=None)
+@given(token=TOKENS, template=st.sampled_from(TEMPLATES))
+def test_any_bearer_token_is_removed_from_the_usual_shapes(token, template):
+    line = template.format(t=token)
+    assert token not in logs.scrub(line), line
+
+
+def test_prose_about_tokens_stays_readable():
+    text = "the SMART token response is not a bearer token"
+    assert logs.scrub(text) == text
 
 
 def test_registered_secrets_are_removed_in_every_escaping():
