@@ -390,11 +390,13 @@ def test_implausible_result_uln_makes_the_result_undetermined(high, why):
     assert any(why in i.message for i in r.issues)
 
 
-def test_population_specific_range_is_not_used_as_uln():
+def test_range_for_a_population_that_cannot_be_placed_is_undetermined():
+    # Formerly skipped in favour of the default ULN; a range the result does report is
+    # never replaced by the protocol's default (see test_reference_ranges.py).
     rng = {"high": {"value": 150}, "appliesTo": [{"text": "neonates"}]}
     r = result(run(lab("1742-6", 300, "U/L", referenceRange=[rng])), "I6-alt")
-    assert r.outcome is NOT_MET
-    assert "protocol default ULN" in r.reason
+    assert r.outcome is UNDETERMINED
+    assert "protocol default ULN" not in r.reason and "for neonates" in r.reason
 
 
 def test_exact_unit_conversions_are_not_rounded_to_the_threshold():
