@@ -45,8 +45,8 @@ def days_ago(n: int) -> str:
         ("718-7", 7.2, "g/dl", "I7-hemoglobin", MET),
         ("59260-0", 4.0, "mmol/L", "I7-hemoglobin", MET),  # 64.4 g/L
         # LVEF >= 40 %
-        ("10230-1", 40, "%", "I8", MET),
-        ("10230-1", 39.9, "%", "I8", NOT_MET),
+        ("18043-0", 40, "%", "I8", MET),
+        ("18043-0", 39.9, "%", "I8", NOT_MET),
         ("18043-0", 0.55, "1", "I8", MET),  # a fraction counts x100
     ],
 )
@@ -251,7 +251,7 @@ def test_fourteen_day_window(age, expected):
 
 @pytest.mark.parametrize(("age", "expected"), [(42, MET), (43, UNDETERMINED)])
 def test_lvef_window_is_42_days(age, expected):
-    assert result(run(lab("10230-1", 55, "%", day=days_ago(age))), "I8").outcome is expected
+    assert result(run(lab("18043-0", 55, "%", day=days_ago(age))), "I8").outcome is expected
 
 
 def test_result_after_as_of_is_ignored():

@@ -57,7 +57,7 @@ PLT, ANC, BILI, ALT, CREA, LVEF, ECOG, CD19, KPS = (
     "14631-6",
     "1742-6",
     "14682-9",
-    "10230-1",
+    "18043-0",  # LVEF by US: the method-agnostic 10230-1 needs an echo method
     "89247-1",
     "8117-4",
     "89243-0",

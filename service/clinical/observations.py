@@ -47,16 +47,34 @@ class Dated:
         return self.resource if self.part is None else self.part
 
 
-def context_valueset(protocol: Protocol, params: dict[str, Any], key: str) -> ValueSet | None:
-    """The evidence-only ValueSet beside ``params[key]``, if the protocol gives one.
+@dataclass(frozen=True, slots=True)
+class Broader:
+    """Codes broader than a criterion's meaning: listed as evidence, never deciding.
 
-    ``observation_valueset`` pairs with ``context_observation_valueset``,
-    ``ecog_observation_valueset`` with ``ecog_context_observation_valueset``: codes broader
-    than the criterion (a whole report, a method-agnostic measurement) that are listed as
-    evidence and never decide.
+    ``method``: an Observation whose ``method`` is coded in this ValueSet is specific enough
+    after all (e.g. a method-agnostic LVEF code measured by echocardiography).
     """
-    vs_id = params.get(key.replace("observation_valueset", "context_observation_valueset"))
-    return protocol.valueset(vs_id) if vs_id else None
+
+    valueset: ValueSet
+    method: ValueSet | None = None
+
+    def decides(self, obs: Resource) -> bool:
+        return self.method is not None and self.method.matches(codings(obs.get("method")))
+
+
+def context_valueset(protocol: Protocol, params: dict[str, Any], key: str) -> Broader | None:
+    """The evidence-only codes beside ``params[key]``, if the protocol gives them.
+
+    ``observation_valueset`` pairs with ``context_observation_valueset`` (and
+    ``context_observation_method_valueset``), ``ecog_observation_valueset`` with
+    ``ecog_context_observation_valueset``, and so on.
+    """
+    context_key = key.replace("observation_valueset", "context_observation_valueset")
+    vs_id = params.get(context_key)
+    if not vs_id:
+        return None
+    method_id = params.get(context_key.replace("_valueset", "_method_valueset"))
+    return Broader(protocol.valueset(vs_id), protocol.valueset(method_id) if method_id else None)
 
 
 def origin(record: PatientRecord, dated: Dated) -> str:
@@ -131,7 +149,7 @@ def candidate_observations(
     as_of: date,
     window_days: int | None,
     issues: list[Issue],
-    context: ValueSet | None = None,
+    context: Broader | None = None,
 ) -> list[Dated]:
     """Results of ``valueset`` that may be used, newest first (by day, then time).
 
@@ -148,8 +166,8 @@ def candidate_observations(
     if context is not None:
         seen = {id(obs) for obs in deciding}
         observations += [
-            (obs, context, context)
-            for obs in record.observations_in(context)
+            (obs, context.valueset, None if context.decides(obs) else context.valueset)
+            for obs in record.observations_in(context.valueset)
             if id(obs) not in seen
         ]
     for obs, vs, marked in observations:
@@ -226,7 +244,7 @@ def _data_absent(record: PatientRecord, dated: Dated, issues: list[Issue]) -> Un
     return Unusable(why)
 
 
-def _context_only(dated: Dated, what: str) -> Unusable | None:
+def _context_only(dated: Dated) -> Unusable | None:
     """A result coded only more broadly than the criterion: evidence, never a verdict."""
     vs = dated.context
     if vs is None:
@@ -235,8 +253,8 @@ def _context_only(dated: Dated, what: str) -> Unusable | None:
     label = (vs.display(codes[0]) or codes[0][1]) if codes else "result"
     title = vs.resource.get("title") or vs.id
     return Unusable(
-        f"{label} ({title}) is broader than a {what or 'criterion-specific'} result: listed as "
-        "evidence, its value and interpretation are not read"
+        f"{label} is coded only as {title}, broader than the criterion: "
+        "listed as evidence, its value and interpretation are not read"
     )
 
 
@@ -323,9 +341,7 @@ def newest_verdict(
     if not candidates:
         return None
     group = newest_group(candidates)
-    judged = [
-        (d, _context_only(d, what) or _data_absent(record, d, issues) or judge(d)) for d in group
-    ]
+    judged = [(d, _context_only(d) or _data_absent(record, d, issues) or judge(d)) for d in group]
     older = len(candidates) - len(group)
     if any(isinstance(j, Unusable) for _, j in judged):
         return _unusable_result(code, record, judged, older, what, needs, hint)
