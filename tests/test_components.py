@@ -20,9 +20,11 @@ from service.record import record_from_bundle
 from tests.builders import (
     AS_OF,
     LOINC,
+    SNOMED,
     UCUM,
     bundle,
     concept,
+    condition,
     lab,
     observation,
     patient,
@@ -180,3 +182,28 @@ def test_component_quantity_uses_its_own_unit():
     part = component(HGB, 6.5, "g/dL")
     part["valueQuantity"]["system"] = UCUM
     assert result(run(panel(CBC_PANEL, part)), "I7-hemoglobin").outcome is MET
+
+
+def test_disease_status_components_build_the_relapse_timeline():
+    remission, relapse, refractory = "103338009", "263855007", "266721009"
+
+    def status(day: str, value: str) -> dict:
+        # the parent's own value is not a disease status and must not be read as one
+        return panel(
+            "x-assessment-panel",
+            {"code": concept(LOINC, "97509-4"), "valueCodeableConcept": concept(SNOMED, value)},
+            day=day,
+            valueCodeableConcept=concept(SNOMED, refractory),
+        )
+
+    all_dx = condition(SNOMED, "277571004", onset="2022-01-01")
+    ev = run(
+        all_dx,
+        status("2022-03-01", remission),
+        status("2023-06-01", relapse),
+        status("2024-01-01", remission),
+        status("2026-10-01", relapse),
+    )
+    r = result(ev, "I4")
+    assert r.outcome is MET and "2 relapse episodes" in r.reason
+    assert "No response" not in r.reason  # the parent's own value was not read
