@@ -149,8 +149,9 @@ def coded_finding(criterion: CriterionDef, ctx: Context) -> CriterionResult:
         what=p.get("analyte", ""),
         needs=[need],
         issues=issues,
-        hint="; it needs a coded reading (positive or negative value or interpretation): "
-        "text and numbers are not interpreted automatically",
+        hint=f"; it needs a result coded as {vs.resource.get('title') or vs.id} with a coded "
+        "reading (positive or negative value or interpretation): text and numbers are not "
+        "interpreted automatically",
     ) or _no_result(criterion, ctx, vs, window, need, context)
     result.issues.extend(issues)
     return result
