@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from service.clinical.model import Outcome
-from tests.builders import SNOMED, UCUM, lab, patient, result, run
+from tests.builders import AS_OF, SNOMED, UCUM, lab, patient, result, run
 
 MET, NOT_MET, UNDETERMINED = Outcome.MET, Outcome.NOT_MET, Outcome.UNDETERMINED
 ALT, AST = "1742-6", "1920-8"
@@ -216,3 +216,17 @@ def test_ast_follows_the_same_rule():
 def test_a_wrongly_typed_gender_is_unknown_not_a_crash():
     r = alt(100, [rng(33, appliesTo=[MALE]), rng(25, appliesTo=[FEMALE])], gender=["male"])
     assert r.outcome is UNDETERMINED
+
+
+def test_a_protocol_without_range_rules_never_takes_a_typed_or_population_range():
+    from service.clinical.reference_ranges import NoUln, RangeRules, Uln, upper_limit
+
+    rules = RangeRules(None, {}, {})
+    person = {"gender": "male", "birthDate": "1990-01-01"}
+    typed = {"referenceRange": [rng(30, type=kind("normal"))]}
+    male = {"referenceRange": [rng(30, appliesTo=[MALE])]}
+    plain = {"referenceRange": [rng(30)]}
+    day = AS_OF
+    assert isinstance(upper_limit(typed, person, day, "U/L", rules), NoUln)
+    assert isinstance(upper_limit(male, person, day, "U/L", rules), NoUln)
+    assert upper_limit(plain, person, day, "U/L", rules) == Uln(30.0, "ULN from the result")

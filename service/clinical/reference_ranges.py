@@ -27,16 +27,22 @@ from service.record import Resource, codings
 class RangeRules:
     """The protocol's reading of ``referenceRange.type`` and ``referenceRange.appliesTo``."""
 
-    normal_types: ValueSet
+    normal_types: ValueSet | None  # None: only a range without a type is a normal range
     sexes: dict[str, ValueSet]  # Patient.gender -> appliesTo codes meaning that sex
     sex_texts: dict[str, frozenset[str]]  # Patient.gender -> appliesTo texts (lower case)
 
     @classmethod
     def of(cls, protocol: Protocol) -> RangeRules:
+        """From ``[general]``; a protocol without these keys reads every typed or
+        population-specific range as "cannot tell" (undetermined), never as the patient's."""
         g = protocol.general
+        normal = g.get("reference_range_normal_type_valueset")
         return cls(
-            protocol.valueset(g["reference_range_normal_type_valueset"]),
-            {sex: protocol.valueset(vs) for sex, vs in g["reference_range_sex_valuesets"].items()},
+            protocol.valueset(normal) if normal else None,
+            {
+                sex: protocol.valueset(vs)
+                for sex, vs in g.get("reference_range_sex_valuesets", {}).items()
+            },
             {
                 sex: frozenset(t.strip().lower() for t in texts)
                 for sex, texts in g.get("reference_range_sex_texts", {}).items()
@@ -105,7 +111,9 @@ def describe(ref_range: dict[str, Any], value_unit: str | None) -> str:
 
 def _is_normal(ref_range: dict[str, Any], rules: RangeRules) -> bool:
     kind = ref_range.get("type")
-    return kind is None or rules.normal_types.matches(codings(kind))
+    if kind is None:
+        return True
+    return rules.normal_types is not None and rules.normal_types.matches(codings(kind))
 
 
 def _sex_of(concept: Any, rules: RangeRules) -> str | None:
@@ -165,7 +173,9 @@ def _age_applies(age: Any, patient: Resource, day: date) -> bool | None:
     return verdicts.pop() if len(verdicts) == 1 else None
 
 
-def applies(ref_range: dict[str, Any], patient: Resource, day: date, rules: RangeRules):
+def applies(
+    ref_range: dict[str, Any], patient: Resource, day: date, rules: RangeRules
+) -> bool | None:
     """True / False, or None when it cannot be told whether the range is this patient's.
 
     Several ``appliesTo`` populations must all hold (FHIR: their intersection).
