@@ -124,7 +124,8 @@ def test_method_agnostic_lvef_with_another_or_a_text_method_is_undetermined_was_
 
 
 def test_method_agnostic_lvef_by_echocardiography_decides():
-    assert result(run(lab(LVEF_ANY, 55, "%", method=TTE)), "I8").outcome is MET
+    r = result(run(lab(LVEF_ANY, 55, "%", method=TTE)), "I8")
+    assert r.outcome is MET and "(method Transthoracic echocardiography" in r.reason
     assert result(run(lab(LVEF_ANY, 35, "%", method=TTE)), "I8").outcome is NOT_MET
 
 

@@ -41,6 +41,7 @@ class Dated:
     moment: datetime | None = None  # aware time, only when the source gives time and zone
     part: Resource | None = None  # the component that carries the value, if any
     context: ValueSet | None = None  # the evidence-only ValueSet that matched, if any
+    method: str | None = None  # the method that made a broader code specific, in words
 
     @property
     def item(self) -> Resource:
@@ -58,8 +59,14 @@ class Broader:
     valueset: ValueSet
     method: ValueSet | None = None
 
-    def decides(self, obs: Resource) -> bool:
-        return self.method is not None and self.method.matches(codings(obs.get("method")))
+    def method_of(self, obs: Resource) -> str | None:
+        """The qualifying method of ``obs`` in words, or None when it has none."""
+        if self.method is None:
+            return None
+        for code in codings(obs.get("method")):
+            if code in self.method.codes:
+                return self.method.display(code) or code[1]
+        return None
 
 
 def context_valueset(protocol: Protocol, params: dict[str, Any], key: str) -> Broader | None:
@@ -78,10 +85,14 @@ def context_valueset(protocol: Protocol, params: dict[str, Any], key: str) -> Br
 
 
 def origin(record: PatientRecord, dated: Dated) -> str:
-    """Words for a result read from a component, e.g. " (a component of Observation/cbc-1)"."""
-    if dated.part is None:
-        return ""
-    return f" (a component of {record.ref(dated.resource).reference})"
+    """Where a result came from, when that is not simply its Observation's code: a component
+    (" (a component of Observation/cbc-1)") or a method that made a broader code count."""
+    said = ""
+    if dated.part is not None:
+        said += f" (a component of {record.ref(dated.resource).reference})"
+    if dated.method:
+        said += f" (method {dated.method})"
+    return said
 
 
 def result_parts(obs: Resource, valueset: ValueSet) -> list[Resource | None]:
@@ -162,15 +173,17 @@ def candidate_observations(
     allowed = set(protocol.general["observation_statuses"])
     found: list[Dated] = []
     deciding = record.observations_in(valueset)
-    observations = [(obs, valueset, None) for obs in deciding]
+    observations: list[tuple[Resource, ValueSet, ValueSet | None, str | None]] = [
+        (obs, valueset, None, None) for obs in deciding
+    ]
     if context is not None:
         seen = {id(obs) for obs in deciding}
-        observations += [
-            (obs, context.valueset, None if context.decides(obs) else context.valueset)
-            for obs in record.observations_in(context.valueset)
-            if id(obs) not in seen
-        ]
-    for obs, vs, marked in observations:
+        for obs in record.observations_in(context.valueset):
+            if id(obs) not in seen:
+                method = context.method_of(obs)
+                marked = None if method else context.valueset
+                observations.append((obs, context.valueset, marked, method))
+    for obs, vs, marked, method in observations:
         parts = result_parts(obs, vs)
         if not parts:
             continue
@@ -190,7 +203,7 @@ def candidate_observations(
             continue
         if in_window(day, as_of, window_days):
             moment = effective_moment(obs)
-            found.extend(Dated(day, obs, moment, part, marked) for part in parts)
+            found.extend(Dated(day, obs, moment, part, marked, method) for part in parts)
     found.sort(key=_sort_key, reverse=True)
     return found
 
