@@ -19,10 +19,9 @@ import orjson
 
 from service.app.demo_layer import DemoLayer
 from service.clinical.evaluation import Evaluation
-from service.fhir.auth import BearerAuth
 from service.fhir.client import ClientConfig, FhirClient, client_for
 from service.fhir.demo_store import DEMO_BASE_URL
-from service.fhir.errors import FhirError, UpstreamAuthError, UpstreamError
+from service.fhir.errors import UpstreamAuthError, UpstreamError
 from service.fhir.fetch import FetchResult, fetch_patient
 from service.pipeline import evaluate_fetched_off_loop
 from service.protocol import Protocol
@@ -169,6 +168,3 @@ def _written(resp: httpx.Response, rtype: str, what: str) -> dict[str, Any]:
     if len(parts) >= 2 and parts[-2] == rtype:
         return {"resourceType": rtype, "id": parts[-1]}
     raise UpstreamError(f"the FHIR server did not say which {rtype} the {what} stored")
-
-
-__all__ = ["BearerAuth", "Evaluated", "FhirAccess", "FhirError"]

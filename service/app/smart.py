@@ -11,6 +11,7 @@ server and are never logged.
 from __future__ import annotations
 
 import ipaddress
+import json
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -171,7 +172,8 @@ async def exchange_code(
                 redirect_uri=redirect_uri,
             )
         except httpx.HTTPError as exc:
-            raise LaunchError(f"the token endpoint could not be reached ({type(exc).__name__})")
+            name = type(exc).__name__
+            raise LaunchError(f"the token endpoint could not be reached ({name})") from None
         except Exception as exc:  # noqa: BLE001 - Authlib's OAuth errors: say which, not more
             error = getattr(exc, "error", None) or type(exc).__name__
             raise LaunchError(f"the token request was refused ({error})") from None
@@ -211,8 +213,6 @@ def _id_token_claims(id_token: Any) -> dict[str, Any]:
 
 def _app_context(value: Any) -> dict[str, Any] | None:
     """CDS Hooks ``appContext`` is a string; ours is JSON naming the study."""
-    import json
-
     if isinstance(value, dict):
         return value
     if not isinstance(value, str):
