@@ -21,6 +21,8 @@ import httpx
 import jwt
 
 with warnings.catch_warnings():  # Authlib's notice about its httpx backend, not about us
+    import authlib.deprecate  # noqa: F401 - it installs an "always" filter when first imported
+
     warnings.simplefilter("ignore")
     from authlib.common.security import generate_token
     from authlib.integrations.httpx_client import AsyncOAuth2Client
