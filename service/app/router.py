@@ -50,6 +50,7 @@ CSP = (
 _STATIC = {
     "app.css": "text/css; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("service.app", "templates"),
@@ -107,7 +108,9 @@ def _secure(response: Response) -> Response:
     response.headers["Pragma"] = "no-cache"
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    # same-origin, not no-referrer: with no-referrer Chrome sends "Origin: null" on our own
+    # form posts; other sites still get no referrer (no patient id, no OAuth code)
+    response.headers["Referrer-Policy"] = "same-origin"
     response.headers["X-Frame-Options"] = "SAMEORIGIN"
     return response
 
@@ -249,8 +252,8 @@ async def _read_form(request: Request) -> dict[str, Any] | None:
 def _same_origin(request: Request) -> bool:
     """A browser's Origin (when sent) must be ours: a second line behind the CSRF token."""
     origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return origin is None
+    if origin is None or origin == "null":  # privacy settings, sandboxes: the token decides
+        return True
     return origin.rstrip("/") == str(request.base_url).rstrip("/")
 
 

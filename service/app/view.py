@@ -15,7 +15,7 @@ from service.clinical.evaluation import SubjectStatus
 from service.clinical.model import CriterionResult, Outcome, SourceRef
 from service.protocol import Protocol
 
-RESULT_TEXT = {Outcome.MET: "Met", Outcome.NOT_MET: "Not met", Outcome.UNDETERMINED: "Open"}
+RESULT_TEXT = {Outcome.MET: "Met", Outcome.NOT_MET: "Not met", Outcome.UNDETERMINED: "Undetermined"}
 STATUS_TEXT = {
     SubjectStatus.ELIGIBLE: "Eligible",
     SubjectStatus.INELIGIBLE: "Not eligible",
