@@ -64,6 +64,7 @@ class SmartSim:
     tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     forwarded: list[Forwarded] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # why requests were refused
+    discoveries: int = 0  # requests for the SMART configuration
 
     @property
     def fhir_base(self) -> str:
@@ -80,6 +81,7 @@ class SmartSim:
 
     # -- endpoints ---------------------------------------------------------------------------
     async def smart_configuration(self, request: Request) -> Response:
+        self.discoveries += 1
         return JSONResponse(
             {
                 "issuer": self.base_url,
