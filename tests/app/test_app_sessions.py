@@ -68,8 +68,6 @@ def test_csrf_check_is_exact() -> None:
 def test_an_expired_session_cannot_post_an_old_form() -> None:
     with demo_client(app_session_idle_minutes=0) as client:
         _, hidden = open_form(client, "demo-potential")
-        answer = client.post(
-            "/app/patients/demo-potential/attest", data={**hidden, "I5": "true"}
-        )
+        answer = client.post("/app/patients/demo-potential/attest", data={**hidden, "I5": "true"})
         assert answer.status_code == 403
         assert client.app.state.web_app.demo.written("QuestionnaireResponse") == []

@@ -145,9 +145,7 @@ def test_without_a_session_the_app_asks_for_a_launch(client) -> None:
 
 def test_an_iss_off_the_allowlist_is_refused_before_any_request(client, sim) -> None:
     before = sim.discoveries
-    refused = client.get(
-        "/app/launch", params={"iss": "http://127.0.0.1:9/fhir", "launch": "x"}
-    )
+    refused = client.get("/app/launch", params={"iss": "http://127.0.0.1:9/fhir", "launch": "x"})
     assert refused.status_code == 400 and "not allowed" in refused.text
     assert sim.discoveries == before
 
@@ -188,7 +186,8 @@ def test_enrolment_adds_the_write_scope(sim) -> None:
     with TestClient(create_app(smart_settings(sim, app_enrolment_enabled=True))) as c:
         launch_id = sim.add_launch(Launch(patient="demo-eligible"))
         started = c.get(
-            "/app/launch", params={"iss": sim.fhir_base, "launch": launch_id},
+            "/app/launch",
+            params={"iss": sim.fhir_base, "launch": launch_id},
             follow_redirects=False,
         )
         scope = parse_qs(urlsplit(started.headers["location"]).query)["scope"][0]
