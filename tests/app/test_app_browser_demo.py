@@ -77,6 +77,7 @@ def test_attesting_yes_to_every_open_item_makes_the_candidate_eligible(page, ser
         assert page.get_attribute(f'tr[data-criterion="{code}"]', "data-result") == "met"
     assert "Attestation saved" in page.inner_text(".flash")
     screenshot(page, "review-eligible")
+    screenshot(page, "review-eligible-top", full_page=False)  # docs/app-review.png
     assert len(_written(app)) == 1
 
 
