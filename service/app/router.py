@@ -43,6 +43,7 @@ DEMO_AUTHOR = {
     "display": "Demo Investigator (demo mode, not a real person)",
 }
 MAX_FORM_BYTES = 64 * 1024
+MAX_REMEMBERED = 100  # submission keys a session remembers (the FHIR server remembers all)
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "form-action 'self'; frame-ancestors 'self'; base-uri 'none'; connect-src 'self'"
@@ -426,43 +427,53 @@ async def submit_attestation(request: Request, patient_id: str) -> Response:
         return _error(request, 400, "Bad form", "The form has no valid submission key.", session)
     assert isinstance(submission_id, str)
 
-    lock = _state(request).locks.setdefault(submission_id, asyncio.Lock())
-    async with lock:  # a double click waits for the first request, then sees its result
-        done = session.submissions.get(submission_id)
-        if done is not None:
-            return _redirect(request, f"/app/patients/{patient_id}", session)
-        found, failed = await _evaluate(request, session, patient_id)
-        if failed is not None:
-            return failed
-        assert found is not None
-        protocol = _protocol(request)
-        form = att.build_form(protocol, found.evaluation)
-        submission = att.read_submission(form, data)
-        if submission.errors:
-            return _form_page(
-                request, session, patient_id, found, form, data, submission, status=422
-            )
-        response = att.questionnaire_response(
-            protocol,
-            form,
-            submission,
-            patient_id=patient_id,
-            author=_author(session),
-            submission_id=submission_id,
+    locks = _state(request).locks
+    lock = locks.setdefault(submission_id, asyncio.Lock())
+    try:
+        async with lock:  # a double click waits for the first request, then sees its result
+            return await _save_attestation(request, session, patient_id, data, submission_id)
+    finally:
+        if not lock.locked():
+            locks.pop(submission_id, None)
+
+
+async def _save_attestation(
+    request: Request, session: Session, patient_id: str, data: dict[str, Any], submission_id: str
+) -> Response:
+    """Write the response once per submission key, then show the new result."""
+    if submission_id in session.submissions:
+        return _redirect(request, f"/app/patients/{patient_id}", session)
+    found, failed = await _evaluate(request, session, patient_id)
+    if failed is not None:
+        return failed
+    assert found is not None
+    protocol = _protocol(request)
+    form = att.build_form(protocol, found.evaluation)
+    submission = att.read_submission(form, data)
+    if submission.errors:
+        return _form_page(request, session, patient_id, found, form, data, submission, status=422)
+    response = att.questionnaire_response(
+        protocol,
+        form,
+        submission,
+        patient_id=patient_id,
+        author=_author(session),
+        submission_id=submission_id,
+    )
+    system, value = att.submission_identifier(submission_id)
+    try:
+        stored = await _access(request, session).create_once(response, f"{system}|{value}")
+    except FhirError as exc:
+        return _error(
+            request, exc.http_status, "The attestation was not saved", exc.message, session
         )
-        system, value = att.submission_identifier(submission_id)
-        try:
-            stored = await _access(request, session).create_once(response, f"{system}|{value}")
-        except FhirError as exc:
-            return _error(
-                request, exc.http_status, "The attestation was not saved", exc.message, session
-            )
-        ref = f"QuestionnaireResponse/{stored['id']}"
-        session.submissions[submission_id] = ref
-        answers = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in submission.answers.items())
-        session.flash.append(f"Attestation saved ({answers}) as {ref}. The result below is new.")
-        log.info("attestation saved", extra={"items": len(submission.answers)})
-    _state(request).locks.pop(submission_id, None)
+    ref = f"QuestionnaireResponse/{stored['id']}"
+    while len(session.submissions) >= MAX_REMEMBERED:
+        session.submissions.pop(next(iter(session.submissions)))
+    session.submissions[submission_id] = ref
+    answers = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in submission.answers.items())
+    session.flash.append(f"Attestation saved ({answers}) as {ref}. The result below is new.")
+    log.info("attestation saved", extra={"items": len(submission.answers)})
     return _redirect(request, f"/app/patients/{patient_id}", session)
 
 

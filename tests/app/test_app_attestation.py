@@ -247,3 +247,28 @@ def test_enrolment_only_when_eligible_and_only_once(client) -> None:
     assert subjects[0]["individual"] == {"reference": "Patient/demo-eligible"}
     assert subjects[0]["status"] == "on-study"
     assert 'data-enrolment="on-study"' in done.text
+
+
+async def test_two_concurrent_submits_of_one_form_create_one_response() -> None:
+    import asyncio
+
+    import httpx
+
+    from service.api import create_app
+    from service.settings import Settings
+    from tests.app.helpers import hidden as field
+
+    app = create_app(Settings(_env_file=None, log_level="WARNING"))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        form = await http.get("/app/patients/demo-potential/attest")
+        data = {
+            "csrf_token": field(form.text, "csrf_token"),
+            "submission_id": field(form.text, "submission_id"),
+            **ALL_YES,
+        }
+        answers = await asyncio.gather(
+            *(http.post("/app/patients/demo-potential/attest", data=data) for _ in range(3))
+        )
+    assert [a.status_code for a in answers] == [303, 303, 303]
+    assert len(app.state.web_app.demo.written("QuestionnaireResponse")) == 1
