@@ -583,7 +583,7 @@ async def launch(request: Request) -> Response:
     iss, launch_id = params.get("iss"), params.get("launch")
     if iss is None and launch_id is None:
         iss = _standalone_iss(settings)
-    elif not launch_id:
+    elif not launch_id or len(launch_id) > 1024:
         return _error(request, 400, "Launch failed", "An EHR launch needs both iss and launch.")
     try:
         smart.client_id(settings)
