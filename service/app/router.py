@@ -30,7 +30,7 @@ from service.cds.cards import trial_name
 from service.clinical.dates import today
 from service.clinical.evaluation import SubjectStatus
 from service.fhir.demo_store import DEMO_BASE_URL
-from service.fhir.errors import FhirError
+from service.fhir.errors import FhirError, UpstreamAuthError
 from service.fhir.queries import check_id
 from service.protocol import Protocol
 from service.settings import Settings
@@ -230,6 +230,16 @@ async def _evaluate(
 ) -> tuple[Evaluated | None, Response | None]:
     try:
         found = await _access(request, session).evaluate(_protocol(request), patient_id, today())
+    except UpstreamAuthError:
+        if session.demo:
+            raise
+        _state(request).sessions.drop(session)  # the user's token no longer works
+        return None, _error(
+            request,
+            401,
+            "Your sign-in has ended",
+            "The FHIR server no longer accepts your sign-in. Launch the app again from the EHR.",
+        )
     except FhirError as exc:
         title = "Patient not found" if exc.http_status == 404 else "Could not evaluate"
         return None, _error(request, exc.http_status, title, exc.message, session)

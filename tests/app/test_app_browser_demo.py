@@ -76,6 +76,10 @@ def test_attesting_yes_to_every_open_item_makes_the_candidate_eligible(page, ser
     for code in open_items:
         assert page.get_attribute(f'tr[data-criterion="{code}"]', "data-result") == "met"
     assert "Attestation saved" in page.inner_text(".flash")
+    page.emulate_media(media="print")
+    assert not page.is_visible("header.top") and not page.is_visible("[data-action=print]")
+    assert page.is_visible("[data-status]") and page.is_visible('tr[data-criterion="I12"]')
+    page.emulate_media(media="screen")
     screenshot(page, "review-eligible")
     screenshot(page, "review-eligible-top", full_page=False)  # docs/app-review.png
     assert len(_written(app)) == 1

@@ -7,6 +7,7 @@ works on its own copy of ``demo-potential`` (unique ids) so other HAPI tests kee
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -17,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api import create_app
+from service.app.fhir_access import FhirAccess
 from service.demo import load_demo_bundles
 from service.fhir.loader import load_bundles
 from service.settings import Settings
@@ -118,6 +120,21 @@ def test_ehr_launch_attest_in_hapi_and_pull_mode_agrees(patient_id: str) -> None
     }
     assert len(subjects.get("entry", [])) == 1
 
+    # a repeat of the same submission (same identifier) does not create a second response,
+    # and enrolling again updates the one ResearchSubject: HAPI honours both conditions
+    access = FhirAccess(Settings(_env_file=None), base_url=HAPI, token=None)
+    ident = qr["identifier"]
+    again = asyncio.run(access.create_once(_fresh(qr), f"{ident['system']}|{ident['value']}"))
+    assert again["id"] == qr["id"]
+    subject = subjects["entry"][0]["resource"]
+    (sid,) = subject["identifier"]
+    updated = asyncio.run(access.upsert(_fresh(subject), f"{sid['system']}|{sid['value']}"))
+    assert updated["id"] == subject["id"]
+    with httpx.Client(base_url=HAPI.rstrip("/") + "/", timeout=30) as hapi:
+        for rtype in ("QuestionnaireResponse", "ResearchSubject"):
+            found = hapi.get(rtype, params={"patient": f"Patient/{patient_id}"}).json()
+            assert len(found.get("entry", [])) == 1, rtype
+
     # pull mode on its own (the service's own access to HAPI) agrees with the page
     pull = Settings(_env_file=None, log_level="WARNING", fhir_base_url=HAPI)
     with TestClient(create_app(pull)) as client:
@@ -132,3 +149,8 @@ def test_ehr_launch_attest_in_hapi_and_pull_mode_agrees(patient_id: str) -> None
         if r["resourceType"] == "Observation"
     }
     assert shown == from_pull
+
+
+def _fresh(resource: dict) -> dict:
+    """The resource as a client would send it again: no server id or meta."""
+    return {k: v for k, v in resource.items() if k not in ("id", "meta")}

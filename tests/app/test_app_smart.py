@@ -192,3 +192,12 @@ def test_enrolment_adds_the_write_scope(sim) -> None:
         )
         scope = parse_qs(urlsplit(started.headers["location"]).query)["scope"][0]
         assert "patient/ResearchSubject.cu" in scope.split()
+
+
+def test_a_token_the_fhir_server_no_longer_accepts_ends_the_session(client, sim) -> None:
+    launch(client, sim, Launch(patient="demo-potential"))
+    assert client.get("/app/patients/demo-potential").status_code == 200
+    sim.tokens.clear()  # the EHR revoked every token
+    ended = client.get("/app/patients/demo-potential")
+    assert ended.status_code == 401 and "Launch the app again" in ended.text
+    assert client.get("/app/patients/demo-potential").status_code == 401  # session gone
