@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
@@ -24,7 +23,7 @@ from service.app import attestation as att
 from service.app import smart
 from service.app.demo_layer import DemoLayer
 from service.app.fhir_access import Evaluated, FhirAccess
-from service.app.sessions import PendingLogin, Session, SessionStore, check_csrf
+from service.app.sessions import Session, SessionStore, check_csrf
 from service.app.view import review_view
 from service.cds.cards import trial_name
 from service.clinical.dates import today
@@ -36,7 +35,7 @@ from service.protocol import Protocol
 from service.settings import Settings
 
 log = logging.getLogger("service.app")
-router = APIRouter(prefix="/app", include_in_schema=False)
+router = APIRouter()  # mounted under /app by service.app
 
 DEMO_AUTHOR = {
     "reference": "Practitioner/demo-investigator",
@@ -575,108 +574,6 @@ def _standalone_iss(settings: Settings) -> str | None:
     if settings.app_smart_standalone_iss:
         return settings.app_smart_standalone_iss
     return settings.app_smart_allowed_issuers[0] if settings.app_smart_allowed_issuers else None
-
-
-def _redirect_uri(request: Request) -> str:
-    settings = _settings(request)
-    if settings.app_smart_redirect_url:
-        return settings.app_smart_redirect_url
-    base = (settings.public_base_url or str(request.base_url)).rstrip("/")
-    return f"{base}/app/callback"
-
-
-@router.get("/launch")
-async def launch(request: Request) -> Response:
-    """EHR launch (``iss`` and ``launch``), or standalone launch (neither: the configured iss)."""
-    settings = _settings(request)
-    params = request.query_params
-    iss, launch_id = params.get("iss"), params.get("launch")
-    if iss is None and launch_id is None:
-        iss = _standalone_iss(settings)
-    elif not launch_id or len(launch_id) > 1024:
-        return _error(request, 400, "Launch failed", "An EHR launch needs both iss and launch.")
-    try:
-        smart.client_id(settings)
-        allowed = smart.allowed_issuer(settings, iss)
-        endpoints = await smart.discover(allowed)
-        redirect_uri = _redirect_uri(request)
-        url, state, verifier = smart.authorization_url(
-            settings, endpoints, iss=allowed, redirect_uri=redirect_uri, launch=launch_id
-        )
-    except smart.LaunchError as exc:
-        return _error(request, 400, "Launch failed", str(exc))
-    store = _state(request).sessions
-    session = store.get(request)
-    if session is None or session.demo:
-        session = store.new()
-    while len(session.pending) >= 5:
-        session.pending.pop(next(iter(session.pending)))
-    session.pending[state] = PendingLogin(allowed, endpoints.token, verifier, redirect_uri)
-    response = RedirectResponse(url, status_code=302)
-    store.set_cookie(response, session, secure=_cookie_secure(request))
-    return _secure(response)
-
-
-@router.get("/callback")
-async def callback(request: Request) -> Response:
-    store = _state(request).sessions
-    session = store.get(request)
-    params = request.query_params
-    state = params.get("state") or ""
-    pending = session.pending.pop(state, None) if session is not None else None
-    if session is None or pending is None or time.time() - pending.created > 600:
-        return _error(
-            request,
-            400,
-            "Sign-in failed",
-            "The sign-in was not started here or has "
-            "expired (state mismatch). Launch the app again.",
-        )
-    if params.get("error"):
-        error = params.get("error", "")[:60]
-        return _error(request, 400, "Sign-in refused", f"The EHR refused the sign-in ({error}).")
-    code = params.get("code")
-    if not code:
-        return _error(request, 400, "Sign-in failed", "The EHR sent no authorization code.")
-    try:
-        login = await smart.exchange_code(
-            _settings(request),
-            token_endpoint=pending.token_endpoint,
-            redirect_uri=pending.redirect_uri,
-            code=code,
-            verifier=pending.code_verifier,
-        )
-    except smart.LaunchError as exc:
-        return _error(request, 400, "Sign-in failed", str(exc))
-    # A fresh session id after sign-in (no fixation); the old one is dropped.
-    store.drop(session)
-    fresh = store.new()
-    fresh.iss = pending.iss
-    fresh.access_token = login.access_token
-    fresh.patient = login.patient
-    fresh.fhir_user = login.fhir_user
-    fresh.user_display = login.user_display
-    fresh.app_context = login.app_context
-    if login.expires_in:
-        fresh.expires_at = min(fresh.expires_at, time.time() + login.expires_in)
-    log.info("smart sign-in", extra={"has_patient": login.patient is not None})
-    if not login.patient:
-        return _error(
-            request, 400, "No patient", "The EHR did not say which patient to open.", fresh
-        )
-    return _redirect(request, f"/app/patients/{login.patient}", fresh)
-
-
-@router.post("/logout")
-async def logout(request: Request) -> Response:
-    store = _state(request).sessions
-    session = store.get(request)
-    data = await _read_form(request)
-    if session is not None and data is not None and check_csrf(session, data.get("csrf_token")):
-        store.drop(session)
-    response = RedirectResponse("/app/", status_code=303)
-    store.clear_cookie(response)
-    return _secure(response)
 
 
 # -- static files --------------------------------------------------------------------------------
