@@ -96,7 +96,9 @@ class ReviewView:
     counts: dict[str, int]
     rows: list[Row]
     needed: list[str]
-    open_criteria: list[Row]
+    open_criteria: list[Row]  # top-level criteria still undetermined
+    failed_criteria: list[Row]  # top-level criteria not met
+    attestation_open: bool  # a criterion the investigator answers is not (yet) met
     attestations: list[AttestationRecord]
     notes: list[str]
 
@@ -110,6 +112,8 @@ def review_view(evaluated: Evaluated, protocol: Protocol) -> ReviewView:
         rows.extend(_row(m, protocol, by_ref, member=True) for m in result.members)
     status = evaluation.status
     used = {s.reference for s in evaluation.sources}
+    top = [r for r in rows if not r.member]
+    attested = {c.code for c in protocol.criteria.values() if "attestation_item" in c.params}
     return ReviewView(
         patient_id=evaluation.patient_id,
         patient_name=patient_name(fetched.patient),
@@ -124,7 +128,9 @@ def review_view(evaluated: Evaluated, protocol: Protocol) -> ReviewView:
         counts={o.value: evaluation.count(o) for o in Outcome},
         rows=rows,
         needed=_needed(bundle),
-        open_criteria=[r for r in rows if not r.member and r.result != Outcome.MET.value],
+        open_criteria=[r for r in top if r.result == Outcome.UNDETERMINED.value],
+        failed_criteria=[r for r in top if r.result == Outcome.NOT_MET.value],
+        attestation_open=any(r.result != Outcome.MET.value and r.code in attested for r in top),
         attestations=attestation_records(fetched.resources, protocol, used),
         notes=[i.message for i in evaluation.issues if i.message],
     )

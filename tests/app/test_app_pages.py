@@ -152,3 +152,12 @@ def test_reasons_are_escaped(client) -> None:
     app.state.protocol = dataclasses.replace(protocol, criteria=criteria)
     page = client.get("/app/patients/demo-eligible").text
     assert "Age &lt;b&gt;18&lt;/b&gt;" in page and "<b>18</b>" not in page
+
+
+def test_an_ineligible_patient_shows_why_and_is_not_sent_to_the_attestation(client) -> None:
+    page = client.get("/app/patients/demo-ineligible").text
+    why = page[page.index("Why not eligible") : page.index('id="criteria-title"')]
+    assert "<strong>I7 " in why and "<strong>I10 " in why
+    assert "What is still needed" not in page  # nothing is undetermined
+    assert "Record investigator attestation" not in page  # all four attestations are met
+    assert "Change an attestation" in page
