@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import logs, units
 from service.api_keys import check_exposure
+from service.app import router as web_app_router
 from service.cds.jwt_auth import CdsClientAuthenticator
 from service.cds.router import router as cds_router
 from service.fhir.client import close_clients
@@ -130,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(fhir_router)
     app.include_router(cds_router)
+    app.include_router(web_app_router)
     return app
 
 
