@@ -46,6 +46,13 @@ test: lint  ## lint + the fast suite (no Java, no network)
 test-hapi: $(STAMP)  ## integration suite against a real local HAPI FHIR server (Java 17 + Maven)
 	deploy/hapi/run-tests
 
+# Tools for tests/test_deploy.py (skipped with a reason without them): compose-go, Compose's own
+# loader, and kustomize. Needs Go (modules from the Go module proxy); CI runs this before make test.
+KUSTOMIZE_VERSION ?= v5.5.0
+deploy-tools: $(STAMP)  ## build the Compose and kustomize checkers into .venv/bin (needs Go)
+	cd deploy/tools/compose-config && go build -o $(abspath $(BIN))/compose-config .
+	GOBIN=$(abspath $(BIN)) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
 bench: $(STAMP)  ## benchmarks; tables in bench-results/
 	$(BIN)/eligibility bench
 
