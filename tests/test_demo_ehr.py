@@ -112,3 +112,14 @@ def test_cds_demo_unknown_patient_exits_2():
     result = CliRunner().invoke(cli, ["cds-demo", "nobody"])
     assert result.exit_code == 2
     assert result.stderr.startswith("error: unknown demo patient")
+
+
+def test_the_demo_key_file_is_packaged_with_the_service():
+    """The image installs a wheel: the key file must be package data, not just in the tree."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["service"]
+    assert any(fnmatch.fnmatch(demo_ehr.KEY_FILE, g) for g in globs)
