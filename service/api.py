@@ -46,6 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("CDS Hooks client authentication is OFF (development only)")
         if settings.fhir_base_url is None:
             log.info("no FHIR base configured: serving the built-in demo patients")
+        if app.state.cds_authenticator.demo_client_trusted:
+            log.warning("CDS Hooks demo mode: trusting the PUBLIC demo EHR key (cds-demo)")
         yield
         await app.state.cds_authenticator.aclose()
         await close_clients()

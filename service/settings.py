@@ -62,6 +62,9 @@ class Settings(BaseSettings):
 
     # -- CDS Hooks ---------------------------------------------------------
     cds_auth_enabled: bool = True
+    # Trust the PUBLIC demo EHR key (service/demo_ehr.py) so `eligibility cds-demo` can show a
+    # card; it applies only in demo mode (no fhir_base_url, no cds_allowed_fhir_servers).
+    cds_demo_client: bool = True
     cds_issuers: list[TrustedIssuer] = Field(default_factory=list)
     cds_allowed_fhir_servers: list[str] = Field(default_factory=list)
     cds_jwt_algorithms: list[str] = Field(

@@ -80,6 +80,7 @@ def test_histology_extension_is_read():
     assert r.evidence[0].reference == f"Condition/{cond['id']}"
 
 
+@pytest.mark.skipif(not SP_216.is_dir(), reason="../shared/fhir-samples not present")
 def test_pcsp_sample_with_morphology_only_in_the_extension_is_met():
     pcsp_patient = json.loads((SP_216 / "Patient-47009.json").read_text(encoding="utf-8"))
     conditions = [
