@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 PORT ?= 8000
 PIDFILE := $(VENV)/serve.pid
-.PHONY: setup demo serve serve-bg stop test lint test-hapi bench bench-smoke deploy-tools clean
+.PHONY: setup demo serve serve-bg stop test lint test-hapi test-browser bench bench-smoke deploy-tools clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -45,6 +45,10 @@ test: lint  ## lint + the fast suite (no Java, no network)
 
 test-hapi: $(STAMP)  ## integration suite against a real local HAPI FHIR server (Java 17 + Maven)
 	deploy/hapi/run-tests
+
+test-browser: $(STAMP)  ## the web app in headless Chromium (Debian's chromium; installs it if missing)
+	deploy/browser/setup
+	$(BIN)/pytest -q -m "browser and not hapi"
 
 # Tools for tests/test_deploy.py (skipped with a reason without them): compose-go, Compose's own
 # loader, and kustomize. Needs Go (modules from the Go module proxy); CI runs this before make test.
