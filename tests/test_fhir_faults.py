@@ -12,7 +12,9 @@ import time
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+import service.fhir.client as fhir_client_module
 from service.api import create_app
 from service.fhir.client import ClientConfig, FhirClient, client_for, close_clients
 from service.fhir.errors import DeadlineExceeded, UpstreamError
@@ -259,3 +261,76 @@ async def test_a_stuck_pool_is_replaced_on_a_pool_timeout():
                 assert (await client.read("Patient", PID))["id"] == PID
         finally:
             await close_clients()
+
+
+# -- readiness and liveness ---------------------------------------------------------------
+
+
+@pytest.fixture
+def quick_probes(monkeypatch):
+    monkeypatch.setattr(fhir_client_module, "READY_CACHE_SECONDS", 0.3)
+    monkeypatch.setattr(fhir_client_module, "PROBE_TIMEOUT_SECONDS", 0.5)
+
+
+def test_healthz_follows_the_fhir_server_and_livez_does_not(server, quick_probes):
+    with TestClient(create_app(outage_settings(server))) as api:
+        ok = api.get("/healthz")
+        assert ok.status_code == 200
+        assert ok.json()["status"] == "ok" and ok.json()["fhir"] == "reachable"
+        assert server.count("/metadata") == 1
+
+        server.set_faults("hang", cycle=True)
+        time.sleep(0.35)  # past the cache
+        started = time.perf_counter()
+        down = api.get("/healthz")
+        assert time.perf_counter() - started < 2.0  # the probe's own short timeout
+        assert down.status_code == 503
+        assert down.json() == {
+            "status": "unavailable",
+            "protocol": ok.json()["protocol"],
+            "fhir": "unreachable",
+        }
+        assert str(server.port) not in down.text and "127.0.0.1" not in down.text
+        assert api.get("/livez").json() == {"status": "ok"}
+
+        server.set_faults()
+        time.sleep(0.35)
+        assert api.get("/healthz").status_code == 200
+
+
+def test_healthz_is_not_ready_when_the_server_is_down(server, quick_probes):
+    settings = outage_settings(server)
+    server.stop()
+    with TestClient(create_app(settings)) as api:
+        assert api.get("/healthz").status_code == 503
+        assert api.get("/livez").status_code == 200
+
+
+def test_healthz_probes_once_per_cache_period(server, monkeypatch):
+    monkeypatch.setattr(fhir_client_module, "READY_CACHE_SECONDS", 60.0)
+    with TestClient(create_app(outage_settings(server))) as api:
+        assert [api.get("/healthz").status_code for _ in range(5)] == [200] * 5
+    assert server.count("/metadata") == 1
+
+
+def test_healthz_in_demo_mode_is_ready():
+    with TestClient(create_app(Settings(cds_auth_enabled=False))) as api:
+        assert api.get("/healthz").json()["fhir"] == "reachable"
+
+
+def test_healthz_reports_a_stuck_pool_and_the_pool_is_replaced(server, quick_probes):
+    settings = outage_settings(server)
+    with TestClient(create_app(settings)) as api:
+        assert api.get("/healthz").status_code == 200
+
+        async def stick() -> None:  # what leaked connections did to the old pool
+            pool = client_for(settings)._http._transport._inner._pool
+            pool._max_connections = 0
+            pool._connections.clear()  # not even the idle keep-alive connection
+
+        api.portal.call(stick)
+        time.sleep(0.35)
+        assert api.get("/healthz").status_code == 503  # the server is fine; our pool is not
+        time.sleep(0.35)
+        assert api.get("/healthz").status_code == 200  # a new pool
+        assert api.get(EVALUATE).status_code == 200

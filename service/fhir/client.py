@@ -34,6 +34,7 @@ from service.fhir.demo_store import DEMO_BASE_URL, demo_transport
 from service.fhir.errors import (
     DeadlineExceeded,
     FhirConfigError,
+    FhirError,
     PatientNotFound,
     UpstreamAuthError,
     UpstreamError,
@@ -366,6 +367,28 @@ class FhirClient:
             )
         return result
 
+    async def reachable(self, timeout: float) -> bool:
+        """One ``GET metadata`` within ``timeout``, no retries, no credentials: does the server
+        answer at all (any status below 500) through this client's connection pool?"""
+        extra = {"fhir_resource": "CapabilityStatement", "fhir_params": [], "fhir_query": None}
+        url = self._base.join("metadata")
+        try:
+            # httpx's own timeouts (pool included: a stuck pool is then replaced) fire first.
+            async with asyncio.timeout(timeout + 0.25):
+                reply = await self._send(
+                    "GET",
+                    url,
+                    {"Accept": ACCEPT},
+                    None,
+                    "capability statement read",
+                    extra,
+                    timeout=timeout,
+                    log_level=logging.DEBUG,  # every few seconds: not worth an INFO line
+                )
+        except (TimeoutError, FhirError, _TransportFailure):
+            return False
+        return reply.status_code < 500
+
     # -- internals -----------------------------------------------------------------------
     def _collect(self, bundle: dict, rtype: str, what: str, result: SearchResult) -> None:
         """Add a page's match entries to ``result``; a malformed entry fails the search."""
@@ -582,13 +605,21 @@ class FhirClient:
         content: bytes | None,
         what: str,
         log_extra: dict[str, Any],
+        *,
+        timeout: float | None = None,
+        log_level: int = logging.INFO,
     ) -> _Reply:
         """One request; the body is streamed so an oversized one is refused, not buffered."""
         started = time.perf_counter()
         status: int | str = "error"
         abandon = _Abandon()
         request = self._http.build_request(
-            method, url, headers=headers, content=content, extensions={_TICKET: abandon}
+            method,
+            url,
+            headers=headers,
+            content=content,
+            extensions={_TICKET: abandon},
+            timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
         )
         seen: list[int] = []  # the status line, once it arrived
 
@@ -619,7 +650,8 @@ class FhirClient:
             raise
         finally:
             elapsed = round((time.perf_counter() - started) * 1000, 1)
-            log.info(
+            log.log(
+                log_level,
                 "FHIR %s %s -> %s (%.0f ms)",
                 method,
                 log_extra["fhir_resource"],
@@ -876,6 +908,34 @@ def client_for(
     else:
         auth = NoAuth()
     return FhirClient(http, base, auth=auth, config=ClientConfig.from_settings(settings))
+
+
+READY_CACHE_SECONDS = 5.0  # one probe per worker at most this often, however many callers
+PROBE_TIMEOUT_SECONDS = 2.0  # below the orchestrator's probe timeout (Kubernetes: 3 s)
+
+
+async def fhir_ready(settings: Settings) -> bool:
+    """Readiness of pull mode: the configured FHIR base (or the demo store) answers
+    ``GET metadata`` through the same pool evaluations use, so a stuck pool shows as well
+    as a server that is down. Cached ``READY_CACHE_SECONDS``; concurrent callers share one
+    probe."""
+    base = (settings.fhir_base_url or DEMO_BASE_URL).rstrip("/")
+    cache = _loop_cache()
+    now = asyncio.get_running_loop().time
+    known = cache.get(("ready", base))
+    if known is not None and now() - known[0] < READY_CACHE_SECONDS:
+        return known[1]
+    lock = cache.setdefault(("ready-lock", base), asyncio.Lock())
+    async with lock:
+        known = cache.get(("ready", base))
+        if known is not None and now() - known[0] < READY_CACHE_SECONDS:
+            return known[1]
+        client = FhirClient(_http_for(base, settings), base)
+        ready = await client.reachable(PROBE_TIMEOUT_SECONDS)
+        cache[("ready", base)] = (now(), ready)
+        if not ready:
+            log.warning("readiness: the FHIR server did not answer the capability probe")
+        return ready
 
 
 def _retire(http: httpx.AsyncClient) -> None:
