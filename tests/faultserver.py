@@ -16,6 +16,7 @@ those of a network server rather than of a mock transport. Faults are chosen per
 ``close``             closes the connection without any response
 ``drip``              the right answer, one small piece every ``drip_seconds``
 ``429``               HTTP 429 with ``Retry-After: <retry_after>`` (seconds)
+``503``               HTTP 503 with an error OperationOutcome
 ====================  ===================================================================
 
 Use::
@@ -55,6 +56,7 @@ FAULTS = frozenset(
         "close",
         "drip",
         "429",
+        "503",
     }
 )
 _ERROR_OUTCOME = {
@@ -176,6 +178,7 @@ def _handler_for(server: FaultServer) -> type[BaseHTTPRequestHandler]:
             actions: dict[str, Callable[[], None]] = {
                 "500": lambda: self._send(500, orjson.dumps(_ERROR_OUTCOME)),
                 "outcome-200": lambda: self._send(200, orjson.dumps(_ERROR_OUTCOME)),
+                "503": lambda: self._send(503, orjson.dumps(_ERROR_OUTCOME)),
                 "429": lambda: self._send(
                     429,
                     orjson.dumps(_ERROR_OUTCOME),

@@ -8,6 +8,10 @@ in production (respx would hide all of them).
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import subprocess
+import sys
 import time
 
 import httpx
@@ -334,3 +338,25 @@ def test_healthz_reports_a_stuck_pool_and_the_pool_is_replaced(server, quick_pro
         time.sleep(0.35)
         assert api.get("/healthz").status_code == 200  # a new pool
         assert api.get(EVALUATE).status_code == 200
+
+
+# -- the CLI ------------------------------------------------------------------------------
+
+
+def test_cli_against_a_failing_server_prints_one_error_line_naming_the_query(server):
+    """Issue 15: the CLI printed a stamina warning per retry (27) before its error line."""
+    server.set_faults("503", cycle=True)
+    env = {
+        **os.environ,
+        "ELIGIBILITY_RETRY_ATTEMPTS": "3",
+        "ELIGIBILITY_DEADLINE_SECONDS": "5",
+        "ELIGIBILITY_FHIR_AUTH": "none",
+    }
+    command = [sys.executable, "-m", "service.cli", "evaluate"]
+    command += ["--fhir-base", server.base_url, "--patient", PID]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 3
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert re.fullmatch(r"error: the FHIR server answered HTTP 503 to the '\w+' \w+ .*", lines[0])
+    assert server.count() > 9  # 9 queries, and retries did happen (quietly)

@@ -13,6 +13,7 @@ base because they belong to the service, not to a user.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import time
@@ -51,6 +52,33 @@ log = logging.getLogger("service.fhir")
 # the application deliberately configured it.
 if logging.getLogger("httpx").level == logging.NOTSET:
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+# The query being retried in this task, for the retry log line (contextvars: one per query).
+_retrying: contextvars.ContextVar[tuple[str, dict[str, Any]] | None] = contextvars.ContextVar(
+    "fhir_retrying", default=None
+)
+
+
+def _log_retry(details: stamina.instrumentation.RetryDetails) -> None:
+    """A scheduled retry as one INFO line naming the query (stamina's own hook logs every
+    retry at WARNING: 27 lines on the CLI's stderr before its one error line)."""
+    cause = details.caused_by
+    if isinstance(cause, _Retryable):
+        reason = f"HTTP {cause.status}"
+    else:
+        reason = type(cause.__cause__ or cause).__name__  # the httpx error, not our wrapper
+    what, extra = _retrying.get() or (details.name, {})
+    log.info(
+        "FHIR retry %d of the %s in %.2f s (%s)",
+        details.retry_num,
+        what,
+        details.wait_for,
+        reason,
+        extra={**extra, "retry_num": details.retry_num, "retry_cause": reason},
+    )
+
+
+stamina.instrumentation.set_on_retry_hooks([_log_retry])
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 RETRY_500_TIMES = 1  # idempotent requests only (reads, searches)
@@ -565,6 +593,7 @@ class FhirClient:
 
         cfg = self.config
         timer = asyncio.timeout(remaining)
+        query = _retrying.set((what, log_extra))
         try:
             async with timer:
                 async for attempt in stamina.retry_context(
@@ -595,6 +624,8 @@ class FhirClient:
             ) from None
         except _TransportFailure as exc:
             raise UpstreamError(exc.message) from None
+        finally:
+            _retrying.reset(query)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(
