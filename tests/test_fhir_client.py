@@ -660,3 +660,26 @@ def test_the_size_cap_defaults_to_50_mb_and_follows_settings():
     assert ClientConfig.from_settings(settings).max_response_bytes == MAX_RESPONSE_BYTES
     custom = Settings(_env_file=None, max_response_bytes=1234)
     assert ClientConfig.from_settings(custom).max_response_bytes == 1234
+
+
+async def test_a_500_is_retried_once_for_reads_and_searches_only():
+    """One retry of a transient 500 (HAPI) for idempotent requests; never for others."""
+    with respx.mock() as router:
+        route = router.get(f"{BASE}/Observation").mock(
+            side_effect=[httpx.Response(500), httpx.Response(200, json=searchset([obs(1)]))]
+        )
+        async with make_client() as client:
+            assert len((await client.search(OBS_QUERY)).entries) == 1
+        assert route.call_count == 2
+
+        post = router.post(f"{BASE}/Task").respond(500)
+        async with make_client() as client:
+            reply = await client._request(
+                "POST",
+                httpx.URL(f"{BASE}/Task"),
+                what="Task create",
+                resource_type="Task",
+                key=None,
+                idempotent=False,
+            )
+        assert reply.status_code == 500 and post.call_count == 1

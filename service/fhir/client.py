@@ -8,6 +8,13 @@ nothing partial is returned as if complete (a search cut by a cap says so in
 per FHIR base (kept for the service's lifetime, per event loop). Credentials are chosen per
 client: a caller's token (CDS Hooks) lives only in that client; SMART tokens are shared per
 base because they belong to the service, not to a user.
+
+The shared pool must survive cancelled queries (a sibling's failure, the deadline), which
+httpcore does not handle safely under asyncio: at most ``MAX_IN_FLIGHT`` requests enter the
+pool (``GatedTransport``), so none ever waits inside it, and each exchange runs in a task of
+its own that a cancelled caller abandons instead of cancelling (``_detached``). A pool that
+still runs out of connections is replaced (``_retire``); ``fhir_ready`` probes it for
+``/healthz``.
 """
 
 from __future__ import annotations
@@ -983,8 +990,13 @@ def _retire(http: httpx.AsyncClient) -> None:
 
 
 async def close_clients() -> None:
-    """Close this loop's pooled connections (application shutdown)."""
-    cache = _pools.pop(asyncio.get_running_loop(), {})
+    """Close this loop's pooled connections (application shutdown), then give abandoned
+    exchanges (which closing their connections ends) a moment to finish."""
+    loop = asyncio.get_running_loop()
+    cache = _pools.pop(loop, {})
     for value in [*cache.values(), *cache.get("retired", ())]:
         if isinstance(value, httpx.AsyncClient):
             await value.aclose()
+    pending = [t for t in _detached_tasks if t.get_loop() is loop]
+    if pending:
+        await asyncio.wait(pending, timeout=1.0)
