@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from fhir_mappings import MAPPINGS_DIR
@@ -144,5 +145,20 @@ async def metadata(request: Request) -> FhirResponse:
 
 
 @router.get("/healthz", tags=["service"])
-async def healthz(request: Request) -> dict[str, str]:
-    return {"status": "ok", "protocol": _protocol(request).versioned_canonical}
+async def healthz(request: Request) -> JSONResponse:
+    """Readiness: 503 while the FHIR server does not answer through our connection pool."""
+    from service.fhir.client import fhir_ready
+
+    ready = await fhir_ready(request.app.state.settings)
+    body = {
+        "status": "ok" if ready else "unavailable",
+        "protocol": _protocol(request).versioned_canonical,
+        "fhir": "reachable" if ready else "unreachable",  # never the URL or the error
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/livez", tags=["service"])
+async def livez() -> dict[str, str]:
+    """Liveness: the process answers. Never depends on the FHIR server (no restart loops)."""
+    return {"status": "ok"}
