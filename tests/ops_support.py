@@ -60,14 +60,21 @@ class ServiceProcess:
             sys.executable, "-m", "service.cli", "serve",
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers),
         ]  # fmt: skip
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+        # Only the settings given here: none inherited from the test run's environment.
+        inherited = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("ELIGIBILITY_")
+            and k not in ("PROMETHEUS_MULTIPROC_DIR", "WEB_CONCURRENCY")
+        }
+        full_env = {**inherited, "PYTHONUNBUFFERED": "1", **env}
         self._log = log.open("wb")
         # stdout carries the audit stream: to the log file, never an unread pipe.
         self.proc = subprocess.Popen(
             command, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
         )
 
-    def wait_ready(self, timeout: float = 40.0, workers: int = 1) -> None:
+    def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

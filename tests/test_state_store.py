@@ -116,6 +116,7 @@ async def test_redis_clear_only_touches_its_own_prefix():
     await other.aclose()
 
 
+@pytest.mark.multiprocess
 def test_sqlite_set_if_absent_is_atomic_across_processes(tmp_path: Path):
     """Three real processes race for the same 150 keys in one file: each key is won once."""
     db = tmp_path / "shared.sqlite3"
