@@ -157,3 +157,9 @@ def test_backend_choice(monkeypatch):
     monkeypatch.setenv("WEB_CONCURRENCY", "3")
     assert choose_backend(_settings()) == "sqlite"
     assert isinstance(open_store(_settings(state_sqlite_path=Path("/tmp/x.db"))), SQLiteStore)
+
+
+def test_memory_backend_is_refused_with_several_workers(monkeypatch):
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    with pytest.raises(ValueError, match="replayed JWT"):
+        open_store(_settings(state_backend="memory", workers=2))

@@ -52,6 +52,11 @@ def open_store(settings: Settings) -> StateStore:
         from service.state.sqlite import SQLiteStore
 
         return SQLiteStore(sqlite_path(settings))
+    if _several_workers(settings):
+        raise ValueError(
+            "state_backend=memory with several workers would accept a replayed JWT once per "
+            "worker: use sqlite (one host) or set ELIGIBILITY_REDIS_URL"
+        )
     from service.state.memory import MemoryStore
 
     return MemoryStore(settings.state_memory_max_entries)
