@@ -177,7 +177,11 @@ def serve(
 
     with ExitStack() as stack:
         if workers > 1:
+            from service.state.factory import default_sqlite_path
+
             os.environ["ELIGIBILITY_WORKERS"] = str(workers)
+            if not os.environ.get("ELIGIBILITY_STATE_SQLITE_PATH"):
+                os.environ["ELIGIBILITY_STATE_SQLITE_PATH"] = str(default_sqlite_path(port))
             if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
                 metrics_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="prom-"))
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

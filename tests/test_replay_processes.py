@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -66,7 +67,9 @@ def test_two_workers_accept_a_jwt_once_and_share_limits_and_metrics(two_workers)
     # also have replaced one), so the rounds above really crossed workers; they share one file.
     metric_files = list(tmp_path.glob("prom-*/counter_*.db"))
     assert len({f.stem.split("_")[-1] for f in metric_files}) >= 2, metric_files
-    assert (tmp_path / "cart-eligibility-state.sqlite3").exists()
+    state = tmp_path / f"cart-eligibility-{os.getuid()}"
+    assert (state / f"cart-eligibility-state-{service.port}.sqlite3").exists()
+    assert state.stat().st_mode & 0o777 == 0o700
 
     # One rate-limit budget across the workers: 5 per minute for this API key.
     async def burst() -> list[int]:
@@ -102,7 +105,7 @@ def test_two_services_sharing_redis_accept_a_jwt_once(tmp_path):
         for _ in range(3):
             codes = asyncio.run(_same_token([s.base for s in services], 6))
             assert sorted(codes) == [200] + [401] * 11, codes
-        assert not (tmp_path / "cart-eligibility-state.sqlite3").exists()  # redis, not sqlite
+        assert not list(tmp_path.glob("cart-eligibility-*/*.sqlite3"))  # redis, not sqlite
     finally:
         for service in services:
             service.stop()

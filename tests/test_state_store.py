@@ -163,3 +163,17 @@ def test_memory_backend_is_refused_with_several_workers(monkeypatch):
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     with pytest.raises(ValueError, match="replayed JWT"):
         open_store(_settings(state_backend="memory", workers=2))
+
+
+def test_default_sqlite_file_is_in_a_private_directory(tmp_path, monkeypatch):
+    import tempfile
+
+    from service.state.factory import default_sqlite_path
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    path = default_sqlite_path(8123)
+    assert path.name == "cart-eligibility-state-8123.sqlite3"
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    path.parent.chmod(0o777)  # someone opened it up (or planted it): refuse
+    with pytest.raises(ValueError, match="not a private directory"):
+        default_sqlite_path()

@@ -35,8 +35,27 @@ def choose_backend(settings: Settings) -> str:
     return "memory"
 
 
+def private_state_dir() -> Path:
+    """``<tmp>/cart-eligibility-<uid>``, mode 0700: in a world-writable temp dir, a file another
+    user could create first would let them delete remembered JWT ids (replays) or forge
+    overrides; a directory only we own cannot be planted."""
+    path = Path(tempfile.gettempdir()) / f"cart-eligibility-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.lstat()
+    if not path.is_dir() or path.is_symlink() or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise ValueError(f"{path} is not a private directory of this user: set STATE_SQLITE_PATH")
+    return path
+
+
+def default_sqlite_path(port: int | None = None) -> Path:
+    """The shared file for the workers of one service (per port when ``eligibility serve``
+    names it, so two services on one host never share rate limits or card overrides)."""
+    name = DEFAULT_SQLITE_NAME if port is None else f"cart-eligibility-state-{port}.sqlite3"
+    return private_state_dir() / name
+
+
 def sqlite_path(settings: Settings) -> Path:
-    return settings.state_sqlite_path or Path(tempfile.gettempdir()) / DEFAULT_SQLITE_NAME
+    return settings.state_sqlite_path or default_sqlite_path()
 
 
 def open_store(settings: Settings) -> StateStore:
