@@ -83,8 +83,8 @@ class Settings(BaseSettings):
     workers: int = 1  # set by `eligibility serve --workers N` (WEB_CONCURRENCY also counts)
     # Per caller (API key, JWT iss/sub, else client address); `limits` notation, fixed window.
     rate_limit_enabled: bool = True
-    rate_limit_eligibility: str = "120/minute"
-    rate_limit_cds: str = "300/minute"
+    rate_limit_eligibility: str = "600/minute"
+    rate_limit_cds: str = "1200/minute"
     # A card overridden with one of our reasons stays hidden for this patient this long,
     # unless the result changes. Cards are remembered for feedback for cds_card_memory_days.
     cds_override_suppress_days: int = 30
