@@ -182,3 +182,23 @@ def test_failing_fhir_sink_never_blocks_the_answer_and_is_counted(failure):
     finally:
         if receiver:
             receiver.close()
+
+
+def test_cds_call_whose_fhir_server_fails_is_audited_as_a_serious_failure(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}/fhir"
+    path = tmp_path / "audit.jsonl"
+    settings = Settings(
+        _env_file=None,
+        cds_auth_enabled=False,
+        cds_allowed_fhir_servers=[dead],
+        retry_attempts=1,
+        audit_log_path=path,
+    )
+    with TestClient(create_app(settings)) as client:
+        r = client.post(f"/cds-services/{SID}", json=call("pat-77", None, fhirServer=dead))
+    assert r.status_code == 502
+    (event,) = _events(path)
+    AuditEvent.model_validate(event)
+    assert event["outcome"] == "8" and event["outcomeDesc"] == "HTTP 502"
+    assert event["entity"][0]["what"]["reference"] == "Patient/pat-77"
+    assert event["agent"][1]["who"]["reference"] == "Practitioner/dr-1"

@@ -17,7 +17,7 @@ from service.cds.models import FeedbackRequest, PatientViewRequest
 from service.cds.prefetch import resolve_prefetch
 from service.clinical.dates import today
 from service.fhir_response import outcome, read_body
-from service.ops.audit import audited, note_user
+from service.ops.audit import audited, note_context
 from service.ops.caller import jwt_caller
 from service.ops.ratelimit import rate_limited
 from service.pipeline import evaluate_fetched_off_loop
@@ -104,7 +104,7 @@ async def call_service(sid: str, request: Request):
     if sid != service_id(protocol):
         raise HTTPException(404, "no such CDS service")
     call = _validated(PatientViewRequest, await _body(request), "CDS Hooks request")
-    note_user(call.context.userId)  # the clinician, for the audit event
+    note_context(user=call.context.userId, patient=call.context.patientId)  # for the audit
 
     if call.fhirServer is not None and not _allowed(call.fhirServer, settings):
         # Refused before any outbound request: no SSRF through our service.

@@ -60,6 +60,7 @@ class AuditContext:
     caller: Caller
     evaluations: list[Evaluation] = field(default_factory=list)
     user: str | None = None  # CDS Hooks context.userId, e.g. Practitioner/123
+    patient: str | None = None  # the patient asked about, for a request that fails
 
 
 _current: ContextVar[AuditContext | None] = ContextVar("audit_context", default=None)
@@ -79,11 +80,13 @@ def evaluation_done(evaluation: Evaluation) -> None:
         ctx.evaluations.append(evaluation)
 
 
-def note_user(user_id: str | None) -> None:
-    """The clinician behind a CDS Hooks call (``context.userId``), for the audit agent."""
+def note_context(*, user: str | None, patient: str | None) -> None:
+    """The clinician (CDS Hooks ``context.userId``) and the patient asked about, for the audit
+    event (the patient is used only when the request fails before an evaluation finishes)."""
     ctx = _current.get()
-    if ctx is not None and user_id:
-        ctx.user = user_id
+    if ctx is not None:
+        ctx.user = user or ctx.user
+        ctx.patient = patient or ctx.patient
 
 
 def _walk(results: list[Any]) -> list[Any]:
@@ -353,7 +356,7 @@ def _emit(request: Request, ctx: AuditContext, failure: BaseException | None) ->
                 )
         elif failure is not None:
             code, description = _failure(failure)
-            patient = request.path_params.get("patient_id")
+            patient = request.path_params.get("patient_id") or ctx.patient
             sink.record(
                 audit_event(
                     ctx,
