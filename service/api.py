@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("CDS Hooks client authentication is OFF (development only)")
         if settings.fhir_base_url is None:
             log.info("no FHIR base configured: serving the built-in demo patients")
+        await ops_wiring.startup(app)
         yield
         await ops_wiring.shutdown(app)
         await app.state.cds_authenticator.aclose()

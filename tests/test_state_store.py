@@ -177,3 +177,26 @@ def test_default_sqlite_file_is_in_a_private_directory(tmp_path, monkeypatch):
     path.parent.chmod(0o777)  # someone opened it up (or planted it): refuse
     with pytest.raises(ValueError, match="not a private directory"):
         default_sqlite_path()
+
+
+def test_start_up_warns_when_the_store_does_not_answer():
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+    from tests.ops_support import free_port
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    ops_log = logging.getLogger("service.ops")
+    ops_log.addHandler(handler)
+    try:
+        settings = _settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", audit_sink="none")
+        with TestClient(create_app(settings)):
+            pass
+    finally:
+        ops_log.removeHandler(handler)
+    warnings = [r for r in records if r.levelname == "WARNING"]
+    assert warnings and warnings[0].state_backend == "redis"

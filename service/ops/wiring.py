@@ -27,6 +27,17 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.include_router(router)
 
 
+async def startup(app: FastAPI) -> None:
+    """Say which store serves this process, and warn at once when it does not answer."""
+    store = app.state.store
+    log.info("state store", extra={"state_backend": store.backend})
+    if not await store.ping():
+        log.warning(
+            "state store does not answer: CDS client JWTs are refused until it does",
+            extra={"state_backend": store.backend},
+        )
+
+
 async def shutdown(app: FastAPI) -> None:
     await app.state.audit_sink.aclose()
     await app.state.store.aclose()
