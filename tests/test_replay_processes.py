@@ -63,14 +63,6 @@ def test_two_workers_accept_a_jwt_once_and_share_limits_and_metrics(two_workers)
     for codes in rounds:
         assert sorted(codes) == [200] + [401] * 11, codes
 
-    # Several worker processes answered (each writes its own metrics file; the supervisor may
-    # also have replaced one), so the rounds above really crossed workers; they share one file.
-    metric_files = list(tmp_path.glob("prom-*/counter_*.db"))
-    assert len({f.stem.split("_")[-1] for f in metric_files}) >= 2, metric_files
-    state = tmp_path / f"cart-eligibility-{os.getuid()}"
-    assert (state / f"cart-eligibility-state-{service.port}.sqlite3").exists()
-    assert state.stat().st_mode & 0o777 == 0o700
-
     # One rate-limit budget across the workers: 5 per minute for this API key.
     async def burst() -> list[int]:
         headers = {"Authorization": f"Bearer {API_KEY}"}
@@ -89,6 +81,14 @@ def test_two_workers_accept_a_jwt_once_and_share_limits_and_metrics(two_workers)
     assert 'route="/cds-services",status="401"} 44.0' in text
     assert 'route="/cds-services",status="200"} 4.0' in text
     assert 'eligibility_evaluations_total{status="eligible"} 5.0' in text
+
+    # More than one worker process answered (each writes its own metrics file; the supervisor
+    # may also have replaced one), and the workers shared one private SQLite file.
+    metric_files = list(tmp_path.glob("prom-*/counter_*.db"))
+    assert len({f.stem.split("_")[-1] for f in metric_files}) >= 2, metric_files
+    state = tmp_path / f"cart-eligibility-{os.getuid()}"
+    assert (state / f"cart-eligibility-state-{service.port}.sqlite3").exists()
+    assert state.stat().st_mode & 0o777 == 0o700
 
 
 def test_two_services_sharing_redis_accept_a_jwt_once(tmp_path):
