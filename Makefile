@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 PORT ?= 8000
 PIDFILE := $(VENV)/serve.pid
-.PHONY: setup demo serve serve-bg stop test lint test-hapi test-browser bench bench-smoke deploy-tools clean
+.PHONY: setup demo serve serve-bg stop test lint test-hapi test-browser test-ops bench bench-smoke deploy-tools clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -45,6 +45,9 @@ test: lint  ## lint + the fast suite (no Java, no network)
 
 test-hapi: $(STAMP)  ## integration suite against a real local HAPI FHIR server (Java 17 + Maven)
 	deploy/hapi/run-tests
+
+test-ops: $(STAMP)  ## state store, rate limits, replay: real redis-server and uvicorn worker processes
+	deploy/redis/run-tests
 
 test-browser: $(STAMP)  ## the web app in headless Chromium (Debian's chromium; installs it if missing)
 	deploy/browser/setup

@@ -22,6 +22,7 @@ from service.cds.router import router as cds_router
 from service.fhir.client import close_clients
 from service.fhir.errors import FhirError
 from service.fhir_response import ISSUE_CODE, outcome
+from service.ops import wiring as ops_wiring
 from service.protocol import ProtocolError, load_protocol
 from service.record import InputError
 from service.routes import router as fhir_router
@@ -48,7 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("no FHIR base configured: serving the built-in demo patients")
         if app.state.cds_authenticator.demo_client_trusted:
             log.warning("CDS Hooks demo mode: trusting the PUBLIC demo EHR key (cds-demo)")
+        await ops_wiring.startup(app)
         yield
+        await ops_wiring.shutdown(app)
         await app.state.cds_authenticator.aclose()
         await close_clients()
 
@@ -60,7 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.protocol = load_protocol(settings.protocol_path)
-    app.state.cds_authenticator = CdsClientAuthenticator(settings)
+    ops_wiring.install(app, settings)  # state store, rate limits, audit sink, /metrics
+    app.state.cds_authenticator = CdsClientAuthenticator(settings, store=app.state.store)
 
     if settings.cors_origins:
         app.add_middleware(

@@ -276,10 +276,29 @@ def serve(
     port: int = 8000,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
 ) -> None:
-    """Run the HTTP API (FHIR $eligibility, protocol resources, CDS Hooks)."""
+    """Run the HTTP API (FHIR $eligibility, protocol resources, CDS Hooks).
+
+    With several workers, each worker learns the count (so the state store defaults to SQLite
+    shared by all of them, unless ELIGIBILITY_REDIS_URL is set) and Prometheus metrics are
+    collected in multiprocess mode from a fresh directory.
+    """
+    import os
+    import tempfile
+    from contextlib import ExitStack
+
     import uvicorn
 
-    uvicorn.run("service.api:app", host=host, port=port, workers=workers, log_config=None)
+    with ExitStack() as stack:
+        if workers > 1:
+            from service.state.factory import default_sqlite_path
+
+            os.environ["ELIGIBILITY_WORKERS"] = str(workers)
+            if not os.environ.get("ELIGIBILITY_STATE_SQLITE_PATH"):
+                os.environ["ELIGIBILITY_STATE_SQLITE_PATH"] = str(default_sqlite_path(port))
+            if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                metrics_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="prom-"))
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        uvicorn.run("service.api:app", host=host, port=port, workers=workers, log_config=None)
 
 
 @app.command()

@@ -16,6 +16,7 @@ from service.clinical.engine import evaluate
 from service.clinical.evaluation import Evaluation
 from service.clinical.model import Issue
 from service.gc_pause import gc_paused
+from service.ops.audit import evaluation_done
 from service.output import result_bundle
 from service.protocol import Protocol as TrialProtocol
 from service.record import InputError, PatientRecord, record_from_bundle, record_from_resources
@@ -63,6 +64,7 @@ def evaluate_record(
 ) -> tuple[Evaluation, dict[str, Any]]:
     with gc_paused():
         evaluation = evaluate(record, protocol, as_of or today())
+        evaluation_done(evaluation)  # metrics, and the request's audit event
         return evaluation, result_bundle(evaluation, protocol)
 
 

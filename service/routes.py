@@ -14,6 +14,7 @@ from fhir_mappings import MAPPINGS_DIR
 from service import __version__
 from service.api_keys import require_api_key
 from service.fhir_response import ACCEPTED_CONTENT_TYPES, FhirResponse, read_body
+from service.ops.routes import ELIGIBILITY_DEPENDENCIES
 from service.pipeline import evaluate_body, evaluate_from_server, parse_as_of
 from service.protocol import Protocol
 
@@ -42,7 +43,7 @@ AsOf = Annotated[str | None, Query(alias="asOf", description="Evaluation date, Y
     "/$eligibility",
     response_class=FhirResponse,
     tags=["eligibility"],
-    dependencies=[Depends(require_api_key)],
+    dependencies=[Depends(require_api_key), *ELIGIBILITY_DEPENDENCIES],
 )
 async def eligibility_from_bundle(
     request: Request, as_of: AsOf = None, patient: str | None = None
@@ -64,7 +65,7 @@ async def eligibility_from_bundle(
     "/Patient/{patient_id}/$eligibility",
     response_class=FhirResponse,
     tags=["eligibility"],
-    dependencies=[Depends(require_api_key)],
+    dependencies=[Depends(require_api_key), *ELIGIBILITY_DEPENDENCIES],
 )
 async def eligibility_from_server(
     request: Request, patient_id: str, as_of: AsOf = None

@@ -93,6 +93,29 @@ class Settings(BaseSettings):
     app_session_max_hours: int = 8
     app_cookie_secure: bool | None = None  # None: Secure when the request came over https
 
+    # -- operations: state store, rate limits, CDS feedback, audit (issue 11) ----
+    # Backend for the JWT replay cache, rate-limit counters and CDS feedback: "auto" picks
+    # redis when REDIS_URL is set, sqlite when several workers run on this host, else memory.
+    state_backend: Literal["auto", "memory", "sqlite", "redis"] = "auto"
+    redis_url: SecretStr | None = None  # may carry a password: never logged
+    state_sqlite_path: Path | None = None  # default: <tmp>/cart-eligibility-state.sqlite3
+    state_key_prefix: str = "cart-eligibility:"
+    state_memory_max_entries: int = 100_000
+    workers: int = 1  # set by `eligibility serve --workers N` (WEB_CONCURRENCY also counts)
+    # Per caller (API key, JWT iss/sub, else client address); `limits` notation, fixed window.
+    rate_limit_enabled: bool = True
+    rate_limit_eligibility: str = "600/minute"
+    rate_limit_cds: str = "1200/minute"
+    # A card overridden with one of our reasons stays hidden for this patient this long,
+    # unless the result changes. Cards are remembered for feedback for cds_card_memory_days.
+    cds_override_suppress_days: int = 30
+    cds_card_memory_days: int = 7
+    # One AuditEvent per evaluation: "log" (logger "audit"), "fhir" (POST, background), "none".
+    audit_sink: Literal["log", "fhir", "none"] = "log"
+    audit_log_path: Path | None = None  # "log" sink: one JSON AuditEvent per line; None: stdout
+    audit_fhir_base_url: str | None = None  # default: FHIR_BASE_URL
+    audit_queue_size: int = 1000
+
 
 @cache
 def get_settings() -> Settings:

@@ -15,6 +15,7 @@ from typing import Any
 
 from service.clinical.evaluation import Evaluation, SubjectStatus
 from service.clinical.model import CriterionResult, Outcome
+from service.ops.card_feedback import override_reasons
 from service.protocol import Protocol
 from service.settings import Settings
 
@@ -57,6 +58,8 @@ def patient_view_cards(
         ),
         "detail": _detail(evaluation, protocol),
         "source": _source(protocol),
+        # Dismissing with one of these hides the card until the result changes (issue 11).
+        "overrideReasons": [dict(reason) for reason in override_reasons()],
     }
     if status is not SubjectStatus.INELIGIBLE:
         card["suggestions"] = [_record_candidate(evaluation, protocol, service_base_url)]

@@ -49,6 +49,7 @@ from service.fhir.errors import (
     describe_query,
 )
 from service.fhir.queries import Query, check_id
+from service.ops import metrics
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -688,6 +689,9 @@ class FhirClient:
             raise
         finally:
             elapsed = round((time.perf_counter() - started) * 1000, 1)
+            metrics.observe_fhir(
+                log_extra["fhir_resource"], log_extra["fhir_query"], status, elapsed / 1000
+            )
             log.log(
                 log_level,
                 "FHIR %s %s -> %s (%.0f ms)",
