@@ -1,6 +1,7 @@
 """The deployment files are run, not only linted: each is parsed by the tool that reads it (or
 the closest thing available here: no Docker daemon, no cluster), and the service is STARTED with
-exactly the environment each one gives it, then must answer ``/healthz`` with 200.
+exactly the environment each one gives it (its FHIR host moved to a loopback stub), then must
+answer ``/healthz`` (readiness) with 200.
 
 - Compose: PyYAML with a loader that rejects duplicate keys (Compose does), plus compose-go, the
   Compose loader itself (``make deploy-tools`` builds it; skipped with a reason when absent).
@@ -25,6 +26,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -127,7 +129,7 @@ def test_dockerfile_copies_what_exists_and_runs_a_command_the_venv_has():
     assert app_ref == "service.api:app"  # started for real by the tests below
     stage = dict(runtime_stage())
     assert stage["EXPOSE"] == "8080" and "--port 8080" in cmd[2]
-    assert "127.0.0.1:8080/healthz" in stage["HEALTHCHECK"]
+    assert "127.0.0.1:8080/livez" in stage["HEALTHCHECK"]  # liveness, not FHIR readiness
     assert re.fullmatch(r"\d+:\d+", stage["USER"]), "numeric USER for runAsNonRoot"
 
 
@@ -411,8 +413,9 @@ def test_deployment_starts_with_its_configmap_and_secret_references(started):
     assert Path(env["ELIGIBILITY_SMART_PRIVATE_KEY_PATH"]).is_file()
     # The probes and port are the ones the image serves.
     assert container["ports"][0]["containerPort"] == 8080
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"]["path"] == "/healthz"
+    # Readiness follows the FHIR server; liveness never does (no restart loop in an outage).
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     wait_healthy(proc, url, log_dir)
     # Caller authentication is on: no key, no patient data (refused before any FHIR call).
     status, _ = _get(url + "/Patient/p1/$eligibility")
@@ -423,7 +426,29 @@ def test_deployment_starts_with_its_configmap_and_secret_references(started):
 
 
 @pytest.fixture(scope="module")
-def started(tmp_path_factory: pytest.TempPathFactory):
+def fhir_stub() -> Any:
+    """A loopback FHIR server standing in for the deploy file's FHIR host (readiness probe)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FhirStub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _fhir_host_on_loopback(env: dict[str, str], stub: str) -> dict[str, str]:
+    """The deploy file's environment with only the FHIR server's host:port moved to ``stub``:
+    readiness (``/healthz``) asks that server for its metadata, as it would in the cluster."""
+    base = env.get("ELIGIBILITY_FHIR_BASE_URL")
+    if not base:
+        return env
+    parts = urllib.parse.urlsplit(base)
+    assert parts.path.rstrip("/") == "/fhir", "the stub serves FHIR under /fhir"
+    moved = urllib.parse.urlunsplit(("http", stub, parts.path, "", ""))
+    return env | {"ELIGIBILITY_FHIR_BASE_URL": moved}
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory: pytest.TempPathFactory, fhir_stub: str):
     out: dict[str, Any] = {}
     compose_dir = tmp_path_factory.mktemp("compose")
     try:
@@ -432,6 +457,7 @@ def started(tmp_path_factory: pytest.TempPathFactory):
         out["compose_error"] = exc  # reported by the compose test; the k8s one still runs
     else:
         env = {k: str(v) for k, v in services["eligibility"]["environment"].items()}
+        env = _fhir_host_on_loopback(env, fhir_stub)
         out["compose"] = (*start_like_the_image(env, compose_dir), compose_dir)
     try:
         docs = rendered()
@@ -440,7 +466,8 @@ def started(tmp_path_factory: pytest.TempPathFactory):
     else:
         k8s_dir = tmp_path_factory.mktemp("k8s")
         out["k8s_env"] = _k8s_environment(docs, k8s_dir)
-        out["k8s"] = (*start_like_the_image(out["k8s_env"][0], k8s_dir), k8s_dir)
+        env = _fhir_host_on_loopback(out["k8s_env"][0], fhir_stub)
+        out["k8s"] = (*start_like_the_image(env, k8s_dir), k8s_dir)
     yield out
     for key in ("compose", "k8s"):
         if key in out:
