@@ -98,13 +98,19 @@ class FetchedData(Protocol):
     resources: list[dict[str, Any]]
     issues: list[Issue]
     truncated: frozenset[str]
+    # and, optionally, server_base: the FHIR server the data came from
 
 
 def evaluate_fetched(
     data: FetchedData, protocol: TrialProtocol, as_of: date | None
 ) -> tuple[Evaluation, dict[str, Any]]:
     record = record_from_resources(
-        data.patient, data.resources, protocol, issues=data.issues, truncated=data.truncated
+        data.patient,
+        data.resources,
+        protocol,
+        issues=data.issues,
+        truncated=data.truncated,
+        server_base=getattr(data, "server_base", None),
     )
     return evaluate_record(record, protocol, as_of)
 

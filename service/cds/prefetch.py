@@ -19,6 +19,7 @@ class Resolved:
     issues: list[Issue] = field(default_factory=list)
     truncated: frozenset[str] = frozenset()
     missing: set[str] = field(default_factory=set)  # keys neither prefetched nor fetchable
+    server_base: str | None = None  # the EHR's FHIR server: absolute references to it are ours
 
 
 def _usable_search(value: Any) -> list[dict[str, Any]] | None:
@@ -53,7 +54,7 @@ async def resolve_prefetch(
 
     patient_id = call.context.patientId
     prefetch = call.prefetch or {}
-    resolved = Resolved()
+    resolved = Resolved(server_base=call.fhirServer)
     need: set[str] = set()
     for query in plan_queries(protocol, patient_id, None):
         value = prefetch.get(query.key)
