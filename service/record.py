@@ -186,8 +186,9 @@ def record_from_bundle(
         raise InputError(f"expected a FHIR Bundle, got {kind!r}")
     issues: list[Issue] = []
     entries = list(_iter_entries(bundle, issues))
-    patient = select_patient(entries, patient_id)
-    return build_record(patient, entries, protocol, issues=issues)
+    patients = [e for e in entries if e.resource["resourceType"] == "Patient"]
+    patient = select_patient(patients, patient_id)
+    return build_record(patient, entries, protocol, issues=issues, patients=patients)
 
 
 def record_from_resources(
@@ -220,13 +221,14 @@ def build_record(
     issues: list[Issue],
     truncated: frozenset[str] = frozenset(),
     server_base: str | None = None,
+    patients: Iterable[Entry] = (),
 ) -> PatientRecord:
     """``server_base``: the FHIR server the data came from (pull mode, CDS Hooks); in bundle
-    mode the Patient's own RESTful fullUrl names it, if it has one."""
+    mode the Patient's own RESTful fullUrl names it, if it has one. ``patients``: every
+    Patient of the data (linked records, identifier references)."""
     pid = patient.resource.get("id") or patient.full_url
     if not isinstance(pid, str) or not pid:
         raise InputError("the Patient has neither an id nor a fullUrl")
-    entries = entries if isinstance(entries, list) else list(entries)
     original = patient.resource
     patient = Entry(_usable_patient(patient.resource, issues), patient.full_url)
     reference = _reference_of(patient.resource, patient.full_url) or pid
@@ -236,17 +238,15 @@ def build_record(
     record._refs[id(patient.resource)] = SourceRef(reference, "Patient")
     record.index = index
 
-    # Resources no rule reads as patient data but references may point to (Practitioner,
-    # PractitionerRole, Patient, ResearchStudy, ...) are indexed first, so links resolve.
+    # Every Patient of the data is indexed first, so Patient.link and identifier references
+    # resolve; other resources references may point to (Practitioner, PractitionerRole,
+    # ResearchStudy, ...) are indexed in the main loop, before any rule runs.
     patient_urls: dict[int, str | None] = {id(patient.resource): patient.full_url}
     index.add(patient.resource, patient.full_url)
-    for entry in entries:
-        rtype = entry.resource["resourceType"]
-        if rtype in SUBJECT_ELEMENT or entry.resource is original:
-            continue
-        index.add(entry.resource, entry.full_url)
-        if rtype == "Patient":
-            patient_urls[id(entry.resource)] = entry.full_url
+    for other in patients:
+        if other.resource is not original:
+            index.add(other.resource, other.full_url)
+            patient_urls[id(other.resource)] = other.full_url
     identity = _Identity.of(record, patient_urls, protocol)
 
     wanted_codes = protocol.observation_codes()
@@ -264,7 +264,9 @@ def build_record(
     for entry in entries:
         resource = entry.resource
         rtype = resource["resourceType"]
-        if rtype not in SUBJECT_ELEMENT or resource is original:
+        if rtype not in SUBJECT_ELEMENT:
+            if rtype != "Patient":
+                index.add(resource, entry.full_url)
             continue
         matched: list[Code] = []
         try:
@@ -332,7 +334,7 @@ _IGNORED = {
     _OTHER: "{n} {rtype}(s) of another patient ignored",
     _FOREIGN: (
         "{n} {rtype}(s) of another patient ignored: they name this patient's id on another "
-        "server, or a reference that cannot be tied to this patient record"
+        "server (or on a server this data does not name)"
     ),
     _LINKED: (
         "{n} {rtype}(s) of a linked patient record (Patient.link seealso/refer) not merged; "
@@ -449,6 +451,8 @@ class _Identity:
         "linked_resources",
         "linked_reason",
         "_cache",
+        "_home_prefix",
+        "_depth",
     )
 
     def __init__(self, index: ReferenceIndex, rid: Any) -> None:
@@ -459,7 +463,9 @@ class _Identity:
         self.linked: set[str] = set()
         self.linked_resources: set[int] = set()
         self.linked_reason = ""
-        self._cache: dict[tuple[str, str, str], str] = {}
+        self._cache: dict[object, str] = {}  # reference (and entry server) -> verdict
+        self._home_prefix = f"{index.home}/" if index.home else ""
+        self._depth = self._home_prefix.count("/") + 1
 
     @classmethod
     def of(
@@ -555,9 +561,18 @@ class _Identity:
                 rtype = subject.get("type") or "Patient"
                 return self._of(self.index.by_identifier(rtype, subject["identifier"]))
             return _UNLINKED
-        head, type_part = "", ""
-        if full_url and ":" not in ref:  # relative: read against the entry's server
-            head, type_part, _ = (full_url.rsplit("/", 2) + ["", ""])[:3]
+        prefix = self._home_prefix
+        if (
+            full_url is None
+            or ":" in ref  # absolute or urn: the entry's server does not matter
+            or (prefix and full_url.startswith(prefix) and full_url.count("/") == self._depth)
+        ):
+            verdict = self._cache.get(ref)
+            if verdict is None:
+                verdict = self._cache[ref] = self._classify(ref, None)
+            return verdict
+        # A relative reference in an entry of another server (or of none): read against it.
+        head, type_part, _ = (full_url.rsplit("/", 2) + ["", ""])[:3]
         cache_key = (ref, head, type_part)
         verdict = self._cache.get(cache_key)
         if verdict is None:

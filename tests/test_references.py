@@ -592,3 +592,66 @@ def test_bundle_with_both_records_and_no_choice_picks_the_survivor_only_when_cle
 
     with pytest.raises(InputError, match="2 Patient resources"):
         record_from_bundle(server_bundle(patient(pid="a"), patient(pid="b")), PROTOCOL)
+
+
+# -- CDS Hooks: a prefetch holds one record; linked records are searched on fhirServer --------
+
+
+EHR = "https://ehr.example.org/fhir"
+
+
+def _cds_call(prefetch: dict, **extra):
+    from service.cds.models import PatientViewRequest
+
+    return PatientViewRequest.model_validate(
+        {
+            "hook": "patient-view",
+            "hookInstance": "5b2c5d8e-6d4b-4b7e-9f39-0d7b6c1e2f3a",
+            "context": {"userId": "Practitioner/dr-1", "patientId": "p-new"},
+            "prefetch": prefetch,
+            **extra,
+        }
+    )
+
+
+def _prefetch(store: DemoStore, pid: str) -> dict:
+    from service.fhir.queries import prefetch_templates
+
+    return {
+        key: store.handle(
+            httpx.Request("GET", f"{EHR}/{t.replace('{{context.patientId}}', pid)}")
+        ).json()
+        for key, t in prefetch_templates(PROTOCOL).items()
+    }
+
+
+async def test_cds_full_prefetch_still_searches_the_merged_record():
+    import respx
+
+    from service.cds.prefetch import resolve_prefetch
+    from service.settings import Settings
+
+    new = survivor(linked("replaces", "Patient/p-old"))
+    records = {"p-new": [new, of("p-new", platelets(250, 5))],
+               "p-old": [old_record(), of("p-old", platelets(12, 1))]}  # fmt: skip
+    store = DemoStore(
+        {k: {"resourceType": "Bundle", "entry": [{"resource": r} for r in v]}
+         for k, v in records.items()},
+        base_url=EHR,
+    )  # fmt: skip
+    settings = Settings(_env_file=None, cds_allowed_fhir_servers=[EHR])
+    with respx.mock(assert_all_mocked=True) as mock:
+        route = mock.route(host="ehr.example.org").mock(side_effect=store.handle)
+        resolved = await resolve_prefetch(
+            _cds_call(_prefetch(store, "p-new"), fhirServer=EHR), PROTOCOL, settings, AS_OF
+        )
+    assert route.calls and all("p-old" in str(c.request.url) for c in route.calls)
+    ev = evaluate_fetched(resolved, PROTOCOL, AS_OF)[0]
+    assert result(ev, "I7-platelets").outcome is Outcome.NOT_MET  # the merged newer result
+
+    # Without fhirServer the linked record cannot be read: nothing data-driven is decided.
+    alone = await resolve_prefetch(_cds_call(_prefetch(store, "p-new")), PROTOCOL, settings, AS_OF)
+    assert not alone.missing
+    ev = evaluate_fetched(alone, PROTOCOL, AS_OF)[0]
+    assert result(ev, "I7-platelets").outcome is Outcome.UNDETERMINED
+    assert result(ev, "I1").outcome is Outcome.MET

@@ -7,7 +7,7 @@ from datetime import date
 from typing import Any
 
 from service.cds.models import PatientViewRequest
-from service.clinical.model import Issue
+from service.clinical.model import Issue, Severity
 from service.protocol import Protocol
 from service.settings import Settings
 
@@ -74,10 +74,26 @@ async def resolve_prefetch(
         else:
             resolved.resources.extend(resources)
 
-    if not need:
+    from service.fhir.fetch import follows_links
+
+    # A prefetch holds one record's data; records the Patient links to must be searched.
+    linked = follows_links(resolved.patient)
+    if not need and not linked:
         return resolved
     if call.fhirServer is None:
         resolved.missing = need
+        if linked and not need:
+            from service.record import all_feeds
+
+            resolved.truncated = frozenset(all_feeds(protocol))
+            resolved.issues.append(
+                Issue(
+                    Severity.WARNING,
+                    "incomplete",
+                    "the Patient links to other records of this person (Patient.link); "
+                    "without fhirServer their data cannot be read",
+                )
+            )
         return resolved
 
     from service.fhir.client import client_for
@@ -90,7 +106,9 @@ async def resolve_prefetch(
     async with client_for(
         settings, bearer_token=token, base_url=call.fhirServer, service_credentials=False
     ) as client:
-        fetched = await fetch_patient(client, protocol, patient_id, day, only=need)
+        fetched = await fetch_patient(
+            client, protocol, patient_id, day, only=need, links_of=resolved.patient or None
+        )
     if fetched.patient:
         resolved.patient = fetched.patient
     resolved.resources.extend(fetched.resources)

@@ -58,11 +58,14 @@ async def fetch_patient(
     as_of: date,
     *,
     only: set[str] | None = None,
+    links_of: dict[str, Any] | None = None,
 ) -> FetchResult:
     """Run the protocol's queries for one patient in parallel; any failure fails the fetch.
 
     ``only`` restricts to some query keys (CDS Hooks: the prefetch keys that were missing);
-    without ``"patient"`` in it, ``FetchResult.patient`` is ``{}``.
+    without ``"patient"`` in it, ``FetchResult.patient`` is ``{}``, and ``links_of`` (the
+    Patient the caller already has) names the linked records to search. A linked record's
+    searches are always all run: no prefetch holds another record's data.
     """
     check_id(patient_id)
     queries = plan_queries(protocol, patient_id, as_of)
@@ -104,7 +107,7 @@ async def fetch_patient(
             )
         for n, lid in enumerate(ids[:MAX_LINKED_RECORDS], 1):
             for q in plan_queries(protocol, lid, as_of):
-                if q.read or (only is not None and q.key not in only):
+                if q.read:
                     continue
                 lq = dataclasses.replace(q, key=f"{q.key} (linked record {n})")
                 linked.append((lq, tg.create_task(run(lq))))
@@ -112,6 +115,8 @@ async def fetch_patient(
     try:
         async with asyncio.TaskGroup() as tg:
             tasks = {q.key: tg.create_task(run(q)) for q in queries}
+            if links_of is not None and not any(q.read for q in queries):
+                follow(links_of)
     except* FhirError as group:
         raise _pick(group.exceptions) from None
 
@@ -138,6 +143,15 @@ async def fetch_patient(
                 seen.append(resource)
             resources.append(resource)
     return FetchResult(patient, resources, issues, frozenset(truncated), timings, client.base_url)
+
+
+def follows_links(patient: Any) -> bool:
+    """Whether a Patient links to records whose data must be searched (``FOLLOWED_LINKS``)."""
+    links = patient.get("link") if isinstance(patient, dict) else None
+    return any(
+        isinstance(link, dict) and link.get("type") in FOLLOWED_LINKS
+        for link in (links if isinstance(links, list) else ())
+    )
 
 
 def linked_ids(patient: dict[str, Any], base_url: str) -> list[str]:
