@@ -118,10 +118,12 @@ def fillers(n: int) -> list[dict]:
 async def test_differing_copies_of_one_resource_are_undetermined_in_both_modes():
     # The copy first in server order (page 1) passes; the other (page 3) fails. Before,
     # pull mode kept the first copy silently and answered met.
-    first, second = platelets(250, 1, "plt-1"), platelets(12, 2, "plt-1")
-    outcome, warnings = await both(
-        [patient(), first, *fillers(4), second], code="I7-platelets", page=2
-    )
+    first, second = platelets(250, 1, "plt-1"), platelets(12, 5, "plt-1")
+    data = [patient(), first, *fillers(4), second]
+    store = DemoStore({"p1": {"entry": [{"resource": r} for r in data]}})
+    found = store.search("Observation", [("patient", "p1"), ("_sort", "-date")])
+    assert [n // 2 for n, r in enumerate(found) if r["id"] == "plt-1"] == [0, 2]  # pages 1, 3
+    outcome, warnings = await both(data, code="I7-platelets", page=2)
     assert outcome is Outcome.UNDETERMINED
     assert "two different versions of this resource" in warnings
 
@@ -129,7 +131,7 @@ async def test_differing_copies_of_one_resource_are_undetermined_in_both_modes()
 @pytest.mark.parametrize("order", ["old-first", "new-first"])
 async def test_the_later_version_wins_by_version_id(order):
     v1 = platelets(250, 2, "plt-1", meta={"versionId": "1"})
-    v2 = platelets(12, 2, "plt-1", meta={"versionId": "2"})
+    v2 = platelets(12, 4, "plt-1", meta={"versionId": "2"})  # a corrected date, on page 3
     copies = [v1, *fillers(3), v2] if order == "old-first" else [v2, *fillers(3), v1]
     outcome, _ = await both([patient(), *copies], code="I7-platelets")
     assert outcome is Outcome.NOT_MET
