@@ -98,7 +98,8 @@ class FetchedData(Protocol):
     resources: list[dict[str, Any]]
     issues: list[Issue]
     truncated: frozenset[str]
-    # and, optionally, server_base: the FHIR server the data came from
+    # and, optionally, server_base (the FHIR server the data came from) and linked_patients
+    # (the Patients of the records Patient.link names, as read)
 
 
 def evaluate_fetched(
@@ -111,6 +112,7 @@ def evaluate_fetched(
         issues=data.issues,
         truncated=data.truncated,
         server_base=getattr(data, "server_base", None),
+        linked_patients=getattr(data, "linked_patients", ()),
     )
     return evaluate_record(record, protocol, as_of)
 

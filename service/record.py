@@ -97,7 +97,9 @@ class PatientRecord:
     def resolve(self, reference: Any, source: Resource | None = None) -> Resource | None:
         """The resource a Reference names, found in this patient's data (by fullUrl,
         ``Type/id``, ``#contained``, or identifier); None when it is not here. Rules follow
-        every reference through this, so urn:uuid links of transaction Bundles resolve."""
+        every reference through this, so urn:uuid links of transaction Bundles resolve.
+        Observations are not indexed (no rule follows a reference to one; it would cost
+        time on the hot path): index them in build_record when a rule needs to."""
         return self.index.resolve(reference, source)
 
 
@@ -199,9 +201,11 @@ def record_from_resources(
     issues: Iterable[Issue] = (),
     truncated: frozenset[str] = frozenset(),
     server_base: str | None = None,
+    linked_patients: Iterable[Resource] = (),
 ) -> PatientRecord:
     """For data fetched from a server (pull mode, CDS Hooks prefetch); ``server_base`` is
-    that server, so absolute references to it are recognised and others are not."""
+    that server, so absolute references to it are recognised and others are not;
+    ``linked_patients`` are the records the Patient links to, as read."""
     entries = [Entry(r) for r in resources if isinstance(r, dict) and "resourceType" in r]
     return build_record(
         Entry(patient),
@@ -210,6 +214,7 @@ def record_from_resources(
         issues=list(issues),
         truncated=truncated,
         server_base=server_base,
+        patients=[Entry(p) for p in linked_patients if isinstance(p, dict) and p],
     )
 
 
@@ -445,6 +450,7 @@ class _Identity:
     __slots__ = (
         "index",
         "id",
+        "own",
         "ours",
         "our_resources",
         "linked",
@@ -458,7 +464,8 @@ class _Identity:
     def __init__(self, index: ReferenceIndex, rid: Any) -> None:
         self.index = index
         self.id = rid if isinstance(rid, str) else None
-        self.ours: set[str] = set()
+        self.own: set[str] = set()  # keys of the evaluated Patient itself
+        self.ours: set[str] = set()  # ... and of the records merged into it
         self.our_resources: set[int] = set()
         self.linked: set[str] = set()
         self.linked_resources: set[int] = set()
@@ -473,7 +480,8 @@ class _Identity:
     ) -> _Identity:
         patient = record.patient
         ident = cls(record.index, patient.get("id"))
-        ident.ours.update(resource_keys(patient, urls[id(patient)], record.index.home))
+        ident.own.update(resource_keys(patient, urls[id(patient)], record.index.home))
+        ident.ours.update(ident.own)
         ident.our_resources.add(id(patient))
         links = patient.get("link")
         for link in links if isinstance(links, list) else ():
@@ -510,6 +518,11 @@ class _Identity:
                 self.our_resources.add(id(target))
             message = f"resources of {label}, merged into this patient (Patient.link replaces)"
             warn(Issue(Severity.INFORMATION, "informational", message, label))
+            why = self._not_plain_merge(target, label)
+            if why is not None:
+                for feed in all_feeds(protocol):
+                    record.held.setdefault(feed, why)
+                warn(Issue(Severity.WARNING, "business-rule", why, label))
         elif kind in ("seealso", "refer"):
             self.linked |= keys or set()
             if target is not None:
@@ -523,6 +536,28 @@ class _Identity:
                 "on it are undetermined"
             )
             warn(Issue(Severity.WARNING, "business-rule", message, label))
+
+    def _not_plain_merge(self, merged: Resource | None, label: str) -> str | None:
+        """Why a merged record (when its Patient is in the data) cannot simply be folded in:
+        it links on to further records (a chain of merges is not followed), or it says it was
+        replaced by a record other than this one."""
+        links = merged.get("link") if isinstance(merged, dict) else None
+        for link in links if isinstance(links, list) else ():
+            if not isinstance(link, dict):
+                continue
+            kind, other = link.get("type"), link.get("other")
+            ref = other.get("reference") if isinstance(other, dict) else None
+            key = self.index.key(ref, merged) if isinstance(ref, str) else None
+            if key is not None and key in self.own:
+                continue  # points back to this patient
+            if kind == "replaced-by":
+                return f"the merged record {label} says it was replaced by another record"
+            if kind in ("replaces", "seealso", "refer"):
+                return (
+                    f"the merged record {label} links on to another record (Patient.link "
+                    f"{kind}), which is not followed"
+                )
+        return None
 
     def _target(self, other: Any, urls: dict[int, str | None]) -> tuple[set[str] | None, Any]:
         """Keys of a linked record and its Patient resource when present; keys None when it

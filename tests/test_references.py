@@ -657,3 +657,30 @@ async def test_cds_full_prefetch_still_searches_the_merged_record():
     ev = evaluate_fetched(alone, PROTOCOL, AS_OF)[0]
     assert result(ev, "I7-platelets").outcome is Outcome.UNDETERMINED
     assert result(ev, "I1").outcome is Outcome.MET
+
+
+@pytest.mark.parametrize(
+    ("old_links", "why"),
+    [
+        ([linked("replaced-by", "Patient/p-new"), linked("replaces", "Patient/p-older")],
+         "links on to another record"),
+        ([linked("replaced-by", "Patient/someone-else")], "says it was replaced by another"),
+    ],
+    ids=["chain-of-merges", "points-elsewhere"],
+)  # fmt: skip
+async def test_a_merged_record_that_is_not_a_plain_merge_holds_data_criteria_open(old_links, why):
+    new = survivor(linked("replaces", "Patient/p-old"))
+    old = patient(pid="p-old", active=False, link=old_links)
+    mine, merged = of("p-new", platelets(250, 5)), of("p-old", platelets(250, 1))
+    bundled = bundle_mode(new, old, mine, merged, pid="p-new")
+    pulled = await pull_mode({"p-new": [new, mine], "p-old": [old, merged]}, "p-new")
+    for ev in (bundled, pulled):
+        assert result(ev, "I7-platelets").outcome is Outcome.UNDETERMINED
+        assert why in messages(ev)
+    assert outcomes(bundled) == outcomes(pulled)
+
+
+async def test_a_merged_record_gone_from_the_server_is_not_an_error():
+    new = survivor(linked("replaces", "Patient/p-gone"))
+    pulled = await pull_mode({"p-new": [new, of("p-new", platelets(250, 2))]}, "p-new")
+    assert result(pulled, "I7-platelets").outcome is Outcome.MET

@@ -20,6 +20,7 @@ class Resolved:
     truncated: frozenset[str] = frozenset()
     missing: set[str] = field(default_factory=set)  # keys neither prefetched nor fetchable
     server_base: str | None = None  # the EHR's FHIR server: absolute references to it are ours
+    linked_patients: list[dict[str, Any]] = field(default_factory=list)  # Patient.link records
 
 
 def _usable_search(value: Any) -> list[dict[str, Any]] | None:
@@ -112,6 +113,7 @@ async def resolve_prefetch(
     if fetched.patient:
         resolved.patient = fetched.patient
     resolved.resources.extend(fetched.resources)
+    resolved.linked_patients = fetched.linked_patients
     resolved.issues.extend(fetched.issues)
     resolved.truncated = fetched.truncated
     return resolved

@@ -45,6 +45,7 @@ class FetchResult:
     truncated: frozenset[str] = frozenset()  # union of Query.feeds of searches cut by a cap
     timings: dict[str, float] = field(default_factory=dict)  # per-query wall time, ms
     server_base: str | None = None  # the server the data came from
+    linked_patients: list[dict[str, Any]] = field(default_factory=list)  # as read, if found
 
 
 # Which failure wins when several queries fail at once: the most specific one.
@@ -107,10 +108,19 @@ async def fetch_patient(
             )
         for n, lid in enumerate(ids[:MAX_LINKED_RECORDS], 1):
             for q in plan_queries(protocol, lid, as_of):
-                if q.read:
-                    continue
                 lq = dataclasses.replace(q, key=f"{q.key} (linked record {n})")
-                linked.append((lq, tg.create_task(run(lq))))
+                task = read_linked(lq) if q.read else run(lq)
+                linked.append((lq, tg.create_task(task)))
+
+    async def read_linked(q: Query) -> dict | None:
+        """A linked record's Patient (its own links are checked); gone is not an error."""
+        started = time.perf_counter()
+        try:
+            return await client.read(q.resource_type, q.read_id, key=q.key)
+        except PatientNotFound:
+            return None
+        finally:
+            timings[q.key] = round((time.perf_counter() - started) * 1000, 1)
 
     try:
         async with asyncio.TaskGroup() as tg:
@@ -128,9 +138,12 @@ async def fetch_patient(
             patient = tasks[q.key].result()
     outcomes = [(q, tasks[q.key].result()) for q in searches]
     outcomes += [(q, task.result()) for q, task in linked]
+    linked_patients: list[dict[str, Any]] = []
     for q, outcome in outcomes:
         if not isinstance(outcome, SearchResult):
-            continue  # only reads return a Patient
+            if isinstance(outcome, dict):
+                linked_patients.append(outcome)
+            continue
         issues.extend(outcome.issues)
         if outcome.truncated:
             truncated |= q.feeds
@@ -142,7 +155,9 @@ async def fetch_patient(
                     continue  # the same copy twice (two pages, two searches): harmless
                 seen.append(resource)
             resources.append(resource)
-    return FetchResult(patient, resources, issues, frozenset(truncated), timings, client.base_url)
+    return FetchResult(
+        patient, resources, issues, frozenset(truncated), timings, client.base_url, linked_patients
+    )
 
 
 def follows_links(patient: Any) -> bool:
