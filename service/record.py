@@ -3,6 +3,12 @@ the evaluators can read: relevant resources only, indexed, with the patient's id
 
 This is the only place input is filtered, so the evaluators never see other patients' data
 and one malformed resource is skipped here with a warning instead of sinking the evaluation.
+
+Bundle mode and pull mode go through the same ``build_record``, so they cannot disagree on
+the same data: which references name this patient (``_Identity``: relative, the Patient's
+fullUrl, or absolute on the server the data came from; Patient.link merges), which of two
+differing copies of one resource is current (``_one_version``), and how references between
+resources resolve (``PatientRecord.resolve``, one index for every rule).
 """
 
 from __future__ import annotations
@@ -167,9 +173,10 @@ def _survivors(patients: list[Entry]) -> list[Entry]:
     kept: list[Entry] = []
     for n, p in enumerate(patients):
         base = entry_base(p.full_url)
+        links = p.resource.get("link")
         targets = {
             reference_key(link["other"]["reference"], base)
-            for link in p.resource.get("link") or ()
+            for link in (links if isinstance(links, list) else ())
             if isinstance(link, dict)
             and link.get("type") == "replaced-by"
             and isinstance(link.get("other"), dict)

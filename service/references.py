@@ -128,7 +128,8 @@ def referenced_type(reference: str) -> str | None:
 def identifiers(resource: Resource) -> list[tuple[str, str]]:
     """(system, value) of each identifier with both parts."""
     out: list[tuple[str, str]] = []
-    for ident in resource.get("identifier") or ():
+    idents = resource.get("identifier")
+    for ident in idents if isinstance(idents, list) else ():
         if isinstance(ident, dict):
             system, value = ident.get("system"), ident.get("value")
             if isinstance(system, str) and system and isinstance(value, str) and value:
@@ -210,7 +211,8 @@ class ReferenceIndex:
 def _contained(source: Resource | None, rid: str) -> Resource | None:
     if not isinstance(source, dict):
         return None
-    for res in source.get("contained") or ():
+    contained = source.get("contained")
+    for res in contained if isinstance(contained, list) else ():
         if isinstance(res, dict) and res.get("id") == rid:
             return res
     return None

@@ -684,3 +684,24 @@ async def test_a_merged_record_gone_from_the_server_is_not_an_error():
     new = survivor(linked("replaces", "Patient/p-gone"))
     pulled = await pull_mode({"p-new": [new, of("p-new", platelets(250, 2))]}, "p-new")
     assert result(pulled, "I7-platelets").outcome is Outcome.MET
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"link": 5},
+        {"link": [5, {"type": "replaces", "other": 7}, {"type": "seealso"}]},
+        {"identifier": 5},
+        {"identifier": {"system": "s", "value": "v"}},
+    ],
+)
+async def test_malformed_links_and_identifiers_never_sink_the_evaluation(damage):
+    pat = patient(**damage)
+    odd = platelets(250, 2)
+    odd["subject"] = {"identifier": 5}
+    prac = {"resourceType": "Practitioner", "id": "d1", "identifier": "x", "contained": 3}
+    data = server_bundle(pat, prac, odd, patient(pid="p2", link=3), platelets(250, 1))
+    ev = evaluate_record(record_from_bundle(data, PROTOCOL, "p1"), PROTOCOL, AS_OF)[0]
+    assert result(ev, "I7-platelets").outcome is not None
+    pulled = await pull_mode({"p1": [pat, prac, odd, platelets(250, 1)]}, "p1")
+    assert outcomes(pulled) == outcomes(ev)

@@ -177,9 +177,11 @@ def linked_ids(patient: dict[str, Any], base_url: str) -> list[str]:
     links = patient.get("link") if isinstance(patient, dict) else None
     found: list[str] = []
     for link in links if isinstance(links, list) else ():
-        other = link.get("other") if isinstance(link, dict) else None
+        if not isinstance(link, dict) or link.get("type") not in FOLLOWED_LINKS:
+            continue
+        other = link.get("other")
         ref = other.get("reference") if isinstance(other, dict) else None
-        if link.get("type") not in FOLLOWED_LINKS or not isinstance(ref, str) or base is None:
+        if not isinstance(ref, str) or base is None:
             continue
         key = reference_key(ref, base)
         prefix = f"{base}/Patient/"
