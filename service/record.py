@@ -314,14 +314,12 @@ def build_record(
         record._refs[id(resource)] = SourceRef(reference, rtype)
         key = (rtype, reference)
         if key in kept:
-            resource = _one_version(
-                kept[key][0],
-                resource,
-                reference,
-                issues,
-                unreadable,
-                _feeds(rtype, matched, protocol),
-            )
+            old, old_matched, old_url = kept[key]
+            # A conflict holds open what either copy feeds (they may be coded differently).
+            feeds = _feeds(rtype, old_matched, protocol) | _feeds(rtype, matched, protocol)
+            chosen = _one_version(old, resource, reference, issues, unreadable, feeds)
+            if chosen is old:
+                continue  # the kept copy stays, with its own codes
         kept[key] = (resource, matched, entry.full_url)
 
     for (rtype, _), (resource, matched, full_url) in kept.items():

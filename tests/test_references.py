@@ -705,3 +705,70 @@ async def test_malformed_links_and_identifiers_never_sink_the_evaluation(damage)
     assert result(ev, "I7-platelets").outcome is not None
     pulled = await pull_mode({"p1": [pat, prac, odd, platelets(250, 1)]}, "p1")
     assert outcomes(pulled) == outcomes(ev)
+
+
+async def test_differing_copies_coded_differently_hold_both_criteria_open():
+    # Same id: one copy says platelets 12, the other hemoglobin 130. Neither is current.
+    a = platelets(12, 1, "obs-x")
+    b = lab("718-7", 130, "g/L", day=day(1))
+    b["id"] = "obs-x"
+    outcome, _ = await both([patient(), platelets(250, 5), a, b], code="I7-platelets")
+    assert outcome is Outcome.UNDETERMINED
+
+
+async def test_an_older_version_arriving_later_does_not_replace_the_newer():
+    v2 = platelets(12, 1, "obs-x", meta={"versionId": "2"})
+    v1 = lab("718-7", 130, "g/L", day=day(1), meta={"versionId": "1"})
+    v1["id"] = "obs-x"
+    ev = bundle_mode(patient(), platelets(250, 5), v2, v1)
+    assert result(ev, "I7-platelets").outcome is Outcome.NOT_MET  # v2 (platelets 12) holds
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "code"),
+    [
+        (condition(SNOMED, ALL_DX, id="c-1"), condition(SNOMED, "91857003", id="c-1"), "I3"),
+        (questionnaire_response({"I11": True}, authored=day(2), id="qr-1"),
+         questionnaire_response({"I11": False}, authored=day(2), id="qr-1"), "I11"),
+        (consent(date_time=day(10), period=(day(10), None), id="cs-1"),
+         consent(status="rejected", date_time=day(10), id="cs-1"), "I12"),
+    ],
+    ids=["condition", "attestation", "consent"],
+)  # fmt: skip
+async def test_differing_copies_of_any_resource_type_are_undetermined(first, second, code):
+    outcome, warnings = await both([patient(), first, second], code=code)
+    assert outcome is Outcome.UNDETERMINED
+    assert "two different versions" in warnings
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: condition(SNOMED, ALL_DX, subject={"reference": f"{OTHER_SERVER}/Patient/p1"}),
+        lambda: consent(date_time=day(10), period=(day(10), None),
+                        patient_ref=f"{OTHER_SERVER}/Patient/p1"),
+        lambda: questionnaire_response({"I11": True}, authored=day(2),
+                                       subject=f"{OTHER_SERVER}/Patient/p1"),
+    ],
+    ids=["condition", "consent", "attestation"],
+)  # fmt: skip
+async def test_another_servers_patient_is_ignored_for_every_resource_type(make):
+    outcome_by_code = {"Condition": "I3", "Consent": "I12", "QuestionnaireResponse": "I11"}
+    res = make()
+    outcome, warnings = await both([patient(), res], code=outcome_by_code[res["resourceType"]])
+    assert outcome is Outcome.UNDETERMINED  # nothing of this patient's: not met from theirs
+    assert "another server" in warnings
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["Patient/p-old", f"{DEMO_BASE_URL}/Patient/p-old", "Patient/p-old/_history/3",
+     "HTTP://demo.invalid/fhir/Patient/p-old/"],
+)  # fmt: skip
+async def test_merge_link_forms(target):
+    new = survivor(linked("replaces", target))
+    mine, merged = of("p-new", platelets(250, 5)), of("p-old", platelets(12, 1))
+    bundled = bundle_mode(new, old_record(), mine, merged)
+    pulled = await pull_mode({"p-new": [new, mine], "p-old": [old_record(), merged]}, "p-new")
+    for ev in (bundled, pulled):
+        assert result(ev, "I7-platelets").outcome is Outcome.NOT_MET
