@@ -582,7 +582,8 @@ def _study_names(study: Resource) -> list[str]:
     url, version = study.get("url"), study.get("version")
     if isinstance(url, str):
         names.append(f"{url}|{version}" if isinstance(version, str) else url)
-    for ident in study.get("identifier") or ():
+    idents = study.get("identifier")
+    for ident in idents if isinstance(idents, list) else ():
         value = ident.get("value") if isinstance(ident, dict) else None
         if isinstance(value, str):
             names.append(value)
