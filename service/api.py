@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import logs, units
 from service.api_keys import check_exposure
+from service.app import router as web_app_router
 from service.cds.jwt_auth import CdsClientAuthenticator
 from service.cds.router import router as cds_router
 from service.fhir.client import close_clients
@@ -45,6 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("CDS Hooks client authentication is OFF (development only)")
         if settings.fhir_base_url is None:
             log.info("no FHIR base configured: serving the built-in demo patients")
+        if app.state.cds_authenticator.demo_client_trusted:
+            log.warning("CDS Hooks demo mode: trusting the PUBLIC demo EHR key (cds-demo)")
         yield
         await app.state.cds_authenticator.aclose()
         await close_clients()
@@ -130,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(fhir_router)
     app.include_router(cds_router)
+    app.include_router(web_app_router)
     return app
 
 

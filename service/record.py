@@ -284,6 +284,8 @@ def build_record(
         try:
             if rtype == "Observation":
                 matched = [c for c in codings(resource.get("code")) if c in wanted_codes]
+                if "component" in resource:  # a panel may carry the result in a component
+                    matched += _component_codes(resource["component"], wanted_codes)
                 if not matched:
                     continue  # not an input of this protocol: skip before any other work
             verdict = identity.classify(resource.get(SUBJECT_ELEMENT[rtype]), entry.full_url)
@@ -352,6 +354,14 @@ _IGNORED = {
     ),
     _UNLINKED: "{n} {rtype} resource(s) without a patient reference ignored",
 }
+
+
+def _component_codes(components: Any, wanted: frozenset[Code]) -> list[Code]:
+    """Wanted codes of an Observation's components (the shape check catches a bad list)."""
+    if not isinstance(components, list):
+        return []
+    found = [c for part in components if isinstance(part, dict) for c in codings(part.get("code"))]
+    return [c for c in dict.fromkeys(found) if c in wanted]
 
 
 def _feeds(rtype: str, matched: list[Code], protocol: Protocol) -> set[str]:

@@ -77,7 +77,8 @@ def make_protocol() -> Protocol:
 
 
 PROTOCOL = make_protocol()
-LAB_SETS = {"bilirubin-total", "alt", "ast", "creatinine", "anc", "platelets", "hemoglobin", "lvef"}
+LAB_SETS = {"bilirubin-total", "alt", "ast", "creatinine", "anc", "platelets", "hemoglobin", "lvef",
+            "lvef-any-method"}  # fmt: skip
 
 
 # -- the plan -----------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import (
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from fastapi import HTTPException, Request
 
+from service import demo_ehr
 from service.settings import Settings, TrustedIssuer
 
 logger = logging.getLogger("service.cds.auth")
@@ -218,6 +219,12 @@ class CdsClientAuthenticator:
                 raise ValueError(f"trusted issuer {issuer.iss!r} has neither jwks nor jwks_url")
             self._issuers[issuer.iss] = issuer
             self._inline[issuer.iss] = _index_jwks(issuer.jwks) if issuer.jwks else {}
+        # Demo mode only: the public demo EHR key, so `eligibility cds-demo` can call us.
+        self.demo_client_trusted = demo_ehr.demo_trust_applies(settings)
+        if self.demo_client_trusted:
+            demo = TrustedIssuer(iss=demo_ehr.demo_issuer(), jwks=demo_ehr.demo_public_jwks())
+            self._issuers[demo.iss] = demo
+            self._inline[demo.iss] = _index_jwks(demo.jwks)
         self._leeway = settings.cds_jwt_leeway_seconds
         self._cache_seconds = settings.cds_jwks_cache_seconds
         self._refetch_interval = refetch_interval_seconds

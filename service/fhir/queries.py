@@ -109,7 +109,10 @@ def observation_groups(protocol: Protocol) -> list[ObservationGroup]:
             if not param.endswith(_OBS_PARAM) or vs_id in seen:
                 continue
             seen.add(vs_id)
-            if param == _OBS_PARAM and c.rule.startswith(_LAB_RULE_PREFIX):
+            # a lab's evidence-only broader codes (context_...) are searched with the labs
+            if param in (_OBS_PARAM, f"context_{_OBS_PARAM}") and c.rule.startswith(
+                _LAB_RULE_PREFIX
+            ):
                 gid, name = "labs", "labs"
             else:
                 gid = top[c.code]

@@ -41,7 +41,7 @@ from service.clinical.model import (
     not_met,
     undetermined,
 )
-from service.clinical.observations import candidate_observations
+from service.clinical.observations import candidate_observations, result_parts
 from service.clinical.rules import Context, rule
 from service.clinical.rules.diagnosis import (
     code_label,
@@ -262,9 +262,9 @@ def _observation_events(
         (Kind.REMISSION, vs(p["remission_value_valueset"])),
     ]
 
-    def event(obs: Resource, day: date | None) -> Event:
+    def event(obs: Resource, day: date | None, part: Resource | None = None) -> Event:
         ref = ctx.record.ref(obs).reference
-        codes = list(codings(obs.get("valueCodeableConcept")))
+        codes = list(codings((obs if part is None else part).get("valueCodeableConcept")))
         kind, label, contradictory = _classify(codes, valuesets)
         if contradictory:
             issues.append(Issue(Severity.WARNING, "value", "contradictory disease status", ref))
@@ -272,14 +272,14 @@ def _observation_events(
 
     conditions = _Conditions.of(criterion, ctx)
 
-    def place(obs: Resource, day: date | None) -> None:
+    def place(obs: Resource, day: date | None, part: Resource | None = None) -> None:
         about = conditions.about(obs)
         if about != "all":
             issues.append(_focus_issue(obs, ctx, about, p["disease"]))
             if about == "unknown":
-                unplaced.append(event(obs, day))
+                unplaced.append(event(obs, day, part))
             return
-        e = event(obs, day)
+        e = event(obs, day, part)
         # Undated results are unusable, but one that may show disease must stop a "not met".
         if day is not None or e.kind is not Kind.REMISSION:
             out.append(e)
@@ -287,11 +287,12 @@ def _observation_events(
     for dated in candidate_observations(
         ctx.record, ctx.protocol, status_vs, ctx.as_of, None, issues
     ):
-        place(dated.resource, dated.day)
+        place(dated.resource, dated.day, dated.part)
     allowed = set(ctx.protocol.general["observation_statuses"])
     for obs in ctx.record.observations_in(status_vs):
         if obs.get("status") in allowed and effective_date(obs) is None:
-            place(obs, None)
+            for part in result_parts(obs, status_vs):  # a component may carry the status
+                place(obs, None, part)
 
 
 def _procedure_events(criterion: CriterionDef, ctx: Context, out: list[Event]) -> None:
