@@ -772,3 +772,45 @@ async def test_merge_link_forms(target):
     pulled = await pull_mode({"p-new": [new, mine], "p-old": [old_record(), merged]}, "p-new")
     for ev in (bundled, pulled):
         assert result(ev, "I7-platelets").outcome is Outcome.NOT_MET
+
+
+# -- every demo patient, disturbed in each way above: pull mode and bundle mode agree ---------
+
+
+def _disturb(bundle: dict, how: str) -> dict:
+    """A copy of a demo Bundle with one class of identity/version problem in every lab."""
+    out = copy.deepcopy(bundle)
+    extra = []
+    for n, entry in enumerate(out["entry"]):
+        res = entry["resource"]
+        if res["resourceType"] != "Observation" or "valueQuantity" not in res:
+            continue
+        twin = copy.deepcopy(res)
+        twin["valueQuantity"]["value"] = twin["valueQuantity"]["value"] * 0.1
+        if how == "differing-copy":
+            pass
+        elif how == "newer-version":
+            res["meta"], twin["meta"] = {"versionId": "1"}, {"versionId": "2"}
+        elif how == "foreign-subject":
+            twin["id"] = f"{res['id']}-x"
+            twin["subject"] = {"reference": f"{OTHER_SERVER}/{res['subject']['reference']}"}
+        extra.append({"fullUrl": f"urn:uuid:00000000-0000-4000-8000-{n:012d}", "resource": twin})
+    out["entry"] += extra
+    return out
+
+
+@pytest.mark.parametrize("how", ["differing-copy", "newer-version", "foreign-subject"])
+async def test_demo_patients_disturbed_agree_both_ways(how):
+    from service.demo import load_demo_bundles
+
+    bundles = {pid: _disturb(b, how) for pid, b in load_demo_bundles(AS_OF).items()}
+    store = DemoStore(bundles, default_page_size=7, max_page_size=7)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(store.handle))
+    async with FhirClient(http, DEMO_BASE_URL, config=ClientConfig(page_size=7)) as client:
+        for pid, data in bundles.items():
+            bundled = evaluate_record(record_from_bundle(data, PROTOCOL, pid), PROTOCOL, AS_OF)[0]
+            fetched = await fetch_patient(client, PROTOCOL, pid, AS_OF)
+            pulled = evaluate_fetched(fetched, PROTOCOL, AS_OF)[0]
+            assert outcomes(bundled) == outcomes(pulled), (how, pid)
+            if how == "differing-copy":
+                assert result(bundled, "I7").outcome is not Outcome.MET, pid
