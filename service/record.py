@@ -26,6 +26,7 @@ from service.references import (
     entry_base,
     normalise_base,
     reference_key,
+    referenced_type,
     resource_keys,
 )
 from service.shapes import shape_error
@@ -509,6 +510,8 @@ class _Identity:
     ) -> None:
         kind, other = link.get("type"), link.get("other")
         label = other.get("reference") if isinstance(other, dict) else None
+        if isinstance(label, str) and referenced_type(label) not in (None, "Patient"):
+            return  # e.g. a RelatedPerson (seealso): not a record of this patient's data
         label = label if isinstance(label, str) else "a record named by identifier"
         keys, target = self._target(other, urls)
         warn = record.issues.append

@@ -814,3 +814,12 @@ async def test_demo_patients_disturbed_agree_both_ways(how):
             assert outcomes(bundled) == outcomes(pulled), (how, pid)
             if how == "differing-copy":
                 assert result(bundled, "I7").outcome is not Outcome.MET, pid
+
+
+async def test_a_seealso_related_person_is_not_a_patient_record():
+    from service.fhir.fetch import follows_links
+
+    pat = patient(link=[linked("seealso", "RelatedPerson/mother")])
+    assert not follows_links(pat)
+    outcome, warnings = await both([pat, platelets(250, 2)], code="I7-platelets")
+    assert outcome is Outcome.MET and "Patient.link" not in warnings

@@ -28,7 +28,7 @@ from service.fhir.errors import FhirError, InvalidPatientId, PatientNotFound
 from service.fhir.queries import Query, check_id, plan_queries
 from service.protocol import Protocol
 from service.record import all_feeds
-from service.references import normalise_base, reference_key
+from service.references import normalise_base, reference_key, referenced_type
 
 # Patient.link types whose records are searched too; "replaced-by" is not followed.
 FOLLOWED_LINKS = ("replaces", "seealso", "refer")
@@ -163,10 +163,13 @@ async def fetch_patient(
 def follows_links(patient: Any) -> bool:
     """Whether a Patient links to records whose data must be searched (``FOLLOWED_LINKS``)."""
     links = patient.get("link") if isinstance(patient, dict) else None
-    return any(
-        isinstance(link, dict) and link.get("type") in FOLLOWED_LINKS
-        for link in (links if isinstance(links, list) else ())
-    )
+    for link in links if isinstance(links, list) else ():
+        if isinstance(link, dict) and link.get("type") in FOLLOWED_LINKS:
+            other = link.get("other")
+            ref = other.get("reference") if isinstance(other, dict) else None
+            if not isinstance(ref, str) or referenced_type(ref) in (None, "Patient"):
+                return True  # a RelatedPerson holds no data of this patient's
+    return False
 
 
 def linked_ids(patient: dict[str, Any], base_url: str) -> list[str]:
