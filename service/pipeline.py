@@ -100,13 +100,21 @@ class FetchedData(Protocol):
     resources: list[dict[str, Any]]
     issues: list[Issue]
     truncated: frozenset[str]
+    # and, optionally, server_base (the FHIR server the data came from) and linked_patients
+    # (the Patients of the records Patient.link names, as read)
 
 
 def evaluate_fetched(
     data: FetchedData, protocol: TrialProtocol, as_of: date | None
 ) -> tuple[Evaluation, dict[str, Any]]:
     record = record_from_resources(
-        data.patient, data.resources, protocol, issues=data.issues, truncated=data.truncated
+        data.patient,
+        data.resources,
+        protocol,
+        issues=data.issues,
+        truncated=data.truncated,
+        server_base=getattr(data, "server_base", None),
+        linked_patients=getattr(data, "linked_patients", ()),
     )
     return evaluate_record(record, protocol, as_of)
 
