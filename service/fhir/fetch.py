@@ -127,8 +127,13 @@ async def fetch_patient(
             tasks = {q.key: tg.create_task(run(q)) for q in queries}
             if links_of is not None and not any(q.read for q in queries):
                 follow(links_of)
-    except* FhirError as group:
-        raise _pick(group.exceptions) from None
+    except BaseExceptionGroup as group:
+        # Not ``except*``: before Python 3.11.4 (gh-103590) a ``raise ... from None`` inside it
+        # comes out wrapped in a new ExceptionGroup, and callers would see no FhirError.
+        fhir_errors, others = group.split(FhirError)
+        if fhir_errors is None or others is not None:
+            raise
+        raise _pick(fhir_errors.exceptions) from None
 
     patient: dict[str, Any] = {}
     resources: list[dict[str, Any]] = []
