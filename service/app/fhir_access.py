@@ -17,9 +17,9 @@ from urllib.parse import urlencode
 import httpx
 import orjson
 
-from service.app.demo_layer import DemoLayer
 from service.clinical.evaluation import Evaluation
 from service.fhir.client import ClientConfig, FhirClient, client_for
+from service.fhir.demo_layer import DemoLayer
 from service.fhir.demo_store import DEMO_BASE_URL
 from service.fhir.errors import UpstreamAuthError, UpstreamError
 from service.fhir.fetch import FetchResult, fetch_patient

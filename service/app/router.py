@@ -21,13 +21,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from service.app import attestation as att
 from service.app import smart
-from service.app.demo_layer import DemoLayer
 from service.app.fhir_access import Evaluated, FhirAccess
 from service.app.sessions import Session, SessionStore, check_csrf
 from service.app.view import review_view
 from service.cds.cards import trial_name
 from service.clinical.dates import today
 from service.clinical.evaluation import SubjectStatus
+from service.fhir.demo_layer import DemoLayer, shared_demo_layer
 from service.fhir.demo_store import DEMO_BASE_URL
 from service.fhir.errors import FhirError, UpstreamAuthError
 from service.fhir.queries import check_id
@@ -79,7 +79,7 @@ def _state(request: Request) -> AppState:
                 idle_seconds=settings.app_session_idle_minutes * 60,
                 max_seconds=settings.app_session_max_hours * 3600,
             ),
-            demo=DemoLayer(),
+            demo=shared_demo_layer(),
         )
         app_state.web_app = found
     return found

@@ -38,7 +38,8 @@ import stamina
 
 from service.clinical.model import Issue, Severity
 from service.fhir.auth import BearerAuth, FhirAuth, NoAuth, SmartBackendAuth, load_private_key
-from service.fhir.demo_store import DEMO_BASE_URL, demo_transport
+from service.fhir.demo_layer import shared_demo_layer
+from service.fhir.demo_store import DEMO_BASE_URL
 from service.fhir.errors import (
     DeadlineExceeded,
     FhirConfigError,
@@ -871,7 +872,7 @@ def _http_for(base: str, settings: Settings) -> httpx.AsyncClient:
     http = cache.get(key)
     if http is None or http.is_closed:
         if base == DEMO_BASE_URL:
-            http = httpx.AsyncClient(transport=demo_transport())
+            http = httpx.AsyncClient(transport=httpx.MockTransport(shared_demo_layer().handle))
         else:
             limits = httpx.Limits(
                 max_connections=POOL_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE

@@ -64,9 +64,14 @@ def test_attesting_yes_to_all_open_items_makes_demo_potential_eligible(client) -
     assert status(page) == "eligible"
     assert set(results(page).values()) == {"met"}
     assert "Attestation saved" in page
-    # pull mode alone does not see the demo layer; the app's evaluation does (documented)
     (qr,) = written(client)
     assert qr["status"] == "completed"
+    # The API's pull mode reads the same demo data: app and $eligibility agree.
+    api = client.get("/Patient/demo-potential/$eligibility").json()
+    (subject,) = [
+        e["resource"] for e in api["entry"] if e["resource"]["resourceType"] == "ResearchSubject"
+    ]
+    assert subject["status"] == "eligible"
 
 
 def test_the_response_is_canonical_versioned_signed_and_dated_now(client) -> None:

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api import create_app
-from service.app.demo_layer import DemoLayer
+from service.fhir.demo_layer import DemoLayer
 from service.fhir.demo_store import DEMO_BASE_URL
 from service.settings import Settings
 from tests.app.helpers import open_form, results, row, status

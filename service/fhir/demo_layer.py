@@ -1,8 +1,9 @@
 """Demo mode: a writable in-memory layer over the read-only demo store.
 
 Attestations (QuestionnaireResponse) and enrolments (ResearchSubject) written in demo mode
-are kept here, per process, and searched together with the demo patients' own data, so the
-evaluation reads them through the same FHIR client and queries as pull mode. The layer
+are kept here, per process, and searched together with the demo patients' own data. There is
+one layer per process (``shared_demo_layer``): the web app writes to it and pull mode
+(``GET /Patient/{id}/$eligibility`` with no FHIR base) reads from it, so the two agree. The layer
 speaks the two writes the app uses, as a FHIR server would: conditional create
 (``If-None-Exist``) and conditional update (``PUT [type]?identifier=...``).
 """
@@ -12,13 +13,14 @@ from __future__ import annotations
 import threading
 import uuid
 from datetime import UTC, date, datetime
+from functools import cache
 from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
 import orjson
 
-from service.demo import load_demo_bundles
+from service.fhir import demo_store
 from service.fhir.demo_store import DEMO_BASE_URL, DemoStore
 
 FHIR_JSON = "application/fhir+json"
@@ -50,8 +52,15 @@ class DemoLayer:
         self._built_on: date | None = None
         self._lock = threading.RLock()
 
+    def reset(self) -> None:
+        """Forget everything written (tests; a restart does the same)."""
+        with self._lock:
+            self._written.clear()
+            self._count = 0
+            self._store = None
+
     def patients(self) -> list[str]:
-        return sorted(load_demo_bundles())
+        return sorted(_bundles())
 
     def written(self, rtype: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -62,7 +71,7 @@ class DemoLayer:
         with self._lock:
             if self._store is None or self._built_on != date.today():
                 bundles = {}
-                for pid, bundle in load_demo_bundles().items():
+                for pid, bundle in _bundles().items():
                     extra = [{"resource": r} for r in self._written.get(pid, [])]
                     bundles[pid] = {**bundle, "entry": [*(bundle.get("entry") or []), *extra]}
                 self._store = DemoStore(bundles, base_url=self.base_url)
@@ -88,7 +97,7 @@ class DemoLayer:
         if not isinstance(ref, str) or not ref.startswith("Patient/"):
             return None
         pid = ref.removeprefix("Patient/")
-        return pid if pid in load_demo_bundles() else None
+        return pid if pid in _bundles() else None
 
     def _store_new(self, pid: str, resource: dict[str, Any]) -> dict[str, Any]:
         resource = {**resource, "id": uuid.uuid4().hex}
@@ -152,6 +161,16 @@ class DemoLayer:
             ],
         }
         return _resource(200, bundle)
+
+
+def _bundles() -> dict[str, dict]:
+    return demo_store._load_demo_bundles()  # the demo store's own loader (tests replace it)
+
+
+@cache
+def shared_demo_layer() -> DemoLayer:
+    """This process's demo data: what every interface reads when no FHIR base is set."""
+    return DemoLayer()
 
 
 def _now() -> str:
