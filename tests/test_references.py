@@ -26,12 +26,16 @@ from service.record import record_from_bundle
 from service.references import ReferenceIndex, normalise_base, reference_key
 from tests.builders import (
     AS_OF,
+    LOINC,
     SNOMED,
     coded_observation,
+    concept,
     condition,
     consent,
     lab,
+    observation,
     patient,
+    quantity,
     questionnaire_response,
     result,
 )
@@ -823,3 +827,21 @@ async def test_a_seealso_related_person_is_not_a_patient_record():
     assert not follows_links(pat)
     outcome, warnings = await both([pat, platelets(250, 2)], code="I7-platelets")
     assert outcome is Outcome.MET and "Patient.link" not in warnings
+
+
+# -- component-only panels are searched for in pull mode -------------------------------------
+
+
+async def test_a_panel_with_the_analyte_only_in_a_component_is_fetched_in_pull_mode():
+    """Pull mode searches ``combo-code``: a ``code`` search never finds a CBC whose platelet
+    count is a component, and an older passing standalone result would decide alone."""
+    pat = patient("p1")
+    standalone = platelets(250, 6, "old-plt")
+    cbc = observation(
+        "58410-2",  # CBC panel: in no ValueSet of the protocol
+        day=day(1),
+        component=[{"code": concept(LOINC, PLATELETS), "valueQuantity": quantity(12, "10*9/L")}],
+    )
+    cbc["id"] = "cbc"
+    outcome, _ = await both([pat, standalone, cbc], code="I7-platelets")
+    assert outcome is Outcome.NOT_MET
