@@ -3,7 +3,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: setup demo serve test lint test-hapi bench bench-smoke clean
+PORT ?= 8000
+PIDFILE := $(VENV)/serve.pid
+.PHONY: setup demo serve serve-bg stop test lint test-hapi test-browser test-ops bench bench-smoke deploy-tools clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +22,20 @@ demo: $(STAMP)  ## evaluate the six bundled demo patients
 serve: $(STAMP)  ## the HTTP API on http://127.0.0.1:8000 (demo store unless ELIGIBILITY_FHIR_BASE_URL is set)
 	$(BIN)/eligibility serve
 
+serve-bg: $(STAMP)  ## the HTTP API in the background; returns once /healthz answers (log: .venv/serve.log)
+	@if [ -f $(PIDFILE) ] && kill -0 "$$(cat $(PIDFILE))" 2>/dev/null; then \
+		echo "already running (pid $$(cat $(PIDFILE))); make stop first"; exit 0; fi; \
+	if deploy/wait-healthy http://127.0.0.1:$(PORT)/healthz 0.5 2>/dev/null; then \
+		echo "error: something already answers on port $(PORT); try make serve-bg PORT=8001"; exit 1; fi; \
+	nohup $(BIN)/eligibility serve --port $(PORT) > $(VENV)/serve.log 2>&1 & echo $$! > $(PIDFILE); \
+	if ! deploy/wait-healthy http://127.0.0.1:$(PORT)/healthz 60; then \
+		kill "$$(cat $(PIDFILE))" 2>/dev/null; rm -f $(PIDFILE); tail -5 $(VENV)/serve.log; exit 1; fi; \
+	echo "serving on http://127.0.0.1:$(PORT) (pid $$(cat $(PIDFILE))); stop with: make stop"
+
+stop:  ## stop the server started by make serve-bg
+	@if [ -f $(PIDFILE) ]; then kill "$$(cat $(PIDFILE))" 2>/dev/null || true; rm -f $(PIDFILE); echo stopped; \
+	else echo "not running (no $(PIDFILE))"; fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -29,6 +45,20 @@ test: lint  ## lint + the fast suite (no Java, no network)
 
 test-hapi: $(STAMP)  ## integration suite against a real local HAPI FHIR server (Java 17 + Maven)
 	deploy/hapi/run-tests
+
+test-ops: $(STAMP)  ## state store, rate limits, replay: real redis-server and uvicorn worker processes
+	deploy/redis/run-tests
+
+test-browser: $(STAMP)  ## the web app in headless Chromium (Debian's chromium; installs it if missing)
+	deploy/browser/setup
+	$(BIN)/pytest -q -m "browser and not hapi"
+
+# Tools for tests/test_deploy.py (skipped with a reason without them): compose-go, Compose's own
+# loader, and kustomize. Needs Go (modules from the Go module proxy); CI runs this before make test.
+KUSTOMIZE_VERSION ?= v5.5.0
+deploy-tools: $(STAMP)  ## build the Compose and kustomize checkers into .venv/bin (needs Go)
+	cd deploy/tools/compose-config && go build -o $(abspath $(BIN))/compose-config .
+	GOBIN=$(abspath $(BIN)) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 
 bench: $(STAMP)  ## benchmarks; tables in bench-results/
 	$(BIN)/eligibility bench

@@ -18,12 +18,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import inputs, logs, units
 from service.api_keys import check_exposure
+from service.app import router as web_app_router
 from service.cds.jwt_auth import CdsClientAuthenticator
 from service.cds.router import router as cds_router
 from service.fhir.client import close_clients
 from service.fhir.errors import FhirError
 from service.fhir_response import ISSUE_CODE, outcome
 from service.inputs import validation_message
+from service.ops import wiring as ops_wiring
 from service.protocol import ProtocolError, load_protocol
 from service.record import InputError
 from service.routes import router as fhir_router
@@ -50,7 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("CDS Hooks client authentication is OFF (development only)")
         if settings.fhir_base_url is None:
             log.info("no FHIR base configured: serving the built-in demo patients")
+        if app.state.cds_authenticator.demo_client_trusted:
+            log.warning("CDS Hooks demo mode: trusting the PUBLIC demo EHR key (cds-demo)")
+        await ops_wiring.startup(app)
         yield
+        await ops_wiring.shutdown(app)
         await app.state.cds_authenticator.aclose()
         await close_clients()
 
@@ -62,7 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.protocol = load_protocol(settings.protocol_path)
-    app.state.cds_authenticator = CdsClientAuthenticator(settings)
+    ops_wiring.install(app, settings)  # state store, rate limits, audit sink, /metrics
+    app.state.cds_authenticator = CdsClientAuthenticator(settings, store=app.state.store)
 
     if settings.cors_origins:
         app.add_middleware(
@@ -135,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(fhir_router)
     app.include_router(cds_router)
+    app.include_router(web_app_router)
     logs.set_route_resolver(_route_resolver(app))
     return app
 

@@ -4,6 +4,7 @@ serve the API, run the benchmarks."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from datetime import date
 from enum import StrEnum
@@ -13,6 +14,12 @@ from typing import Annotated
 import orjson
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
+
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer on click
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from service import logs
 from service.clinical.evaluation import Evaluation
@@ -23,9 +30,41 @@ from service.record import InputError
 from service.settings import get_settings
 from service.summary import render_summary
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 EXIT_BAD_INPUT = 2
 EXIT_UPSTREAM = 3
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (unknown option, ``--format xml``) as one ``error:`` line and exit 2.
+
+    Typer draws them in a rich box with a usage banner; scripts and people reading stderr are
+    better served by the same one-line form every other bad input gets.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as exc:
+            exc.show()  # bare `eligibility`: the help text, as before
+            sys.exit(exc.exit_code)
+        except UsageError as exc:
+            print(f"error: {exc.format_message()}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+        except ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            print("error: aborted", file=sys.stderr)
+            sys.exit(1)
+        except Exception as exc:  # noqa: BLE001 - one line, never a traceback with patient data
+            print(f"error: internal error ({type(exc).__name__})", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, cls=_OneLineErrors)
 
 
 class OutputFormat(StrEnum):
@@ -63,7 +102,15 @@ def _print(evaluation: Evaluation, bundle: dict, protocol: Protocol, fmt: Output
     if fmt is OutputFormat.fhir:
         sys.stdout.buffer.write(orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n")
     else:
-        render_summary(evaluation, protocol, Console(width=160))
+        render_summary(evaluation, protocol, _console())
+
+
+def _console() -> Console:
+    """The terminal's width ($COLUMNS wins); piped output is not squeezed to 80 columns."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=160)
+    return console
 
 
 @app.command()
@@ -114,13 +161,34 @@ def evaluate(
 @app.command()
 def demo(
     format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.summary,
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the demo patients' Bundles, dated as of today, to this folder "
+            "(to post or load them) instead of evaluating them"
+        ),
+    ] = None,
 ) -> None:
     """Evaluate the bundled demo patients (dated as of today) and print their summaries.
 
     Each patient is pulled through the FHIR client from the built-in demo store, the same
     path ``GET /Patient/{id}/$eligibility`` takes when no FHIR server is configured.
     """
+    from service.clinical.dates import today
     from service.demo import load_demo_bundles
+
+    if export is not None:
+        day = today()
+        try:
+            export.mkdir(parents=True, exist_ok=True)
+            for patient_id, data in load_demo_bundles(day).items():
+                path = export / f"{patient_id}.json"
+                path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+                print(path)
+        except OSError as exc:
+            raise _fail(f"cannot write to {export}: {exc.strerror}") from None
+        print(f"dated as of {day.isoformat()}: post them today (or pass --as-of {day})")
+        return
 
     protocol = _protocol()
     settings = get_settings().model_copy(update={"fhir_base_url": None})
@@ -136,6 +204,53 @@ def demo(
         print()
 
 
+@app.command("cds-demo")
+def cds_demo(
+    patient: Annotated[str, typer.Argument(help="a demo patient id, e.g. demo-eligible")],
+    url: Annotated[str, typer.Option(help="the running service")] = "http://127.0.0.1:8000",
+    json_out: Annotated[bool, typer.Option("--json", help="print the raw CDS response")] = False,
+) -> None:
+    """Act as an EHR: call the service's CDS Hooks patient-view for a demo patient, print cards.
+
+    Signs its JWT with the PUBLIC demo key, which the service trusts only in demo mode (no FHIR
+    server configured); the prefetch is filled from the demo patients' data.
+    """
+    from service.demo import load_demo_bundles
+    from service.demo_ehr import DemoEhrError, call_patient_view
+
+    bundles = load_demo_bundles()
+    if patient not in bundles:
+        raise _fail(f"unknown demo patient {patient!r}; one of: {', '.join(bundles)}")
+    try:
+        answer = call_patient_view(url, patient, bundles)
+    except DemoEhrError as exc:
+        raise _fail(exc.message, EXIT_UPSTREAM) from None
+    if json_out:
+        sys.stdout.buffer.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2) + b"\n")
+        return
+    _print_cards(answer.get("cards") or [])
+
+
+def _print_cards(cards: list[dict]) -> None:
+    from rich.console import Group
+    from rich.markdown import Markdown
+    from rich.panel import Panel
+    from rich.text import Text
+
+    console = _console()
+    if not cards:
+        console.print("no cards (the service shows none for an ineligible patient)")
+        return
+    for card in cards:
+        body = [Markdown(card.get("detail") or "")]
+        for suggestion in card.get("suggestions") or []:
+            body.append(Markdown(f"**suggestion:** {suggestion.get('label', '')}"))
+        for link in card.get("links") or []:
+            body.append(Text(f"link: {link.get('label', '')} {link.get('url', '')}"))
+        title = Text(f"[{card.get('indicator', 'info')}] {card.get('summary', '')}")
+        console.print(Panel(Group(*body), title=title, title_align="left"))
+
+
 @app.command("load-demo")
 def load_demo(
     base: Annotated[str, typer.Option(help="FHIR base URL to load into")],
@@ -145,8 +260,6 @@ def load_demo(
     wait: Annotated[float, typer.Option(help="seconds to wait for the server first")] = 0,
 ) -> None:
     """Load the demo patients (dated as of today) or other Bundles into a FHIR server."""
-    import os
-
     from service.demo import load_demo_bundles
     from service.fhir.loader import LoadError, load_bundles
 
@@ -171,10 +284,29 @@ def serve(
     port: int = 8000,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
 ) -> None:
-    """Run the HTTP API (FHIR $eligibility, protocol resources, CDS Hooks)."""
+    """Run the HTTP API (FHIR $eligibility, protocol resources, CDS Hooks).
+
+    With several workers, each worker learns the count (so the state store defaults to SQLite
+    shared by all of them, unless ELIGIBILITY_REDIS_URL is set) and Prometheus metrics are
+    collected in multiprocess mode from a fresh directory.
+    """
+    import os
+    import tempfile
+    from contextlib import ExitStack
+
     import uvicorn
 
-    uvicorn.run("service.api:app", host=host, port=port, workers=workers, log_config=None)
+    with ExitStack() as stack:
+        if workers > 1:
+            from service.state.factory import default_sqlite_path
+
+            os.environ["ELIGIBILITY_WORKERS"] = str(workers)
+            if not os.environ.get("ELIGIBILITY_STATE_SQLITE_PATH"):
+                os.environ["ELIGIBILITY_STATE_SQLITE_PATH"] = str(default_sqlite_path(port))
+            if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                metrics_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="prom-"))
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        uvicorn.run("service.api:app", host=host, port=port, workers=workers, log_config=None)
 
 
 @app.command()

@@ -39,6 +39,7 @@ ISSUE_CODE = {
     413: "too-long",
     415: "not-supported",
     422: "invalid",
+    429: "throttled",
     502: "transient",
     504: "timeout",
 }

@@ -19,6 +19,7 @@ from service.clinical.evaluation import Evaluation
 from service.clinical.model import Issue
 from service.gc_pause import gc_paused
 from service.inputs import brief, check_bundle, check_patient_selector, json_type
+from service.ops.audit import evaluation_done
 from service.output import result_bundle
 from service.protocol import Protocol as TrialProtocol
 from service.record import InputError, PatientRecord, record_from_bundle, record_from_resources
@@ -100,6 +101,7 @@ def evaluate_record(
 ) -> tuple[Evaluation, dict[str, Any]]:
     with gc_paused():
         evaluation = evaluate(record, protocol, as_of or today())
+        evaluation_done(evaluation)  # metrics, and the request's audit event
         return evaluation, result_bundle(evaluation, protocol)
 
 
@@ -138,13 +140,21 @@ class FetchedData(Protocol):
     resources: list[dict[str, Any]]
     issues: list[Issue]
     truncated: frozenset[str]
+    # and, optionally, server_base (the FHIR server the data came from) and linked_patients
+    # (the Patients of the records Patient.link names, as read)
 
 
 def evaluate_fetched(
     data: FetchedData, protocol: TrialProtocol, as_of: date | None
 ) -> tuple[Evaluation, dict[str, Any]]:
     record = record_from_resources(
-        data.patient, data.resources, protocol, issues=data.issues, truncated=data.truncated
+        data.patient,
+        data.resources,
+        protocol,
+        issues=data.issues,
+        truncated=data.truncated,
+        server_base=getattr(data, "server_base", None),
+        linked_patients=getattr(data, "linked_patients", ()),
     )
     return evaluate_record(record, protocol, as_of)
 

@@ -184,6 +184,12 @@ def load_protocol(path: Path | str = DEFAULT_PROTOCOL) -> Protocol:
 
 def _check(protocol: Protocol) -> None:
     """Fail at load time, not mid-evaluation, when the data contradicts itself."""
+    for key, value in protocol.general.items():
+        if key.endswith("valueset"):
+            protocol.valueset(value)
+        elif key.endswith("valuesets"):
+            for v in value.values() if isinstance(value, dict) else value:
+                protocol.valueset(v)
     for c in protocol.criteria.values():
         for key, value in c.params.items():
             if key.endswith("valueset"):

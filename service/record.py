@@ -3,6 +3,12 @@ the evaluators can read: relevant resources only, indexed, with the patient's id
 
 This is the only place input is filtered, so the evaluators never see other patients' data
 and one malformed resource is skipped here with a warning instead of sinking the evaluation.
+
+Bundle mode and pull mode go through the same ``build_record``, so they cannot disagree on
+the same data: which references name this patient (``_Identity``: relative, the Patient's
+fullUrl, or absolute on the server the data came from; Patient.link merges), which of two
+differing copies of one resource is current (``_one_version``), and how references between
+resources resolve (``PatientRecord.resolve``, one index for every rule).
 """
 
 from __future__ import annotations
@@ -12,8 +18,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.clinical.dates import parse_moment
 from service.clinical.model import Issue, Severity, SourceRef
 from service.protocol import Code, Protocol, ValueSet
+from service.references import (
+    ReferenceIndex,
+    entry_base,
+    normalise_base,
+    reference_key,
+    referenced_type,
+    resource_keys,
+)
 from service.shapes import shape_error
 
 Resource = dict[str, Any]
@@ -51,6 +66,9 @@ class PatientRecord:
     issues: list[Issue] = field(default_factory=list)
     truncated: frozenset[str] = frozenset()  # ValueSet ids / resource types a server search cut
     unreadable: frozenset[str] = frozenset()  # ... that had a malformed or conflicting resource
+    held: dict[str, str] = field(default_factory=dict)  # feed -> why it stays undetermined
+    superseded: str | None = None  # why no criterion can be decided on this record at all
+    index: ReferenceIndex = field(default_factory=lambda: ReferenceIndex(None), repr=False)
     _refs: dict[int, SourceRef] = field(default_factory=dict, repr=False)
 
     def observations_in(self, valueset: ValueSet) -> list[Resource]:
@@ -76,6 +94,20 @@ class PatientRecord:
 
     def is_unreadable(self, *feeds: str) -> bool:
         return any(f in self.unreadable for f in feeds)
+
+    def held_open(self, *feeds: str) -> str | None:
+        """Why a criterion reading ``feeds`` cannot be decided on this record, if so."""
+        if self.superseded is not None:
+            return self.superseded
+        return next((self.held[f] for f in feeds if f in self.held), None)
+
+    def resolve(self, reference: Any, source: Resource | None = None) -> Resource | None:
+        """The resource a Reference names, found in this patient's data (by fullUrl,
+        ``Type/id``, ``#contained``, or identifier); None when it is not here. Rules follow
+        every reference through this, so urn:uuid links of transaction Bundles resolve.
+        Observations are not indexed (no rule follows a reference to one; it would cost
+        time on the hot path): index them in build_record when a rule needs to."""
+        return self.index.resolve(reference, source)
 
 
 def codings(concept: Any) -> Iterator[Code]:
@@ -127,10 +159,33 @@ def select_patient(entries: list[Entry], patient_id: str | None) -> Entry:
     if not patients:
         raise InputError("the Bundle holds no Patient resource")
     if len(patients) > 1:
+        patients = _survivors(patients)
+    if len(patients) > 1:
         raise InputError(
             f"the Bundle holds {len(patients)} Patient resources; say which one to evaluate"
         )
     return patients[0]
+
+
+def _survivors(patients: list[Entry]) -> list[Entry]:
+    """Drop Patients that are ``replaced-by`` another Patient of the same Bundle: a merged
+    pair (old and surviving record) is one person, and the survivor is the one to evaluate."""
+    keys = [set(resource_keys(p.resource, p.full_url, entry_base(p.full_url))) for p in patients]
+    kept: list[Entry] = []
+    for n, p in enumerate(patients):
+        base = entry_base(p.full_url)
+        links = p.resource.get("link")
+        targets = {
+            reference_key(link["other"]["reference"], base)
+            for link in (links if isinstance(links, list) else ())
+            if isinstance(link, dict)
+            and link.get("type") == "replaced-by"
+            and isinstance(link.get("other"), dict)
+            and isinstance(link["other"].get("reference"), str)
+        }
+        if not any(targets & k for m, k in enumerate(keys) if m != n):
+            kept.append(p)
+    return kept or patients
 
 
 def record_from_bundle(
@@ -141,8 +196,9 @@ def record_from_bundle(
         raise InputError(f"expected a FHIR Bundle, got {kind!r}")
     issues: list[Issue] = []
     entries = list(_iter_entries(bundle, issues))
-    patient = select_patient(entries, patient_id)
-    return build_record(patient, entries, protocol, issues=issues)
+    patients = [e for e in entries if e.resource["resourceType"] == "Patient"]
+    patient = select_patient(patients, patient_id)
+    return build_record(patient, entries, protocol, issues=issues, patients=patients)
 
 
 def record_from_resources(
@@ -152,10 +208,22 @@ def record_from_resources(
     *,
     issues: Iterable[Issue] = (),
     truncated: frozenset[str] = frozenset(),
+    server_base: str | None = None,
+    linked_patients: Iterable[Resource] = (),
 ) -> PatientRecord:
-    """For data fetched from a server (pull mode, CDS Hooks prefetch)."""
+    """For data fetched from a server (pull mode, CDS Hooks prefetch); ``server_base`` is
+    that server, so absolute references to it are recognised and others are not;
+    ``linked_patients`` are the records the Patient links to, as read."""
     entries = [Entry(r) for r in resources if isinstance(r, dict) and "resourceType" in r]
-    return build_record(Entry(patient), entries, protocol, issues=list(issues), truncated=truncated)
+    return build_record(
+        Entry(patient),
+        entries,
+        protocol,
+        issues=list(issues),
+        truncated=truncated,
+        server_base=server_base,
+        patients=[Entry(p) for p in linked_patients if isinstance(p, dict) and p],
+    )
 
 
 def build_record(
@@ -165,15 +233,34 @@ def build_record(
     *,
     issues: list[Issue],
     truncated: frozenset[str] = frozenset(),
+    server_base: str | None = None,
+    patients: Iterable[Entry] = (),
 ) -> PatientRecord:
+    """``server_base``: the FHIR server the data came from (pull mode, CDS Hooks); in bundle
+    mode the Patient's own RESTful fullUrl names it, if it has one. ``patients``: every
+    Patient of the data (linked records, identifier references)."""
     pid = patient.resource.get("id") or patient.full_url
     if not isinstance(pid, str) or not pid:
         raise InputError("the Patient has neither an id nor a fullUrl")
+    original = patient.resource
     patient = Entry(_usable_patient(patient.resource, issues), patient.full_url)
     reference = _reference_of(patient.resource, patient.full_url) or pid
-    aliases = _Aliases(patient.resource.get("id"), patient.full_url)
+    home = normalise_base(server_base) or entry_base(patient.full_url)
+    index = ReferenceIndex(home)
     record = PatientRecord(patient.resource, pid, reference, issues=issues, truncated=truncated)
     record._refs[id(patient.resource)] = SourceRef(reference, "Patient")
+    record.index = index
+
+    # Every Patient of the data is indexed first, so Patient.link and identifier references
+    # resolve; other resources references may point to (Practitioner, PractitionerRole,
+    # ResearchStudy, ...) are indexed in the main loop, before any rule runs.
+    patient_urls: dict[int, str | None] = {id(patient.resource): patient.full_url}
+    index.add(patient.resource, patient.full_url)
+    for other in patients:
+        if other.resource is not original:
+            index.add(other.resource, other.full_url)
+            patient_urls[id(other.resource)] = other.full_url
+    identity = _Identity.of(record, patient_urls, protocol)
 
     wanted_codes = protocol.observation_codes()
     observations: defaultdict[Code, list[Resource]] = defaultdict(list)
@@ -183,29 +270,31 @@ def build_record(
         "Consent": record.consents,
         "QuestionnaireResponse": record.questionnaire_responses,
     }
-    other_patient: Counter[str] = Counter()
-    unlinked: Counter[str] = Counter()
+    counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
-    kept: dict[tuple[str, str], tuple[Resource, list[Code]]] = {}
+    kept: dict[tuple[str, str], tuple[Resource, list[Code], str | None]] = {}
     unreadable: set[str] = set()
     for entry in entries:
         resource = entry.resource
         rtype = resource["resourceType"]
-        if rtype not in SUBJECT_ELEMENT or resource is patient.resource:
+        if rtype not in SUBJECT_ELEMENT:
+            if rtype != "Patient":
+                index.add(resource, entry.full_url)
             continue
         matched: list[Code] = []
         try:
             if rtype == "Observation":
                 matched = [c for c in codings(resource.get("code")) if c in wanted_codes]
+                if "component" in resource:  # a panel may carry the result in a component
+                    matched += _component_codes(resource["component"], wanted_codes)
                 if not matched:
                     continue  # not an input of this protocol: skip before any other work
-            subject = resource.get(SUBJECT_ELEMENT[rtype])
-            ref = subject.get("reference") if isinstance(subject, dict) else None
-            if not isinstance(ref, str):
-                unlinked[rtype] += 1
-                continue
-            if _normalise(ref) not in aliases:
-                other_patient[rtype] += 1
+            verdict = identity.classify(resource.get(SUBJECT_ELEMENT[rtype]), entry.full_url)
+            if verdict is not _OURS:
+                counts[verdict][rtype] += 1
+                if verdict is _LINKED:
+                    for feed in _feeds(rtype, matched, protocol):
+                        record.held.setdefault(feed, identity.linked_reason)
                 continue
             bad = shape_error(resource)
             if bad is not None:
@@ -228,38 +317,52 @@ def build_record(
         record._refs[id(resource)] = SourceRef(reference, rtype)
         key = (rtype, reference)
         if key in kept:
-            resource = _one_version(
-                kept[key][0],
-                resource,
-                reference,
-                issues,
-                unreadable,
-                _feeds(rtype, matched, protocol),
-            )
-        kept[key] = (resource, matched)
+            old, old_matched, old_url = kept[key]
+            # A conflict holds open what either copy feeds (they may be coded differently).
+            feeds = _feeds(rtype, old_matched, protocol) | _feeds(rtype, matched, protocol)
+            chosen = _one_version(old, resource, reference, issues, unreadable, feeds)
+            if chosen is old:
+                continue  # the kept copy stays, with its own codes
+        kept[key] = (resource, matched, entry.full_url)
 
-    for (rtype, _), (resource, matched) in kept.items():
+    for (rtype, _), (resource, matched, full_url) in kept.items():
         if rtype == "Observation":
             for code in matched:
                 observations[code].append(resource)
         else:
             targets[rtype].append(resource)
+            index.add(resource, full_url)  # Observations: no rule follows a reference to one
     record.unreadable = frozenset(unreadable)
 
     record.observations = dict(observations)
-    for rtype, n in sorted(other_patient.items()):
-        issues.append(
-            Issue(Severity.WARNING, "processing", f"{n} {rtype}(s) of another patient ignored")
-        )
-    for rtype, n in sorted(unlinked.items()):
-        issues.append(
-            Issue(
-                Severity.WARNING,
-                "processing",
-                f"{n} {rtype} resource(s) without a patient reference ignored",
-            )
-        )
+    for verdict, what in _IGNORED.items():
+        for rtype, n in sorted(counts[verdict].items()):
+            issues.append(Issue(Severity.WARNING, "processing", what.format(n=n, rtype=rtype)))
     return record
+
+
+# Why resources were not used, by the verdict of their patient reference.
+_OURS, _OTHER, _FOREIGN, _LINKED, _UNLINKED = "ours", "other", "foreign", "linked", "unlinked"
+_IGNORED = {
+    _OTHER: "{n} {rtype}(s) of another patient ignored",
+    _FOREIGN: (
+        "{n} {rtype}(s) of another patient ignored: they name this patient's id on another "
+        "server (or on a server this data does not name)"
+    ),
+    _LINKED: (
+        "{n} {rtype}(s) of a linked patient record (Patient.link seealso/refer) not merged; "
+        "criteria they feed are undetermined"
+    ),
+    _UNLINKED: "{n} {rtype} resource(s) without a patient reference ignored",
+}
+
+
+def _component_codes(components: Any, wanted: frozenset[Code]) -> list[Code]:
+    """Wanted codes of an Observation's components (the shape check catches a bad list)."""
+    if not isinstance(components, list):
+        return []
+    found = [c for part in components if isinstance(part, dict) for c in codings(part.get("code"))]
+    return [c for c in dict.fromkeys(found) if c in wanted]
 
 
 def _feeds(rtype: str, matched: list[Code], protocol: Protocol) -> set[str]:
@@ -277,12 +380,17 @@ def _one_version(
     unreadable: set[str],
     feeds: set[str],
 ) -> Resource:
-    """Two copies of one resource: keep the later version, or flag a conflict we cannot order."""
+    """Two copies of one resource: keep the later version, or flag a conflict we cannot order.
+
+    Identical copies are one. Otherwise ``meta.versionId`` (when both are numbers) and
+    ``meta.lastUpdated`` (as instants) order them; when neither does, or they disagree, the
+    criteria the resource feeds are undetermined. Pull mode and bundle mode both come here.
+    """
     if old == new:
         return old
-    stamps = [(r.get("meta") or {}).get("lastUpdated") for r in (old, new)]
-    if all(isinstance(t, str) for t in stamps) and stamps[0] != stamps[1]:
-        return new if stamps[1] > stamps[0] else old
+    later = _later(old, new)
+    if later is not None:
+        return later
     unreadable |= feeds
     issues.append(
         Issue(
@@ -293,6 +401,29 @@ def _one_version(
         )
     )
     return new
+
+
+def _later(old: Resource, new: Resource) -> Resource | None:
+    """The later of two versions by meta.versionId / meta.lastUpdated; None if unknown."""
+    meta_old, meta_new = old.get("meta"), new.get("meta")
+    meta_old = meta_old if isinstance(meta_old, dict) else {}
+    meta_new = meta_new if isinstance(meta_new, dict) else {}
+    votes: set[bool] = set()  # True: new is later
+    v_old, v_new = meta_old.get("versionId"), meta_new.get("versionId")
+    if isinstance(v_old, str) and isinstance(v_new, str):
+        if v_old == v_new:
+            return None  # one version with two contents
+        if v_old.isdigit() and v_new.isdigit():
+            votes.add(int(v_new) > int(v_old))
+    t_old, t_new = (
+        parse_moment(meta_old.get("lastUpdated")),
+        parse_moment(meta_new.get("lastUpdated")),
+    )
+    if t_old is not None and t_new is not None and t_old != t_new:
+        votes.add(t_new > t_old)
+    if len(votes) != 1:
+        return None
+    return new if votes.pop() else old
 
 
 class _Malformed(ValueError):
@@ -317,26 +448,211 @@ def _usable_patient(resource: Resource, issues: list[Issue]) -> Resource:
     return patient
 
 
-def _normalise(reference: str) -> str:
-    """Drop a version suffix so 'Patient/1/_history/2' names 'Patient/1'."""
-    head, sep, _ = reference.partition("/_history/")
-    return head if sep else reference
+class _Identity:
+    """Which patient references name the patient we evaluate (or a record merged into it).
+
+    A reference is this patient's when its key (see service.references) is the Patient's own
+    fullUrl or ``{server}/Patient/{id}`` on the server the data came from; a relative
+    ``Patient/{id}`` is read against its entry's server. ``Patient?identifier=s|v`` and
+    identifier-only references count when exactly one Patient in the data carries that
+    identifier and it is this one. Anything else is another patient's.
+
+    ``Patient.link``: ``replaces`` merges the old record (its resources are this patient's);
+    ``seealso``/``refer`` records are not merged, and the criteria their resources feed are
+    held undetermined; ``replaced-by`` holds every criterion undetermined (the caller asked
+    for a record that must no longer be used; the warning names the surviving one).
+    """
+
+    __slots__ = (
+        "index",
+        "id",
+        "own",
+        "ours",
+        "our_resources",
+        "linked",
+        "linked_resources",
+        "linked_reason",
+        "_cache",
+        "_home_prefix",
+        "_depth",
+    )
+
+    def __init__(self, index: ReferenceIndex, rid: Any) -> None:
+        self.index = index
+        self.id = rid if isinstance(rid, str) else None
+        self.own: set[str] = set()  # keys of the evaluated Patient itself
+        self.ours: set[str] = set()  # ... and of the records merged into it
+        self.our_resources: set[int] = set()
+        self.linked: set[str] = set()
+        self.linked_resources: set[int] = set()
+        self.linked_reason = ""
+        self._cache: dict[object, str] = {}  # reference (and entry server) -> verdict
+        self._home_prefix = f"{index.home}/" if index.home else ""
+        self._depth = self._home_prefix.count("/") + 1
+
+    @classmethod
+    def of(
+        cls, record: PatientRecord, urls: dict[int, str | None], protocol: Protocol
+    ) -> _Identity:
+        patient = record.patient
+        ident = cls(record.index, patient.get("id"))
+        ident.own.update(resource_keys(patient, urls[id(patient)], record.index.home))
+        ident.ours.update(ident.own)
+        ident.our_resources.add(id(patient))
+        links = patient.get("link")
+        for link in links if isinstance(links, list) else ():
+            if isinstance(link, dict):
+                ident._link(record, link, urls, protocol)
+        return ident
+
+    def _link(
+        self, record: PatientRecord, link: dict, urls: dict[int, str | None], protocol: Protocol
+    ) -> None:
+        kind, other = link.get("type"), link.get("other")
+        label = other.get("reference") if isinstance(other, dict) else None
+        if isinstance(label, str) and referenced_type(label) not in (None, "Patient"):
+            return  # e.g. a RelatedPerson (seealso): not a record of this patient's data
+        label = label if isinstance(label, str) else "a record named by identifier"
+        keys, target = self._target(other, urls)
+        warn = record.issues.append
+        if kind == "replaced-by":
+            record.superseded = (
+                f"this Patient record was replaced by {label} (Patient.link replaced-by); "
+                "evaluate the surviving record"
+            )
+            warn(Issue(Severity.WARNING, "business-rule", record.superseded, label))
+        elif kind == "replaces":
+            if keys is None:
+                why = (
+                    f"the record merged into this patient ({label}, Patient.link replaces) "
+                    "cannot be read from this data (another server, or not resolvable)"
+                )
+                for feed in all_feeds(protocol):
+                    record.held.setdefault(feed, why)
+                warn(Issue(Severity.WARNING, "incomplete", why, label))
+                return
+            self.ours |= keys
+            if target is not None:
+                self.our_resources.add(id(target))
+            message = f"resources of {label}, merged into this patient (Patient.link replaces)"
+            warn(Issue(Severity.INFORMATION, "informational", message, label))
+            why = self._not_plain_merge(target, label)
+            if why is not None:
+                for feed in all_feeds(protocol):
+                    record.held.setdefault(feed, why)
+                warn(Issue(Severity.WARNING, "business-rule", why, label))
+        elif kind in ("seealso", "refer"):
+            self.linked |= keys or set()
+            if target is not None:
+                self.linked_resources.add(id(target))
+            self.linked_reason = (
+                f"a linked record ({label}, Patient.link {kind}) that may be the same person "
+                "holds data for it and is not merged"
+            )
+            message = (
+                f"Patient.link {kind} to {label}: that record is not merged; criteria with data "
+                "on it are undetermined"
+            )
+            warn(Issue(Severity.WARNING, "business-rule", message, label))
+
+    def _not_plain_merge(self, merged: Resource | None, label: str) -> str | None:
+        """Why a merged record (when its Patient is in the data) cannot simply be folded in:
+        it links on to further records (a chain of merges is not followed), or it says it was
+        replaced by a record other than this one."""
+        links = merged.get("link") if isinstance(merged, dict) else None
+        for link in links if isinstance(links, list) else ():
+            if not isinstance(link, dict):
+                continue
+            kind, other = link.get("type"), link.get("other")
+            ref = other.get("reference") if isinstance(other, dict) else None
+            key = self.index.key(ref, merged) if isinstance(ref, str) else None
+            if key is not None and key in self.own:
+                continue  # points back to this patient
+            if kind == "replaced-by":
+                return f"the merged record {label} says it was replaced by another record"
+            if kind in ("replaces", "seealso", "refer"):
+                return (
+                    f"the merged record {label} links on to another record (Patient.link "
+                    f"{kind}), which is not followed"
+                )
+        return None
+
+    def _target(self, other: Any, urls: dict[int, str | None]) -> tuple[set[str] | None, Any]:
+        """Keys of a linked record and its Patient resource when present; keys None when it
+        cannot be tied to this data (another server, unresolvable)."""
+        if not isinstance(other, dict):
+            return None, None
+        index = self.index
+        ref = other.get("reference")
+        key = index.key(ref) if isinstance(ref, str) else None
+        if (
+            key is not None
+            and key.startswith(("http://", "https://"))
+            and (index.home is None or not key.startswith(index.home + "/"))
+        ):
+            return None, None  # not on the server the data came from
+        if isinstance(ref, str):
+            target = index.resolve(ref)
+        else:
+            target = index.by_identifier(other.get("type") or "Patient", other.get("identifier"))
+        if target is not None and target.get("resourceType") != "Patient":
+            return None, None
+        if target is None and (key is None or key.startswith("urn:")):
+            return None, None  # a urn: or identifier link names a record only if it is here
+        keys = {key} if key is not None else set()
+        if target is not None:
+            keys.update(resource_keys(target, urls.get(id(target)), index.home))
+        return (keys or None), target
+
+    def classify(self, subject: Any, full_url: str | None) -> str:
+        """_OURS, _LINKED, _FOREIGN, _OTHER or _UNLINKED for a resource's patient reference."""
+        if not isinstance(subject, dict):
+            return _UNLINKED
+        ref = subject.get("reference")
+        if not isinstance(ref, str):
+            if isinstance(subject.get("identifier"), dict):
+                rtype = subject.get("type") or "Patient"
+                return self._of(self.index.by_identifier(rtype, subject["identifier"]))
+            return _UNLINKED
+        prefix = self._home_prefix
+        if (
+            full_url is None
+            or ":" in ref  # absolute or urn: the entry's server does not matter
+            or (prefix and full_url.startswith(prefix) and full_url.count("/") == self._depth)
+        ):
+            verdict = self._cache.get(ref)
+            if verdict is None:
+                verdict = self._cache[ref] = self._classify(ref, None)
+            return verdict
+        # A relative reference in an entry of another server (or of none): read against it.
+        head, type_part, _ = (full_url.rsplit("/", 2) + ["", ""])[:3]
+        cache_key = (ref, head, type_part)
+        verdict = self._cache.get(cache_key)
+        if verdict is None:
+            verdict = self._cache[cache_key] = self._classify(ref, full_url)
+        return verdict
+
+    def _classify(self, ref: str, full_url: str | None) -> str:
+        base = entry_base(full_url) if full_url and ":" not in ref else None
+        key = reference_key(ref, base or self.index.home)
+        if key is None:
+            return self._of(self.index.resolve(ref))  # Patient?identifier=...
+        if key in self.ours:
+            return _OURS
+        if key in self.linked:
+            return _LINKED
+        if self.id is not None and key.endswith(f"/Patient/{self.id}"):
+            return _FOREIGN
+        return _OTHER
+
+    def _of(self, target: Resource | None) -> str:
+        if target is not None and id(target) in self.our_resources:
+            return _OURS
+        if target is not None and id(target) in self.linked_resources:
+            return _LINKED
+        return _OTHER
 
 
-class _Aliases:
-    """Every way a reference may name our patient: relative, absolute, or the entry fullUrl."""
-
-    __slots__ = ("relative", "full_url", "suffix")
-
-    def __init__(self, rid: str | None, full_url: str | None) -> None:
-        self.relative = f"Patient/{rid}" if rid else None
-        self.suffix = f"/Patient/{rid}" if rid else None
-        self.full_url = full_url
-
-    def __contains__(self, reference: str) -> bool:
-        if reference == self.relative or (self.full_url and reference == self.full_url):
-            return True
-        if self.full_url and self.full_url.startswith(("http://", "https://")):
-            return False  # the Patient's own URL names its server: another server's p1 is not ours
-        absolute = reference.startswith(("http://", "https://"))
-        return bool(self.suffix and absolute and reference.endswith(self.suffix))
+def all_feeds(protocol: Protocol) -> set[str]:
+    """Every feed a criterion can read: Observation ValueSets and the other resource types."""
+    return set(protocol.observation_valuesets()) | (set(SUBJECT_ELEMENT) - {"Observation"})

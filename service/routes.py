@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from fhir_mappings import MAPPINGS_DIR
@@ -14,6 +15,7 @@ from service import __version__, logs
 from service.api_keys import require_api_key
 from service.fhir_response import ACCEPTED_CONTENT_TYPES, FhirResponse, read_body
 from service.inputs import check_patient_id
+from service.ops.routes import ELIGIBILITY_DEPENDENCIES
 from service.pipeline import evaluate_body, evaluate_from_server, parse_as_of
 from service.protocol import Protocol
 
@@ -42,7 +44,7 @@ AsOf = Annotated[str | None, Query(alias="asOf", description="Evaluation date, Y
     "/$eligibility",
     response_class=FhirResponse,
     tags=["eligibility"],
-    dependencies=[Depends(require_api_key)],
+    dependencies=[Depends(require_api_key), *ELIGIBILITY_DEPENDENCIES],
 )
 async def eligibility_from_bundle(
     request: Request, as_of: AsOf = None, patient: str | None = None
@@ -64,7 +66,7 @@ async def eligibility_from_bundle(
     "/Patient/{patient_id}/$eligibility",
     response_class=FhirResponse,
     tags=["eligibility"],
-    dependencies=[Depends(require_api_key)],
+    dependencies=[Depends(require_api_key), *ELIGIBILITY_DEPENDENCIES],
 )
 async def eligibility_from_server(
     request: Request, patient_id: str, as_of: AsOf = None
@@ -147,5 +149,20 @@ async def metadata(request: Request) -> FhirResponse:
 
 
 @router.get("/healthz", tags=["service"])
-async def healthz(request: Request) -> dict[str, str]:
-    return {"status": "ok", "protocol": _protocol(request).versioned_canonical}
+async def healthz(request: Request) -> JSONResponse:
+    """Readiness: 503 while the FHIR server does not answer through our connection pool."""
+    from service.fhir.client import fhir_ready
+
+    ready = await fhir_ready(request.app.state.settings)
+    body = {
+        "status": "ok" if ready else "unavailable",
+        "protocol": _protocol(request).versioned_canonical,
+        "fhir": "reachable" if ready else "unreachable",  # never the URL or the error
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/livez", tags=["service"])
+async def livez() -> dict[str, str]:
+    """Liveness: the process answers. Never depends on the FHIR server (no restart loops)."""
+    return {"status": "ok"}

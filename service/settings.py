@@ -62,6 +62,9 @@ class Settings(BaseSettings):
 
     # -- CDS Hooks ---------------------------------------------------------
     cds_auth_enabled: bool = True
+    # Trust the PUBLIC demo EHR key (service/demo_ehr.py) so `eligibility cds-demo` can show a
+    # card; it applies only in demo mode (no fhir_base_url, no cds_allowed_fhir_servers).
+    cds_demo_client: bool = True
     cds_issuers: list[TrustedIssuer] = Field(default_factory=list)
     cds_allowed_fhir_servers: list[str] = Field(default_factory=list)
     cds_jwt_algorithms: list[str] = Field(
@@ -71,6 +74,47 @@ class Settings(BaseSettings):
     cds_jwks_cache_seconds: int = 300
     cds_show_ineligible: bool = False
     cds_eligible_indicator: Literal["info", "warning"] = "warning"
+
+    # -- web app (/app/): review page, attestation, SMART App Launch ---------
+    # (service/app/; with no FHIR base the app runs in demo mode over the demo store)
+    # SMART client registered with the EHR; the app acts only with the signed-in user's token.
+    app_smart_client_id: str | None = None
+    app_smart_client_secret: SecretStr | None = None  # none: public client (PKCE only)
+    # FHIR bases (the launch's ``iss``) the app may be launched from; others are refused.
+    app_smart_allowed_issuers: list[str] = Field(default_factory=list)
+    app_smart_standalone_iss: str | None = None  # standalone launch; default: first allowed
+    # Our /app/launch URL as the EHR knows it: makes the CDS card link a SMART launch.
+    app_smart_launch_url: str | None = None
+    app_smart_redirect_url: str | None = None  # default: {public base}/app/callback
+    app_enrolment_enabled: bool = False  # the "enrol" button writes a ResearchSubject
+    # Signs the session cookie (it holds only a session id); random per process when unset.
+    app_session_secret: SecretStr | None = None
+    app_session_idle_minutes: int = 30
+    app_session_max_hours: int = 8
+    app_cookie_secure: bool | None = None  # None: Secure when the request came over https
+
+    # -- operations: state store, rate limits, CDS feedback, audit (issue 11) ----
+    # Backend for the JWT replay cache, rate-limit counters and CDS feedback: "auto" picks
+    # redis when REDIS_URL is set, sqlite when several workers run on this host, else memory.
+    state_backend: Literal["auto", "memory", "sqlite", "redis"] = "auto"
+    redis_url: SecretStr | None = None  # may carry a password: never logged
+    state_sqlite_path: Path | None = None  # default: <tmp>/cart-eligibility-state.sqlite3
+    state_key_prefix: str = "cart-eligibility:"
+    state_memory_max_entries: int = 100_000
+    workers: int = 1  # set by `eligibility serve --workers N` (WEB_CONCURRENCY also counts)
+    # Per caller (API key, JWT iss/sub, else client address); `limits` notation, fixed window.
+    rate_limit_enabled: bool = True
+    rate_limit_eligibility: str = "600/minute"
+    rate_limit_cds: str = "1200/minute"
+    # A card overridden with one of our reasons stays hidden for this patient this long,
+    # unless the result changes. Cards are remembered for feedback for cds_card_memory_days.
+    cds_override_suppress_days: int = 30
+    cds_card_memory_days: int = 7
+    # One AuditEvent per evaluation: "log" (logger "audit"), "fhir" (POST, background), "none".
+    audit_sink: Literal["log", "fhir", "none"] = "log"
+    audit_log_path: Path | None = None  # "log" sink: one JSON AuditEvent per line; None: stdout
+    audit_fhir_base_url: str | None = None  # default: FHIR_BASE_URL
+    audit_queue_size: int = 1000
 
 
 @cache

@@ -73,10 +73,29 @@ def _item(value: Any) -> str | None:
     return _obj(linkId=STR, answer=_list(ANSWER), item=_list(_item))(value)
 
 
+REFERENCE_RANGE = _obj(
+    low=QUANTITY,
+    high=QUANTITY,
+    type=CONCEPT,
+    appliesTo=_list(CONCEPT),
+    age=_obj(low=QUANTITY, high=QUANTITY),
+)
+# An Observation.component carries a result of its own (a panel sent as one resource).
+COMPONENT = _obj(
+    code=CONCEPT,
+    valueQuantity=QUANTITY,
+    valueCodeableConcept=CONCEPT,
+    valueString=STR,
+    valueInteger=_type(int),
+    dataAbsentReason=CONCEPT,
+    interpretation=_list(CONCEPT),
+    referenceRange=_list(REFERENCE_RANGE),
+)
+
 META = _obj(lastUpdated=STR)  # read to order two versions of one resource
 
 RESOURCE_SHAPES: dict[str, Check] = {
-    "Patient": _obj(birthDate=STR, deceasedBoolean=BOOL, deceasedDateTime=STR),
+    "Patient": _obj(birthDate=STR, gender=STR, deceasedBoolean=BOOL, deceasedDateTime=STR),
     "Observation": _obj(
         meta=META,
         status=STR,
@@ -90,7 +109,8 @@ RESOURCE_SHAPES: dict[str, Check] = {
         valueString=STR,
         valueInteger=_type(int),
         interpretation=_list(CONCEPT),
-        referenceRange=_list(_obj(low=QUANTITY, high=QUANTITY, type=CONCEPT)),
+        referenceRange=_list(REFERENCE_RANGE),
+        component=_list(COMPONENT),
         extension=_list(EXTENSION),
     ),
     "Condition": _obj(

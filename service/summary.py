@@ -21,9 +21,9 @@ def render_summary(evaluation: Evaluation, protocol: Protocol, console: Console)
         f"{len(evaluation.results)} criteria met)"
     )
     table = Table(show_lines=False, expand=False)
-    table.add_column("Criterion", no_wrap=True)
+    table.add_column("Criterion", min_width=16)  # wraps on a narrow terminal
     table.add_column("Result", no_wrap=True)
-    table.add_column("Reason")
+    table.add_column("Reason", min_width=24, overflow="fold")
 
     def add(result: CriterionResult, indent: str = "") -> None:
         title = protocol.criterion_display(result.code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -252,10 +253,21 @@ def test_questionnaire_link_when_an_attestation_is_undetermined(
     assert card["links"] == [
         {
             "label": "Complete investigator attestation",
-            "url": protocol.questionnaire_url,
+            "url": f"{BASE}/app/patients/p1",
             "type": "absolute",
         }
     ]
+
+
+def test_attestation_link_is_a_smart_launch_when_configured(protocol: Protocol) -> None:
+    ev = evaluation(protocol, I12=Outcome.UNDETERMINED)
+    launch = "https://cds.example.org/app/launch"
+    shown = settings(app_smart_launch_url=launch)
+    card = only_card(patient_view_cards(ev, protocol, shown, service_base_url=BASE))
+    (link,) = card["links"]
+    assert link["type"] == "smart" and link["url"] == launch
+    assert json.loads(link["appContext"]) == {"study": protocol.versioned_canonical}
+    assert protocol.questionnaire_url not in str(card["links"])  # no raw Questionnaire JSON
 
 
 def test_no_questionnaire_link_when_only_data_is_missing(protocol: Protocol) -> None:

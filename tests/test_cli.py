@@ -83,3 +83,51 @@ def test_demo_prints_every_demo_patient():
     for pid in load_demo_bundles():
         assert f"Patient/{pid}" in result.stdout
     assert "eligible (12 of 12 criteria met)" in result.stdout
+
+
+def test_option_error_is_one_error_line_and_exit_2():
+    result = runner.invoke(app, ["evaluate", "--format", "xml"])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--format" in lines[0]
+    assert "╭" not in result.stderr
+
+
+def test_unknown_option_and_command_are_one_error_line():
+    for args in (["evaluate", "--bogus"], ["no-such-command"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2
+        assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+
+
+def test_summary_table_fits_the_terminal_width():
+    result = runner.invoke(app, ["demo"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0
+    widths = [len(line) for line in result.stdout.splitlines()]
+    assert max(widths) <= 100
+    assert "Reason" in result.stdout  # the reason column survives a narrow terminal
+
+
+def test_demo_export_writes_bundles_dated_as_of_today(tmp_path):
+    from service.clinical.dates import today
+
+    result = runner.invoke(app, ["demo", "--export", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert f"dated as of {today().isoformat()}" in result.stdout
+    written = sorted(p.stem for p in (tmp_path / "out").iterdir())
+    assert written == sorted(load_demo_bundles())
+    exported = orjson.loads((tmp_path / "out" / "demo-stale-labs.json").read_bytes())
+    assert exported == load_demo_bundles(today())["demo-stale-labs"]
+    # posting an exported file today gives the README's result
+    check = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--bundle",
+            str(tmp_path / "out" / "demo-eligible.json"),
+            "--format",
+            "summary",
+        ],
+    )
+    assert "eligible (12 of 12 criteria met)" in check.stdout

@@ -460,3 +460,28 @@ async def test_oversized_discovery_or_token_responses_are_refused(ec_key, step):
         async with smart_client(httpx.AsyncClient(), ec_key) as client:
             with pytest.raises(UpstreamError, match="response too large"):
                 await client.read("Patient", PID)
+
+
+async def test_a_cancelled_caller_leaves_the_token_request_to_finish(ec_key):
+    """Cancelling a request inside httpcore can leak a pooled connection; the token request
+    runs on by itself (bounded by httpx's timeouts) when its caller is cancelled."""
+    import asyncio
+
+    finished: list[bool] = []
+
+    async def slow_token(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.2)
+        finished.append(True)
+        return httpx.Response(200, json={"access_token": "t", "expires_in": 300})
+
+    with respx.mock() as router:
+        router.get(f"{BASE}/.well-known/smart-configuration").respond(200, json=smart_config())
+        router.post(TOKEN_URL).mock(side_effect=slow_token)
+        http = httpx.AsyncClient()
+        auth = smart_client(http, ec_key)._auth
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await auth.headers()
+        await asyncio.sleep(0.3)
+        await http.aclose()
+    assert finished == [True]

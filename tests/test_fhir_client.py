@@ -476,9 +476,14 @@ async def test_request_logs_are_structured_and_carry_no_values(caplog):
         async with make_client() as client:
             await client.read("Patient", PID, key="patient")
             await client.search(OBS_QUERY)
-    records = [r for r in caplog.records if r.name == "service.fhir"]
+    records = [r for r in caplog.records if r.name == "service.fhir" and hasattr(r, "status")]
     assert [r.status for r in records] == [200, 503, 200]
-    assert any(r.name == "stamina" for r in caplog.records)  # the retry was logged too
+    # The retry is one INFO line of ours naming the query, not stamina's WARNING.
+    (retry,) = [r for r in caplog.records if hasattr(r, "retry_num")]
+    assert retry.name == "service.fhir" and retry.levelno == logging.INFO
+    assert retry.fhir_query == "labs" and retry.retry_cause == "HTTP 503"
+    assert "'labs' Observation search" in retry.getMessage()
+    assert not any(r.name == "stamina" for r in caplog.records)
     read, _, search = records
     assert read.fhir_resource == "Patient" and read.fhir_params == [] and read.status == 200
     assert search.fhir_resource == "Observation"
@@ -655,3 +660,26 @@ def test_the_size_cap_defaults_to_50_mb_and_follows_settings():
     assert ClientConfig.from_settings(settings).max_response_bytes == MAX_RESPONSE_BYTES
     custom = Settings(_env_file=None, max_response_bytes=1234)
     assert ClientConfig.from_settings(custom).max_response_bytes == 1234
+
+
+async def test_a_500_is_retried_once_for_reads_and_searches_only():
+    """One retry of a transient 500 (HAPI) for idempotent requests; never for others."""
+    with respx.mock() as router:
+        route = router.get(f"{BASE}/Observation").mock(
+            side_effect=[httpx.Response(500), httpx.Response(200, json=searchset([obs(1)]))]
+        )
+        async with make_client() as client:
+            assert len((await client.search(OBS_QUERY)).entries) == 1
+        assert route.call_count == 2
+
+        post = router.post(f"{BASE}/Task").respond(500)
+        async with make_client() as client:
+            reply = await client._request(
+                "POST",
+                httpx.URL(f"{BASE}/Task"),
+                what="Task create",
+                resource_type="Task",
+                key=None,
+                idempotent=False,
+            )
+        assert reply.status_code == 500 and post.call_count == 1

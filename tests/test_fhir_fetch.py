@@ -77,7 +77,8 @@ def make_protocol() -> Protocol:
 
 
 PROTOCOL = make_protocol()
-LAB_SETS = {"bilirubin-total", "alt", "ast", "creatinine", "anc", "platelets", "hemoglobin", "lvef"}
+LAB_SETS = {"bilirubin-total", "alt", "ast", "creatinine", "anc", "platelets", "hemoglobin", "lvef",
+            "lvef-any-method"}  # fmt: skip
 
 
 # -- the plan -----------------------------------------------------------------------------
@@ -95,7 +96,7 @@ def test_plan_groups_observation_searches_by_protocol_windows():
     assert plan["labs"].feeds == LAB_SETS
     assert labs["date"] == f"ge{TODAY - timedelta(days=43)}"  # LVEF's 42 d + 1 d margin
     assert labs["_sort"] == "-date" and labs["patient"] == "p1"
-    codes = set(labs["code"].split(","))
+    codes = set(labs["combo-code"].split(","))
     assert {
         "http://loinc.org|1975-2",
         "http://loinc.org|718-7",
@@ -107,7 +108,10 @@ def test_plan_groups_observation_searches_by_protocol_windows():
     ecog = dict(plan["ecog"].params)
     assert plan["ecog"].feeds == {"ecog", "karnofsky"}
     assert ecog["date"] == f"ge{TODAY - timedelta(days=31)}"
-    assert set(ecog["code"].split(",")) == {"http://loinc.org|89247-1", "http://loinc.org|89243-0"}
+    assert set(ecog["combo-code"].split(",")) == {
+        "http://loinc.org|89247-1",
+        "http://loinc.org|89243-0",
+    }
     assert "date" not in dict(plan["diseaseStatus"].params)  # all history
     assert plan["diseaseStatus"].feeds == {"disease-status-observation"}
 
@@ -126,7 +130,7 @@ def test_prefetch_templates():
     assert t["patient"] == "Patient/{{context.patientId}}"
     assert t["ecog"] == (
         "Observation?patient={{context.patientId}}"
-        "&code=http://loinc.org|89243-0,http://loinc.org|89247-1&_sort=-date"
+        "&combo-code=http://loinc.org|89243-0,http://loinc.org|89247-1&_sort=-date"
     )
     assert t["attestations"] == (
         f"QuestionnaireResponse?patient={{{{context.patientId}}}}&questionnaire={QUESTIONNAIRE}"
@@ -147,7 +151,7 @@ def test_plan_of_the_real_protocol_when_its_files_exist():
     assert keys == [q.key for q in plan_queries(PROTOCOL, "p1", TODAY)]  # same derivation
     for q in plan_queries(protocol, "p1", TODAY):
         if q.resource_type == "Observation":
-            assert dict(q.params)["code"], q.key
+            assert dict(q.params)["combo-code"], q.key
 
 
 # -- demo data ------------------------------------------------------------------------------

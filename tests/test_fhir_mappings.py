@@ -36,6 +36,9 @@ KNOWN_SYSTEMS = {
     "http://www.ama-assn.org/go/cpt",
     "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
     "http://terminology.hl7.org/CodeSystem/consentscope",
+    "http://terminology.hl7.org/CodeSystem/referencerange-meaning",
+    "http://terminology.hl7.org/CodeSystem/v3-AdministrativeGender",
+    "http://hl7.org/fhir/administrative-gender",
 }
 
 FHIR_FILES = sorted(MAPPINGS_DIR.rglob("*.json"))

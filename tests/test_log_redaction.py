@@ -169,7 +169,19 @@ def _fhir_answer(request: httpx.Request) -> httpx.Response:
     return httpx.Response(503)
 
 
-def test_a_full_session_logs_no_secret_and_no_patient_id(capture, key_file):
+@pytest.fixture
+def stamina_logging() -> Iterator[None]:
+    """The client logs retries with its own hook; stamina's logging hook (which logged the
+    refused 'Bearer <token>' 27 times) is switched on as well, to show it cannot leak."""
+    hooks = stamina.instrumentation.get_on_retry_hooks()
+    stamina.instrumentation.set_on_retry_hooks([*hooks, stamina.instrumentation.LoggingOnRetryHook])
+    try:
+        yield
+    finally:
+        stamina.instrumentation.set_on_retry_hooks(hooks)
+
+
+def test_a_full_session_logs_no_secret_and_no_patient_id(capture, key_file, stamina_logging):
     handler, json_out = capture
     _fhir_answer.reads = 0  # type: ignore[attr-defined]
     app = create_app(
@@ -186,6 +198,8 @@ def test_a_full_session_logs_no_secret_and_no_patient_id(capture, key_file):
         )
     )
     auth = {"Authorization": f"Bearer {API_KEY}"}
+    # The client logs retries with its own hook; stamina's logging hook (which logged the
+    # refused 'Bearer <token>' 27 times) is switched on as well, to show it cannot leak.
     with (
         stamina.set_testing(True, attempts=3),
         FailingServer() as local,
@@ -244,7 +258,8 @@ def test_a_full_session_logs_no_secret_and_no_patient_id(capture, key_file):
     text = "\n".join(handler.lines) + "\n" + json_out.getvalue()
     # the session did log, from our code and from the libraries that used to leak
     assert {"stamina", "httpx", "service.fhir", "service.api"} <= handler.loggers
-    assert "stamina.retry_scheduled" in text and "LocalProtocolError" in text
+    assert "stamina.retry_scheduled" in text and "FHIR retry" in text
+    assert "LocalProtocolError" in text
     leaks = {s: text.count(s) for s in SECRETS if s in text}
     assert not leaks, leaks
     assert "eyJ" not in text  # no JWT (our SMART assertion, the CDS JWT) in any form
@@ -381,7 +396,7 @@ def test_served_app_at_debug_logs_no_secret_and_no_patient_id(tmp_path):
     access = [line for line in text.splitlines() if '"logger":"uvicorn.access"' in line]
     assert any("GET /Patient/{patient_id}/$eligibility HTTP" in line for line in access), access
     assert any("POST /cds-services/{sid} HTTP" in line for line in access), access
-    assert "stamina.retry_scheduled" in text
+    assert "FHIR retry" in text
     leaks = {s: text.count(s) for s in SECRETS if s in text}
     assert not leaks, leaks
     assert "asOf=" not in text and "eyJ" not in text

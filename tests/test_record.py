@@ -39,17 +39,29 @@ def test_unknown_patient_choice_is_an_error():
 
 
 @pytest.mark.parametrize(
-    "reference",
+    ("reference", "ours"),
     [
-        f"Patient/{PATIENT_ID}",
-        f"https://ehr.example.org/fhir/Patient/{PATIENT_ID}",
-        f"Patient/{PATIENT_ID}/_history/3",
+        (f"Patient/{PATIENT_ID}", True),
+        (f"Patient/{PATIENT_ID}/_history/3", True),
+        # The Patient's fullUrl is a urn: it names no server, so an absolute reference to
+        # the same id may be another server's patient (issue 12 §2): not used.
+        (f"https://ehr.example.org/fhir/Patient/{PATIENT_ID}", False),
     ],
 )
-def test_patient_reference_forms(reference):
+def test_patient_reference_forms(reference, ours):
     record = record_from_bundle(
         bundle(patient(), lab("777-3", 100, "10*9/L", subject=reference)), default_protocol()
     )
+    assert sum(len(v) for v in record.observations.values()) == (1 if ours else 0)
+
+
+def test_absolute_reference_counts_on_the_patients_own_server():
+    data = bundle(
+        patient(),
+        lab("777-3", 100, "10*9/L", subject=f"https://ehr.example.org/fhir/Patient/{PATIENT_ID}"),
+    )
+    data["entry"][0]["fullUrl"] = f"https://ehr.example.org/fhir/Patient/{PATIENT_ID}"
+    record = record_from_bundle(data, default_protocol())
     assert sum(len(v) for v in record.observations.values()) == 1
 
 

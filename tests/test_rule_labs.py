@@ -45,8 +45,8 @@ def days_ago(n: int) -> str:
         ("718-7", 7.2, "g/dl", "I7-hemoglobin", MET),
         ("59260-0", 4.0, "mmol/L", "I7-hemoglobin", MET),  # 64.4 g/L
         # LVEF >= 40 %
-        ("10230-1", 40, "%", "I8", MET),
-        ("10230-1", 39.9, "%", "I8", NOT_MET),
+        ("18043-0", 40, "%", "I8", MET),
+        ("18043-0", 39.9, "%", "I8", NOT_MET),
         ("18043-0", 0.55, "1", "I8", MET),  # a fraction counts x100
     ],
 )
@@ -251,7 +251,7 @@ def test_fourteen_day_window(age, expected):
 
 @pytest.mark.parametrize(("age", "expected"), [(42, MET), (43, UNDETERMINED)])
 def test_lvef_window_is_42_days(age, expected):
-    assert result(run(lab("10230-1", 55, "%", day=days_ago(age))), "I8").outcome is expected
+    assert result(run(lab("18043-0", 55, "%", day=days_ago(age))), "I8").outcome is expected
 
 
 def test_result_after_as_of_is_ignored():
@@ -390,11 +390,13 @@ def test_implausible_result_uln_makes_the_result_undetermined(high, why):
     assert any(why in i.message for i in r.issues)
 
 
-def test_population_specific_range_is_not_used_as_uln():
+def test_range_for_a_population_that_cannot_be_placed_is_undetermined():
+    # Formerly skipped in favour of the default ULN; a range the result does report is
+    # never replaced by the protocol's default (see test_reference_ranges.py).
     rng = {"high": {"value": 150}, "appliesTo": [{"text": "neonates"}]}
     r = result(run(lab("1742-6", 300, "U/L", referenceRange=[rng])), "I6-alt")
-    assert r.outcome is NOT_MET
-    assert "protocol default ULN" in r.reason
+    assert r.outcome is UNDETERMINED
+    assert "protocol default ULN" not in r.reason and "for neonates" in r.reason
 
 
 def test_exact_unit_conversions_are_not_rounded_to_the_threshold():

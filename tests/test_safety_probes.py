@@ -57,7 +57,7 @@ PLT, ANC, BILI, ALT, CREA, LVEF, ECOG, CD19, KPS = (
     "14631-6",
     "1742-6",
     "14682-9",
-    "10230-1",
+    "18043-0",  # LVEF by US: the method-agnostic 10230-1 needs an echo method
     "89247-1",
     "8117-4",
     "89243-0",
@@ -814,3 +814,92 @@ def test_malformed_newer_resource_does_not_let_an_older_one_decide(drop, criteri
     evaluation = evaluate(record(drop=(drop,), add=add))
     assert result(evaluation, criterion).outcome is not MET
     assert evaluation.status is not SubjectStatus.ELIGIBLE
+
+
+# =============================================================================================
+# Issue 15 §1 (outside review): population reference ranges, components, broader codes.
+# Full-pipeline probes of each class; the rule-level tests are in test_reference_ranges.py,
+# test_components.py and test_broader_codes.py.
+# =============================================================================================
+
+MEANING = "http://terminology.hl7.org/CodeSystem/referencerange-meaning"
+
+
+def _range(high: float, **extra) -> dict:
+    return {"high": quantity(high, "U/L"), **extra}
+
+
+def _with_gender(gender: str | None) -> list[dict]:
+    base = record(drop=("Patient", ALT))
+    extra = {"gender": gender} if gender else {}
+    return [patient("1990-01-01", **extra), *base]
+
+
+@pytest.mark.parametrize(
+    ("gender", "ranges"),
+    [
+        ("male", [_range(30, appliesTo=[concept(SNOMED, "248152002", "Female")])]),
+        (None, [_range(30, appliesTo=[concept(SNOMED, "248153007")]), _range(25, appliesTo=[])]),
+        ("male", [_range(300, type=concept(MEANING, "therapeutic"))]),
+        (
+            "male",
+            [
+                _range(
+                    30, age={"low": {"value": 0, "unit": "a"}, "high": {"value": 17, "unit": "a"}}
+                )
+            ],
+        ),
+    ],
+)
+def test_a_range_that_is_not_the_patients_own_never_lets_the_default_uln_pass(gender, ranges):
+    """ALT 100: passes the default (3 x 40) but not a lab limit of 3 x 30."""
+    alt = lab(ALT, 100, "U/L", ago(1), referenceRange=ranges)
+    ev = evaluate(_with_gender(gender) + [alt])
+    assert result(ev, "I6-alt").outcome is not MET
+    assert ev.status is not SubjectStatus.ELIGIBLE
+
+
+def test_a_newer_failing_component_of_a_cbc_makes_the_patient_ineligible():
+    cbc = observation(
+        "58410-2",
+        day=ago(1),
+        component=[
+            {"code": concept(LOINC, PLT), "valueQuantity": quantity(12, "10*9/L")},
+            {"code": concept(LOINC, "718-7"), "valueQuantity": quantity(120, "g/L")},
+        ],
+    )
+    assert evaluate(record(add=[cbc])).status is SubjectStatus.INELIGIBLE
+
+
+def test_a_newer_chemistry_panel_component_with_its_own_failing_range():
+    cmp_panel = observation(
+        "24323-8",
+        day=ago(1),
+        component=[
+            {
+                "code": concept(LOINC, ALT),
+                "valueQuantity": quantity(100, "U/L"),
+                "referenceRange": [_range(30)],
+            }
+        ],
+    )
+    assert outcome(record(add=[cmp_panel]), "I6-alt") is NOT_MET
+
+
+@pytest.mark.parametrize(
+    "replacement",
+    [
+        coded_observation("101119-6", None, None, day=ago(2), interpretation=(V3_INTERP, "POS")),
+        coded_observation("101119-6", SNOMED, POSITIVE, day=ago(2)),
+    ],
+)
+def test_a_general_immunophenotyping_report_is_never_a_cd19_result(replacement):
+    ev = evaluate(record(drop=(CD19,), add=[replacement]))
+    assert result(ev, "I2").outcome is UNDETERMINED
+    assert ev.status is not SubjectStatus.ELIGIBLE
+
+
+def test_method_agnostic_lvef_is_not_lvef_by_echocardiography():
+    ev = evaluate(record(drop=(LVEF,), add=[lab("10230-1", 55, "%", ago(10))]))
+    assert result(ev, "I8").outcome is UNDETERMINED
+    assert ev.status is not SubjectStatus.ELIGIBLE

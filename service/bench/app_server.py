@@ -10,6 +10,9 @@ Run it as ``python -m service.bench.app_server``: uvicorn on 127.0.0.1, free por
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import orjson
 from fastapi import FastAPI, Request, Response
 
@@ -20,8 +23,15 @@ _BARE_ANSWER = orjson.dumps({"resourceType": "OperationOutcome", "issue": []})
 
 
 def bench_settings() -> Settings:
-    """Service defaults (no .env), CDS client authentication off."""
-    return Settings(_env_file=None, cds_auth_enabled=False)  # type: ignore[call-arg]
+    """Service defaults (no .env), CDS client authentication off; no rate limit (it would
+    refuse the load) and audit events written to the null device (the parent reads only the
+    first line of stdout, so a full pipe would stall the server)."""
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        cds_auth_enabled=False,
+        rate_limit_enabled=False,
+        audit_log_path=Path(os.devnull),
+    )
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:

@@ -130,8 +130,12 @@ def run_bench(
     }
     results["targets"] = report.targets(results)
     json_path, _ = report.write(results, out_dir, console)
-    passed = sum(t["pass"] for t in results["targets"])
-    console.print(f"targets: {passed}/{len(results['targets'])} pass; results in {json_path}")
+    if config.smoke:
+        verdict = "targets not judged (smoke sizes)"
+    else:
+        passed = sum(bool(t["pass"]) for t in results["targets"])
+        verdict = f"targets: {passed}/{len(results['targets'])} pass"
+    console.print(f"{verdict}; results in {json_path}")
     return results, json_path
 
 

@@ -81,7 +81,7 @@ LABS: tuple[Analyte, ...] = (
     Analyte("777-3", "Platelets [#/volume] in Blood by Automated count", "Platelets", "laboratory", "10*9/L", 150, 400, 45, 260, 0),  # noqa: E501
     Analyte("718-7", "Hemoglobin [Mass/volume] in Blood", "Hemoglobin", "laboratory", "g/dL", 13.0, 17.0, 8.2, 13.5),  # noqa: E501
 )
-LVEF = Analyte("10230-1", "Left ventricular Ejection fraction", "LVEF", "imaging", "%", 52, 72, 50, 64, 0)  # noqa: E501
+LVEF = Analyte("18043-0", "Left ventricular Ejection fraction by US", "LVEF", "imaging", "%", 52, 72, 50, 64, 0)  # noqa: E501
 # fmt: on
 LAB_SHARE = 0.2  # of the generated Observations, the share that are the trial's labs
 

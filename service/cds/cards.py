@@ -8,12 +8,14 @@ enrolment, and the clinician must pick it.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from typing import Any
 
 from service.clinical.evaluation import Evaluation, SubjectStatus
 from service.clinical.model import CriterionResult, Outcome
+from service.ops.card_feedback import override_reasons
 from service.protocol import Protocol
 from service.settings import Settings
 
@@ -32,6 +34,7 @@ _STATUS_TEXT = {
     SubjectStatus.INELIGIBLE: "not eligible",
 }
 # GFM punctuation that could start emphasis, code, links, tables, raw HTML or entities mid-line.
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # the only patient datum a link may carry
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&])")
 
 
@@ -55,19 +58,33 @@ def patient_view_cards(
         ),
         "detail": _detail(evaluation, protocol),
         "source": _source(protocol),
+        # Dismissing with one of these hides the card until the result changes (issue 11).
+        "overrideReasons": [dict(reason) for reason in override_reasons()],
     }
     if status is not SubjectStatus.INELIGIBLE:
         card["suggestions"] = [_record_candidate(evaluation, protocol, service_base_url)]
         card["selectionBehavior"] = "at-most-one"
         if _attestation_pending(evaluation, protocol):
-            card["links"] = [
-                {
-                    "label": "Complete investigator attestation",
-                    "url": protocol.questionnaire_url,
-                    "type": "absolute",
-                }
-            ]
+            card["links"] = [_attestation_link(evaluation, protocol, settings, service_base_url)]
     return {"cards": [card]}
+
+
+def _attestation_link(
+    evaluation: Evaluation, protocol: Protocol, settings: Settings, service_base_url: str
+) -> dict[str, Any]:
+    """A SMART launch of the web app (naming the study) when configured, else its review page."""
+    label = "Complete investigator attestation"
+    if settings.app_smart_launch_url:
+        context = json.dumps({"study": protocol.versioned_canonical})
+        return {
+            "label": label,
+            "url": settings.app_smart_launch_url,
+            "type": "smart",
+            "appContext": context,
+        }
+    pid = evaluation.patient_id
+    path = f"/app/patients/{pid}" if _FHIR_ID.fullmatch(pid) else "/app/"
+    return {"label": label, "url": f"{service_base_url.rstrip('/')}{path}", "type": "absolute"}
 
 
 # -- names ----------------------------------------------------------------------

@@ -13,18 +13,19 @@ Why each check exists:
 Failures raise :class:`CdsAuthError` with a short fixed reason, logged at warning level on the
 ``service.cds.auth`` logger; the token itself is never logged or echoed.
 
-Replay cache: in memory, per process (run one worker, or put a shared store behind this class
-when scaling out). It holds at most ``replay_cache_size`` unexpired ``(iss, jti)`` pairs. When it
-is full of unexpired entries, new tokens are REJECTED rather than old entries forgotten:
-forgetting would re-open the replay window, while a full cache is a visible, bounded outage that
-only trusted, signing clients can cause. Token lifetime is capped (``max_lifetime_seconds``,
-1 h by default, per the CDS Hooks best practice), which bounds how long an entry lives.
+Replay cache: ``(iss, jti)`` pairs live in the service's state store (``service.state``), whose
+atomic set-if-absent makes a token work once across every worker (SQLite) and replica (Redis)
+that share it. Without a store, an in-memory one of at most ``replay_cache_size`` entries is
+used. A full in-memory store REJECTS new tokens rather than forgetting old entries (forgetting
+would re-open the replay window); a store that cannot answer rejects them too (fail closed).
+Token lifetime is capped (``max_lifetime_seconds``, 1 h by default, per the CDS Hooks best
+practice), which bounds how long an entry lives.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -40,7 +41,11 @@ from cryptography.hazmat.primitives.asymmetric.ec import (
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from fastapi import HTTPException, Request
 
+from service import demo_ehr
+from service.ops import metrics
 from service.settings import Settings, TrustedIssuer
+from service.state import StateStore, StoreError, StoreFull
+from service.state.memory import MemoryStore
 
 logger = logging.getLogger("service.cds.auth")
 
@@ -78,30 +83,25 @@ class _KeySet:
 
 
 class _ReplayCache:
-    """Seen ``(iss, jti)`` pairs until their token expires; fails closed when full."""
+    """Seen ``(iss, jti)`` pairs until their token expires, in the shared state store."""
 
-    def __init__(self, max_size: int, clock: Callable[[], float]) -> None:
-        self._max_size = max_size
+    def __init__(self, store: StateStore, clock: Callable[[], float]) -> None:
+        self._store = store
         self._clock = clock
-        self._seen: dict[tuple[str, str], float] = {}
-        self._expiries: list[tuple[float, tuple[str, str]]] = []  # min-heap by expiry
 
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def add(self, key: tuple[str, str], expires_at: float) -> None:
-        self._prune(self._clock())
-        if key in self._seen:
+    async def add(self, key: tuple[str, str], expires_at: float) -> None:
+        iss, jti = key
+        name = "jti:" + hashlib.sha256(f"{iss}\0{jti}".encode()).hexdigest()
+        ttl = max(expires_at - self._clock(), 1.0)
+        try:
+            fresh = await self._store.set_if_absent(name, "1", ttl)
+        except StoreFull:
+            raise CdsAuthError("replay cache full") from None
+        except StoreError:
+            metrics.store_error(self._store.backend, "replay")
+            raise CdsAuthError("replay store unavailable") from None
+        if not fresh:
             raise CdsAuthError("replayed jti")
-        if len(self._seen) >= self._max_size:
-            raise CdsAuthError("replay cache full")
-        self._seen[key] = expires_at
-        heapq.heappush(self._expiries, (expires_at, key))
-
-    def _prune(self, now: float) -> None:
-        while self._expiries and self._expiries[0][0] <= now:
-            _, key = heapq.heappop(self._expiries)
-            self._seen.pop(key, None)
 
 
 def _allowed_algorithms(configured: list[str]) -> frozenset[str]:
@@ -207,6 +207,7 @@ class CdsClientAuthenticator:
         refetch_interval_seconds: float = 60.0,
         max_lifetime_seconds: int = 3600,
         replay_cache_size: int = 10_000,
+        store: StateStore | None = None,
     ) -> None:
         self.settings = settings
         self.enabled = settings.cds_auth_enabled
@@ -218,6 +219,12 @@ class CdsClientAuthenticator:
                 raise ValueError(f"trusted issuer {issuer.iss!r} has neither jwks nor jwks_url")
             self._issuers[issuer.iss] = issuer
             self._inline[issuer.iss] = _index_jwks(issuer.jwks) if issuer.jwks else {}
+        # Demo mode only: the public demo EHR key, so `eligibility cds-demo` can call us.
+        self.demo_client_trusted = demo_ehr.demo_trust_applies(settings)
+        if self.demo_client_trusted:
+            demo = TrustedIssuer(iss=demo_ehr.demo_issuer(), jwks=demo_ehr.demo_public_jwks())
+            self._issuers[demo.iss] = demo
+            self._inline[demo.iss] = _index_jwks(demo.jwks)
         self._leeway = settings.cds_jwt_leeway_seconds
         self._cache_seconds = settings.cds_jwks_cache_seconds
         self._refetch_interval = refetch_interval_seconds
@@ -228,7 +235,7 @@ class CdsClientAuthenticator:
         self._remote: dict[str, _KeySet] = {}  # by jwks_url
         self._failed_at: dict[str, float] = {}  # by jwks_url: last failed fetch
         self._locks: dict[str, asyncio.Lock] = {}
-        self._replay = _ReplayCache(replay_cache_size, clock)
+        self._replay = _ReplayCache(store or MemoryStore(replay_cache_size, clock), clock)
 
     async def aclose(self) -> None:
         if self._owns_http and self._http is not None:
@@ -289,7 +296,7 @@ class CdsClientAuthenticator:
         exp, iat = float(claims["exp"]), float(claims["iat"])
         if exp - iat > self._max_lifetime:
             raise CdsAuthError("token lifetime too long")
-        self._replay.add((issuer.iss, jti), exp + self._leeway)
+        await self._replay.add((issuer.iss, jti), exp + self._leeway)
         return claims
 
     # -- keys ---------------------------------------------------------------

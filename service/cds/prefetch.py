@@ -7,7 +7,7 @@ from datetime import date
 from typing import Any
 
 from service.cds.models import PatientViewRequest
-from service.clinical.model import Issue
+from service.clinical.model import Issue, Severity
 from service.protocol import Protocol
 from service.settings import Settings
 
@@ -19,6 +19,8 @@ class Resolved:
     issues: list[Issue] = field(default_factory=list)
     truncated: frozenset[str] = frozenset()
     missing: set[str] = field(default_factory=set)  # keys neither prefetched nor fetchable
+    server_base: str | None = None  # the EHR's FHIR server: absolute references to it are ours
+    linked_patients: list[dict[str, Any]] = field(default_factory=list)  # Patient.link records
 
 
 def _usable_search(value: Any) -> list[dict[str, Any]] | None:
@@ -62,7 +64,7 @@ async def resolve_prefetch(
 
     patient_id = call.context.patientId
     prefetch = call.prefetch or {}
-    resolved = Resolved()
+    resolved = Resolved(server_base=call.fhirServer)
     need: set[str] = set()
     for query in plan_queries(protocol, patient_id, None):
         value = prefetch.get(query.key)
@@ -82,10 +84,26 @@ async def resolve_prefetch(
         else:
             resolved.resources.extend(resources)
 
-    if not need:
+    from service.fhir.fetch import follows_links
+
+    # A prefetch holds one record's data; records the Patient links to must be searched.
+    linked = follows_links(resolved.patient)
+    if not need and not linked:
         return resolved
     if call.fhirServer is None:
         resolved.missing = need
+        if linked and not need:
+            from service.record import all_feeds
+
+            resolved.truncated = frozenset(all_feeds(protocol))
+            resolved.issues.append(
+                Issue(
+                    Severity.WARNING,
+                    "incomplete",
+                    "the Patient links to other records of this person (Patient.link); "
+                    "without fhirServer their data cannot be read",
+                )
+            )
         return resolved
 
     from service.fhir.client import client_for
@@ -98,10 +116,13 @@ async def resolve_prefetch(
     async with client_for(
         settings, bearer_token=token, base_url=call.fhirServer, service_credentials=False
     ) as client:
-        fetched = await fetch_patient(client, protocol, patient_id, day, only=need)
+        fetched = await fetch_patient(
+            client, protocol, patient_id, day, only=need, links_of=resolved.patient or None
+        )
     if fetched.patient:
         resolved.patient = fetched.patient
     resolved.resources.extend(fetched.resources)
+    resolved.linked_patients = fetched.linked_patients
     resolved.issues.extend(fetched.issues)
     resolved.truncated = fetched.truncated
     return resolved

@@ -18,6 +18,9 @@ from service.cds.prefetch import resolve_prefetch
 from service.clinical.dates import today
 from service.fhir_response import outcome, read_body
 from service.inputs import validation_message
+from service.ops.audit import audited, note_context
+from service.ops.caller import jwt_caller
+from service.ops.ratelimit import rate_limited
 from service.pipeline import evaluate_fetched_off_loop
 from service.protocol import Protocol
 from service.settings import Settings
@@ -35,6 +38,12 @@ def service_id(protocol: Protocol) -> str:
 async def cds_client(request: Request) -> dict | None:
     """Verified JWT claims of the calling CDS client (401 with no detail otherwise)."""
     return await require_cds_client(request.app.state.cds_authenticator)(request)
+
+
+# -- operations (issue 11): per-client rate limit, audit; both after the JWT check ---------
+cds_caller = jwt_caller(cds_client)
+CDS_RATE_LIMIT = Depends(rate_limited("cds", cds_caller))
+CDS_AUDIT = Depends(audited("cds-hooks patient-view", cds_caller))
 
 
 def _json(content: Any, status: int = 200) -> JSONResponse:
@@ -89,7 +98,7 @@ def _validated(model: type[M], body: Any, what: str) -> M:
         raise HTTPException(400, validation_message(what, exc.errors())) from None
 
 
-@router.post("/{sid}", dependencies=[Depends(cds_client)])
+@router.post("/{sid}", dependencies=[Depends(cds_client), CDS_RATE_LIMIT, CDS_AUDIT])
 async def call_service(sid: str, request: Request):
     protocol: Protocol = request.app.state.protocol
     settings: Settings = request.app.state.settings
@@ -98,6 +107,7 @@ async def call_service(sid: str, request: Request):
     body = await _body(request)
     _register_secrets(body)
     call = _validated(PatientViewRequest, body, "CDS Hooks request")
+    note_context(user=call.context.userId, patient=call.context.patientId)  # for the audit
 
     if call.fhirServer is not None and not _allowed(call.fhirServer, settings):
         # Refused before any outbound request: no SSRF through our service.
@@ -113,14 +123,17 @@ async def call_service(sid: str, request: Request):
             + ", ".join(sorted(resolved.missing)),
         )
     evaluation, _ = await evaluate_fetched_off_loop(resolved, protocol, day)
-    return _json(
-        patient_view_cards(
-            evaluation,
-            protocol,
-            settings,
-            service_base_url=(settings.public_base_url or str(request.base_url)).rstrip("/"),
-        )
+    cards = patient_view_cards(
+        evaluation,
+        protocol,
+        settings,
+        service_base_url=(settings.public_base_url or str(request.base_url)).rstrip("/"),
     )
+    # Hidden while a clinician's override holds and the result is unchanged (issue 11).
+    cards = await request.app.state.card_lifecycle.apply(
+        cards, evaluation, request.state.caller, call.fhirServer
+    )
+    return _json(cards)
 
 
 def _register_secrets(body: Any) -> None:
@@ -139,12 +152,13 @@ def _allowed(server: str, settings: Settings) -> bool:
     return server.rstrip("/") in allowed
 
 
-@router.post("/{sid}/feedback", dependencies=[Depends(cds_client)])
+@router.post("/{sid}/feedback", dependencies=[Depends(cds_client), CDS_RATE_LIMIT])
 async def feedback(sid: str, request: Request) -> JSONResponse:
     protocol: Protocol = request.app.state.protocol
     if sid != service_id(protocol):
         raise HTTPException(404, "no such CDS service")
     body = _validated(FeedbackRequest, await _body(request), "feedback")
     counts = Counter(item.outcome for item in body.feedback)
-    log.info("cds feedback", extra={"service": sid, "outcomes": dict(counts)})
+    hidden = await request.app.state.card_lifecycle.feedback(body.feedback, request.state.caller)
+    log.info("cds feedback", extra={"service": sid, "outcomes": dict(counts), "hidden": hidden})
     return _json({})

@@ -79,6 +79,10 @@ def _run(criterion: CriterionDef, ctx: Context, rules) -> CriterionResult:
             f"{result.reason} — but an input resource for this criterion could not be read "
             "(see warnings), so unconfirmed"
         )
+    elif (why := ctx.record.held_open(*feeds)) is not None:
+        # A linked or replaced patient record may hold the result that matters.
+        result.outcome = Outcome.UNDETERMINED
+        result.reason = f"{result.reason} — but {why}, so unconfirmed"
     return result
 
 

@@ -28,9 +28,90 @@ from service.record import PatientRecord, Resource, codings
 
 @dataclass(frozen=True, slots=True)
 class Dated:
+    """One result: an Observation, or one component of it (a panel sent as one resource).
+
+    ``resource`` is always the Observation (its status and time, and what evidence names);
+    ``item`` is where the value is read: the component when there is one, else the
+    Observation. ``context`` is set when only a code broader than the criterion matched:
+    such a result is listed as evidence but never decides.
+    """
+
     day: date
     resource: Resource
     moment: datetime | None = None  # aware time, only when the source gives time and zone
+    part: Resource | None = None  # the component that carries the value, if any
+    context: ValueSet | None = None  # the evidence-only ValueSet that matched, if any
+    method: str | None = None  # the method that made a broader code specific, in words
+
+    @property
+    def item(self) -> Resource:
+        return self.resource if self.part is None else self.part
+
+
+@dataclass(frozen=True, slots=True)
+class Broader:
+    """Codes broader than a criterion's meaning: listed as evidence, never deciding.
+
+    ``method``: an Observation whose ``method`` is coded in this ValueSet is specific enough
+    after all (e.g. a method-agnostic LVEF code measured by echocardiography).
+    """
+
+    valueset: ValueSet
+    method: ValueSet | None = None
+
+    def method_of(self, obs: Resource) -> str | None:
+        """The qualifying method of ``obs`` in words, or None when it has none."""
+        if self.method is None:
+            return None
+        for code in codings(obs.get("method")):
+            if code in self.method.codes:
+                return self.method.display(code) or code[1]
+        return None
+
+
+def context_valueset(protocol: Protocol, params: dict[str, Any], key: str) -> Broader | None:
+    """The evidence-only codes beside ``params[key]``, if the protocol gives them.
+
+    ``observation_valueset`` pairs with ``context_observation_valueset`` (and
+    ``context_observation_method_valueset``), ``ecog_observation_valueset`` with
+    ``ecog_context_observation_valueset``, and so on.
+    """
+    context_key = key.replace("observation_valueset", "context_observation_valueset")
+    vs_id = params.get(context_key)
+    if not vs_id:
+        return None
+    method_id = params.get(context_key.replace("_valueset", "_method_valueset"))
+    return Broader(protocol.valueset(vs_id), protocol.valueset(method_id) if method_id else None)
+
+
+def origin(record: PatientRecord, dated: Dated) -> str:
+    """Where a result came from, when that is not simply its Observation's code: a component
+    (" (a component of Observation/cbc-1)") or a method that made a broader code count."""
+    said = ""
+    if dated.part is not None:
+        said += f" (a component of {record.ref(dated.resource).reference})"
+    if dated.method:
+        said += f" (method {dated.method})"
+    return said
+
+
+def result_parts(obs: Resource, valueset: ValueSet) -> list[Resource | None]:
+    """Where ``obs`` reports a result of ``valueset``: itself (None) and/or its components.
+
+    An Observation without components was indexed by its own code, so the common case
+    costs one dictionary lookup.
+    """
+    components = obs.get("component")
+    if not components:
+        return [None]
+    found: list[Resource | None] = []
+    if valueset.matches(codings(obs.get("code"))):
+        found.append(None)
+    if isinstance(components, list):
+        for part in components:
+            if isinstance(part, dict) and valueset.matches(codings(part.get("code"))):
+                found.append(part)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +160,33 @@ def candidate_observations(
     as_of: date,
     window_days: int | None,
     issues: list[Issue],
+    context: Broader | None = None,
 ) -> list[Dated]:
-    """Observations of ``valueset`` that may be used, newest first (by day, then time).
+    """Results of ``valueset`` that may be used, newest first (by day, then time).
 
-    Results with a status other than final/amended/corrected, or with no full-day time,
-    are left out with a warning; results after ``as_of`` or before the window are left out
-    silently (they are simply not part of this evaluation).
+    A component coded in ``valueset`` is a result of its own, with its Observation's status
+    and time. Results with a status other than final/amended/corrected, or with no full-day
+    time, are left out with a warning; results after ``as_of`` or before the window are left
+    out silently (they are simply not part of this evaluation). An Observation that matches
+    only the evidence-only ``context`` ValueSet is returned marked as such.
     """
     allowed = set(protocol.general["observation_statuses"])
     found: list[Dated] = []
-    for obs in record.observations_in(valueset):
+    deciding = record.observations_in(valueset)
+    observations: list[tuple[Resource, ValueSet, ValueSet | None, str | None]] = [
+        (obs, valueset, None, None) for obs in deciding
+    ]
+    if context is not None:
+        seen = {id(obs) for obs in deciding}
+        for obs in record.observations_in(context.valueset):
+            if id(obs) not in seen:
+                method = context.method_of(obs)
+                marked = None if method else context.valueset
+                observations.append((obs, context.valueset, marked, method))
+    for obs, vs, marked, method in observations:
+        parts = result_parts(obs, vs)
+        if not parts:
+            continue
         day = effective_date(obs)
         status = obs.get("status")
         ref = record.ref(obs).reference
@@ -104,7 +202,8 @@ def candidate_observations(
             issues.append(Issue(Severity.WARNING, "incomplete", "no usable result time", ref))
             continue
         if in_window(day, as_of, window_days):
-            found.append(Dated(day, obs, effective_moment(obs)))
+            moment = effective_moment(obs)
+            found.extend(Dated(day, obs, moment, part, marked, method) for part in parts)
     found.sort(key=_sort_key, reverse=True)
     return found
 
@@ -146,17 +245,30 @@ def newest_group(candidates: list[Dated]) -> list[Dated]:
 
 def _data_absent(record: PatientRecord, dated: Dated, issues: list[Issue]) -> Unusable | None:
     """A result with ``dataAbsentReason`` is never read, even when it also has a value."""
-    obs = dated.resource
-    if obs.get("dataAbsentReason") is None:
+    item = dated.item
+    if item.get("dataAbsentReason") is None:
         return None
-    reason = next((code for _, code in codings(obs.get("dataAbsentReason"))), None)
+    reason = next((code for _, code in codings(item.get("dataAbsentReason"))), None)
     said = f"dataAbsentReason {reason!r}" if reason else "a dataAbsentReason"
-    has_value = any(key.startswith("value") for key in obs)
+    has_value = any(key.startswith("value") for key in item)
     why = f"it carries {said} and also a value" if has_value else f"no value ({said})"
-    issues.append(
-        Issue(Severity.WARNING, "invalid", f"{why}; result ignored", record.ref(obs).reference)
-    )
+    where = record.ref(dated.resource).reference + (" (component)" if dated.part else "")
+    issues.append(Issue(Severity.WARNING, "invalid", f"{why}; result ignored", where))
     return Unusable(why)
+
+
+def _context_only(dated: Dated) -> Unusable | None:
+    """A result coded only more broadly than the criterion: evidence, never a verdict."""
+    vs = dated.context
+    if vs is None:
+        return None
+    codes = [c for c in codings(dated.item.get("code")) if c in vs.codes]
+    label = (vs.display(codes[0]) or codes[0][1]) if codes else "result"
+    title = vs.resource.get("title") or vs.id
+    return Unusable(
+        f"{label} is coded only as {title}, broader than the criterion: "
+        "listed as evidence, its value and interpretation are not read"
+    )
 
 
 def _word(n: int) -> str:
@@ -181,7 +293,7 @@ def _unusable_result(
     hint: str,
 ) -> CriterionResult:
     lines = [
-        f"{record.ref(d.resource).reference} on {d.day}: {j.why}"
+        f"{record.ref(d.resource).reference}{' (component)' if d.part else ''} on {d.day}: {j.why}"
         for d, j in judged
         if isinstance(j, Unusable)
     ]
@@ -242,7 +354,7 @@ def newest_verdict(
     if not candidates:
         return None
     group = newest_group(candidates)
-    judged = [(d, _data_absent(record, d, issues) or judge(d)) for d in group]
+    judged = [(d, _context_only(d) or _data_absent(record, d, issues) or judge(d)) for d in group]
     older = len(candidates) - len(group)
     if any(isinstance(j, Unusable) for _, j in judged):
         return _unusable_result(code, record, judged, older, what, needs, hint)

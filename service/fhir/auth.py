@@ -34,6 +34,14 @@ from service.fhir.errors import FhirConfigError, UpstreamAuthError, UpstreamErro
 from service.logs import register_secret
 
 log = logging.getLogger("service.fhir")
+_left_running: set[asyncio.Task[Any]] = set()  # token requests whose caller was cancelled
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    _left_running.discard(task)
+    if not task.cancelled():
+        task.exception()  # consumed: the caller is gone
+
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME = 240  # seconds; SMART allows at most 300, leave room for clock skew
@@ -274,12 +282,26 @@ class SmartBackendAuth:
     async def _exchange(
         self, method: str, url: str, step: str, form: dict[str, str] | None = None
     ) -> tuple[int, Any]:
-        """One request to discovery or the token endpoint: status and JSON body (or None)."""
-        try:
+        """One request to discovery or the token endpoint: status and JSON body (or None).
+
+        It runs in a task of its own that a cancelled caller leaves to finish rather than
+        cancels: a cancellation inside httpcore can leak a connection of the shared pool
+        (see ``service.fhir.client._detached``); httpx's timeouts bound the request.
+        """
+
+        async def once() -> tuple[int, Any]:
             async with self._http.stream(
                 method, url, data=form, headers={"Accept": "application/json"}
             ) as resp:
                 return resp.status_code, await _read_json(resp, step)
+
+        task = asyncio.ensure_future(once())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            _left_running.add(task)
+            task.add_done_callback(_forget)
+            raise
         except httpx.HTTPError as exc:
             raise UpstreamError(f"{step} failed ({type(exc).__name__})") from None
 

@@ -8,16 +8,24 @@ nothing partial is returned as if complete (a search cut by a cap says so in
 per FHIR base (kept for the service's lifetime, per event loop). Credentials are chosen per
 client: a caller's token (CDS Hooks) lives only in that client; SMART tokens are shared per
 base because they belong to the service, not to a user.
+
+The shared pool must survive cancelled queries (a sibling's failure, the deadline), which
+httpcore does not handle safely under asyncio: at most ``MAX_IN_FLIGHT`` requests enter the
+pool (``GatedTransport``), so none ever waits inside it, and each exchange runs in a task of
+its own that a cancelled caller abandons instead of cancelling (``_detached``). A pool that
+still runs out of connections is replaced (``_retire``); ``fhir_ready`` probes it for
+``/healthz``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -30,16 +38,19 @@ import stamina
 from service import strict_json
 from service.clinical.model import Issue, Severity
 from service.fhir.auth import BearerAuth, FhirAuth, NoAuth, SmartBackendAuth, load_private_key
-from service.fhir.demo_store import DEMO_BASE_URL, demo_transport
+from service.fhir.demo_layer import shared_demo_layer
+from service.fhir.demo_store import DEMO_BASE_URL
 from service.fhir.errors import (
     DeadlineExceeded,
     FhirConfigError,
+    FhirError,
     PatientNotFound,
     UpstreamAuthError,
     UpstreamError,
     describe_query,
 )
 from service.fhir.queries import Query, check_id
+from service.ops import metrics
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -51,7 +62,35 @@ log = logging.getLogger("service.fhir")
 if logging.getLogger("httpx").level == logging.NOTSET:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
+# The query being retried in this task, for the retry log line (contextvars: one per query).
+_retrying: contextvars.ContextVar[tuple[str, dict[str, Any]] | None] = contextvars.ContextVar(
+    "fhir_retrying", default=None
+)
+
+
+def _log_retry(details: stamina.instrumentation.RetryDetails) -> None:
+    """A scheduled retry as one INFO line naming the query (stamina's own hook logs every
+    retry at WARNING: 27 lines on the CLI's stderr before its one error line)."""
+    cause = details.caused_by
+    if isinstance(cause, _Retryable):
+        reason = f"HTTP {cause.status}"
+    else:
+        reason = type(cause.__cause__ or cause).__name__  # the httpx error, not our wrapper
+    what, extra = _retrying.get() or (details.name, {})
+    log.info(
+        "FHIR retry %d of the %s in %.2f s (%s)",
+        details.retry_num,
+        what,
+        details.wait_for,
+        reason,
+        extra={**extra, "retry_num": details.retry_num, "retry_cause": reason},
+    )
+
+
+stamina.instrumentation.set_on_retry_hooks([_log_retry])
+
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_500_TIMES = 1  # idempotent requests only (reads, searches)
 ACCEPT = "application/fhir+json, application/json;q=0.9"
 FORM = "application/x-www-form-urlencoded"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -187,7 +226,9 @@ def _too_large(what: str, limit: int) -> UpstreamError:
     )
 
 
-async def _read_capped(resp: httpx.Response, limit: int, what: str) -> bytes:
+async def _read_capped(
+    resp: httpx.Response, limit: int, what: str, abandon: _Abandon | None = None
+) -> bytes:
     """Read a streamed body, giving up as soon as it exceeds ``limit`` (decoded) bytes."""
     declared = resp.headers.get("content-length", "").strip()
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
@@ -196,6 +237,8 @@ async def _read_capped(resp: httpx.Response, limit: int, what: str) -> bytes:
     size = 0
     try:
         async for chunk in resp.aiter_bytes():
+            if abandon is not None and abandon.set:
+                raise _Abandoned
             size += len(chunk)
             if size > limit:
                 raise _too_large(what, limit)
@@ -303,6 +346,7 @@ class FhirClient:
                 names=names,
                 content=encoded.encode(),
                 content_type=FORM,
+                idempotent=True,  # POST [type]/_search is a search: safe to repeat
             )
         else:
             url = self._base.join(rtype).copy_with(query=encoded.encode())
@@ -359,6 +403,28 @@ class FhirClient:
                 )
             )
         return result
+
+    async def reachable(self, timeout: float) -> bool:
+        """One ``GET metadata`` within ``timeout``, no retries, no credentials: does the server
+        answer at all (any status below 500) through this client's connection pool?"""
+        extra = {"fhir_resource": "CapabilityStatement", "fhir_params": [], "fhir_query": None}
+        url = self._base.join("metadata")
+        try:
+            # httpx's own timeouts (pool included: a stuck pool is then replaced) fire first.
+            async with asyncio.timeout(timeout + 0.25):
+                reply = await self._send(
+                    "GET",
+                    url,
+                    {"Accept": ACCEPT},
+                    None,
+                    "capability statement read",
+                    extra,
+                    timeout=timeout,
+                    log_level=logging.DEBUG,  # every few seconds: not worth an INFO line
+                )
+        except (TimeoutError, FhirError, _TransportFailure):
+            return False
+        return reply.status_code < 500
 
     # -- internals -----------------------------------------------------------------------
     def _collect(self, bundle: dict, rtype: str, what: str, result: SearchResult) -> None:
@@ -497,8 +563,14 @@ class FhirClient:
         names: Sequence[str] = (),
         content: bytes | None = None,
         content_type: str | None = None,
+        idempotent: bool = True,
     ) -> _Reply:
-        """Send with retries inside the deadline; return the final non-retryable response."""
+        """Send with retries inside the deadline; return the final non-retryable response.
+
+        Retried: connection failures, 429/502/503/504 and, for idempotent requests (reads
+        and searches, GET or POST ``_search``), one 500: HAPI answers a transient 500 now
+        and then (a database hiccup, a busy search), which one more try usually clears.
+        """
         remaining = self.remaining()
         if remaining <= 0:
             raise DeadlineExceeded(f"the deadline ran out before the {what}")
@@ -514,9 +586,12 @@ class FhirClient:
                     return True
                 left = (self._deadline or 0) - loop.time()
                 return exc.retry_after if exc.retry_after < left else False
-            return isinstance(exc, httpx.TransportError)
+            return isinstance(exc, _TransportFailure)
+
+        server_errors = 0
 
         async def attempt_once() -> _Reply:
+            nonlocal server_errors
             sent = await self._auth.headers()
             resp = await self._send(method, url, {**headers, **sent}, content, what, log_extra)
             if resp.status_code == 401 and await self._auth.refresh(sent):
@@ -526,10 +601,14 @@ class FhirClient:
                 raise _Retryable(
                     resp.status_code, retry_after_seconds(resp.headers.get("retry-after"))
                 )
+            if resp.status_code == 500 and idempotent and server_errors < RETRY_500_TIMES:
+                server_errors += 1
+                raise _Retryable(500, retry_after_seconds(resp.headers.get("retry-after")))
             return resp
 
         cfg = self.config
         timer = asyncio.timeout(remaining)
+        query = _retrying.set((what, log_extra))
         try:
             async with timer:
                 async for attempt in stamina.retry_context(
@@ -558,10 +637,10 @@ class FhirClient:
             raise UpstreamError(
                 f"the FHIR server answered HTTP {exc.status} to the {what}, also after retrying"
             ) from None
-        except httpx.TransportError as exc:
-            raise UpstreamError(
-                f"could not reach the FHIR server for the {what} ({type(exc).__name__})"
-            ) from None
+        except _TransportFailure as exc:
+            raise UpstreamError(exc.message) from None
+        finally:
+            _retrying.reset(query)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(
@@ -572,28 +651,56 @@ class FhirClient:
         content: bytes | None,
         what: str,
         log_extra: dict[str, Any],
+        *,
+        timeout: float | None = None,
+        log_level: int = logging.INFO,
     ) -> _Reply:
         """One request; the body is streamed so an oversized one is refused, not buffered."""
         started = time.perf_counter()
         status: int | str = "error"
-        try:
-            request = self._http.build_request(method, url, headers=headers, content=content)
+        abandon = _Abandon()
+        request = self._http.build_request(
+            method,
+            url,
+            headers=headers,
+            content=content,
+            extensions={_TICKET: abandon},
+            timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+        )
+        seen: list[int] = []  # the status line, once it arrived
+
+        async def exchange() -> _Reply:
             resp = await self._http.send(request, stream=True)
-            status = resp.status_code
+            seen.append(resp.status_code)
             try:
-                body = await _read_capped(resp, self.config.max_response_bytes, what)
+                body = await _read_capped(resp, self.config.max_response_bytes, what, abandon)
             finally:
                 await resp.aclose()
             return _Reply(resp.status_code, resp.headers, request.url, body)
+
+        try:
+            reply = await _detached(exchange(), abandon)
+            status = reply.status_code
+            return reply
+        except UpstreamError:
+            status = seen[0] if seen else "error"
+            raise
         except httpx.TransportError as exc:
             status = type(exc).__name__
-            raise
+            if isinstance(exc, httpx.PoolTimeout):
+                _retire(self._http)  # never a normal wait (see MAX_IN_FLIGHT): a stuck pool
+            message = _transport_message(exc, what, seen[0] if seen else None)
+            raise _TransportFailure(message) from exc
         except asyncio.CancelledError:
             status = "cancelled"  # the deadline, or a sibling query failed first
             raise
         finally:
             elapsed = round((time.perf_counter() - started) * 1000, 1)
-            log.info(
+            metrics.observe_fhir(
+                log_extra["fhir_resource"], log_extra["fhir_query"], status, elapsed / 1000
+            )
+            log.log(
+                log_level,
                 "FHIR %s %s -> %s (%.0f ms)",
                 method,
                 log_extra["fhir_resource"],
@@ -601,6 +708,92 @@ class FhirClient:
                 elapsed,
                 extra={**log_extra, "status": status, "elapsed_ms": elapsed},
             )
+
+
+class _TransportFailure(Exception):
+    """A connection-level failure of one attempt, already worded for the user; retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _transport_message(exc: httpx.TransportError, what: str, status: int | None) -> str:
+    """Say what broke: no connection, no answer, or an answer cut off partway."""
+    name = type(exc).__name__
+    if status is not None:  # the status line and headers had arrived: the body broke
+        if isinstance(exc, httpx.TimeoutException):
+            return (
+                f"the FHIR server's answer stalled partway (HTTP {status}, {name}) for the {what}"
+            )
+        return (
+            f"the FHIR server's answer was cut off partway (HTTP {status}, {name}) for the {what}"
+        )
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return f"could not reach the FHIR server for the {what} ({name})"
+    if isinstance(exc, httpx.PoolTimeout):
+        return f"no connection to the FHIR server was free for the {what} ({name})"
+    if isinstance(exc, httpx.ReadTimeout):
+        return f"the FHIR server did not answer the {what} in time ({name})"
+    if isinstance(exc, httpx.WriteError | httpx.WriteTimeout):
+        return f"could not send the {what} to the FHIR server ({name})"
+    if isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError):
+        return f"the FHIR server closed the connection before answering the {what} ({name})"
+    return f"could not reach the FHIR server for the {what} ({name})"
+
+
+class _Abandon:
+    """``set`` when the caller stopped waiting: the exchange then stops at its next body chunk.
+    ``entered``: the request went past ``GatedTransport``'s slot into httpcore."""
+
+    __slots__ = ("entered", "set")
+
+    def __init__(self) -> None:
+        self.set = False
+        self.entered = False
+
+
+_TICKET = "cart_eligibility.exchange"  # request extension carrying the exchange's _Abandon
+
+
+class _Abandoned(Exception):
+    """The caller left; the rest of the body is not read (the connection is then closed)."""
+
+
+_detached_tasks: set[asyncio.Task[Any]] = set()  # strong references until they finish
+
+
+async def _detached(coro: Coroutine[Any, Any, _Reply], abandon: _Abandon) -> _Reply:
+    """Run one HTTP exchange in its own task, which is never cancelled.
+
+    httpcore (1.0.9, the latest) is not safe against asyncio cancellation: it cleans up a
+    request under anyio's ``CancelScope(shield=True)``, which does not hold against a native
+    ``Task.cancel()`` (TaskGroup, ``asyncio.timeout``). A cancellation that lands in the
+    cleanup (closing a response, releasing a connection, a request waiting in the pool,
+    encode/httpcore#1093) leaves the pool with a request and a connection no one releases;
+    once the pool is full every later request waits for ever, although the server is fine.
+    So a cancelled caller stops waiting at once (its deadline and error reporting are
+    unchanged) and the exchange ends by itself: at its next body chunk, or by httpx's own
+    connect/read/pool timeouts, which httpcore handles cleanly.
+    """
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        abandon.set = True
+        if not abandon.entered:
+            task.cancel()  # still waiting for a slot (or not started): safe, nothing sent
+        if not task.done():
+            _detached_tasks.add(task)
+            task.add_done_callback(_retrieve)
+        raise
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Forget a finished abandoned exchange and consume its outcome (no asyncio noise)."""
+    _detached_tasks.discard(task)
+    if not task.cancelled():
+        task.exception()
 
 
 # -- clients --------------------------------------------------------------------------------
@@ -619,17 +812,86 @@ def _loop_cache() -> dict[Any, Any]:
     return cache
 
 
+# Requests in flight per FHIR base. The pool below holds more connections than this (in-flight
+# plus every keep-alive one, with room to spare) so a request never waits inside httpcore's pool:
+# httpcore 1.0.9 (the latest) leaks a pool slot for good when a request is cancelled while it
+# waits there for a connection (encode/httpcore#1093), and we cancel sibling queries on the first
+# failure and every query at the deadline. Our own semaphore queues the surplus instead, and a
+# cancelled wait on it is harmless.
+MAX_IN_FLIGHT = 32
+MAX_KEEPALIVE = 16
+POOL_CONNECTIONS = MAX_IN_FLIGHT + MAX_KEEPALIVE + 16
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A response body that gives its in-flight slot back once, when it is closed."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, release: Any) -> None:
+        self._stream = stream
+        self._release = release
+
+    async def __aiter__(self) -> Any:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+class GatedTransport(httpx.AsyncBaseTransport):
+    """At most ``slots`` requests inside the wrapped transport; a slot is held until the
+    response body is closed (the connection is busy until then)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, slots: int = MAX_IN_FLIGHT) -> None:
+        self._inner = inner
+        self._slots = asyncio.Semaphore(slots)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await self._slots.acquire()  # cancellation-safe: nothing of httpcore is touched yet
+        ticket = request.extensions.get(_TICKET)
+        if isinstance(ticket, _Abandon):
+            if ticket.set:  # the caller left while we waited: send nothing
+                self._slots.release()
+                raise _Abandoned
+            ticket.entered = True  # from here on, never cancel this task (see _detached)
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException:
+            self._slots.release()
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _ReleasingStream(response.stream, self._slots.release)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 def _http_for(base: str, settings: Settings) -> httpx.AsyncClient:
     cache = _loop_cache()
     key = ("http", base)
     http = cache.get(key)
     if http is None or http.is_closed:
         if base == DEMO_BASE_URL:
-            http = httpx.AsyncClient(transport=demo_transport())
+            http = httpx.AsyncClient(transport=httpx.MockTransport(shared_demo_layer().handle))
         else:
+            limits = httpx.Limits(
+                max_connections=POOL_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE
+            )
             http = httpx.AsyncClient(
-                timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
-                limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+                transport=GatedTransport(httpx.AsyncHTTPTransport(limits=limits)),
+                # No request ever waits for a pool slot (MAX_IN_FLIGHT): a pool timeout means
+                # a stuck pool, which is then replaced (_retire).
+                timeout=httpx.Timeout(
+                    settings.read_timeout,
+                    connect=settings.connect_timeout,
+                    pool=settings.connect_timeout,
+                ),
                 follow_redirects=False,  # a redirect could carry our token elsewhere
             )
         cache[key] = http
@@ -645,7 +907,14 @@ def _settings_auth(settings: Settings, base: str, http: httpx.AsyncClient) -> Fh
         if not settings.smart_client_id or not settings.smart_private_key_path:
             raise FhirConfigError("fhir_auth=smart needs a client id and a private key path")
         cache = _loop_cache()
-        key = ("smart", base, settings.smart_client_id, settings.smart_alg, settings.smart_scopes)
+        key = (
+            "smart",
+            http,  # a replaced pool (_retire) gets its own token client
+            base,
+            settings.smart_client_id,
+            settings.smart_alg,
+            settings.smart_scopes,
+        )
         auth = cache.get(key)
         if auth is None:
             auth = cache[key] = SmartBackendAuth(
@@ -690,9 +959,55 @@ def client_for(
     return FhirClient(http, base, auth=auth, config=ClientConfig.from_settings(settings))
 
 
+READY_CACHE_SECONDS = 5.0  # one probe per worker at most this often, however many callers
+PROBE_TIMEOUT_SECONDS = 2.0  # below the orchestrator's probe timeout (Kubernetes: 3 s)
+
+
+async def fhir_ready(settings: Settings) -> bool:
+    """Readiness of pull mode: the configured FHIR base (or the demo store) answers
+    ``GET metadata`` through the same pool evaluations use, so a stuck pool shows as well
+    as a server that is down. Cached ``READY_CACHE_SECONDS``; concurrent callers share one
+    probe."""
+    base = (settings.fhir_base_url or DEMO_BASE_URL).rstrip("/")
+    cache = _loop_cache()
+    now = asyncio.get_running_loop().time
+    known = cache.get(("ready", base))
+    if known is not None and now() - known[0] < READY_CACHE_SECONDS:
+        return known[1]
+    lock = cache.setdefault(("ready-lock", base), asyncio.Lock())
+    async with lock:
+        known = cache.get(("ready", base))
+        if known is not None and now() - known[0] < READY_CACHE_SECONDS:
+            return known[1]
+        client = FhirClient(_http_for(base, settings), base)
+        ready = await client.reachable(PROBE_TIMEOUT_SECONDS)
+        cache[("ready", base)] = (now(), ready)
+        if not ready:
+            log.warning("readiness: the FHIR server did not answer the capability probe")
+        return ready
+
+
+def _retire(http: httpx.AsyncClient) -> None:
+    """Stop handing out a pool that cannot give connections; the next client gets a new one.
+
+    It is closed at shutdown, not now: requests of other evaluations may still use it.
+    """
+    cache = _loop_cache()
+    for key, value in list(cache.items()):
+        if value is http:
+            del cache[key]
+            cache.setdefault("retired", []).append(http)
+            log.warning("FHIR connection pool replaced: it had no free connection")
+
+
 async def close_clients() -> None:
-    """Close this loop's pooled connections (application shutdown)."""
-    cache = _pools.pop(asyncio.get_running_loop(), {})
-    for value in cache.values():
+    """Close this loop's pooled connections (application shutdown), then give abandoned
+    exchanges (which closing their connections ends) a moment to finish."""
+    loop = asyncio.get_running_loop()
+    cache = _pools.pop(loop, {})
+    for value in [*cache.values(), *cache.get("retired", ())]:
         if isinstance(value, httpx.AsyncClient):
             await value.aclose()
+    pending = [t for t in _detached_tasks if t.get_loop() is loop]
+    if pending:
+        await asyncio.wait(pending, timeout=1.0)

@@ -40,8 +40,9 @@ _DATE_PARAMS: dict[str, dict[str, str]] = {
     "QuestionnaireResponse": {"authored": "authored"},
 }
 _CODE_ELEMENT = {"code": "code", "category": "category", "scope": "scope"}
+_COMBO = "combo-code"  # Observation.code | Observation.component.code
 _TOKEN_PARAMS: dict[str, set[str]] = {
-    "Observation": {"code", "category", "status"},
+    "Observation": {"code", _COMBO, "category", "status"},
     "Condition": {"code", "category"},
     "Procedure": {"code", "status", "category"},
     "Consent": {"status", "category", "scope"},
@@ -154,15 +155,24 @@ def _token_test(param: str, search: str) -> Callable[[Resource], bool]:
     for alternative in _split_unescaped(search, ",", unescape=False):
         parts = _split_unescaped(alternative, "|")
         alternatives.append((parts[0], parts[1]) if len(parts) > 1 else (None, parts[0]))
-    element = _CODE_ELEMENT.get(param, param)
+    element = "code" if param == _COMBO else _CODE_ELEMENT.get(param, param)
 
     def system_ok(system: str | None, csys: str | None) -> bool:
         return system is None or (csys is None if system == "" else csys == system)
 
+    def codings_of(resource: Resource) -> list[tuple[str | None, str | None]]:
+        found = _codings(resource.get(element))
+        if param == _COMBO:
+            parts = resource.get("component")
+            for part in parts if isinstance(parts, list) else ():
+                if isinstance(part, dict):
+                    found.extend(_codings(part.get("code")))
+        return found
+
     def matches(resource: Resource) -> bool:
         return any(
             system_ok(system, csys) and (not code or ccode == code)
-            for csys, ccode in _codings(resource.get(element))
+            for csys, ccode in codings_of(resource)
             for system, code in alternatives
         )
 

@@ -2,21 +2,37 @@
 
 Every query of the plan runs concurrently under the client's single deadline; the first
 failure cancels the rest and is raised. A result is returned only when every query finished.
+
+A Patient that links to other records of the same person (``Patient.link`` ``replaces``,
+``seealso``, ``refer``) has the same searches run for each linked id as soon as the Patient
+is read, in parallel with the rest: a merged record's results are this patient's, and a
+``seealso`` record's results must be seen to hold their criteria open (service.record
+decides). Only valid ids on this server are followed, at most ``MAX_LINKED_RECORDS``.
+
+Copies of one resource (same type and id, e.g. on two pages) are kept unless identical, so
+service.record orders differing versions exactly as it does for a Bundle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from service.clinical.model import Issue
+from service.clinical.model import Issue, Severity
 from service.fhir.client import FhirClient, SearchResult
-from service.fhir.errors import FhirError, PatientNotFound
+from service.fhir.errors import FhirError, InvalidPatientId, PatientNotFound
 from service.fhir.queries import Query, check_id, plan_queries
 from service.protocol import Protocol
+from service.record import all_feeds
+from service.references import normalise_base, reference_key, referenced_type
+
+# Patient.link types whose records are searched too; "replaced-by" is not followed.
+FOLLOWED_LINKS = ("replaces", "seealso", "refer")
+MAX_LINKED_RECORDS = 4
 
 __all__ = ["FetchResult", "fetch_patient"]
 
@@ -24,10 +40,12 @@ __all__ = ["FetchResult", "fetch_patient"]
 @dataclass
 class FetchResult:
     patient: dict[str, Any]
-    resources: list[dict[str, Any]]  # every non-Patient resource, deduplicated by type/id
+    resources: list[dict[str, Any]]  # every non-Patient resource; identical copies once
     issues: list[Issue] = field(default_factory=list)  # warnings: truncation, server warnings
     truncated: frozenset[str] = frozenset()  # union of Query.feeds of searches cut by a cap
     timings: dict[str, float] = field(default_factory=dict)  # per-query wall time, ms
+    server_base: str | None = None  # the server the data came from
+    linked_patients: list[dict[str, Any]] = field(default_factory=list)  # as read, if found
 
 
 # Which failure wins when several queries fail at once: the most specific one.
@@ -41,11 +59,14 @@ async def fetch_patient(
     as_of: date,
     *,
     only: set[str] | None = None,
+    links_of: dict[str, Any] | None = None,
 ) -> FetchResult:
     """Run the protocol's queries for one patient in parallel; any failure fails the fetch.
 
     ``only`` restricts to some query keys (CDS Hooks: the prefetch keys that were missing);
-    without ``"patient"`` in it, ``FetchResult.patient`` is ``{}``.
+    without ``"patient"`` in it, ``FetchResult.patient`` is ``{}``, and ``links_of`` (the
+    Patient the caller already has) names the linked records to search. A linked record's
+    searches are always all run: no prefetch holds another record's data.
     """
     check_id(patient_id)
     queries = plan_queries(protocol, patient_id, as_of)
@@ -56,44 +77,131 @@ async def fetch_patient(
         queries = [q for q in queries if q.key in only]
 
     timings: dict[str, float] = {}
+    searches = [q for q in queries if not q.read]
+    linked: list[tuple[Query, asyncio.Task]] = []
+    issues: list[Issue] = []
+    truncated: set[str] = set()
 
     async def run(q: Query) -> dict | SearchResult:
         started = time.perf_counter()
         try:
             if q.read:
-                return await client.read(q.resource_type, q.read_id, key=q.key)
+                found = await client.read(q.resource_type, q.read_id, key=q.key)
+                follow(found)
+                return found
             return await client.search(q)
+        finally:
+            timings[q.key] = round((time.perf_counter() - started) * 1000, 1)
+
+    def follow(patient: dict[str, Any]) -> None:
+        """Start the searches of every linked record as soon as the Patient is known."""
+        ids = linked_ids(patient, client.base_url)
+        if len(ids) > MAX_LINKED_RECORDS:
+            truncated.update(all_feeds(protocol))
+            issues.append(
+                Issue(
+                    Severity.WARNING,
+                    "too-costly",
+                    f"the Patient links to {len(ids)} other records; only "
+                    f"{MAX_LINKED_RECORDS} were searched",
+                )
+            )
+        for n, lid in enumerate(ids[:MAX_LINKED_RECORDS], 1):
+            for q in plan_queries(protocol, lid, as_of):
+                lq = dataclasses.replace(q, key=f"{q.key} (linked record {n})")
+                task = read_linked(lq) if q.read else run(lq)
+                linked.append((lq, tg.create_task(task)))
+
+    async def read_linked(q: Query) -> dict | None:
+        """A linked record's Patient (its own links are checked); gone is not an error."""
+        started = time.perf_counter()
+        try:
+            return await client.read(q.resource_type, q.read_id, key=q.key)
+        except PatientNotFound:
+            return None
         finally:
             timings[q.key] = round((time.perf_counter() - started) * 1000, 1)
 
     try:
         async with asyncio.TaskGroup() as tg:
             tasks = {q.key: tg.create_task(run(q)) for q in queries}
-    except* FhirError as group:
-        raise _pick(group.exceptions) from None
+            if links_of is not None and not any(q.read for q in queries):
+                follow(links_of)
+    except BaseExceptionGroup as group:
+        # Not ``except*``: before Python 3.11.4 (gh-103590) a ``raise ... from None`` inside it
+        # comes out wrapped in a new ExceptionGroup, and callers would see no FhirError.
+        fhir_errors, others = group.split(FhirError)
+        if fhir_errors is None or others is not None:
+            raise
+        raise _pick(fhir_errors.exceptions) from None
 
     patient: dict[str, Any] = {}
     resources: list[dict[str, Any]] = []
-    seen: set[tuple[str, str]] = set()
-    issues: list[Issue] = []
-    truncated: set[str] = set()
+    copies: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for q in queries:
-        outcome = tasks[q.key].result()
-        if isinstance(outcome, dict):
-            patient = outcome
+        if q.read:
+            patient = tasks[q.key].result()
+    outcomes = [(q, tasks[q.key].result()) for q in searches]
+    outcomes += [(q, task.result()) for q, task in linked]
+    linked_patients: list[dict[str, Any]] = []
+    for q, outcome in outcomes:
+        if not isinstance(outcome, SearchResult):
+            if isinstance(outcome, dict):
+                linked_patients.append(outcome)
             continue
         issues.extend(outcome.issues)
         if outcome.truncated:
             truncated |= q.feeds
         for resource in outcome.entries:
             rid = resource.get("id")
-            ident = (resource.get("resourceType", ""), rid) if rid else None
-            if ident is not None:
-                if ident in seen:
-                    continue
-                seen.add(ident)
+            if isinstance(rid, str) and rid:
+                seen = copies.setdefault((resource.get("resourceType", ""), rid), [])
+                if any(c == resource for c in seen):
+                    continue  # the same copy twice (two pages, two searches): harmless
+                seen.append(resource)
             resources.append(resource)
-    return FetchResult(patient, resources, issues, frozenset(truncated), timings)
+    return FetchResult(
+        patient, resources, issues, frozenset(truncated), timings, client.base_url, linked_patients
+    )
+
+
+def follows_links(patient: Any) -> bool:
+    """Whether a Patient links to records whose data must be searched (``FOLLOWED_LINKS``)."""
+    links = patient.get("link") if isinstance(patient, dict) else None
+    for link in links if isinstance(links, list) else ():
+        if isinstance(link, dict) and link.get("type") in FOLLOWED_LINKS:
+            other = link.get("other")
+            ref = other.get("reference") if isinstance(other, dict) else None
+            if not isinstance(ref, str) or referenced_type(ref) in (None, "Patient"):
+                return True  # a RelatedPerson holds no data of this patient's
+    return False
+
+
+def linked_ids(patient: dict[str, Any], base_url: str) -> list[str]:
+    """Ids of the records this Patient links to (``FOLLOWED_LINKS``) on this server, each
+    once; links to other servers, urn: or identifier-only links are not fetched (the record
+    holds their criteria open)."""
+    base = normalise_base(base_url)
+    links = patient.get("link") if isinstance(patient, dict) else None
+    found: list[str] = []
+    for link in links if isinstance(links, list) else ():
+        if not isinstance(link, dict) or link.get("type") not in FOLLOWED_LINKS:
+            continue
+        other = link.get("other")
+        ref = other.get("reference") if isinstance(other, dict) else None
+        if not isinstance(ref, str) or base is None:
+            continue
+        key = reference_key(ref, base)
+        prefix = f"{base}/Patient/"
+        if key is None or not key.startswith(prefix):
+            continue
+        try:
+            lid = check_id(key[len(prefix) :])
+        except InvalidPatientId:
+            continue
+        if lid != patient.get("id") and lid not in found:
+            found.append(lid)
+    return found
 
 
 def _pick(errors: tuple[BaseException, ...]) -> BaseException:

@@ -12,6 +12,10 @@ Observation searches are grouped so a patient costs few round trips:
   immunophenotype 90 d, ECOG/Karnofsky 30 d, disease status with no window), keyed by the
   parameter prefix (``ecog_observation_valueset`` -> ``ecog``) or else by the ValueSet id.
 
+Observation searches use ``combo-code`` (R4: ``Observation.code | Observation.component.code``),
+not ``code``: a lab that sends a panel as one Observation with components has the analyte's code
+only on a component, which a ``code`` search never finds (the engine reads components).
+
 Date filters are one day wider than the window: the server may cut a day in its own time
 zone, and the engine applies the exact window anyway. Fetching a superset is safe;
 fetching a subset is not.
@@ -33,6 +37,7 @@ _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _FIXED_KEYS = ("patient", "labs", "conditions", "procedures", "consents", "attestations")
 _LAB_RULE_PREFIX = "lab_"
 _OBS_PARAM = "observation_valueset"
+_OBS_CODE_SEARCH = "combo-code"  # code or component code (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,10 @@ def observation_groups(protocol: Protocol) -> list[ObservationGroup]:
             if not param.endswith(_OBS_PARAM) or vs_id in seen:
                 continue
             seen.add(vs_id)
-            if param == _OBS_PARAM and c.rule.startswith(_LAB_RULE_PREFIX):
+            # a lab's evidence-only broader codes (context_...) are searched with the labs
+            if param in (_OBS_PARAM, f"context_{_OBS_PARAM}") and c.rule.startswith(
+                _LAB_RULE_PREFIX
+            ):
                 gid, name = "labs", "labs"
             else:
                 gid = top[c.code]
@@ -141,7 +149,10 @@ def _plan(protocol: Protocol, patient: str, as_of: date | None) -> list[Query]:
         codes: set[Code] = set()
         for vs_id in group.valuesets:
             codes |= protocol.valueset(vs_id).codes
-        params: list[tuple[str, str]] = [("patient", patient), ("code", token_param(codes))]
+        params: list[tuple[str, str]] = [
+            ("patient", patient),
+            (_OBS_CODE_SEARCH, token_param(codes)),
+        ]
         if as_of is not None and group.window_days is not None:
             since = as_of - timedelta(days=group.window_days + 1)
             params.append(("date", f"ge{since.isoformat()}"))

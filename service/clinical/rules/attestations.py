@@ -28,6 +28,7 @@ from service.clinical.model import (
 from service.clinical.rules import Context, rule
 from service.protocol import CriterionDef
 from service.record import Resource, codings
+from service.references import referenced_type
 
 # -- the shared attestation lookup ------------------------------------------------------------
 
@@ -225,36 +226,30 @@ def _types(ctx: Context) -> str:
 
 
 def _by_investigator(qr: Resource, ctx: Context) -> bool:
-    return _author_type(qr) in set(ctx.protocol.general["attestation_author_types"])
+    return _author_type(qr, ctx) in set(ctx.protocol.general["attestation_author_types"])
 
 
-def _author_type(qr: Resource) -> str | None:
-    """The author's resource type: from the reference ('Practitioner/1', an absolute URL,
-    a contained '#id'), else Reference.type for a 'urn:' reference. None when unknown or
-    when the reference and Reference.type disagree."""
+def _author_type(qr: Resource, ctx: Context) -> str | None:
+    """The author's resource type: of the resource the reference resolves to in the data
+    (a Bundle's urn:uuid fullUrl, a contained '#id', ``Practitioner?identifier=...``), else
+    what the reference text names ('Practitioner/1', an absolute URL), else Reference.type
+    for an unresolved 'urn:' reference. None when unknown or when that and Reference.type
+    disagree."""
     author = qr.get("author")
     if not isinstance(author, dict) or not isinstance(author.get("reference"), str):
         return None
-    reference = author["reference"].partition("/_history/")[0]
+    reference = author["reference"]
     declared = author.get("type") if isinstance(author.get("type"), str) else None
-    if reference.startswith("#"):
-        found = _contained_type(qr, reference[1:])
+    target = ctx.record.resolve(author, qr)
+    if target is not None:
+        found = target.get("resourceType")
     elif reference.startswith("urn:"):
         found = declared
     else:
-        parts = reference.split("/")
-        found = parts[-2] if len(parts) >= 2 else None
-    if found is None or (declared is not None and declared != found):
+        found = referenced_type(reference)
+    if not isinstance(found, str) or (declared is not None and declared != found):
         return None
     return found
-
-
-def _contained_type(qr: Resource, rid: str) -> str | None:
-    for res in qr.get("contained") or ():
-        if isinstance(res, dict) and res.get("id") == rid:
-            rtype = res.get("resourceType")
-            return rtype if isinstance(rtype, str) else None
-    return None
 
 
 def _author_text(qr: Resource) -> str:
@@ -568,12 +563,31 @@ def _study_of(consent: Resource, ctx: Context) -> bool | None:
             named.append(uri)
     for ext in consent.get("extension") or ():
         if isinstance(ext, dict) and ext.get("url") == RESEARCH_STUDY_CONTEXT:
-            reference = (ext.get("valueReference") or {}).get("reference")
+            value = ext.get("valueReference")
+            study = ctx.record.resolve(value, consent)
+            if isinstance(study, dict) and study.get("resourceType") == "ResearchStudy":
+                # The study is in the data (e.g. a Bundle's urn:uuid): its own url/identifiers.
+                named.extend(_study_names(study))
+            reference = value.get("reference") if isinstance(value, dict) else None
             if isinstance(reference, str):
                 named.append(reference)
     if not named:
         return None
     return any(n in ours or n.endswith(f"/ResearchStudy/{ctx.protocol.id}") for n in named)
+
+
+def _study_names(study: Resource) -> list[str]:
+    """How a ResearchStudy resource names itself: its url (with version), identifier values."""
+    names: list[str] = []
+    url, version = study.get("url"), study.get("version")
+    if isinstance(url, str):
+        names.append(f"{url}|{version}" if isinstance(version, str) else url)
+    idents = study.get("identifier")
+    for ident in idents if isinstance(idents, list) else ():
+        value = ident.get("value") if isinstance(ident, dict) else None
+        if isinstance(value, str):
+            names.append(value)
+    return names
 
 
 def _consent_decision(criterion: CriterionDef, ctx: Context, found: _Consents) -> CriterionResult:

@@ -30,6 +30,7 @@ from service.clinical.observations import (
     Judged,
     Unusable,
     candidate_observations,
+    context_valueset,
     newest_verdict,
 )
 from service.clinical.rules import Context, rule
@@ -50,7 +51,7 @@ class Reading:
 
 
 def read_finding(dated: Dated, positive: ValueSet, negative: ValueSet) -> Reading:
-    obs = dated.resource
+    obs = dated.item  # the component that carries the result, if it came in one
     found: list[tuple[str, str]] = []
     interpretations = [c for cc in obs.get("interpretation") or () for c in codings(cc)]
     for source, codes in (
@@ -88,13 +89,14 @@ def _uncoded(obs: dict[str, Any]) -> str:
 
 
 def _title(dated: Dated, valueset: ValueSet) -> str:
-    codes = [c for c in codings(dated.resource.get("code")) if c in valueset.codes]
+    codes = [c for c in codings(dated.item.get("code")) if c in valueset.codes]
     return code_label(codes[0], valueset) if codes else "result"
 
 
 def _line(ctx: Context, r: Reading, valueset: ValueSet) -> str:
     ref = ctx.record.ref(r.dated.resource).reference
-    return f"{_title(r.dated, valueset)} on {r.dated.day}: {r.how} ({ref})"
+    part = " component" if r.dated.part is not None else ""
+    return f"{_title(r.dated, valueset)} on {r.dated.day}: {r.how} ({ref}{part})"
 
 
 def _judge(
@@ -124,11 +126,14 @@ def coded_finding(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     """The newest result decides, and only through a coded positive/negative reading."""
     p = criterion.params
     vs = ctx.protocol.valueset(p["observation_valueset"])
+    context = context_valueset(ctx.protocol, p, "observation_valueset")
     positive = ctx.protocol.valueset(p["positive_valueset"])
     negative = ctx.protocol.valueset(p["negative_valueset"])
     window = p.get("window_days")
     issues: list[Issue] = []
-    candidates = candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, window, issues)
+    candidates = candidate_observations(
+        ctx.record, ctx.protocol, vs, ctx.as_of, window, issues, context
+    )
     within = f" within {window} days" if window else ""
     need = DataRequirement(
         "Observation",
@@ -144,18 +149,24 @@ def coded_finding(criterion: CriterionDef, ctx: Context) -> CriterionResult:
         what=p.get("analyte", ""),
         needs=[need],
         issues=issues,
-        hint="; it needs a coded reading (positive or negative value or interpretation): "
-        "text and numbers are not interpreted automatically",
-    ) or _no_result(criterion, ctx, vs, window, need)
+        hint=f"; it needs a result coded as {vs.resource.get('title') or vs.id} with a coded "
+        "reading (positive or negative value or interpretation): text and numbers are not "
+        "interpreted automatically",
+    ) or _no_result(criterion, ctx, vs, window, need, context)
     result.issues.extend(issues)
     return result
 
 
 def _no_result(
-    criterion: CriterionDef, ctx: Context, vs: ValueSet, window: int | None, need: DataRequirement
+    criterion: CriterionDef,
+    ctx: Context,
+    vs: ValueSet,
+    window: int | None,
+    need: DataRequirement,
+    context: ValueSet | None,
 ) -> CriterionResult:
     """Nothing in the window: say when the most recent result (if any) was."""
-    older = candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, None, [])
+    older = candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, None, [], context)
     why = "no result found"
     if older:
         why = f"no result in the last {window} days; the most recent is from {older[0].day}"

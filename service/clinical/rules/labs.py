@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service import units
+from service.clinical import reference_ranges
 from service.clinical.model import (
     CriterionResult,
     DataRequirement,
@@ -28,12 +29,13 @@ from service.clinical.observations import (
     Judged,
     Unusable,
     candidate_observations,
+    context_valueset,
     newest_verdict,
+    origin,
     satisfies,
 )
 from service.clinical.rules import Context, rule
 from service.protocol import CriterionDef
-from service.record import codings
 
 _SYMBOL = {"<=": "≤", "<": "<", ">=": "≥", ">": ">"}
 
@@ -78,9 +80,8 @@ def read_quantity(
     dated: Dated, spec: dict[str, Any], target: str, ctx: Context, issues: list[Issue]
 ) -> Reading | Unusable:
     """Convert one result to ``target``; ``Unusable`` (with a warning) when it cannot be."""
-    obs = dated.resource
-    ref = ctx.record.ref(obs).reference
-    quantity = obs.get("valueQuantity")
+    ref = ctx.record.ref(dated.resource).reference
+    quantity = dated.item.get("valueQuantity")
     if (
         not isinstance(quantity, dict)
         or isinstance(quantity.get("value"), bool)
@@ -138,7 +139,8 @@ def _requirement(criterion: CriterionDef, ctx: Context) -> DataRequirement:
 def _no_result(criterion: CriterionDef, ctx: Context, window: int | None) -> CriterionResult:
     """Nothing in the window: say when the most recent result (if any) was."""
     vs = ctx.protocol.valueset(criterion.params["observation_valueset"])
-    older = candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, None, [])
+    context = context_valueset(ctx.protocol, criterion.params, "observation_valueset")
+    older = candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, None, [], context)
     if older:
         why = f"no result in the last {window} days; the most recent is from {older[0].day}"
     else:
@@ -158,7 +160,10 @@ def _decide(
     evidence = [ctx.record.ref(dated.resource)]
     shown = f"{reading.shown} ({reading.converted})" if reading.converted else reading.shown
     verdict = satisfies(reading.value, reading.comparator, op, threshold)
-    base = f"{criterion.params.get('analyte', criterion.title)} {shown} on {dated.day}"
+    base = (
+        f"{criterion.params.get('analyte', criterion.title)} {shown} on {dated.day}"
+        f"{origin(ctx.record, dated)}"
+    )
     if verdict is True:
         return met(criterion.code, f"{base} {_SYMBOL[op]} {threshold_text}", evidence)
     if verdict is False:
@@ -173,8 +178,9 @@ def _decide(
 
 def _candidates(criterion: CriterionDef, ctx: Context, issues: list[Issue]) -> list[Dated]:
     vs = ctx.protocol.valueset(criterion.params["observation_valueset"])
+    context = context_valueset(ctx.protocol, criterion.params, "observation_valueset")
     window = criterion.params.get("window_days")
-    return candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, window, issues)
+    return candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, window, issues, context)
 
 
 def _latest(
@@ -228,11 +234,12 @@ def lab_uln_multiple(criterion: CriterionDef, ctx: Context) -> CriterionResult:
 
     def decide(dated: Dated, reading: Reading) -> CriterionResult:
         ref = ctx.record.ref(dated.resource).reference
-        uln, source = _upper_limit(dated, p, target, uln_issues, ref)
+        uln, source = _upper_limit(dated, ctx, p, target, uln_issues, ref)
         if uln is None:
             return undetermined(
                 criterion.code,
-                f"{p.get('analyte', criterion.title)} on {dated.day}: {source}",
+                f"{p.get('analyte', criterion.title)} {reading.shown} on {dated.day}"
+                f"{origin(ctx.record, dated)}: {source}",
                 [ctx.record.ref(dated.resource)],
                 [_requirement(criterion, ctx)],
             )
@@ -250,40 +257,41 @@ def lab_uln_multiple(criterion: CriterionDef, ctx: Context) -> CriterionResult:
 
 
 def _upper_limit(
-    dated: Dated, spec: dict[str, Any], target: str, issues: list[Issue], ref: str
+    dated: Dated, ctx: Context, spec: dict[str, Any], target: str, issues: list[Issue], ref: str
 ) -> tuple[float | None, str]:
-    """The laboratory's ULN for this result, or the protocol default with the assumption said.
+    """This patient's ULN from the result, or the protocol default with the assumption said.
 
-    Only a plain normal range counts (no ``appliesTo`` population, type absent or "normal").
-    A ULN outside the protocol's plausible range casts doubt on the result itself, so it
-    gives no ULN at all (None, with the reason) rather than a silent default.
+    The range must be a normal range that applies to this patient (sex, age at the result's
+    day); see ``reference_ranges``. The default is used only when the result reports no
+    upper limit at all: when it reports ranges but none, or several different ones, may be
+    the patient's, there is no ULN (None, with the reason), never a guessed default. A ULN
+    outside the protocol's plausible range casts doubt on the result itself: no ULN either.
     """
-    quantity = dated.resource.get("valueQuantity") or {}
+    found = reference_ranges.upper_limit(
+        dated.item,
+        ctx.record.patient,
+        dated.day,
+        target,
+        reference_ranges.RangeRules.of(ctx.protocol),
+    )
+    if isinstance(found, reference_ranges.NoUln):
+        issues.append(Issue(Severity.WARNING, "business-rule", found.why, ref))
+        return None, found.why
+    if found is None:
+        value = units.convert(
+            float(spec["default_uln"]["value"]), spec["default_uln"]["unit"], target
+        )
+        return value, "protocol default ULN; the result has no usable reference range"
     plausible = spec.get("uln_plausible")
-    for ref_range in dated.resource.get("referenceRange") or ():
-        high = ref_range.get("high")
-        if not isinstance(high, dict) or not isinstance(high.get("value"), int | float):
-            continue
-        if ref_range.get("appliesTo") or any(
-            code != "normal" for _, code in codings(ref_range.get("type"))
-        ):
-            continue
-        unit = units.unit_of(high) or units.unit_of(quantity)  # a bare high shares the unit
-        try:
-            uln = units.convert(float(high["value"]), unit, target)
-        except units.UnitError:
-            continue
-        if plausible and not (
-            units.convert(plausible["low"], plausible["unit"], target)
-            <= uln
-            <= units.convert(plausible["high"], plausible["unit"], target)
-        ):
-            why = (
-                f"the result's upper limit of normal {_fmt(uln)} {units.describe(target)} "
-                "is implausible, so the result cannot be judged"
-            )
-            issues.append(Issue(Severity.WARNING, "value", why, ref))
-            return None, why
-        return uln, "ULN from the result"
-    value = units.convert(float(spec["default_uln"]["value"]), spec["default_uln"]["unit"], target)
-    return value, "protocol default ULN; the result has no usable reference range"
+    if plausible and not (
+        units.convert(plausible["low"], plausible["unit"], target)
+        <= found.value
+        <= units.convert(plausible["high"], plausible["unit"], target)
+    ):
+        why = (
+            f"the result's upper limit of normal {_fmt(found.value)} {units.describe(target)} "
+            "is implausible, so the result cannot be judged"
+        )
+        issues.append(Issue(Severity.WARNING, "value", why, ref))
+        return None, why
+    return found.value, found.source

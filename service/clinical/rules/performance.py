@@ -28,7 +28,9 @@ from service.clinical.observations import (
     Judged,
     Unusable,
     candidate_observations,
+    context_valueset,
     newest_verdict,
+    origin,
 )
 from service.clinical.rules import Context, rule
 from service.protocol import Code, CriterionDef, ValueSet
@@ -120,12 +122,12 @@ def _judge_ecog(criterion: CriterionDef, ctx: Context, dated: Dated, issues: lis
     grade_sets = [ctx.protocol.valueset(v) for v in p["ecog_grade_valuesets"]]
     low, high = p["ecog_range"]
     ref = ctx.record.ref(dated.resource)
-    reading = read_ecog(dated.resource, grade_sets, low, high, ref.reference, issues)
+    reading = read_ecog(dated.item, grade_sets, low, high, ref.reference, issues)
     if isinstance(reading, Unusable):
         return reading
     grade, where = reading
     source = "" if where == "value" else f" (from the {where})"
-    base = f"ECOG {grade}{source} on {dated.day}"
+    base = f"ECOG {grade}{source} on {dated.day}{origin(ctx.record, dated)}"
     if grade <= p["ecog_max"]:
         return met(criterion.code, f"{base} ≤ {p['ecog_max']}", [ref])
     return not_met(criterion.code, f"{base}: above {p['ecog_max']}", [ref])
@@ -138,10 +140,13 @@ def _judge_karnofsky(
     p = criterion.params
     low, high = p["karnofsky_range"]
     ref = ctx.record.ref(dated.resource)
-    score = read_karnofsky(dated.resource, low, high, ref.reference, issues)
+    score = read_karnofsky(dated.item, low, high, ref.reference, issues)
     if isinstance(score, Unusable):
         return score
-    base = f"no ECOG in the last {p.get('window_days')} days; Karnofsky {score} on {dated.day}"
+    base = (
+        f"no ECOG in the last {p.get('window_days')} days; Karnofsky {score} on {dated.day}"
+        f"{origin(ctx.record, dated)}"
+    )
     if score >= p["karnofsky_met_min"]:
         return met(
             criterion.code,
@@ -173,7 +178,15 @@ def performance_status(criterion: CriterionDef, ctx: Context) -> CriterionResult
     karnofsky_vs = ctx.protocol.valueset(p["karnofsky_observation_valueset"])
     issues: list[Issue] = []
     needs = [_requirement(criterion, ecog_vs)]
-    ecog = candidate_observations(ctx.record, ctx.protocol, ecog_vs, ctx.as_of, window, issues)
+    ecog = candidate_observations(
+        ctx.record,
+        ctx.protocol,
+        ecog_vs,
+        ctx.as_of,
+        window,
+        issues,
+        context_valueset(ctx.protocol, p, "ecog_observation_valueset"),
+    )
     if ecog:
         result = newest_verdict(
             criterion.code,
@@ -187,7 +200,13 @@ def performance_status(criterion: CriterionDef, ctx: Context) -> CriterionResult
         )
     else:
         karnofsky = candidate_observations(
-            ctx.record, ctx.protocol, karnofsky_vs, ctx.as_of, window, issues
+            ctx.record,
+            ctx.protocol,
+            karnofsky_vs,
+            ctx.as_of,
+            window,
+            issues,
+            context_valueset(ctx.protocol, p, "karnofsky_observation_valueset"),
         )
         result = newest_verdict(
             criterion.code,

@@ -29,7 +29,6 @@ import calendar
 from dataclasses import dataclass, field
 from datetime import date
 from enum import IntEnum
-from typing import Any
 
 from service.clinical.dates import effective_date, parse_date
 from service.clinical.model import (
@@ -42,7 +41,7 @@ from service.clinical.model import (
     not_met,
     undetermined,
 )
-from service.clinical.observations import candidate_observations
+from service.clinical.observations import candidate_observations, result_parts
 from service.clinical.rules import Context, rule
 from service.clinical.rules.diagnosis import (
     code_label,
@@ -53,7 +52,7 @@ from service.clinical.rules.diagnosis import (
     with_article,
 )
 from service.protocol import Code, CriterionDef, ValueSet
-from service.record import Resource, codings
+from service.record import PatientRecord, Resource, codings
 
 
 class Kind(IntEnum):
@@ -198,21 +197,24 @@ def _classify(codes: list[Code], valuesets: list[tuple[Kind, ValueSet]]) -> tupl
 
 @dataclass(frozen=True, slots=True)
 class _Conditions:
-    """References of this patient's usable Conditions: ALL ones and the others."""
+    """This patient's usable Conditions (by identity): ALL ones and the others. A focus is
+    followed through the record's reference index, so ``Condition/1``, an absolute URL on
+    the same server or a Bundle's ``urn:uuid`` fullUrl all find the same Condition."""
 
-    all: frozenset[str]
-    other: frozenset[str]
+    all: frozenset[int]
+    other: frozenset[int]
+    record: PatientRecord
 
     @classmethod
     def of(cls, criterion: CriterionDef, ctx: Context) -> _Conditions:
         p = criterion.params
         all_any = ctx.protocol.valueset(p["all_condition_valueset"])
         extension = p.get("histology_extension")
-        refs = {ctx.record.ref(c).reference: c for c in usable_conditions(ctx)[0]}
+        usable = usable_conditions(ctx)[0]
         ours = frozenset(
-            r for r, c in refs.items() if first_match(condition_codes(c, extension), all_any)
+            id(c) for c in usable if first_match(condition_codes(c, extension), all_any)
         )
-        return cls(ours, frozenset(refs) - ours)
+        return cls(ours, frozenset(id(c) for c in usable) - ours, ctx.record)
 
     def about(self, obs: Resource) -> str:
         """What a disease status is about: 'all' (no focus, or only ALL Conditions), 'other'
@@ -222,16 +224,13 @@ class _Conditions:
             return "all"
         if not isinstance(focus, list):
             return "unknown"
-        targets = {_reference(f) for f in focus}
+        found = [self.record.resolve(f, obs) for f in focus]
+        targets = {id(t) for t in found if t is not None}
+        if None in found or not targets:
+            return "unknown"
         if targets <= self.all:
             return "all"
         return "other" if targets <= self.other else "unknown"
-
-
-def _reference(value: Any) -> str | None:
-    """A Reference's target without a version suffix ('Condition/1/_history/2' -> 'Condition/1')."""
-    ref = value.get("reference") if isinstance(value, dict) else None
-    return ref.partition("/_history/")[0] if isinstance(ref, str) else None
 
 
 def _focus_issue(obs: Resource, ctx: Context, about: str, disease: str) -> Issue:
@@ -263,9 +262,9 @@ def _observation_events(
         (Kind.REMISSION, vs(p["remission_value_valueset"])),
     ]
 
-    def event(obs: Resource, day: date | None) -> Event:
+    def event(obs: Resource, day: date | None, part: Resource | None = None) -> Event:
         ref = ctx.record.ref(obs).reference
-        codes = list(codings(obs.get("valueCodeableConcept")))
+        codes = list(codings((obs if part is None else part).get("valueCodeableConcept")))
         kind, label, contradictory = _classify(codes, valuesets)
         if contradictory:
             issues.append(Issue(Severity.WARNING, "value", "contradictory disease status", ref))
@@ -273,14 +272,14 @@ def _observation_events(
 
     conditions = _Conditions.of(criterion, ctx)
 
-    def place(obs: Resource, day: date | None) -> None:
+    def place(obs: Resource, day: date | None, part: Resource | None = None) -> None:
         about = conditions.about(obs)
         if about != "all":
             issues.append(_focus_issue(obs, ctx, about, p["disease"]))
             if about == "unknown":
-                unplaced.append(event(obs, day))
+                unplaced.append(event(obs, day, part))
             return
-        e = event(obs, day)
+        e = event(obs, day, part)
         # Undated results are unusable, but one that may show disease must stop a "not met".
         if day is not None or e.kind is not Kind.REMISSION:
             out.append(e)
@@ -288,11 +287,12 @@ def _observation_events(
     for dated in candidate_observations(
         ctx.record, ctx.protocol, status_vs, ctx.as_of, None, issues
     ):
-        place(dated.resource, dated.day)
+        place(dated.resource, dated.day, dated.part)
     allowed = set(ctx.protocol.general["observation_statuses"])
     for obs in ctx.record.observations_in(status_vs):
         if obs.get("status") in allowed and effective_date(obs) is None:
-            place(obs, None)
+            for part in result_parts(obs, status_vs):  # a component may carry the status
+                place(obs, None, part)
 
 
 def _procedure_events(criterion: CriterionDef, ctx: Context, out: list[Event]) -> None:

@@ -1,0 +1,1 @@
+"""Operations: metrics, rate limits, audit, CDS card lifecycle (issue 11)."""
