@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logs.install()  # redaction first: nothing this app or its libraries log may carry secrets
     logs.register_settings_secrets(settings)
     check_exposure(settings)
+    inputs.check_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - older typer on click
 from service import logs
 from service.clinical.evaluation import Evaluation
 from service.fhir.errors import FhirError
+from service.inputs import ConfigurationError, check_settings
 from service.pipeline import evaluate_body, evaluate_from_server, parse_as_of
 from service.protocol import Protocol, ProtocolError, load_protocol
 from service.record import InputError
@@ -77,6 +78,10 @@ def _redact_logs() -> None:
     """Every command's log lines, ours and libraries', pass the redactor (service/logs.py)."""
     logs.install()
     logs.register_settings_secrets(get_settings())
+    try:
+        check_settings(get_settings())
+    except ConfigurationError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:

@@ -54,6 +54,20 @@ def is_bearer_token(value: str) -> bool:
     return len(value) <= MAX_TOKEN_LENGTH and bool(_B64TOKEN.fullmatch(value))
 
 
+class ConfigurationError(RuntimeError):
+    """Settings that cannot work; raised at start, never at request time."""
+
+
+def check_settings(settings: Any) -> None:
+    """Refuse at start what would otherwise fail every request (e.g. a token with a newline)."""
+    token = getattr(settings, "fhir_token", None)
+    if token is not None and not is_bearer_token(token.get_secret_value()):
+        raise ConfigurationError(
+            "ELIGIBILITY_FHIR_TOKEN cannot be sent as a Bearer token (RFC 6750 characters "
+            "only: a trailing newline or a space?)"
+        )
+
+
 def json_type(value: Any) -> str:
     """The JSON type of ``value`` for an error message (never the value itself)."""
     if value is None:

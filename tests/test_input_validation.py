@@ -276,3 +276,55 @@ def test_cli_pull_mode_refuses_dot_segments_before_any_request():
         )
     assert result.exit_code == 2 and "not a valid FHIR id" in result.stderr
     assert not route.called
+
+
+@pytest.mark.parametrize("token", ["tok-1\n", "tök", "a b"])
+def test_an_unsendable_settings_token_is_refused_at_start(token, monkeypatch):
+    from typer.testing import CliRunner
+
+    from service.cli import app as cli
+    from service.inputs import ConfigurationError
+    from service.settings import get_settings
+
+    settings = Settings(fhir_base_url="http://fhir.test/r4", fhir_auth="static",
+                        fhir_token=token, api_keys=["k"])  # fmt: skip
+    with pytest.raises(ConfigurationError, match="ELIGIBILITY_FHIR_TOKEN") as exc:
+        create_app(settings)
+    assert token not in str(exc.value)
+    monkeypatch.setenv("ELIGIBILITY_FHIR_TOKEN", token)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["evaluate", "--fhir-base", "http://fhir.test/r4",
+                                          "--patient", "p1"])  # fmt: skip
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2 and "ELIGIBILITY_FHIR_TOKEN" in result.stderr
+    assert token not in result.stderr
+
+
+async def test_an_unsendable_smart_token_fails_once_without_retries(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from service.fhir.auth import SmartBackendAuth
+    from service.fhir.client import ClientConfig, FhirClient
+    from service.fhir.errors import UpstreamAuthError
+
+    base, token_url = "https://fhir.test/r4", "https://auth.test/token"
+    config = {"token_endpoint": token_url, "capabilities": ["permission-v2"],
+              "token_endpoint_auth_signing_alg_values_supported": ["ES384"]}  # fmt: skip
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(f"{base}/.well-known/smart-configuration").respond(200, json=config)
+        token = mock.post(token_url).respond(
+            200, json={"access_token": "abc\n", "token_type": "bearer", "expires_in": 300}
+        )
+        fhir = mock.get(f"{base}/Patient/p1").respond(200, json={"resourceType": "Patient"})
+        async with httpx.AsyncClient() as http:
+            key = ec.generate_private_key(ec.SECP384R1())
+            auth = SmartBackendAuth(
+                http, base, client_id="c", private_key=key, alg="ES384", kid="k",
+                scopes="system/Patient.rs",
+            )  # fmt: skip
+            client = FhirClient(http, base, auth=auth, config=ClientConfig(retry_attempts=3))
+            with pytest.raises(UpstreamAuthError, match="not sendable"):
+                await client.read("Patient", "p1", key="patient")
+    assert token.call_count == 1 and not fhir.called

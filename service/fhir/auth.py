@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from service.fhir.errors import FhirConfigError, UpstreamAuthError, UpstreamError
+from service.inputs import is_bearer_token
 from service.logs import register_secret
 
 log = logging.getLogger("service.fhir")
@@ -385,6 +386,8 @@ class SmartBackendAuth:
         if not isinstance(value, str) or not value:
             raise UpstreamAuthError("the SMART token response has no access_token")
         register_secret(value)  # opaque tokens match no pattern: the log redactor must know it
+        if not is_bearer_token(value):  # it would fail in the HTTP library, again and again
+            raise UpstreamAuthError("the SMART token response has a token that is not sendable")
         if str(body.get("token_type", "")).lower() != "bearer":
             raise UpstreamAuthError("the SMART token response is not a bearer token")
         expires_in = body.get("expires_in")
