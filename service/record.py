@@ -381,13 +381,11 @@ def _site_codes(
 ) -> tuple[Resource, list[Code]]:
     """An Observation no protocol code matched, read through the site's mappings."""
     recoded = recode(resource, mappings, wanted)
-    if recoded.failed:
-        # A local code the terminology server could not translate may be the result that
-        # matters: every Observation criterion stays undetermined (never met).
-        if identity.classify(resource.get("subject"), entry.full_url) is _OURS:
-            why = recoded.failed[0]
-            for feed in protocol.observation_valuesets():
-                record.held.setdefault(feed, why)
+    # A local code the terminology server could not translate may be the result that
+    # matters: every Observation criterion stays undetermined (never met).
+    if recoded.failed and identity.classify(resource.get("subject"), entry.full_url) is _OURS:
+        for feed in protocol.observation_valuesets():
+            record.held.setdefault(feed, recoded.failed[0])
     if not recoded.matched:
         return resource, []
     site[id(recoded.resource)] = recoded
