@@ -416,6 +416,10 @@ def terminology_import_usagi(
     ] = "urn:site:local-lab-codes",
     url: Annotated[str | None, typer.Option(help="The ConceptMap's canonical url")] = None,
     version: Annotated[str, typer.Option(help="The ConceptMap's version")] = "1",
+    concepts: Annotated[
+        Path | None,
+        typer.Option(help="OMOP CONCEPT.csv (Athena, tab-separated): concept id -> code"),
+    ] = None,
 ) -> None:
     """Turn a Usagi mapping export into a ConceptMap: APPROVED rows become equivalent,
     others unmatched (see docs-terminology.md for the columns read)."""
@@ -423,7 +427,7 @@ def terminology_import_usagi(
 
     try:
         conceptmap, summary = usagi_to_conceptmap(
-            csv_file, source_system=source_system, url=url, version=version
+            csv_file, source_system=source_system, url=url, version=version, concepts=concepts
         )
         out.write_bytes(orjson.dumps(conceptmap, option=orjson.OPT_INDENT_2) + b"\n")
     except UsagiError as exc:
