@@ -17,7 +17,7 @@ import orjson
 from service.terminology.conceptmaps import conceptmap_mappings
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE_DIR = ROOT / "fhir_mappings" / "site-examples" / "example-hospital"
+EXAMPLE_DIR = ROOT / "docs" / "site-mappings-example"
 EXAMPLE_FILE = EXAMPLE_DIR / "ConceptMap-example-hospital-lab.json"
 DEMO_DIR = ROOT / "service" / "demo_patients"
 AS_OF = date(2026, 11, 20)  # the demo files' own date
