@@ -249,3 +249,75 @@ def test_a_unit_mapping_must_target_ucum(tmp_path):
 def test_missing_folder_is_an_error(tmp_path):
     with pytest.raises(SiteMappingError, match="does not exist"):
         runtime.configure(tmp_path / "nope")
+
+
+def _cbc_panel(local: bool) -> dict:
+    """A CBC sent as one Observation with the counts in components."""
+    system = LAB if local else "http://loinc.org"
+    codes = {"PLT": "777-3", "ANC": "751-8", "HGB": "718-7"}
+    values = {"PLT": (45, "10*9/L"), "ANC": (1.2, "10*9/L"), "HGB": (95, "g/L")}
+    return {
+        "resourceType": "Observation",
+        "id": "cbc-panel",
+        "status": "final",
+        "subject": {"reference": "Patient/demo-eligible"},
+        "effectiveDateTime": AS_OF.isoformat(),
+        "code": {"coding": [{"system": LAB, "code": "CBC-PANEL"}]},
+        "component": [
+            {
+                "code": {"coding": [{"system": system, "code": k if local else codes[k]}]},
+                "valueQuantity": {
+                    "value": v,
+                    "unit": u,
+                    "system": "http://unitsofmeasure.org",
+                    "code": u,
+                },
+            }
+            for k, (v, u) in values.items()
+        ],
+    }
+
+
+def test_local_codes_in_panel_components_are_mapped_like_loinc_ones():
+    results = []
+    for local in (False, True):
+        bundle = demo_bundle("demo-eligible")
+        bundle["entry"].append({"fullUrl": "Observation/cbc-panel", "resource": _cbc_panel(local)})
+        runtime.configure(EXAMPLE_DIR)
+        evaluation, _ = _evaluate(bundle)
+        members = {m.code: m for r in evaluation.results for m in r.members}
+        results.append({c: (members[c].outcome, members[c].reason.split(" [")[0]) for c in members})
+        assert "cbc-panel" in members["I7-platelets"].reason
+    assert results[0] == results[1]
+
+
+def test_the_http_api_reads_site_mappings_from_the_settings(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+
+    body = orjson.dumps(recode_bundle(demo_bundle("demo-eligible")))
+    headers = {"Content-Type": "application/fhir+json"}
+    with TestClient(create_app(Settings(site_mappings=EXAMPLE_DIR))) as client:
+        answer = client.post("/$eligibility?asOf=2026-11-20", content=body, headers=headers)
+    assert answer.status_code == 200
+    assert answer.json()["entry"][0]["resource"]["status"] == "eligible"
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.json").write_text('{"resourceType": "ConceptMap"}')
+    with pytest.raises(SiteMappingError, match="x.json"):
+        create_app(Settings(site_mappings=bad))
+
+
+def test_pull_mode_searches_for_the_sites_local_codes():
+    from service.fhir.queries import plan_queries
+
+    def codes():
+        queries = plan_queries(default_protocol(), "p", AS_OF)
+        return {q.key: dict(q.params).get("code", "") for q in queries}
+
+    plain = codes()
+    runtime.configure(EXAMPLE_DIR)
+    mapped = codes()
+    assert f"{LAB}|PLT" in mapped["labs"] and f"{LAB}|PLT" not in plain["labs"]
+    assert f"{LAB}|PLT-EST" in mapped["labs"]  # an inexact one too: it must be seen to block
