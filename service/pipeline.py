@@ -67,8 +67,8 @@ def evaluate_record(
 ) -> tuple[Evaluation, dict[str, Any]]:
     with gc_paused():
         evaluation = evaluate(record, protocol, as_of or today())
-        if record.mapped:  # site terminology: name the mappings in the notes, Provenance
-            annotate_mappings(evaluation, record)
+        if (site := terminology.active()) is not None:  # name site mappings in the notes
+            annotate_mappings(evaluation, record, site.site.units if site.site else None)
         evaluation_done(evaluation)  # metrics, and the request's audit event
         return evaluation, result_bundle(evaluation, protocol)
 

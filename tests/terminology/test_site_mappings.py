@@ -168,6 +168,9 @@ def test_site_unit_strings_are_read_through_the_unit_mapping():
     evaluation, _ = _evaluate(bundle)
     assert outcomes(evaluation)["I7-platelets"] == "met"
     assert outcomes(evaluation)["I7-anc"] == "met"
+    platelets = next(m for r in evaluation.results for m in r.members if m.code == "I7-platelets")
+    assert f"unit 'thou/cmm' read as UCUM 10*3/uL by ConceptMap {CM_LABEL}" in platelets.reason
+    assert [cm.label for cm in evaluation.conceptmaps] == [CM_LABEL]
 
 
 @pytest.mark.parametrize("patient", ["demo-eligible", "demo-ineligible", "demo-us-units"])
