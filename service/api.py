@@ -30,6 +30,7 @@ from service.protocol import ProtocolError, load_protocol
 from service.record import InputError
 from service.routes import router as fhir_router
 from service.settings import Settings, get_settings
+from service.terminology.runtime import configure_from as configure_terminology
 
 log = logging.getLogger("service.api")
 
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.protocol = load_protocol(settings.protocol_path)
+    configure_terminology(settings)  # site ConceptMaps: a bad file stops the start (issue 10)
     ops_wiring.install(app, settings)  # state store, rate limits, audit sink, /metrics
     app.state.cds_authenticator = CdsClientAuthenticator(settings, store=app.state.store)
 

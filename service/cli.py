@@ -103,6 +103,31 @@ def _as_of(value: str | None) -> date | None:
         raise _fail(str(exc)) from None
 
 
+SiteMappingsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--site-mappings",
+        help="A folder of the site's FHIR R4 ConceptMaps (local codes -> LOINC / SNOMED CT, "
+        "unit strings -> UCUM); default ELIGIBILITY_SITE_MAPPINGS",
+    ),
+]
+
+
+def _site_terminology(site_mappings: Path | None) -> None:
+    """Load the site's terminology (folder, optional $translate server) before evaluating;
+    a bad folder or ConceptMap is one ``error:`` line."""
+    from service.terminology.conceptmaps import SiteMappingError
+    from service.terminology.runtime import configure_from
+
+    settings = get_settings()
+    if site_mappings is not None:
+        settings = settings.model_copy(update={"site_mappings": site_mappings})
+    try:
+        configure_from(settings)
+    except SiteMappingError as exc:
+        raise _fail(str(exc)) from None
+
+
 def _print(evaluation: Evaluation, bundle: dict, protocol: Protocol, fmt: OutputFormat) -> None:
     if fmt is OutputFormat.fhir:
         sys.stdout.buffer.write(orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n")
@@ -133,9 +158,11 @@ def evaluate(
         str | None, typer.Option(help="Evaluation date YYYY-MM-DD (default today)")
     ] = None,
     format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.fhir,
+    site_mappings: SiteMappingsOption = None,
 ) -> None:
     """Evaluate one patient against every inclusion criterion."""
     protocol = _protocol()
+    _site_terminology(site_mappings)
     day = _as_of(as_of)
     if (bundle is None) == (fhir_base is None):
         raise _fail("give exactly one of --bundle FILE or --fhir-base URL")
@@ -173,6 +200,7 @@ def demo(
             "(to post or load them) instead of evaluating them"
         ),
     ] = None,
+    site_mappings: SiteMappingsOption = None,
 ) -> None:
     """Evaluate the bundled demo patients (dated as of today) and print their summaries.
 
@@ -196,6 +224,7 @@ def demo(
         return
 
     protocol = _protocol()
+    _site_terminology(site_mappings)
     settings = get_settings().model_copy(update={"fhir_base_url": None})
 
     async def run_all() -> list[tuple[Evaluation, dict]]:
@@ -288,6 +317,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    site_mappings: SiteMappingsOption = None,
 ) -> None:
     """Run the HTTP API (FHIR $eligibility, protocol resources, CDS Hooks).
 
@@ -301,6 +331,9 @@ def serve(
 
     import uvicorn
 
+    _site_terminology(site_mappings)  # a bad ConceptMap: one error line, before starting
+    if site_mappings is not None:  # every worker loads it again at start-up
+        os.environ["ELIGIBILITY_SITE_MAPPINGS"] = str(site_mappings.resolve())
     with ExitStack() as stack:
         if workers > 1:
             from service.state.factory import default_sqlite_path
@@ -328,6 +361,93 @@ def bench(
     from service.bench.cli import run_bench
 
     run_bench(BenchConfig.quick() if smoke else BenchConfig.full(), out)
+
+
+# -- site terminology tools (issue 10) -------------------------------------------------
+
+
+@app.command("terminology-report")
+def terminology_report(
+    bundle: Annotated[
+        list[Path] | None,
+        typer.Option(help="A Bundle file, or an NDJSON folder / file (repeatable)"),
+    ] = None,
+    fhir_base: Annotated[
+        str | None, typer.Option(help="Sample patients from this FHIR R4 server instead")
+    ] = None,
+    patients: Annotated[
+        list[str] | None, typer.Option("--patient", help="Patient ids to read (repeatable)")
+    ] = None,
+    sample: Annotated[
+        int, typer.Option(help="With --fhir-base and no --patient: this many patients")
+    ] = 20,
+    site_mappings: SiteMappingsOption = None,
+    conceptmap_skeleton: Annotated[
+        Path | None,
+        typer.Option(help="Write a draft ConceptMap (R4) of the uncovered codes to this file"),
+    ] = None,
+    top: Annotated[int, typer.Option(help="Rows to print per table")] = 40,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Every Observation / Condition code and unit string no ValueSet or site mapping covers,
+    with counts and example displays, likely lab analytes first."""
+    from service.terminology import report as rpt
+
+    protocol = _protocol()
+    _site_terminology(site_mappings)
+    if (not bundle) == (fhir_base is None):
+        raise _fail("give --bundle PATH (repeatable) or --fhir-base URL")
+    try:
+        if bundle:
+            resources = rpt.read_local(bundle)
+        else:
+            settings = get_settings().model_copy(update={"fhir_base_url": fhir_base})
+            resources = asyncio.run(rpt.read_server(settings, patients or [], sample))
+    except rpt.ReportInputError as exc:
+        raise _fail(str(exc)) from None
+    except FhirError as exc:
+        raise _fail(exc.message, EXIT_UPSTREAM if exc.http_status >= 500 else 2) from None
+    result = rpt.build_report(resources, protocol)
+    if json_out:
+        sys.stdout.buffer.write(orjson.dumps(result.as_json(), option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        rpt.render(result, _console(), top)
+    if conceptmap_skeleton is not None:
+        try:
+            rpt.write_skeleton(result, protocol, conceptmap_skeleton)
+        except OSError as exc:
+            raise _fail(f"cannot write {conceptmap_skeleton}: {exc.strerror}") from None
+        print(f"draft ConceptMap written to {conceptmap_skeleton}", file=sys.stderr)
+
+
+@app.command("terminology-import-usagi")
+def terminology_import_usagi(
+    csv_file: Annotated[Path, typer.Argument(help="An OHDSI Usagi mapping export (CSV)")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the ConceptMap (JSON)")],
+    source_system: Annotated[
+        str, typer.Option(help="The site code system the sourceCodes belong to")
+    ] = "urn:site:local-lab-codes",
+    url: Annotated[str | None, typer.Option(help="The ConceptMap's canonical url")] = None,
+    version: Annotated[str, typer.Option(help="The ConceptMap's version")] = "1",
+    concepts: Annotated[
+        Path | None,
+        typer.Option(help="OMOP CONCEPT.csv (Athena, tab-separated): concept id -> code"),
+    ] = None,
+) -> None:
+    """Turn a Usagi mapping export into a ConceptMap: APPROVED rows become equivalent,
+    others unmatched (see docs-terminology.md for the columns read)."""
+    from service.terminology.usagi import UsagiError, usagi_to_conceptmap
+
+    try:
+        conceptmap, summary = usagi_to_conceptmap(
+            csv_file, source_system=source_system, url=url, version=version, concepts=concepts
+        )
+        out.write_bytes(orjson.dumps(conceptmap, option=orjson.OPT_INDENT_2) + b"\n")
+    except UsagiError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot read or write a file: {exc.strerror}") from None
+    print(summary)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,13 @@ def result_bundle(evaluation: Evaluation, protocol: Protocol) -> dict[str, Any]:
             for src in evaluation.sources
         ],
     }
+    for cm in evaluation.conceptmaps:  # site terminology that mapped local codes
+        what = {
+            "type": "ConceptMap",
+            "identifier": {"system": "urn:ietf:rfc:3986", "value": cm.url},
+            "display": f"ConceptMap {cm.label}",
+        }
+        provenance["entity"].append({"role": "derivation", "what": what})
 
     bundle_entries = [{"fullUrl": _urn(), "resource": research_subject}, *entries]
     bundle_entries.append({"fullUrl": _urn(), "resource": guidance})

@@ -24,6 +24,9 @@ from service.output import result_bundle
 from service.protocol import Protocol as TrialProtocol
 from service.record import InputError, PatientRecord, record_from_bundle, record_from_resources
 from service.settings import Settings
+from service.terminology import runtime as terminology
+from service.terminology.evidence import annotate as annotate_mappings
+from service.terminology.table import MappingTable
 
 
 def parse_json(body: bytes | str) -> Any:
@@ -101,6 +104,8 @@ def evaluate_record(
 ) -> tuple[Evaluation, dict[str, Any]]:
     with gc_paused():
         evaluation = evaluate(record, protocol, as_of or today())
+        if (site := terminology.active()) is not None:  # name site mappings in the notes
+            annotate_mappings(evaluation, record, site.site.units if site.site else None)
         evaluation_done(evaluation)  # metrics, and the request's audit event
         return evaluation, result_bundle(evaluation, protocol)
 
@@ -129,7 +134,10 @@ def evaluate_resource(
     if patient_id is not None:
         logs.register_request_secret(patient_id)
         check_patient_selector(patient_id)
-    record = record_from_bundle(bundle, protocol, patient_id or param_patient)
+    mappings = None
+    if terminology.active() is not None:  # site terminology, before evaluation
+        mappings = terminology.table_for_sync(terminology.bundle_resources(bundle), protocol)
+    record = record_from_bundle(bundle, protocol, patient_id or param_patient, mappings)
     return evaluate_record(record, protocol, as_of or param_as_of)
 
 
@@ -144,9 +152,18 @@ class FetchedData(Protocol):
     # (the Patients of the records Patient.link names, as read)
 
 
+_TO_BUILD = MappingTable()  # sentinel: build the site mapping table here (synchronously)
+
+
 def evaluate_fetched(
-    data: FetchedData, protocol: TrialProtocol, as_of: date | None
+    data: FetchedData,
+    protocol: TrialProtocol,
+    as_of: date | None,
+    mappings: MappingTable | None = _TO_BUILD,
 ) -> tuple[Evaluation, dict[str, Any]]:
+    if mappings is _TO_BUILD:
+        active = terminology.active() is not None
+        mappings = terminology.table_for_sync(data.resources, protocol) if active else None
     record = record_from_resources(
         data.patient,
         data.resources,
@@ -155,6 +172,7 @@ def evaluate_fetched(
         truncated=data.truncated,
         server_base=getattr(data, "server_base", None),
         linked_patients=getattr(data, "linked_patients", ()),
+        mappings=mappings,
     )
     return evaluate_record(record, protocol, as_of)
 
@@ -169,7 +187,8 @@ async def evaluate_from_server(
     day = as_of or today()
     async with client_for(settings) as client:
         fetched = await fetch_patient(client, protocol, patient_id, day)
-    return await evaluate_fetched_off_loop(fetched, protocol, day)
+    mappings = await terminology.table_for(fetched.resources, protocol)  # None: no site terms
+    return await evaluate_fetched_off_loop(fetched, protocol, day, mappings)
 
 
 # More resources than this (about 60 ms of work) are evaluated in a worker thread, so one
@@ -178,8 +197,13 @@ INLINE_RESOURCES = 5000
 
 
 async def evaluate_fetched_off_loop(
-    data: FetchedData, protocol: TrialProtocol, as_of: date | None
+    data: FetchedData,
+    protocol: TrialProtocol,
+    as_of: date | None,
+    mappings: MappingTable | None = _TO_BUILD,
 ) -> tuple[Evaluation, dict[str, Any]]:
+    if mappings is _TO_BUILD:
+        mappings = await terminology.table_for(data.resources, protocol)
     if len(data.resources) <= INLINE_RESOURCES:
-        return evaluate_fetched(data, protocol, as_of)
-    return await asyncio.to_thread(evaluate_fetched, data, protocol, as_of)
+        return evaluate_fetched(data, protocol, as_of, mappings)
+    return await asyncio.to_thread(evaluate_fetched, data, protocol, as_of, mappings)

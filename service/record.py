@@ -30,6 +30,7 @@ from service.references import (
     resource_keys,
 )
 from service.shapes import shape_error
+from service.terminology.table import MappingTable, Recoded, recode
 
 Resource = dict[str, Any]
 
@@ -69,6 +70,10 @@ class PatientRecord:
     held: dict[str, str] = field(default_factory=dict)  # feed -> why it stays undetermined
     superseded: str | None = None  # why no criterion can be decided on this record at all
     index: ReferenceIndex = field(default_factory=lambda: ReferenceIndex(None), repr=False)
+    # Site terminology (service.terminology): how a resource's local codes were mapped, by
+    # its reference; and the Observations only a non-exact mapping tied to a criterion.
+    mapped: dict[str, Recoded] = field(default_factory=dict, repr=False)
+    evidence_only: dict[int, ValueSet] = field(default_factory=dict, repr=False)
     _refs: dict[int, SourceRef] = field(default_factory=dict, repr=False)
 
     def observations_in(self, valueset: ValueSet) -> list[Resource]:
@@ -189,7 +194,10 @@ def _survivors(patients: list[Entry]) -> list[Entry]:
 
 
 def record_from_bundle(
-    bundle: Any, protocol: Protocol, patient_id: str | None = None
+    bundle: Any,
+    protocol: Protocol,
+    patient_id: str | None = None,
+    mappings: MappingTable | None = None,
 ) -> PatientRecord:
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         kind = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
@@ -198,7 +206,9 @@ def record_from_bundle(
     entries = list(_iter_entries(bundle, issues))
     patients = [e for e in entries if e.resource["resourceType"] == "Patient"]
     patient = select_patient(patients, patient_id)
-    return build_record(patient, entries, protocol, issues=issues, patients=patients)
+    return build_record(
+        patient, entries, protocol, issues=issues, patients=patients, mappings=mappings
+    )
 
 
 def record_from_resources(
@@ -210,6 +220,7 @@ def record_from_resources(
     truncated: frozenset[str] = frozenset(),
     server_base: str | None = None,
     linked_patients: Iterable[Resource] = (),
+    mappings: MappingTable | None = None,
 ) -> PatientRecord:
     """For data fetched from a server (pull mode, CDS Hooks prefetch); ``server_base`` is
     that server, so absolute references to it are recognised and others are not;
@@ -223,6 +234,7 @@ def record_from_resources(
         truncated=truncated,
         server_base=server_base,
         patients=[Entry(p) for p in linked_patients if isinstance(p, dict) and p],
+        mappings=mappings,
     )
 
 
@@ -235,8 +247,10 @@ def build_record(
     truncated: frozenset[str] = frozenset(),
     server_base: str | None = None,
     patients: Iterable[Entry] = (),
+    mappings: MappingTable | None = None,
 ) -> PatientRecord:
-    """``server_base``: the FHIR server the data came from (pull mode, CDS Hooks); in bundle
+    """``mappings``: the site's terminology (service.terminology), None when it has none.
+    ``server_base``: the FHIR server the data came from (pull mode, CDS Hooks); in bundle
     mode the Patient's own RESTful fullUrl names it, if it has one. ``patients``: every
     Patient of the data (linked records, identifier references)."""
     pid = patient.resource.get("id") or patient.full_url
@@ -273,6 +287,7 @@ def build_record(
     counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
     kept: dict[tuple[str, str], tuple[Resource, list[Code], str | None]] = {}
+    site: dict[int, Recoded] = {}  # site terminology: how a kept resource was recoded
     unreadable: set[str] = set()
     for entry in entries:
         resource = entry.resource
@@ -288,7 +303,15 @@ def build_record(
                 if "component" in resource:  # a panel may carry the result in a component
                     matched += _component_codes(resource["component"], wanted_codes)
                 if not matched:
-                    continue  # not an input of this protocol: skip before any other work
+                    if mappings is None:
+                        continue  # not an input of this protocol: skip before any other work
+                    resource, matched = _site_codes(
+                        resource, mappings, wanted_codes, site, record, identity, entry, protocol
+                    )
+                    if not matched:
+                        continue
+            elif rtype == "Condition" and mappings is not None:
+                resource = _site_condition(resource, mappings, site)
             verdict = identity.classify(resource.get(SUBJECT_ELEMENT[rtype]), entry.full_url)
             if verdict is not _OURS:
                 counts[verdict][rtype] += 1
@@ -333,12 +356,87 @@ def build_record(
             targets[rtype].append(resource)
             index.add(resource, full_url)  # Observations: no rule follows a reference to one
     record.unreadable = frozenset(unreadable)
+    if site:
+        _site_register(record, kept, site, protocol)
 
     record.observations = dict(observations)
     for verdict, what in _IGNORED.items():
         for rtype, n in sorted(counts[verdict].items()):
             issues.append(Issue(Severity.WARNING, "processing", what.format(n=n, rtype=rtype)))
     return record
+
+
+# -- site terminology (service.terminology): local codes mapped before evaluation ----------
+
+
+def _site_codes(
+    resource: Resource,
+    mappings: MappingTable,
+    wanted: frozenset[Code],
+    site: dict[int, Recoded],
+    record: PatientRecord,
+    identity: _Identity,
+    entry: Entry,
+    protocol: Protocol,
+) -> tuple[Resource, list[Code]]:
+    """An Observation no protocol code matched, read through the site's mappings."""
+    recoded = recode(resource, mappings, wanted)
+    # A local code the terminology server could not translate may be the result that
+    # matters: every Observation criterion stays undetermined (never met).
+    if recoded.failed and identity.classify(resource.get("subject"), entry.full_url) is _OURS:
+        for feed in protocol.observation_valuesets():
+            record.held.setdefault(feed, recoded.failed[0])
+    if not recoded.matched:
+        return resource, []
+    site[id(recoded.resource)] = recoded
+    return recoded.resource, recoded.matched
+
+
+def _site_condition(resource: Resource, mappings: MappingTable, site: dict[int, Recoded]):
+    """A Condition with its local codes' exact mappings added (any target system)."""
+    recoded = recode(resource, mappings, None)
+    if not recoded.uses and not recoded.failed:
+        return resource
+    if recoded.evidence_only is not None:
+        site[id(resource)] = recoded  # only non-exact mappings: checked in _site_register
+        return resource
+    site[id(recoded.resource)] = recoded
+    return recoded.resource
+
+
+def _site_register(
+    record: PatientRecord,
+    kept: dict[tuple[str, str], tuple[Resource, list[Code], str | None]],
+    site: dict[int, Recoded],
+    protocol: Protocol,
+) -> None:
+    """Remember how each kept resource was mapped (for its criteria's notes); hold open the
+    Condition criteria when a Condition reaches a protocol code only through a non-exact
+    mapping or an untranslatable code."""
+    protocol_codes: frozenset[Code] | None = None
+    for (rtype, reference), (resource, _, _) in kept.items():
+        recoded = site.get(id(resource))
+        if recoded is None:
+            continue
+        if rtype == "Observation":
+            record.mapped[reference] = recoded
+            if recoded.evidence_only is not None:
+                record.evidence_only[id(resource)] = recoded.evidence_only
+            continue
+        if recoded.evidence_only is None and not recoded.failed:
+            record.mapped[reference] = recoded
+            continue
+        if protocol_codes is None:
+            protocol_codes = frozenset(c for vs in protocol.valuesets.values() for c in vs.codes)
+        if recoded.failed:
+            record.held.setdefault(rtype, f"{reference}: {recoded.failed[0]}")
+        elif protocol_codes.intersection(recoded.matched):
+            mapping = next(m for m in recoded.uses if m.target in protocol_codes)
+            record.held.setdefault(
+                rtype,
+                f"{reference} is coded only with a {mapping.describe()}, and a mapping that is "
+                "not equivalent never decides",
+            )
 
 
 # Why resources were not used, by the verdict of their patient reference.

@@ -55,7 +55,9 @@ async def eligibility_from_bundle(
     day = parse_as_of(as_of) if as_of else None
     args = (body, _protocol(request))
     kwargs = {"as_of": day, "patient_id": patient}
-    if len(body) > _INLINE_BODY_BYTES:
+    # A terminology server is called during the evaluation: never on the event loop.
+    calls_out = request.app.state.settings.terminology_server_url is not None
+    if calls_out or len(body) > _INLINE_BODY_BYTES:
         _, bundle = await run_in_threadpool(evaluate_body, *args, **kwargs)
     else:
         _, bundle = evaluate_body(*args, **kwargs)

@@ -116,6 +116,17 @@ class Settings(BaseSettings):
     audit_fhir_base_url: str | None = None  # default: FHIR_BASE_URL
     audit_queue_size: int = 1000
 
+    # -- site terminology (issue 10; service/terminology/) -------------------
+    # A folder of FHIR R4 ConceptMaps from the site's code systems (and unit strings) to the
+    # protocol's LOINC / SNOMED CT codes (and UCUM); validated at start-up.
+    site_mappings: Path | None = None
+    # Optional FHIR terminology server for ConceptMap/$translate of codes the folder lacks.
+    terminology_server_url: str | None = None
+    terminology_conceptmap_url: str | None = None  # restrict $translate to this ConceptMap
+    terminology_timeout: float = 3.0  # seconds per $translate call; a failure: undetermined
+    terminology_cache_seconds: float = 3600.0
+    terminology_concurrency: int = 8  # $translate calls in parallel
+
 
 @cache
 def get_settings() -> Settings:

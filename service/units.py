@@ -63,7 +63,40 @@ def _alias(unit: str) -> str:
     found = aliases.get(unit)
     if found is None:
         found = aliases.get(unit.strip())
+        if found is None and _SITE_UNITS:
+            found = _SITE_UNITS.get(unit) or _SITE_UNITS.get(unit.strip())
     return unit if found is None else found
+
+
+# -- site unit mappings (service.terminology) ---------------------------------------------
+# Unit strings a site maps to UCUM in its ConceptMaps (exact mappings only), set once at
+# start-up. Consulted only after the built-in table misses; empty by default (no cost).
+_SITE_UNITS: dict[str, str] = {}
+
+
+def set_site_units(aliases: Mapping[str, str]) -> None:
+    """Install a site's unit mappings (string -> UCUM); replaces any earlier ones."""
+    with _LOCK:
+        _SITE_UNITS.clear()
+        _SITE_UNITS.update(aliases)
+        _parse.cache_clear()
+        _conversion.cache_clear()
+
+
+def builtin_reading(unit: str) -> str | None:
+    """How the service reads ``unit`` without site mappings (its UCUM code), or None."""
+    aliases = _tables().aliases
+    found = aliases.get(unit) or aliases.get(unit.strip())
+    if found is not None:
+        return found
+    return None if isinstance(_parse(unit.strip()), str) else unit.strip()
+
+
+def check_ucum(code: str) -> None:
+    """Raise ``UnitError`` unless ``code`` is valid UCUM."""
+    parsed = _parse(code)
+    if isinstance(parsed, str):
+        raise UnitError(parsed)
 
 
 # -- registry and parsing ----------------------------------------------------------------

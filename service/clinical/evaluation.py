@@ -26,6 +26,8 @@ class Evaluation:
     results: list[CriterionResult]  # top-level criteria in protocol order, members nested
     issues: list[Issue] = field(default_factory=list)
     sources: list[SourceRef] = field(default_factory=list)  # every source resource used
+    # Site ConceptMaps (service.terminology MapSource: url, version) that mapped evidence.
+    conceptmaps: list = field(default_factory=list)
 
     @property
     def status(self) -> SubjectStatus:

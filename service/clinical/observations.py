@@ -176,6 +176,11 @@ def candidate_observations(
     observations: list[tuple[Resource, ValueSet, ValueSet | None, str | None]] = [
         (obs, valueset, None, None) for obs in deciding
     ]
+    if record.evidence_only:  # site terminology: reached only through a non-exact mapping
+        observations = [
+            (obs, vs, record.evidence_only.get(id(obs)), method)
+            for obs, vs, _, method in observations
+        ]
     if context is not None:
         seen = {id(obs) for obs in deciding}
         for obs in record.observations_in(context.valueset):
@@ -265,8 +270,9 @@ def _context_only(dated: Dated) -> Unusable | None:
     codes = [c for c in codings(dated.item.get("code")) if c in vs.codes]
     label = (vs.display(codes[0]) or codes[0][1]) if codes else "result"
     title = vs.resource.get("title") or vs.id
+    why = vs.resource.get("evidenceOnlyWhy") or "broader than the criterion"  # site mappings
     return Unusable(
-        f"{label} is coded only as {title}, broader than the criterion: "
+        f"{label} is coded only as {title}, {why}: "
         "listed as evidence, its value and interpretation are not read"
     )
 

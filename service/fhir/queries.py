@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 from service.fhir.errors import InvalidPatientId
 from service.protocol import Code, Protocol
+from service.terminology import runtime as terminology
 
 PATIENT_TOKEN = "{{context.patientId}}"
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -149,6 +150,8 @@ def _plan(protocol: Protocol, patient: str, as_of: date | None) -> list[Query]:
         codes: set[Code] = set()
         for vs_id in group.valuesets:
             codes |= protocol.valueset(vs_id).codes
+        if (site := terminology.active()) is not None:  # the site's local codes for them
+            codes |= site.local_codes(codes)
         params: list[tuple[str, str]] = [
             ("patient", patient),
             (_OBS_CODE_SEARCH, token_param(codes)),
@@ -158,6 +161,13 @@ def _plan(protocol: Protocol, patient: str, as_of: date | None) -> list[Query]:
             params.append(("date", f"ge{since.isoformat()}"))
         params.append(("_sort", "-date"))
         queries.append(Query(group.key, "Observation", tuple(params), frozenset(group.valuesets)))
+    site = terminology.active()
+    if site is not None and site.translator is not None:
+        # Local codes only a terminology server can translate cannot be searched by code:
+        # one unfiltered search (a superset is safe) feeds every Observation criterion.
+        feeds = frozenset(protocol.observation_valuesets())
+        params = (("patient", patient), ("_sort", "-date"))
+        queries.append(Query("siteCodes", "Observation", params, feeds))
     for key, rtype in (
         ("conditions", "Condition"),
         ("procedures", "Procedure"),

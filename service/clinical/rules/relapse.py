@@ -287,6 +287,9 @@ def _observation_events(
     for dated in candidate_observations(
         ctx.record, ctx.protocol, status_vs, ctx.as_of, None, issues
     ):
+        if dated.context is not None:  # evidence only (a non-exact site mapping)
+            unplaced.append(event(dated.resource, dated.day, dated.part))
+            continue
         place(dated.resource, dated.day, dated.part)
     allowed = set(ctx.protocol.general["observation_statuses"])
     for obs in ctx.record.observations_in(status_vs):
