@@ -328,3 +328,14 @@ async def test_an_unsendable_smart_token_fails_once_without_retries(tmp_path):
             with pytest.raises(UpstreamAuthError, match="not sendable"):
                 await client.read("Patient", "p1", key="patient")
     assert token.call_count == 1 and not fhir.called
+
+
+def test_an_invalid_path_id_is_not_copied_into_the_audit_trail(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    settings = Settings(_env_file=None, api_keys=["k-123"], audit_log_path=path)
+    with TestClient(create_app(settings)) as client:
+        big = "x" * 60_000
+        r = client.get(f"/Patient/{big}/$eligibility", headers=AUTH)
+        assert r.status_code == 400
+    text = path.read_text() if path.exists() else ""
+    assert big[:100] not in text

@@ -32,6 +32,7 @@ from fastapi import Depends, HTTPException, Request
 
 from service.clinical.evaluation import Evaluation
 from service.fhir.errors import FhirError
+from service.inputs import is_fhir_id
 from service.ops import metrics
 from service.ops.caller import Caller
 from service.record import InputError
@@ -357,6 +358,8 @@ def _emit(request: Request, ctx: AuditContext, failure: BaseException | None) ->
         elif failure is not None:
             code, description = _failure(failure)
             patient = request.path_params.get("patient_id") or ctx.patient
+            if not is_fhir_id(patient):  # refused as input: never copied into the trail
+                patient = None
             sink.record(
                 audit_event(
                     ctx,
