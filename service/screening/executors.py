@@ -69,19 +69,20 @@ class DaskExecutor(Executor):
     """The same batches on a dask.distributed cluster (``tcp://host:port`` of its scheduler)."""
 
     def __init__(self, address: str) -> None:
-        from distributed import Client  # imported only when a cluster is used
+        from distributed import Client, as_completed  # imported only when a cluster is used
 
         self._client = Client(address, set_as_default=False)
         self._workers = max(1, sum(self._client.nthreads().values()))
+        self._finished = as_completed(loop=self._client.loop)
 
     def submit(self, protocol_path: str, as_of: str, batch: list[PatientData]) -> Any:
-        return self._client.submit(evaluate_batch, protocol_path, as_of, batch, pure=False)
+        future = self._client.submit(evaluate_batch, protocol_path, as_of, batch, pure=False)
+        self._finished.add(future)
+        return future
 
     def wait_any(self, pending: set[Any]) -> tuple[set[Any], set[Any]]:
-        from distributed import wait as dask_wait
-
-        done, not_done = dask_wait(list(pending), return_when="FIRST_COMPLETED")
-        return set(done), set(not_done)
+        future = next(self._finished)
+        return {future}, pending - {future}
 
     def close(self, cancel: bool = False) -> None:
         self._client.close()
