@@ -165,6 +165,9 @@ class OutputFolder:
                 "files": {"results": RESULTS, "worklist": WORKLIST, "report": REPORT},
             }
         )
+        self.write_summary(summary)
+        return summary
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
         (self.path / SUMMARY).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
         write_report(self.path / REPORT, summary, self.protocol)
-        return summary
