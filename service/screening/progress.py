@@ -17,6 +17,10 @@ from rich.progress import (
 from rich.text import Text
 
 
+class Cancelled(KeyboardInterrupt):
+    """A cancelled screening stops on the same clean path as Ctrl-C."""
+
+
 class RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
@@ -40,6 +44,10 @@ class ScreenProgress:
             disable=not (enabled and console.is_terminal),
         )
         self._task: int | None = None
+        self.stage_name = ""
+        self.total: float | None = None
+        self.completed = 0.0
+        self.cancelled = False  # set by another thread (HTTP DELETE): stops like Ctrl-C
 
     def __enter__(self) -> ScreenProgress:
         self._progress.start()
@@ -49,11 +57,15 @@ class ScreenProgress:
         self._progress.stop()
 
     def stage(self, description: str, total: float | None) -> None:
+        self.stage_name, self.total, self.completed = description, total, 0.0
         if self._task is not None:
             self._progress.remove_task(self._task)
         self._task = self._progress.add_task(description, total=total, counts=self._text())
 
     def advance(self, amount: float = 1, status: str | None = None) -> None:
+        if self.cancelled:
+            raise Cancelled
+        self.completed += amount
         if status is not None:
             self.counts[status] += 1
         if self._task is not None:

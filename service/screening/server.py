@@ -25,7 +25,7 @@ from service.protocol import Protocol
 from service.record import InputError
 from service.screening.ndjson import _PATIENT_REF
 from service.screening.outdir import OutputFolder
-from service.screening.progress import ScreenProgress
+from service.screening.progress import Cancelled, ScreenProgress
 from service.screening.rows import error_row, evaluation_row
 from service.screening.runner import ScreenResult, screen_ndjson
 from service.settings import Settings
@@ -118,13 +118,16 @@ async def _evaluate_all(
     out: OutputFolder,
     concurrency: int,
     progress: ScreenProgress,
-) -> None:
+) -> bool:
+    """Evaluate every id, ``concurrency`` at a time; False when cancelled part-way."""
     queue: asyncio.Queue[str] = asyncio.Queue()
+    stopped = False
     for pid in pids:
         queue.put_nowait(pid)
 
     async def worker() -> None:
-        while True:
+        nonlocal stopped
+        while not stopped:
             try:
                 pid = queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -139,11 +142,15 @@ async def _evaluate_all(
                 row, body = evaluation_row(evaluation, protocol), orjson.dumps(bundle)
             out.add(row, body)
             out.flush()
-            progress.advance(1, row[1])
+            try:
+                progress.advance(1, row[1])
+            except Cancelled:
+                stopped = True
 
     async with asyncio.TaskGroup() as tg:
         for _ in range(min(concurrency, max(1, len(pids)))):
             tg.create_task(worker())
+    return not stopped
 
 
 def screen_server(
@@ -217,7 +224,7 @@ def _search_driven(
     progress.stage("screening", len(todo))
     interrupted = False
     try:
-        asyncio.run(
+        interrupted = not asyncio.run(
             _evaluate_all(settings, protocol, todo, out.as_of, out, concurrency, progress)  # type: ignore[arg-type]
         )
     except KeyboardInterrupt:
