@@ -7,6 +7,7 @@ and summary.json / report.html describe what was done; ``--resume`` carries on f
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -75,11 +76,15 @@ def screen_ndjson(
     done = out.open(source or f"ndjson:{folder}", date.today())
     as_of = out.as_of.isoformat()  # type: ignore[union-attr]
     interrupted = False
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
     spill = out.path / f".screen-spill-{os.getpid()}.sqlite"
     with PatientStore(spill) as store:
         try:
             progress.stage("reading export", sum(p.stat().st_size for p in files))
             report = store.ingest(files, protocol, on_bytes=progress.advance)
+            timings["ingestSeconds"] = round(time.perf_counter() - clock, 3)
+            clock = time.perf_counter()
             todo = report.patients - sum(1 for pid in store.patient_ids() if pid in done)
             progress.stage("screening", todo)
 
@@ -104,12 +109,18 @@ def screen_ndjson(
                 executor.close(cancel=True)
             else:
                 executor.close()
+            timings["evaluateSeconds"] = round(time.perf_counter() - clock, 3)
         except KeyboardInterrupt:
             interrupted = True
             report = store.report
         finally:
             out.close()
     summary = out.finish(
-        {"source": source or "ndjson", "input": report.as_dict(), "interrupted": interrupted}
+        {
+            "source": source or "ndjson",
+            "input": report.as_dict(),
+            "interrupted": interrupted,
+            "timings": timings,
+        }
     )
     return ScreenResult(dict(out.counts), out.failed, interrupted, summary)
