@@ -183,3 +183,20 @@ def test_a_folder_without_ndjson_is_bad_input(tmp_path):
     result = _screen(tmp_path / "empty", tmp_path / "out")
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ") and "no .ndjson" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--ndjson", "x", "--fhir-base", "http://127.0.0.1:1/fhir"],
+        ["--ndjson", "x", "--group", "g"],
+        ["--ndjson", "x", "--write-results"],
+        ["--fhir-base", "http://127.0.0.1:1/fhir", "--group", "g", "--patients", "f"],
+    ],
+)
+def test_contradictory_sources_are_bad_input(tmp_path, args):
+    result = runner.invoke(app, ["screen", "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ")
+    assert not (tmp_path / "out").exists()
