@@ -200,3 +200,21 @@ def test_contradictory_sources_are_bad_input(tmp_path, args):
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ")
     assert not (tmp_path / "out").exists()
+
+
+def test_only_observations_certainly_outside_the_protocol_skip_decoding():
+    from service.screening.ndjson import _ObservationSkipper
+
+    skip = _ObservationSkipper(default_protocol().observation_codes())
+
+    def obs(code: str, **extra) -> bytes:
+        coding = {"coding": [{"system": "http://loinc.org", "code": code}]}
+        return orjson.dumps({"resourceType": "Observation", "code": coding, **extra})
+
+    assert skip(obs("8867-4"))  # heart rate: no criterion reads it
+    assert not skip(obs("777-3"))  # platelets
+    escaped = b'{"resourceType": "Observation", "code": {"coding": [{"code": "\\u0037'
+    assert not skip(escaped + b'\\u0037\\u0037-3"}]}}')  # "777-3" written with escapes
+    assert not skip(obs("8867-4", contained=[{"resourceType": "Observation"}]))
+    condition = orjson.dumps({"resourceType": "Condition", "code": {"text": "x"}})
+    assert not skip(condition)

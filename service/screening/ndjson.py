@@ -29,6 +29,7 @@ from service.record import SUBJECT_ELEMENT, codings
 _PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})$")
 _GROUP_REF = re.compile(r"(?:^|/)Group/[A-Za-z0-9\-.]{1,64}$")
 _INSERT_BATCH = 5000
+_PROGRESS_BYTES = 1 << 20
 PATIENT, OTHER = 0, 1
 
 
@@ -98,6 +99,29 @@ def patient_of(resource: dict[str, Any]) -> tuple[str | None, str | None]:
     return None, "several" if _GROUP_REF.search(ref) else "none"
 
 
+class _ObservationSkipper:
+    """Recognise, without decoding, an Observation line that holds none of the protocol's
+    codes (most of an export: vital signs, other labs), so it is not parsed at all.
+
+    Only a certainty skips: exactly one ``resourceType`` in the line (nothing contained) and
+    it is Observation, no ``\\u`` escape anywhere (a code could hide behind one), and no
+    protocol code anywhere as a JSON string. Anything else is decoded and checked properly.
+    """
+
+    def __init__(self, wanted: frozenset[tuple[str, str]]) -> None:
+        codes = sorted({code for _, code in wanted}, key=len, reverse=True)
+        self._code = re.compile(b'"(?:' + b"|".join(re.escape(c.encode()) for c in codes) + b')"')
+        self._observation = re.compile(rb'"resourceType"\s*:\s*"Observation"')
+
+    def __call__(self, line: bytes) -> bool:
+        return (
+            line.count(b'"resourceType"') == 1
+            and self._observation.search(line) is not None
+            and b"\\u" not in line
+            and self._code.search(line) is None
+        )
+
+
 class PatientStore:
     """The export grouped by patient in a SQLite file (deleted on ``close``)."""
 
@@ -129,20 +153,30 @@ class PatientStore:
         on_bytes: Callable[[int], None] | None = None,
     ) -> IngestReport:
         wanted = protocol.observation_codes()
+        skip = _ObservationSkipper(wanted)
         report = self.report
         pending: list[tuple[str, int, bytes]] = []
+        unreported = 0
         for path in files:
             report.files += 1
             with _open(path) as stream:
                 for line in stream:
                     report.lines += 1
-                    if on_bytes is not None:
-                        on_bytes(len(line))
+                    unreported += len(line)
+                    if unreported >= _PROGRESS_BYTES and on_bytes is not None:
+                        on_bytes(unreported)
+                        unreported = 0
+                    if skip(line):
+                        report.resources += 1
+                        report.not_in_protocol += 1
+                        continue
                     row = self._classify(line, path.name, wanted)
                     if row is not None:
                         pending.append(row)
                         if len(pending) >= _INSERT_BATCH:
                             self._flush(pending)
+        if on_bytes is not None:
+            on_bytes(unreported)
         self._flush(pending)
         self._db.execute("CREATE INDEX res_pid ON res (pid, kind)")
         (report.patients,) = self._db.execute(
