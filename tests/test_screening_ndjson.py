@@ -218,3 +218,16 @@ def test_only_observations_certainly_outside_the_protocol_skip_decoding():
     assert not skip(obs("8867-4", contained=[{"resourceType": "Observation"}]))
     condition = orjson.dumps({"resourceType": "Condition", "code": {"text": "x"}})
     assert not skip(condition)
+
+
+def test_a_patient_id_that_is_no_fhir_id_is_an_error_row_never_a_formula(tmp_path):
+    src = tmp_path / "export"
+    src.mkdir()
+    bad = {"resourceType": "Patient", "id": "=HYPERLINK(1)", "birthDate": "1980-01-01"}
+    (src / "Patient.ndjson").write_bytes(orjson.dumps(bad) + b"\n")
+    result = _screen(src, tmp_path / "out")
+    assert result.exit_code == 3
+    with (tmp_path / "out" / "worklist.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["patient"] for r in rows] == ["'=HYPERLINK(1)"]
+    assert rows[0]["status"] == "error" and "not a valid FHIR id" in rows[0]["error"]

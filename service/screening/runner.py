@@ -10,10 +10,10 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import Any
 
+from service.clinical.dates import today
 from service.protocol import Protocol
 from service.record import InputError
 from service.screening.executors import (
@@ -73,7 +73,7 @@ def screen_ndjson(
     if not files:
         raise InputError(f"{folder} holds no .ndjson or .ndjson.gz files")
     progress = progress or ScreenProgress(enabled=False)
-    done = out.open(source or f"ndjson:{folder}", date.today())
+    done = out.open(source or f"ndjson:{folder}", today())
     as_of = out.as_of.isoformat()  # type: ignore[union-attr]
     interrupted = False
     timings: dict[str, float] = {}

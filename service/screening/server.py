@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from service.clinical.dates import today
 from service.fhir.client import client_for
 from service.fhir.errors import FhirError, InvalidPatientId, UpstreamError
 from service.fhir.queries import check_id, token_param
@@ -219,7 +220,7 @@ def _search_driven(
         progress.stage("finding candidates", None)
         candidates, found = asyncio.run(_candidates(settings, protocol, group))
         label = f"group:{group}" if group else "condition-search"
-    done = out.open(f"{label}@{settings.fhir_base_url}", date.today())
+    done = out.open(f"{label}@{settings.fhir_base_url}", today())
     todo = [pid for pid in candidates if pid not in done]
     progress.stage("screening", len(todo))
     interrupted = False

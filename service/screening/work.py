@@ -7,6 +7,7 @@ becomes an error row: one failure never sinks the batch.
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from functools import cache
 from pathlib import Path
@@ -19,6 +20,9 @@ from service.protocol import Protocol, load_protocol
 from service.record import InputError, record_from_resources
 from service.screening.ndjson import PatientData
 from service.screening.rows import error_row, evaluation_row
+
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_FORMULA = ("=", "+", "@", "\t", "\r", "-")
 
 # (patient id, worklist row, result Bundle as JSON bytes or None when it failed)
 Outcome = tuple[str, list[str], bytes | None]
@@ -37,6 +41,11 @@ def evaluate_batch(protocol_path: str, as_of: str, batch: list[PatientData]) -> 
 
 
 def evaluate_one(item: PatientData, protocol: Protocol, day: date) -> Outcome:
+    if not _FHIR_ID.fullmatch(item.patient_id):
+        # Never written as is: a spreadsheet could read "=..." in the worklist as a formula.
+        shown = "'" + item.patient_id[:64] if item.patient_id[:1] in _FORMULA else item.patient_id
+        message = "the Patient id is not a valid FHIR id; its resources cannot be linked to it"
+        return item.patient_id, error_row(shown[:64], message, protocol), None
     try:
         patient = _one_patient([orjson.loads(b) for b in item.patients])
         resources = [orjson.loads(b) for b in item.resources]

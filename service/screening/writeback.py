@@ -93,7 +93,6 @@ async def write_back(
         session = Session(settings, http)
         if results:
             system = subject_identifier_system(protocol)
-            gate = asyncio.Semaphore(WRITE_CONCURRENCY)
             counts = {"created": 0, "updated": 0}
 
             async def put(pid: str, status: str) -> None:
@@ -101,16 +100,21 @@ async def write_back(
                     {"identifier": f"{system}|{pid}"}
                 )
                 body = orjson.dumps(research_subject(protocol, pid, status))
-                async with gate:
-                    resp = await session.send(
-                        "PUT", url, FHIR_JSON, body, what="ResearchSubject conditional update"
-                    )
+                resp = await session.send(
+                    "PUT", url, FHIR_JSON, body, what="ResearchSubject conditional update"
+                )
                 _check(resp, "ResearchSubject conditional update")
                 counts["created" if resp.status_code == 201 else "updated"] += 1
 
+            pending = iter(rows)
+
+            async def writer() -> None:
+                for pid, status in pending:  # shared iterator: each row written once
+                    await put(pid, status)
+
             async with asyncio.TaskGroup() as tg:
-                for pid, status in rows:
-                    tg.create_task(put(pid, status))
+                for _ in range(WRITE_CONCURRENCY):
+                    tg.create_task(writer())
             written["researchSubjects"] = counts
         if group:
             pids = [pid for pid, status in rows if status in CANDIDATE_STATUSES]
