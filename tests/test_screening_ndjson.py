@@ -231,3 +231,13 @@ def test_a_patient_id_that_is_no_fhir_id_is_an_error_row_never_a_formula(tmp_pat
         rows = list(csv.DictReader(f))
     assert [r["patient"] for r in rows] == ["'=HYPERLINK(1)"]
     assert rows[0]["status"] == "error" and "not a valid FHIR id" in rows[0]["error"]
+
+
+def test_an_unreachable_dask_scheduler_is_one_error_line(tmp_path, bundles, monkeypatch):
+    from service.screening import executors
+
+    monkeypatch.setattr(executors, "DASK_CONNECT_TIMEOUT", "1s")
+    src = write_ndjson({"demo-eligible": bundles["demo-eligible"]}, tmp_path / "export")
+    result = _screen(src, tmp_path / "out", "--cluster", "tcp://127.0.0.1:9")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: cannot reach the Dask scheduler")

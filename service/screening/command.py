@@ -88,6 +88,8 @@ def screen(
         raise _fail("give at most one of --group ID or --patients FILE")
     if (write_group or write_results) and fhir_base is None:
         raise _fail("--write-group and --write-results need --fhir-base")
+    if cluster and fhir_base is not None and not bulk:
+        raise _fail("--cluster evaluates local data: use it with --ndjson or --bulk")
     if concurrency < 1 or (workers is not None and workers < 1):
         raise _fail("--concurrency and --workers must be at least 1")
     try:
@@ -128,6 +130,8 @@ def screen(
         raise _fail(exc.message, EXIT_SOME_FAILED if exc.http_status >= 500 else 2) from None
     except OSError as exc:
         raise _fail(f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}".strip()) from None
+    except Exception as exc:  # noqa: BLE001 - one line, no traceback with patient data
+        raise _fail(f"internal error ({type(exc).__name__})", 1) from None
     _report(result, out)
 
 

@@ -10,8 +10,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
+from service.record import InputError
 from service.screening.ndjson import PatientData
 from service.screening.work import Outcome, evaluate_batch
+
+
+DASK_CONNECT_TIMEOUT = "20s"
 
 
 def _ignore_sigint() -> None:
@@ -71,7 +75,12 @@ class DaskExecutor(Executor):
     def __init__(self, address: str) -> None:
         from distributed import Client, as_completed  # imported only when a cluster is used
 
-        self._client = Client(address, set_as_default=False)
+        try:
+            self._client = Client(address, set_as_default=False, timeout=DASK_CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise InputError(
+                f"cannot reach the Dask scheduler at {address} ({type(exc).__name__})"
+            ) from None
         self._workers = max(1, sum(self._client.nthreads().values()))
         self._finished = as_completed(loop=self._client.loop)
 
