@@ -14,7 +14,6 @@ from service.record import InputError
 from service.screening.ndjson import PatientData
 from service.screening.work import Outcome, evaluate_batch
 
-
 DASK_CONNECT_TIMEOUT = "20s"
 
 
