@@ -34,6 +34,7 @@ class LoopbackFhir:
         token: str | None = None,
         extra: list[dict] = (),  # type: ignore[assignment]
         bulk_polls: int = 1,
+        throttle_once: set[str] = frozenset(),  # type: ignore[assignment]
     ) -> None:
         self.sock = listening_socket()
         self.base = f"http://127.0.0.1:{self.sock.getsockname()[1]}/fhir"
@@ -49,6 +50,8 @@ class LoopbackFhir:
         self._polls = 0
         self.export_params: list[tuple[str, str]] = []
         self.lock = threading.Lock()
+        self.throttle = set(throttle_once)
+        self.throttled = 0
 
     # -- HTTP ---------------------------------------------------------------------------
     async def handle(self, request: Request) -> Response:
@@ -65,6 +68,12 @@ class LoopbackFhir:
         parts = path.split("/")
         if parts[0] == "Patient" and len(parts) == 2:
             named.add(parts[1])
+        with self.lock:
+            hit = named & self.throttle
+            self.throttle -= hit
+            self.throttled += bool(hit)
+        if hit:
+            return Response(status_code=429, headers={"Retry-After": "1"})
         if named & self.fail_patients:
             return _outcome(500, "exception", "injected failure")
         if path.endswith("$export"):

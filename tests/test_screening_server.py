@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
@@ -155,3 +157,16 @@ def test_write_results_twice_leaves_one_research_subject_per_patient(tmp_path, b
         for p, r in rows.items()
         if r["status"] in ("eligible", "potential-candidate")
     }
+
+
+def test_429_with_retry_after_is_waited_out_not_an_error(tmp_path, bundles):
+    fhir = LoopbackFhir(bundles, throttle_once={"demo-eligible", "demo-potential"})
+    with serving(fhir):
+        started = time.monotonic()
+        result = _screen(fhir, tmp_path / "out")
+        elapsed = time.monotonic() - started
+    assert fhir.throttled == 2
+    assert result.failed == 0
+    rows = worklist(tmp_path / "out" / "worklist.csv")
+    assert rows["demo-eligible"]["status"] == "eligible"
+    assert elapsed >= 1.0  # the Retry-After was honoured
