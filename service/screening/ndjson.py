@@ -26,7 +26,7 @@ import orjson
 from service.protocol import Protocol
 from service.record import SUBJECT_ELEMENT, codings
 
-_PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})$")
+PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})$")
 _GROUP_REF = re.compile(r"(?:^|/)Group/[A-Za-z0-9\-.]{1,64}$")
 _INSERT_BATCH = 5000
 _PROGRESS_BYTES = 1 << 20
@@ -93,7 +93,7 @@ def patient_of(resource: dict[str, Any]) -> tuple[str | None, str | None]:
     if not isinstance(ref, str):
         return None, "none"
     ref = ref.partition("/_history/")[0]
-    m = _PATIENT_REF.search(ref)
+    m = PATIENT_REFERENCE.search(ref)
     if m:
         return m.group(1), None
     return None, "several" if _GROUP_REF.search(ref) else "none"

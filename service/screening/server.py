@@ -24,7 +24,7 @@ from service.fhir.queries import check_id, token_param
 from service.pipeline import evaluate_from_server
 from service.protocol import Protocol
 from service.record import InputError
-from service.screening.ndjson import _PATIENT_REF
+from service.screening.ndjson import PATIENT_REFERENCE
 from service.screening.outdir import OutputFolder
 from service.screening.progress import Cancelled, ScreenProgress
 from service.screening.rows import error_row, evaluation_row
@@ -102,7 +102,11 @@ async def _candidates(
     ids: dict[str, None] = {}
     unusable = 0
     for ref in refs:
-        m = _PATIENT_REF.search(ref.partition("/_history/")[0]) if isinstance(ref, str) else None
+        m = (
+            PATIENT_REFERENCE.search(ref.partition("/_history/")[0])
+            if isinstance(ref, str)
+            else None
+        )
         if m:
             ids.setdefault(m.group(1), None)
         else:
