@@ -73,7 +73,7 @@ def summarise(worklist: Path, protocol: Protocol) -> dict[str, Any]:
     }
 
 
-_COLOURS = {"met": "#2e8b57", "open": "#e0a100", "excluded": "#c0392b"}
+_COLOURS = {"in": "#2e8b57", "open": "#e0a100", "excluded": "#c0392b"}
 
 
 def funnel_svg(funnel: list[dict[str, Any]], total: int) -> str:
@@ -94,7 +94,7 @@ def funnel_svg(funnel: list[dict[str, Any]], total: int) -> str:
         parts.append(f'<text x="0" y="{y + 16}">{label}</text>')
         x = label_w
         rest = step["before"] - step["excluded"] - step["open"]
-        for kind, n in (("met", rest), ("open", step["open"]), ("excluded", step["excluded"])):
+        for kind, n in (("in", rest), ("open", step["open"]), ("excluded", step["excluded"])):
             w = round(n * scale, 1)
             if w > 0:
                 parts.append(
@@ -124,8 +124,9 @@ def write_report(path: Path, summary: dict[str, Any], protocol: Protocol) -> Non
     title = protocol.research_study.get("title", protocol.id)
     inputs = summary.get("input")
     input_html = f"<h2>Input</h2><pre>{esc(_pretty(inputs))}</pre>" if inputs else ""
+    names = {"in": "still in", "open": "open (undetermined)", "excluded": "excluded (not met)"}
     legend = " ".join(
-        f'<span style="color:{c}">&#9632;</span> {esc(k)}' for k, c in _COLOURS.items()
+        f'<span style="color:{c}">&#9632;</span> {esc(names[k])}' for k, c in _COLOURS.items()
     )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Screening report: {esc(protocol.id)}</title>
