@@ -241,3 +241,14 @@ def test_an_unreachable_dask_scheduler_is_one_error_line(tmp_path, bundles, monk
     result = _screen(src, tmp_path / "out", "--cluster", "tcp://127.0.0.1:9")
     assert result.exit_code == 2
     assert result.stderr.startswith("error: cannot reach the Dask scheduler")
+
+
+def test_a_run_that_stopped_before_any_patient_can_start_again(tmp_path, bundles):
+    src = write_ndjson({"demo-eligible": bundles["demo-eligible"]}, tmp_path / "export")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "worklist.csv").write_text("patient,status\n")  # a header, no patient
+    result = _screen(src, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "out" / "worklist.csv").open(newline="") as f:
+        lines = list(csv.reader(f))
+    assert lines[0][:3] == ["patient", "status", "I1"] and len(lines) == 2

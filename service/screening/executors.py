@@ -12,7 +12,7 @@ from typing import Any
 
 from service.record import InputError
 from service.screening.ndjson import PatientData
-from service.screening.work import Outcome, evaluate_batch
+from service.screening.work import Outcome, evaluate_batch, warm_up
 
 DASK_CONNECT_TIMEOUT = "20s"
 
@@ -35,6 +35,10 @@ class Executor:
     def close(self, cancel: bool = False) -> None:
         pass
 
+    def start(self, protocol_path: str) -> None:
+        """Get workers ready (processes started, protocol and units loaded) while the
+        caller does other work, e.g. reads the export."""
+
     @property
     def slots(self) -> int:
         return 1
@@ -56,6 +60,10 @@ class PoolExecutor(Executor):
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
+
+    def start(self, protocol_path: str) -> None:
+        for _ in range(self.workers):  # one submission per worker makes the pool start each
+            self._pool.submit(warm_up, protocol_path)
 
     def submit(self, protocol_path: str, as_of: str, batch: list[PatientData]) -> Future:
         return self._pool.submit(evaluate_batch, protocol_path, as_of, batch)

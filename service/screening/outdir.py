@@ -38,6 +38,18 @@ def _subject_id(line: bytes) -> str | None:
     return ref.removeprefix("Patient/") if isinstance(ref, str) else None
 
 
+def _has_rows(path: Path, header_lines: int) -> bool:
+    """Whether a file holds more than its header (a run that stopped before any patient
+    left only the header: starting again there is not a resume)."""
+    if not path.exists():
+        return False
+    with path.open("rb") as f:
+        for n, _ in enumerate(f, 1):
+            if n > header_lines:
+                return True
+    return False
+
+
 class OutputFolder:
     def __init__(self, path: Path, protocol: Protocol, as_of: date | None, *, resume: bool):
         self.path = path
@@ -60,7 +72,7 @@ class OutputFolder:
             raise InputError(f"cannot create the output folder: {exc.strerror}") from None
         run_file = self.path / RUN
         results, worklist = self.path / RESULTS, self.path / WORKLIST
-        started = any(p.exists() and p.stat().st_size for p in (results, worklist))
+        started = _has_rows(results, 0) or _has_rows(worklist, 1)
         if started and not self.resume:
             raise InputError(
                 f"{self.path} already holds a screening: pass --resume, or another --out folder"
@@ -84,11 +96,11 @@ class OutputFolder:
             "source": source,
         }
         run_file.write_bytes(orjson.dumps(run, option=orjson.OPT_INDENT_2))
-        new_worklist = not worklist.exists() or worklist.stat().st_size == 0
-        self._results = results.open("ab")
-        self._worklist = worklist.open("a", newline="", encoding="utf-8")
+        carry_on = self.resume and started  # else start afresh (nothing was done yet)
+        self._results = results.open("ab" if carry_on else "wb")
+        self._worklist = worklist.open("a" if carry_on else "w", newline="", encoding="utf-8")
         self._writer = csv.writer(self._worklist)
-        if new_worklist:
+        if not carry_on:
             self._writer.writerow(self.header)
         return set(self.done)
 

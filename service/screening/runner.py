@@ -73,12 +73,18 @@ def screen_ndjson(
     if not files:
         raise InputError(f"{folder} holds no .ndjson or .ndjson.gz files")
     progress = progress or ScreenProgress(enabled=False)
-    done = out.open(source or f"ndjson:{folder}", today())
+    executor = make_executor(workers, cluster)
+    try:
+        done = out.open(source or f"ndjson:{folder}", today())
+    except BaseException:
+        executor.close(cancel=True)
+        raise
     as_of = out.as_of.isoformat()  # type: ignore[union-attr]
     interrupted = False
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     spill = out.path / f".screen-spill-{os.getpid()}.sqlite"
+    executor.start(str(protocol_path))  # workers get ready while the export is read
     with PatientStore(spill) as store:
         try:
             progress.stage("reading export", sum(p.stat().st_size for p in files))
@@ -100,7 +106,6 @@ def screen_ndjson(
                 message = f"could not be evaluated ({type(exc).__name__})"
                 take([(pid, error_row(pid, message, protocol), None) for pid in pids])
 
-            executor = make_executor(workers, cluster)
             try:
                 batches = batched(store.patients(skip=done), BATCH_PATIENTS, BATCH_LINES)
                 run_batches(executor, str(protocol_path), as_of, batches, take, failed)
@@ -113,6 +118,10 @@ def screen_ndjson(
         except KeyboardInterrupt:
             interrupted = True
             report = store.report
+            executor.close(cancel=True)
+        except BaseException:
+            executor.close(cancel=True)
+            raise
         finally:
             out.close()
     summary = out.finish(

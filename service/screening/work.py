@@ -34,6 +34,15 @@ def protocol_at(path: str) -> Protocol:
     return load_protocol(Path(path))
 
 
+def warm_up(protocol_path: str) -> bool:
+    """Load the protocol and the UCUM registry (~0.5 s) before the first batch arrives."""
+    from service import units
+
+    protocol_at(protocol_path)
+    units.warm_up()
+    return True
+
+
 def evaluate_batch(protocol_path: str, as_of: str, batch: list[PatientData]) -> list[Outcome]:
     protocol = protocol_at(protocol_path)
     day = date.fromisoformat(as_of)
