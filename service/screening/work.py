@@ -7,6 +7,7 @@ becomes an error row: one failure never sinks the batch.
 
 from __future__ import annotations
 
+import gc
 import re
 from datetime import date
 from functools import cache
@@ -15,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from service.gc_pause import gc_paused
 from service.pipeline import evaluate_record
 from service.protocol import Protocol, load_protocol
 from service.record import InputError, record_from_resources
@@ -40,13 +42,19 @@ def warm_up(protocol_path: str) -> bool:
 
     protocol_at(protocol_path)
     units.warm_up()
+    # Long-lived objects (inherited from the parent, protocol, UCUM registry) leave the
+    # collector's generations: full collections stop walking them (and, after fork, stop
+    # copying their pages).
+    gc.collect()
+    gc.freeze()
     return True
 
 
 def evaluate_batch(protocol_path: str, as_of: str, batch: list[PatientData]) -> list[Outcome]:
     protocol = protocol_at(protocol_path)
     day = date.fromisoformat(as_of)
-    return [evaluate_one(item, protocol, day) for item in batch]
+    with gc_paused():  # decoded resources have no cycles: as in evaluate_body
+        return [evaluate_one(item, protocol, day) for item in batch]
 
 
 def evaluate_one(item: PatientData, protocol: Protocol, day: date) -> Outcome:
