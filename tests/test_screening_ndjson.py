@@ -216,6 +216,9 @@ def test_only_observations_certainly_outside_the_protocol_skip_decoding():
     escaped = b'{"resourceType": "Observation", "code": {"coding": [{"code": "\\u0037'
     assert not skip(escaped + b'\\u0037\\u0037-3"}]}}')  # "777-3" written with escapes
     assert not skip(obs("8867-4", contained=[{"resourceType": "Observation"}]))
+    spaced = b'{ "resourceType" : "Observation", "code": {"coding": [{"code" :  "777-3"}]}}'
+    assert not skip(spaced)
+    assert skip(spaced.replace(b"777-3", b"8867-4"))
     condition = orjson.dumps({"resourceType": "Condition", "code": {"text": "x"}})
     assert not skip(condition)
 

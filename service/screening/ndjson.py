@@ -104,21 +104,23 @@ class _ObservationSkipper:
     codes (most of an export: vital signs, other labs), so it is not parsed at all.
 
     Only a certainty skips: exactly one ``resourceType`` in the line (nothing contained) and
-    it is Observation, no ``\\u`` escape anywhere (a code could hide behind one), and no
-    protocol code anywhere as a JSON string. Anything else is decoded and checked properly.
+    it is Observation, no backslash anywhere (no escape can hide a key or a code), and no
+    ``"code": "…"`` value in the line is a protocol code. Anything else is decoded and
+    checked properly.
     """
 
     def __init__(self, wanted: frozenset[tuple[str, str]]) -> None:
-        codes = sorted({code for _, code in wanted}, key=len, reverse=True)
-        self._code = re.compile(b'"(?:' + b"|".join(re.escape(c.encode()) for c in codes) + b')"')
+        self._codes = frozenset(code.encode() for _, code in wanted)
+        self._code_value = re.compile(rb'"code"\s*:\s*"([^"\\]*)"')
         self._observation = re.compile(rb'"resourceType"\s*:\s*"Observation"')
 
     def __call__(self, line: bytes) -> bool:
         return (
             line.count(b'"resourceType"') == 1
+            and b'"Observation"' in line
+            and b"\\" not in line
             and self._observation.search(line) is not None
-            and b"\\u" not in line
-            and self._code.search(line) is None
+            and self._codes.isdisjoint(self._code_value.findall(line))
         )
 
 
