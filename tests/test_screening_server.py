@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner
@@ -128,6 +129,8 @@ def test_bulk_export_gives_the_search_driven_worklist(tmp_path, bundles):
     ]
     assert params["_typeFilter"].startswith("Observation?code=http://loinc.org|")
     assert bulk.summary["bulk"]["typeFilter"] is True
+    written = orjson.loads((tmp_path / "bulk" / "summary.json").read_bytes())
+    assert written["bulk"]["files"] == 6 and written["source"] == "bulk:Patient"
     by_bulk = worklist(tmp_path / "bulk" / "worklist.csv")
     by_search = worklist(tmp_path / "search" / "worklist.csv")
     assert by_bulk.pop("no-leukemia")["status"] == "ineligible"  # all patients were exported

@@ -29,7 +29,8 @@ from service.settings import Settings
 FHIR_JSON = "application/fhir+json"
 NDJSON = "application/fhir+ndjson"
 EXPORT_TIMEOUT_SECONDS = 6 * 3600.0
-POLL_MIN, POLL_MAX = 1.0, 30.0
+POLL_MIN, POLL_MAX = 1.0, 30.0  # our own back-off when the server gives no Retry-After
+MAX_RETRY_AFTER = 120.0  # a longer Retry-After is shortened to this
 TRANSIENT = frozenset({429, 500, 502, 503, 504})
 
 
@@ -143,7 +144,7 @@ class Session:
                 wait, delay = delay, min(delay * 2, POLL_MAX)
             if time.monotonic() - started + wait > EXPORT_TIMEOUT_SECONDS:
                 raise UpstreamError("the Bulk export did not finish in time")
-            await asyncio.sleep(min(wait, POLL_MAX * 4))
+            await asyncio.sleep(min(wait, MAX_RETRY_AFTER))
 
     async def download(self, manifest: dict[str, Any], dest: Path) -> int:
         if dest.exists():

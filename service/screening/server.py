@@ -192,7 +192,8 @@ def screen_server(
             progress=progress,
             source=f"bulk:{'Group/' + group if group else 'Patient'}",
         )
-        result.summary.setdefault("bulk", manifest)
+        result.summary["bulk"] = manifest
+        out.write_summary(result.summary)
     else:
         result = _search_driven(
             settings, out, protocol, group, patients_file, concurrency, progress
