@@ -2,6 +2,8 @@
 
 Search-driven and Bulk ``$export`` must give the same worklist; patients without leukemia are
 not evaluated; ``--write-results`` twice leaves one ResearchSubject per patient.
+
+The file name sorts before test_fhir_server.py on purpose: that module's last test stops HAPI.
 """
 
 from __future__ import annotations
