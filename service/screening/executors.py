@@ -47,6 +47,9 @@ class Executor:
 class InlineExecutor(Executor):
     """In this process (one worker): no start-up cost, easy to debug."""
 
+    def start(self, protocol_path: str) -> None:
+        warm_up(protocol_path)
+
     def submit(self, protocol_path: str, as_of: str, batch: list[PatientData]) -> Future:
         future: Future = Future()
         try:
@@ -62,6 +65,10 @@ class PoolExecutor(Executor):
         self._pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
 
     def start(self, protocol_path: str) -> None:
+        # Warm up here first: the workers are forked from this process on their first
+        # submission and inherit the loaded protocol and UCUM registry instead of each
+        # building them again while competing with the ingest for the CPUs.
+        warm_up(protocol_path)
         for _ in range(self.workers):  # one submission per worker makes the pool start each
             self._pool.submit(warm_up, protocol_path)
 
