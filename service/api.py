@@ -29,6 +29,7 @@ from service.ops import wiring as ops_wiring
 from service.protocol import ProtocolError, load_protocol
 from service.record import InputError
 from service.routes import router as fhir_router
+from service.screening.http import router as screen_router
 from service.settings import Settings, get_settings
 from service.terminology.runtime import configure_from as configure_terminology
 
@@ -146,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(fhir_router)
     app.include_router(cds_router)
     app.include_router(web_app_router)
+    app.include_router(screen_router)
     logs.set_route_resolver(_route_resolver(app))
     return app
 

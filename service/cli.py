@@ -28,6 +28,7 @@ from service.inputs import ConfigurationError, check_settings
 from service.pipeline import evaluate_body, evaluate_from_server, parse_as_of
 from service.protocol import Protocol, ProtocolError, load_protocol
 from service.record import InputError
+from service.screening.command import screen
 from service.settings import get_settings
 from service.summary import render_summary
 
@@ -310,6 +311,9 @@ def load_demo(
             print(line)
     except LoadError as exc:
         raise _fail(str(exc), EXIT_UPSTREAM) from None
+
+
+app.command("screen")(screen)
 
 
 @app.command()

@@ -29,7 +29,7 @@ from service.pipeline import evaluate_body
 from service.protocol import load_protocol
 
 AS_OF = date(2026, 11, 20)
-CASES = ("engine_vs_json", "growth", "pull", "http", "cds", "memory")
+CASES = ("engine_vs_json", "growth", "pull", "http", "cds", "memory", "screening")
 
 
 def _number(value: Any) -> bool:

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from service.bench import cases, report
+from service.bench import cases, report, screening
 from service.bench.cases import BenchConfig
 
 DEFAULT_OUT = Path("bench-results")
@@ -108,6 +108,7 @@ def run_bench(
         progress(f"CDS Hooks patient-view: {config.cds_calls} calls")
         results_cases["cds"] = cases.cds_hooks(config, protocol, ws)
         results_cases["memory"] = cases.memory(config, ws, progress)
+        results_cases["screening"] = screening.measure(config.smoke, progress)
         anchor = ws.anchor.isoformat()
 
     results: dict[str, Any] = {

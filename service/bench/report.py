@@ -117,6 +117,10 @@ def _all_targets(results: Results) -> list[dict[str, Any]]:
             2.0,
         )
     )
+    if "screening" in cases:
+        from service.bench.screening import targets as screening_targets
+
+        out.extend(screening_targets(cases["screening"]))
     return out
 
 
@@ -267,6 +271,10 @@ def _rows(results: Results) -> list[list[str]]:
             *_check(by_id["memory"]),
         ]
     )
+    if "screening" in cases:
+        from service.bench.screening import rows as screening_rows
+
+        rows.extend(screening_rows(cases["screening"], by_id, _check, _x))
     return rows
 
 

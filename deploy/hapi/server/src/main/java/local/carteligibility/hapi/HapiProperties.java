@@ -24,6 +24,8 @@ public class HapiProperties {
 	private List<Integer> searchPrefetchThresholds = new ArrayList<>(List.of(13, 503, 2003, -1));
 	private boolean prettyPrint = false;
 	private boolean daoSchedulingEnabled = true;
+	/** Bulk Data $export (system, Patient and Group level); off unless configured, as in HAPI. */
+	private boolean bulkExportEnabled = false;
 	/** Fixed base URL for links (e.g. behind a proxy); empty means derive from the request. */
 	private String serverAddress = "";
 
@@ -137,5 +139,13 @@ public class HapiProperties {
 
 	public void setServerAddress(String value) {
 		serverAddress = value;
+	}
+
+	public boolean isBulkExportEnabled() {
+		return bulkExportEnabled;
+	}
+
+	public void setBulkExportEnabled(boolean value) {
+		bulkExportEnabled = value;
 	}
 }

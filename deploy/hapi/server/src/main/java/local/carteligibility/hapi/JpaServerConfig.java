@@ -1,5 +1,6 @@
 package local.carteligibility.hapi;
 
+import ca.uhn.fhir.batch2.jobs.export.BulkDataExportProvider;
 import ca.uhn.fhir.context.FhirContext;
 import ca.uhn.fhir.context.support.IValidationSupport;
 import ca.uhn.fhir.jpa.api.config.JpaStorageSettings;
@@ -55,6 +56,11 @@ public class JpaServerConfig {
 		s.setIndexMissingFields(StorageSettings.IndexEnabledEnum.DISABLED);
 		// Client-assigned ids such as "Patient/demo-001" (PUT Type/id) must be accepted.
 		s.setResourceClientIdStrategy(JpaStorageSettings.ClientIdStrategyEnum.ALPHANUMERIC);
+		// Bulk Data $export runs as a batch2 job; fast tracking finishes small exports in seconds
+		// instead of waiting for the next maintenance pass, and each kick-off starts a fresh job.
+		s.setEnableTaskBulkExportJobExecution(props.isBulkExportEnabled());
+		s.setJobFastTrackingEnabled(true);
+		s.setEnableBulkExportJobReuse(false);
 		return s;
 	}
 
@@ -105,10 +111,14 @@ public class JpaServerConfig {
 			JpaStorageSettings storageSettings,
 			ISearchParamRegistry searchParamRegistry,
 			IValidationSupport validationSupport,
-			DatabaseBackedPagingProvider pagingProvider) {
+			DatabaseBackedPagingProvider pagingProvider,
+			BulkDataExportProvider bulkDataExportProvider) {
 		RestfulServer server = new RestfulServer(fhirContext);
 		server.registerProviders(resourceProviders.createProviders());
 		server.registerProvider(systemProvider);
+		if (props.isBulkExportEnabled()) {
+			server.registerProvider(bulkDataExportProvider);
+		}
 		server.setServerConformanceProvider(new JpaCapabilityStatementProvider(
 				server, systemDao, storageSettings, searchParamRegistry, validationSupport));
 		pagingProvider.setDefaultPageSize(props.getDefaultPageSize());

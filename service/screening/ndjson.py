@@ -1,0 +1,247 @@
+"""Read a Bulk Data export (a folder of NDJSON files) and group it by patient, on disk.
+
+Files are streamed line by line and never loaded whole. Every resource one evaluation could
+use is written, as the bytes read, to a SQLite file keyed by its patient; patients are then
+read back one at a time in id order. Memory stays bounded whatever the export's size (the
+database lives on disk; SQLite keeps only a small page cache), and grouping costs one sort.
+
+A resource is attributed to a patient only through its own subject reference
+(``Patient/{id}``, relative or absolute). One that names no patient, a Group (several
+patients) or a patient absent from the export is counted and reported, never guessed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from service.protocol import Protocol
+from service.record import SUBJECT_ELEMENT, codings
+
+PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})$")
+_GROUP_REF = re.compile(r"(?:^|/)Group/[A-Za-z0-9\-.]{1,64}$")
+_INSERT_BATCH = 5000
+_PROGRESS_BYTES = 1 << 20
+PATIENT, OTHER = 0, 1
+
+
+@dataclass
+class IngestReport:
+    """What the export held and what could not be attributed to one patient (counts only)."""
+
+    files: int = 0
+    lines: int = 0
+    resources: int = 0
+    kept: int = 0
+    patients: int = 0
+    unreadable_lines: Counter[str] = field(default_factory=Counter)  # file name -> lines
+    ignored_types: Counter[str] = field(default_factory=Counter)  # types no criterion reads
+    not_in_protocol: int = 0  # Observations with codes no criterion reads
+    no_patient: Counter[str] = field(default_factory=Counter)  # type -> count
+    several_patients: Counter[str] = field(default_factory=Counter)  # subject is a Group
+    unknown_patient: int = 0  # resources naming a patient the export does not hold
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "lines": self.lines,
+            "resources": self.resources,
+            "kept": self.kept,
+            "patients": self.patients,
+            "unreadableLines": dict(self.unreadable_lines),
+            "ignoredTypes": dict(self.ignored_types),
+            "observationsNotInProtocol": self.not_in_protocol,
+            "noPatientReference": dict(self.no_patient),
+            "severalPatients": dict(self.several_patients),
+            "patientNotInExport": self.unknown_patient,
+        }
+
+
+@dataclass(slots=True)
+class PatientData:
+    """One patient's raw NDJSON lines: its Patient resource(s) and everything else."""
+
+    patient_id: str
+    patients: list[bytes]
+    resources: list[bytes]
+
+
+def ndjson_files(folder: Path) -> list[Path]:
+    """The export's files (``*.ndjson``, ``*.ndjson.gz``), in a stable order."""
+    files = [
+        p for p in folder.iterdir() if p.is_file() and p.name.endswith((".ndjson", ".ndjson.gz"))
+    ]
+    return sorted(files)
+
+
+def _open(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+
+
+def patient_of(resource: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(patient id, None) or (None, why not): the subject must name exactly one Patient."""
+    subject = resource.get(SUBJECT_ELEMENT[resource["resourceType"]])
+    ref = subject.get("reference") if isinstance(subject, dict) else None
+    if not isinstance(ref, str):
+        return None, "none"
+    ref = ref.partition("/_history/")[0]
+    m = PATIENT_REFERENCE.search(ref)
+    if m:
+        return m.group(1), None
+    return None, "several" if _GROUP_REF.search(ref) else "none"
+
+
+class _ObservationSkipper:
+    """Recognise, without decoding, an Observation line that holds none of the protocol's
+    codes (most of an export: vital signs, other labs), so it is not parsed at all.
+
+    Only a certainty skips: exactly one ``resourceType`` in the line (nothing contained) and
+    it is Observation, no backslash anywhere (no escape can hide a key or a code), and no
+    ``"code": "…"`` value in the line is a protocol code. Anything else is decoded and
+    checked properly.
+    """
+
+    def __init__(self, wanted: frozenset[tuple[str, str]]) -> None:
+        self._codes = frozenset(code.encode() for _, code in wanted)
+        self._code_value = re.compile(rb'"code"\s*:\s*"([^"\\]*)"')
+        self._observation = re.compile(rb'"resourceType"\s*:\s*"Observation"')
+
+    def __call__(self, line: bytes) -> bool:
+        return (
+            line.count(b'"resourceType"') == 1
+            and b'"Observation"' in line
+            and b"\\" not in line
+            and self._observation.search(line) is not None
+            and self._codes.isdisjoint(self._code_value.findall(line))
+        )
+
+
+class PatientStore:
+    """The export grouped by patient in a SQLite file (deleted on ``close``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.unlink(missing_ok=True)
+        self._db = sqlite3.connect(path)
+        self._db.executescript(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-16000;"
+            "CREATE TABLE res (pid TEXT NOT NULL, kind INTEGER NOT NULL, body BLOB NOT NULL);"
+        )
+        self.report = IngestReport()
+
+    def close(self) -> None:
+        self._db.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> PatientStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- ingest ----------------------------------------------------------------------------
+    def ingest(
+        self,
+        files: Iterable[Path],
+        protocol: Protocol,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> IngestReport:
+        wanted = protocol.observation_codes()
+        skip = _ObservationSkipper(wanted)
+        report = self.report
+        pending: list[tuple[str, int, bytes]] = []
+        unreported = 0
+        for path in files:
+            report.files += 1
+            with _open(path) as stream:
+                for line in stream:
+                    report.lines += 1
+                    unreported += len(line)
+                    if unreported >= _PROGRESS_BYTES and on_bytes is not None:
+                        on_bytes(unreported)
+                        unreported = 0
+                    if skip(line):
+                        report.resources += 1
+                        report.not_in_protocol += 1
+                        continue
+                    row = self._classify(line, path.name, wanted)
+                    if row is not None:
+                        pending.append(row)
+                        if len(pending) >= _INSERT_BATCH:
+                            self._flush(pending)
+        if on_bytes is not None:
+            on_bytes(unreported)
+        self._flush(pending)
+        self._db.execute("CREATE INDEX res_pid ON res (pid, kind)")
+        (report.patients,) = self._db.execute(
+            "SELECT COUNT(DISTINCT pid) FROM res WHERE kind = 0"
+        ).fetchone()
+        (report.unknown_patient,) = self._db.execute(
+            "SELECT COUNT(*) FROM res r WHERE kind = 1 AND NOT EXISTS "
+            "(SELECT 1 FROM res p WHERE p.pid = r.pid AND p.kind = 0)"
+        ).fetchone()
+        return report
+
+    def _flush(self, pending: list[tuple[str, int, bytes]]) -> None:
+        if pending:
+            self._db.executemany("INSERT INTO res VALUES (?, ?, ?)", pending)
+            self.report.kept += len(pending)
+            pending.clear()
+
+    def _classify(self, line: bytes, name: str, wanted: frozenset) -> tuple[str, int, bytes] | None:
+        line = line.strip()
+        if not line:
+            return None
+        report = self.report
+        try:
+            resource = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            resource = None
+        rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+        if not isinstance(rtype, str):
+            report.unreadable_lines[name] += 1
+            return None
+        report.resources += 1
+        if rtype == "Patient":
+            pid = resource.get("id")
+            if not isinstance(pid, str) or not pid:
+                report.no_patient["Patient"] += 1  # a Patient without id cannot be named
+                return None
+            return pid, PATIENT, line
+        if rtype not in SUBJECT_ELEMENT:
+            report.ignored_types[rtype] += 1
+            return None
+        if rtype == "Observation" and not any(c in wanted for c in codings(resource.get("code"))):
+            report.not_in_protocol += 1  # the record builder would skip it first, too
+            return None
+        pid, why = patient_of(resource)
+        if pid is None:
+            (report.several_patients if why == "several" else report.no_patient)[rtype] += 1
+            return None
+        return pid, OTHER, line
+
+    # -- read back -------------------------------------------------------------------------
+    def patient_ids(self) -> Iterator[str]:
+        for (pid,) in self._db.execute("SELECT DISTINCT pid FROM res WHERE kind = 0 ORDER BY pid"):
+            yield pid
+
+    def patients(self, skip: set[str] | frozenset[str] = frozenset()) -> Iterator[PatientData]:
+        """Each patient with a Patient resource, in id order, one at a time."""
+        cursor = self._db.execute("SELECT pid, kind, body FROM res ORDER BY pid, kind, rowid")
+        current: PatientData | None = None
+        for pid, kind, body in cursor:
+            if current is None or current.patient_id != pid:
+                if current is not None and current.patients and current.patient_id not in skip:
+                    yield current
+                current = PatientData(pid, [], [])
+            (current.patients if kind == PATIENT else current.resources).append(body)
+        if current is not None and current.patients and current.patient_id not in skip:
+            yield current

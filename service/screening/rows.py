@@ -1,0 +1,62 @@
+"""One worklist row per patient, derived from an Evaluation (or from a failure).
+
+The columns are fixed by the protocol: ``patient``, ``status``, every criterion code (top
+level first, then panel members, in protocol order), ``blocking``, ``needed``, ``error``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from service.clinical.evaluation import Evaluation
+from service.clinical.model import CriterionResult, Outcome
+from service.protocol import Protocol
+
+ERROR_STATUS = "error"
+SEPARATOR = "; "
+
+
+def criterion_columns(protocol: Protocol) -> list[str]:
+    """Top-level criteria in protocol order, then the panel members in protocol order."""
+    top = [c.code for c in protocol.criteria.values() if not c.is_member]
+    members = [c.code for c in protocol.criteria.values() if c.is_member]
+    return top + members
+
+
+def header(protocol: Protocol) -> list[str]:
+    return ["patient", "status", *criterion_columns(protocol), "blocking", "needed", "error"]
+
+
+def _walk(results: list[CriterionResult]) -> Iterator[CriterionResult]:
+    for result in results:
+        yield result
+        yield from _walk(result.members)
+
+
+def evaluation_row(evaluation: Evaluation, protocol: Protocol) -> list[str]:
+    """The row of an evaluated patient; ``needed`` names data, never patient values."""
+    outcomes = {r.code: r for r in _walk(evaluation.results)}
+    codes = criterion_columns(protocol)
+    blocking = [c for c in codes if c in outcomes and outcomes[c].outcome is Outcome.NOT_MET]
+    needed: dict[str, None] = {}
+    for code in codes:
+        result = outcomes.get(code)
+        if result is None or result.outcome is not Outcome.UNDETERMINED:
+            continue
+        for need in result.needs:
+            text = need.description or need.resource_type
+            needed.setdefault(text.replace("\n", " "), None)
+    return [
+        evaluation.patient_id,
+        evaluation.status.value,
+        *(outcomes[c].outcome.value if c in outcomes else "" for c in codes),
+        " ".join(blocking),
+        SEPARATOR.join(needed),
+        "",
+    ]
+
+
+def error_row(patient_id: str, message: str, protocol: Protocol) -> list[str]:
+    """A patient that could not be evaluated: kept in the worklist, never dropped."""
+    blanks = [""] * len(criterion_columns(protocol))
+    return [patient_id, ERROR_STATUS, *blanks, "", "", message.replace("\n", " ")]

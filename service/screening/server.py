@@ -1,0 +1,247 @@
+"""Screen the patients of a FHIR server: search-driven (pull mode per patient) or Bulk.
+
+Search-driven: the candidates come from the protocol's own data, not a code list in code:
+patients with a Condition in the protocol's screening ValueSet (``Condition?code=…``, every
+page), or the members of a Group, or a file of ids. Each is then evaluated exactly as
+``GET /Patient/{id}/$eligibility`` does (``evaluate_from_server``), a few at a time; the
+client already honours 429/Retry-After, the deadline and the configured credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from service.clinical.dates import today
+from service.fhir.client import client_for
+from service.fhir.errors import FhirError, InvalidPatientId, UpstreamError
+from service.fhir.queries import check_id, token_param
+from service.pipeline import evaluate_from_server
+from service.protocol import Protocol
+from service.record import InputError
+from service.screening.ndjson import PATIENT_REFERENCE
+from service.screening.outdir import OutputFolder
+from service.screening.progress import Cancelled, ScreenProgress
+from service.screening.rows import error_row, evaluation_row
+from service.screening.runner import ScreenResult, screen_ndjson
+from service.settings import Settings
+
+# The candidate search may be long (every page of every matching Condition): its own caps.
+CANDIDATE_DEADLINE_SECONDS = 3600.0
+CANDIDATE_MAX_PAGES = 1_000_000
+CANDIDATE_MAX_ENTRIES = 100_000_000
+
+
+def screening_valueset(protocol: Protocol) -> str:
+    vs_id = protocol.general.get("screening_condition_valueset")
+    if not vs_id:
+        raise InputError(
+            "the protocol names no screening_condition_valueset: pass --group or --patients"
+        )
+    return vs_id
+
+
+def read_patient_file(path: Path) -> list[str]:
+    """One id a line (``Patient/`` prefix allowed); blank lines and ``#`` comments skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    ids: list[str] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        pid = line.removeprefix("Patient/")
+        try:
+            ids.append(check_id(pid))
+        except InvalidPatientId:
+            raise InputError(f"{path} line {n} is not a FHIR patient id") from None
+    return list(dict.fromkeys(ids))
+
+
+async def _candidates(
+    settings: Settings, protocol: Protocol, group: str | None
+) -> tuple[list[str], dict[str, Any]]:
+    """Patient ids to evaluate, and what the search found that names no single patient."""
+    async with client_for(settings) as client:
+        client.config = replace(
+            client.config,
+            deadline_seconds=CANDIDATE_DEADLINE_SECONDS,
+            max_pages=CANDIDATE_MAX_PAGES,
+            max_entries=CANDIDATE_MAX_ENTRIES,
+        )
+        client.start_deadline()
+        refs: list[Any] = []
+        if group is not None:
+            body = await client.read("Group", check_id(group), key="group")
+            members = body.get("member") if isinstance(body.get("member"), list) else []
+            for m in members:
+                if isinstance(m, dict) and m.get("inactive") is not True:
+                    entity = m.get("entity")
+                    refs.append(entity.get("reference") if isinstance(entity, dict) else None)
+            source = {"group": group, "members": len(members)}
+        else:
+            valueset = protocol.valueset(screening_valueset(protocol))
+            query = ("Condition", [("code", token_param(valueset.codes))])
+            found = await client.search(query)
+            if found.truncated:
+                raise UpstreamError(
+                    "the candidate Condition search was incomplete; no screening from part of it"
+                )
+            refs = [
+                (c.get("subject") or {}).get("reference") if isinstance(c, dict) else None
+                for c in found.entries
+            ]
+            source = {"conditionValueSet": valueset.url, "conditions": len(found.entries)}
+    ids: dict[str, None] = {}
+    unusable = 0
+    for ref in refs:
+        m = (
+            PATIENT_REFERENCE.search(ref.partition("/_history/")[0])
+            if isinstance(ref, str)
+            else None
+        )
+        if m:
+            ids.setdefault(m.group(1), None)
+        else:
+            unusable += 1
+    source["notAPatient"] = unusable
+    return sorted(ids), source
+
+
+async def _evaluate_all(
+    settings: Settings,
+    protocol: Protocol,
+    pids: list[str],
+    day: date,
+    out: OutputFolder,
+    concurrency: int,
+    progress: ScreenProgress,
+) -> bool:
+    """Evaluate every id, ``concurrency`` at a time; False when cancelled part-way."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    stopped = False
+    for pid in pids:
+        queue.put_nowait(pid)
+
+    async def worker() -> None:
+        nonlocal stopped
+        while not stopped:
+            try:
+                pid = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                evaluation, bundle = await evaluate_from_server(settings, protocol, pid, day)
+            except (FhirError, InputError) as exc:
+                row, body = error_row(pid, getattr(exc, "message", str(exc)), protocol), None
+            except Exception as exc:  # noqa: BLE001 - one error row, no patient data
+                row, body = error_row(pid, f"internal error ({type(exc).__name__})", protocol), None
+            else:
+                row, body = evaluation_row(evaluation, protocol), orjson.dumps(bundle)
+            out.add(row, body)
+            out.flush()
+            try:
+                progress.advance(1, row[1])
+            except Cancelled:
+                stopped = True
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(min(concurrency, max(1, len(pids)))):
+            tg.create_task(worker())
+    return not stopped
+
+
+def screen_server(
+    settings: Settings,
+    out: OutputFolder,
+    protocol: Protocol,
+    *,
+    group: str | None = None,
+    patients_file: Path | None = None,
+    bulk: bool = False,
+    workers: int = 1,
+    cluster: str | None = None,
+    concurrency: int = 4,
+    write_group: bool = False,
+    write_results: bool = False,
+    progress: ScreenProgress | None = None,
+) -> ScreenResult:
+    progress = progress or ScreenProgress(enabled=False)
+    if bulk:
+        from service.screening.bulk import bulk_export
+
+        if patients_file is not None:
+            raise InputError("--bulk exports a Group or all patients, not a file of ids")
+        export_dir = out.path / "bulk"
+        progress.stage("bulk export", None)
+        manifest = asyncio.run(bulk_export(settings, protocol, export_dir, group=group))
+        result = screen_ndjson(
+            export_dir,
+            out,
+            protocol,
+            settings.protocol_path,
+            workers=workers,
+            cluster=cluster,
+            progress=progress,
+            source=f"bulk:{'Group/' + group if group else 'Patient'}",
+        )
+        result.summary["bulk"] = manifest
+        out.write_summary(result.summary)
+    else:
+        result = _search_driven(
+            settings, out, protocol, group, patients_file, concurrency, progress
+        )
+    if (write_group or write_results) and not result.interrupted:
+        from service.screening.writeback import write_back
+
+        written = asyncio.run(
+            write_back(settings, protocol, out, group=write_group, results=write_results)
+        )
+        result.summary["written"] = written
+        out.write_summary(result.summary)
+    return result
+
+
+def _search_driven(
+    settings: Settings,
+    out: OutputFolder,
+    protocol: Protocol,
+    group: str | None,
+    patients_file: Path | None,
+    concurrency: int,
+    progress: ScreenProgress,
+) -> ScreenResult:
+    if patients_file is not None:
+        candidates, found = read_patient_file(patients_file), {"file": str(patients_file)}
+        label = f"patients:{patients_file}"
+    else:
+        progress.stage("finding candidates", None)
+        candidates, found = asyncio.run(_candidates(settings, protocol, group))
+        label = f"group:{group}" if group else "condition-search"
+    done = out.open(f"{label}@{settings.fhir_base_url}", today())
+    todo = [pid for pid in candidates if pid not in done]
+    progress.stage("screening", len(todo))
+    interrupted = False
+    try:
+        interrupted = not asyncio.run(
+            _evaluate_all(settings, protocol, todo, out.as_of, out, concurrency, progress)  # type: ignore[arg-type]
+        )
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        out.close()
+    summary = out.finish(
+        {
+            "source": label,
+            "candidates": {"patients": len(candidates), **found},
+            "interrupted": interrupted,
+        }
+    )
+    return ScreenResult(dict(out.counts), out.failed, interrupted, summary)

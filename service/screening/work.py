@@ -1,0 +1,90 @@
+"""The unit of work every executor runs: evaluate a batch of patients from raw NDJSON lines.
+
+A plain, picklable function so the same code runs inline, in a local process pool and on
+Dask workers; that is what makes their results identical. A patient that cannot be evaluated
+becomes an error row: one failure never sinks the batch.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+from datetime import date
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from service.gc_pause import gc_paused
+from service.pipeline import evaluate_record
+from service.protocol import Protocol, load_protocol
+from service.record import InputError, record_from_resources
+from service.screening.ndjson import PatientData
+from service.screening.rows import error_row, evaluation_row
+
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_FORMULA = ("=", "+", "@", "\t", "\r", "-")
+
+# (patient id, worklist row, result Bundle as JSON bytes or None when it failed)
+Outcome = tuple[str, list[str], bytes | None]
+
+
+@cache
+def protocol_at(path: str) -> Protocol:
+    """One protocol per process (workers load it on their first batch)."""
+    return load_protocol(Path(path))
+
+
+def warm_up(protocol_path: str) -> bool:
+    """Load the protocol and the UCUM registry (~0.5 s) before the first batch arrives."""
+    from service import units
+
+    protocol_at(protocol_path)
+    units.warm_up()
+    # Long-lived objects (inherited from the parent, protocol, UCUM registry) leave the
+    # collector's generations: full collections stop walking them (and, after fork, stop
+    # copying their pages).
+    gc.collect()
+    gc.freeze()
+    return True
+
+
+def evaluate_batch(protocol_path: str, as_of: str, batch: list[PatientData]) -> list[Outcome]:
+    protocol = protocol_at(protocol_path)
+    day = date.fromisoformat(as_of)
+    with gc_paused():  # decoded resources have no cycles: as in evaluate_body
+        return [evaluate_one(item, protocol, day) for item in batch]
+
+
+def evaluate_one(item: PatientData, protocol: Protocol, day: date) -> Outcome:
+    if not _FHIR_ID.fullmatch(item.patient_id):
+        # Never written as is: a spreadsheet could read "=..." in the worklist as a formula.
+        shown = "'" + item.patient_id[:64] if item.patient_id[:1] in _FORMULA else item.patient_id
+        message = "the Patient id is not a valid FHIR id; its resources cannot be linked to it"
+        return item.patient_id, error_row(shown[:64], message, protocol), None
+    try:
+        patient = _one_patient([orjson.loads(b) for b in item.patients])
+        resources = [orjson.loads(b) for b in item.resources]
+        record = record_from_resources(patient, resources, protocol)
+        evaluation, bundle = evaluate_record(record, protocol, day)
+    except InputError as exc:
+        return item.patient_id, error_row(item.patient_id, str(exc), protocol), None
+    except Exception as exc:  # noqa: BLE001 - one line per patient, no data in the message
+        message = f"internal error ({type(exc).__name__})"
+        return item.patient_id, error_row(item.patient_id, message, protocol), None
+    return item.patient_id, evaluation_row(evaluation, protocol), orjson.dumps(bundle)
+
+
+def _one_patient(versions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Patient, when the export holds it more than once: the latest by meta.lastUpdated."""
+    distinct = list({orjson.dumps(v, option=orjson.OPT_SORT_KEYS): v for v in versions}.values())
+    if len(distinct) == 1:
+        return distinct[0]
+    stamps = [(v.get("meta") or {}).get("lastUpdated") for v in distinct]
+    if all(isinstance(s, str) for s in stamps) and len(set(stamps)) == len(stamps):
+        return distinct[max(range(len(distinct)), key=lambda i: stamps[i])]
+    raise InputError(
+        f"the export holds {len(distinct)} different versions of this Patient and no way "
+        "to tell which is current"
+    )
