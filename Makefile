@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 PORT ?= 8000
 PIDFILE := $(VENV)/serve.pid
-.PHONY: setup demo serve serve-bg stop test lint test-hapi test-browser test-ops bench bench-smoke deploy-tools clean
+.PHONY: setup demo serve serve-bg stop test lint test-hapi test-browser test-ops test-synthea bench bench-smoke deploy-tools clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -48,6 +48,11 @@ test-hapi: $(STAMP)  ## integration suite against a real local HAPI FHIR server 
 
 test-ops: $(STAMP)  ## state store, rate limits, replay: real redis-server and uvicorn worker processes
 	deploy/redis/run-tests
+
+SYNTHEA_OUT ?= $(HOME)/.cache/cart-eligibility/synthea-population
+test-synthea: $(STAMP)  ## screen a Synthea population (40 patients, custom B-ALL module; Java 17 + Maven)
+	deploy/synthea/generate $(SYNTHEA_OUT) 40 1
+	SYNTHEA_NDJSON=$(SYNTHEA_OUT)/fhir $(BIN)/pytest -q tests/integration/test_screening_synthea.py
 
 test-browser: $(STAMP)  ## the web app in headless Chromium (Debian's chromium; installs it if missing)
 	deploy/browser/setup

@@ -219,9 +219,10 @@ def test_frozen_server_gives_504_not_a_partial_answer(server):
     assert r.json()["resourceType"] == "OperationOutcome"
 
 
+@pytest.mark.stops_hapi
 @pytest.mark.skipif(not os.environ.get("HAPI_PID_FILE"), reason="needs the local HAPI's pid")
 def test_stopped_server_gives_502_and_no_partial_answer(server, client):
-    """Last: it stops HAPI (run-tests' clean-up copes with a stopped server)."""
+    """Runs last (``stops_hapi``): it stops HAPI (run-tests' clean-up copes with that)."""
     kind, _, data = server
     if kind != "hapi":
         pytest.skip("local HAPI only")
