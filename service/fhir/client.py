@@ -898,7 +898,8 @@ def _http_for(base: str, settings: Settings) -> httpx.AsyncClient:
     return http
 
 
-def _settings_auth(settings: Settings, base: str, http: httpx.AsyncClient) -> FhirAuth:
+def service_auth(settings: Settings, base: str, http: httpx.AsyncClient) -> FhirAuth:
+    """The service's own credentials for the configured base (only ever sent there)."""
     if settings.fhir_auth == "static":
         if settings.fhir_token is None:
             raise FhirConfigError("fhir_auth=static needs ELIGIBILITY_FHIR_TOKEN")
@@ -953,7 +954,7 @@ def client_for(
     if bearer_token:
         auth = BearerAuth(bearer_token)
     elif service_credentials and base == configured:
-        auth = _settings_auth(settings, base, http)
+        auth = service_auth(settings, base, http)
     else:
         auth = NoAuth()
     return FhirClient(http, base, auth=auth, config=ClientConfig.from_settings(settings))

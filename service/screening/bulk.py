@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import orjson
 
-from service.fhir.client import _settings_auth, retry_after_seconds
+from service.fhir.client import retry_after_seconds, service_auth
 from service.fhir.errors import UpstreamAuthError, UpstreamError
 from service.fhir.queries import check_id, token_param
 from service.protocol import Protocol
@@ -66,7 +66,7 @@ class Session:
             raise UpstreamError("a FHIR base URL is needed")
         self.base = httpx.URL(base + "/")
         self.http = http
-        self.auth = _settings_auth(settings, base, http)
+        self.auth = service_auth(settings, base, http)
 
     async def send(
         self,
