@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import orjson
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -43,18 +44,19 @@ _SCRUBBED = "_scrubbed"  # marks a record whose message, args and exception are 
 
 # -- what is never logged -------------------------------------------------------------------
 _ID = r"[A-Za-z0-9\-.]{1,64}"
+_FRESH = r"(?!\[?redacted\])"  # a value not already redacted: scrubbing twice changes nothing
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization / API key headers, in any quoting: keep the name, drop the value.
     (
         re.compile(
             r"(?i)((?:proxy-)?authorization|x-api-key|api[-_]?key)(['\"]?\s*[:=,]\s*[(\[]?\s*(?:b?['\"])?)"
-            r"(?:(?:bearer|basic|dpop)\s+)?[^\s'\",;)\]}]+"
+            rf"(?:(?:bearer|basic|dpop)\s+)?{_FRESH}[^\s'\",;)\]}}]+"
         ),
         rf"\1\2{REDACTED}",
     ),
     (
         # 'Bearer <token>' (not the prose 'bearer token' of an error message)
-        re.compile(r"(?i)\b(bearer|dpop)(\s+|%20|\+)(?!tokens?(?:\s|$))[^\s'\",;)\]}]+"),
+        re.compile(rf"(?i)\b(bearer|dpop)(\s+|%20|\+)(?!tokens?(?:\s|$)){_FRESH}[^\s'\",;)\]}}]+"),
         rf"\1 {REDACTED}",
     ),
     (re.compile(r"\b(Basic)\s+[A-Za-z0-9+/=]{8,}"), rf"\1 {REDACTED}"),
@@ -63,7 +65,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(
             r"(?i)\b(access_token|refresh_token|id_token|client_assertion|client_secret|"
             r"assertion|password|passwd|secret|api_key|apikey|token)"
-            r"(['\"]?\s*[:=]\s*(?:b?['\"])?)[^\s'\"&,;)\]}]+"
+            rf"(['\"]?\s*[:=]\s*(?:b?['\"])?){_FRESH}[^\s'\"&,;)\]}}]+"
         ),
         rf"\1\2{REDACTED}",
     ),
@@ -274,25 +276,40 @@ class Scrubber(logging.Handler):
                 record.__dict__[key] = _scrub_value(value)
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        payload: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": scrub(record.getMessage()),
-        }
+class JsonFormatter(OrjsonFormatter):
+    """One JSON object per line (python-json-logger over orjson), in our field names.
+
+    Records reach it already scrubbed (factory + Scrubber); values are scrubbed once more here
+    because a handler may be attached without the root's Scrubber in front of it.
+    """
+
+    converter = time.gmtime
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            datefmt="%Y-%m-%dT%H:%M:%S",
+            rename_fields={
+                "asctime": "time",
+                "levelname": "level",
+                "name": "logger",
+                "exc_info": "traceback",  # the scrubbed exc_text: frames, no values
+            },
+        )
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        super().add_fields(log_data, record, message_dict)
+        for key in [k for k in log_data if k.startswith("_")]:
+            del log_data[key]
+        log_data["message"] = scrub(str(log_data.get("message", "")))
         rid = request_id.get()
         if rid:
-            payload["request_id"] = rid
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                payload[key] = _scrub_value(value)
-        if record.exc_info and record.exc_info[0] is not None:
-            payload["error"] = record.exc_info[0].__name__  # the type only: no values
-        if record.exc_text:
-            payload["traceback"] = record.exc_text
-        return orjson.dumps(payload, default=str).decode()
+            log_data["request_id"] = rid
+        for key, value in log_data.items():
+            if key not in ("time", "level", "logger", "message", "traceback"):
+                log_data[key] = _scrub_value(value)
 
 
 _THIRD_PARTY = ("uvicorn", "uvicorn.error", "uvicorn.access", "fastapi", "httpx", "httpcore")

@@ -402,3 +402,18 @@ def test_served_app_at_debug_logs_no_secret_and_no_patient_id(tmp_path):
     leaks = {s: text.count(s) for s in SECRETS if s in text}
     assert not leaks, leaks
     assert "asOf=" not in text and "eyJ" not in text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GET with Bearer abc.def.ghi and secret=xyz",
+        "Authorization: Bearer tok123",
+        "{'authorization': 'Bearer zzz', 'access_token': \"q\"}",
+    ],
+)
+def test_scrubbing_twice_changes_nothing(text):
+    """The formatter scrubs again what the record factory scrubbed: no '[redacted]]'."""
+    once = logs.scrub(text)
+    assert "[redacted]" in once and "]]" not in once
+    assert logs.scrub(once) == once
