@@ -20,7 +20,6 @@ import uuid
 from functools import cache
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl
 
 import httpx
 import jwt
@@ -29,7 +28,6 @@ import orjson
 from service.settings import Settings
 
 KEY_FILE = "demo_ehr_key.PUBLIC-DEMO-ONLY.json"
-PATIENT_TOKEN = "{{context.patientId}}"
 DEMO_USER = "Practitioner/demo-user"
 
 
@@ -80,26 +78,7 @@ def fill_prefetch(
     """Prefetch as an EHR would fill the service's templates, from the demo patients' data."""
     from service.fhir.demo_store import DemoStore
 
-    store = DemoStore(bundles)
-    prefetch: dict[str, Any] = {}
-    for key, template in templates.items():
-        query = template.replace(PATIENT_TOKEN, patient_id)
-        path, _, qs = query.partition("?")
-        parts = path.strip("/").split("/")
-        if len(parts) == 2:
-            prefetch[key] = store.read(parts[0], parts[1])
-            continue
-        found = store.search(parts[0], parse_qsl(qs, keep_blank_values=True))
-        prefetch[key] = {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": len(found),
-            "entry": [
-                {"fullUrl": f"{store.base_url}/{r['resourceType']}/{r['id']}", "resource": r}
-                for r in found
-            ],
-        }
-    return prefetch
+    return DemoStore(bundles).prefetch(templates, patient_id)
 
 
 class DemoEhrError(Exception):

@@ -258,6 +258,30 @@ class DemoStore:
                 self._cache.popitem(last=False)
         return found
 
+    def prefetch(self, templates: dict[str, str], patient_id: str) -> dict[str, Any]:
+        """CDS Hooks prefetch as an EHR fills these templates from this store: each read,
+        and each search as one complete searchset (no paging)."""
+        from service.fhir.queries import PATIENT_TOKEN
+
+        filled: dict[str, Any] = {}
+        for key, template in templates.items():
+            path, _, query = template.replace(PATIENT_TOKEN, patient_id).partition("?")
+            parts = path.strip("/").split("/")
+            if len(parts) == 2:
+                filled[key] = self.read(parts[0], parts[1])
+                continue
+            found = self.search(parts[0], parse_qsl(query, keep_blank_values=True))
+            filled[key] = {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "total": len(found),
+                "entry": [
+                    {"fullUrl": f"{self.base_url}/{r['resourceType']}/{r['id']}", "resource": r}
+                    for r in found
+                ],
+            }
+        return filled
+
     def page(self, rtype: str, params: Params) -> Resource:
         """One searchset page with ``self`` and (when more remain) ``next`` links."""
         count, offset = self.default_page_size, 0
