@@ -9,8 +9,10 @@ datum in a URL is the patient id.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -198,51 +200,78 @@ def _access(request: Request, session: Session) -> FhirAccess:
     return FhirAccess(settings, base_url=session.iss, token=session.access_token)
 
 
-def _authorise(request: Request, patient_id: str) -> tuple[Session | None, Response | None]:
-    """The session allowed to see ``patient_id``, or the error page to answer with."""
+class _Answer(Exception):
+    """An error page to answer with at once, raised by the checks the routes share."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def _answers_early(route: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    """Turn an ``_Answer`` raised inside ``route`` into its response."""
+
+    @functools.wraps(route)
+    async def answered(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return await route(*args, **kwargs)
+        except _Answer as early:
+            return early.response
+
+    return answered
+
+
+def _authorise(request: Request, patient_id: str) -> Session:
+    """The session allowed to see ``patient_id`` (else the error page is the answer)."""
     session = _session(request)
     if session is None or not session.signed_in:
-        return None, _error(
-            request,
-            401,
-            "Please sign in",
-            "Open this app from your EHR (SMART launch), or sign in with the standalone launch.",
+        raise _Answer(
+            _error(
+                request,
+                401,
+                "Please sign in",
+                "Open this app from your EHR (SMART launch), or sign in with the standalone "
+                "launch.",
+            )
         )
     try:
         check_id(patient_id)
     except FhirError as exc:
-        return None, _error(request, 400, "Invalid patient id", exc.message, session)
+        raise _Answer(_error(request, 400, "Invalid patient id", exc.message, session)) from None
     if not session.demo and session.patient != patient_id:
-        return None, _error(
-            request,
-            403,
-            "Not this patient",
-            "This session was launched for another patient. Launch the app again from the "
-            "patient's chart.",
-            session,
+        raise _Answer(
+            _error(
+                request,
+                403,
+                "Not this patient",
+                "This session was launched for another patient. Launch the app again from the "
+                "patient's chart.",
+                session,
+            )
         )
-    return session, None
+    return session
 
 
-async def _evaluate(
-    request: Request, session: Session, patient_id: str
-) -> tuple[Evaluated | None, Response | None]:
+async def _evaluate(request: Request, session: Session, patient_id: str) -> Evaluated:
     try:
         found = await _access(request, session).evaluate(_protocol(request), patient_id, today())
     except UpstreamAuthError:
         if session.demo:
             raise
         _state(request).sessions.drop(session)  # the user's token no longer works
-        return None, _error(
-            request,
-            401,
-            "Your sign-in has ended",
-            "The FHIR server no longer accepts your sign-in. Launch the app again from the EHR.",
-        )
+        raise _Answer(
+            _error(
+                request,
+                401,
+                "Your sign-in has ended",
+                "The FHIR server no longer accepts your sign-in. Launch the app again from "
+                "the EHR.",
+            )
+        ) from None
     except FhirError as exc:
         title = "Patient not found" if exc.http_status == 404 else "Could not evaluate"
-        return None, _error(request, exc.http_status, title, exc.message, session)
-    return found, None
+        raise _Answer(_error(request, exc.http_status, title, exc.message, session)) from None
+    return found
 
 
 async def _read_form(request: Request) -> dict[str, Any] | None:
@@ -267,22 +296,23 @@ def _same_origin(request: Request) -> bool:
     return origin.rstrip("/") == str(request.base_url).rstrip("/")
 
 
-async def _checked_form(
-    request: Request, session: Session
-) -> tuple[dict[str, Any] | None, Response | None]:
+async def _checked_form(request: Request, session: Session) -> dict[str, Any]:
+    """The posted form, read and checked (size, type, Origin, CSRF token)."""
     data = await _read_form(request)
     if data is None:
-        return None, _error(request, 400, "Bad form", "The form could not be read.", session)
+        raise _Answer(_error(request, 400, "Bad form", "The form could not be read.", session))
     if not _same_origin(request) or not check_csrf(session, data.get("csrf_token")):
-        return None, _error(
-            request,
-            403,
-            "Form expired",
-            "The form was not sent from this page or your session changed. Reload the page "
-            "and try again.",
-            session,
+        raise _Answer(
+            _error(
+                request,
+                403,
+                "Form expired",
+                "The form was not sent from this page or your session changed. Reload the page "
+                "and try again.",
+                session,
+            )
         )
-    return data, None
+    return data
 
 
 # -- pages ---------------------------------------------------------------------------------------
@@ -319,15 +349,10 @@ async def index(request: Request) -> Response:
 
 
 @router.get("/patients/{patient_id}")
+@_answers_early
 async def review(request: Request, patient_id: str) -> Response:
-    session, denied = _authorise(request, patient_id)
-    if denied is not None:
-        return denied
-    assert session is not None
-    found, failed = await _evaluate(request, session, patient_id)
-    if failed is not None:
-        return failed
-    assert found is not None
+    session = _authorise(request, patient_id)
+    found = await _evaluate(request, session, patient_id)
     protocol = _protocol(request)
     view = review_view(found, protocol)
     enrolment = None
@@ -366,17 +391,12 @@ def _study_context_warning(session: Session, protocol: Protocol) -> str | None:
 
 
 @router.get("/patients/{patient_id}/attest")
+@_answers_early
 async def attestation_form(request: Request, patient_id: str) -> Response:
-    session, denied = _authorise(request, patient_id)
-    if denied is not None:
-        return denied
-    assert session is not None
+    session = _authorise(request, patient_id)
     if not _can_attest(session):
         return _not_investigator(request, session)
-    found, failed = await _evaluate(request, session, patient_id)
-    if failed is not None:
-        return failed
-    assert found is not None
+    found = await _evaluate(request, session, patient_id)
     form = att.build_form(_protocol(request), found.evaluation)
     return _form_page(request, session, patient_id, found, form, {}, None)
 
@@ -420,15 +440,10 @@ def _not_investigator(request: Request, session: Session) -> Response:
 
 
 @router.post("/patients/{patient_id}/attest")
+@_answers_early
 async def submit_attestation(request: Request, patient_id: str) -> Response:
-    session, denied = _authorise(request, patient_id)
-    if denied is not None:
-        return denied
-    assert session is not None
-    data, bad = await _checked_form(request, session)
-    if bad is not None:
-        return bad
-    assert data is not None
+    session = _authorise(request, patient_id)
+    data = await _checked_form(request, session)
     if not _can_attest(session):
         return _not_investigator(request, session)
     submission_id = data.get("submission_id")
@@ -452,10 +467,7 @@ async def _save_attestation(
     """Write the response once per submission key, then show the new result."""
     if submission_id in session.submissions:
         return _redirect(request, f"/app/patients/{patient_id}", session)
-    found, failed = await _evaluate(request, session, patient_id)
-    if failed is not None:
-        return failed
-    assert found is not None
+    found = await _evaluate(request, session, patient_id)
     protocol = _protocol(request)
     form = att.build_form(protocol, found.evaluation)
     submission = att.read_submission(form, data)
@@ -518,22 +530,15 @@ async def _enrolment(request: Request, session: Session, patient_id: str) -> dic
 
 
 @router.post("/patients/{patient_id}/enrol")
+@_answers_early
 async def enrol(request: Request, patient_id: str) -> Response:
-    session, denied = _authorise(request, patient_id)
-    if denied is not None:
-        return denied
-    assert session is not None
-    data, bad = await _checked_form(request, session)
-    if bad is not None:
-        return bad
+    session = _authorise(request, patient_id)
+    await _checked_form(request, session)
     if not _enrolment_on(_settings(request)):
         return _error(request, 404, "Enrolment is off", "Enrolment is not enabled.", session)
     if not _can_attest(session):
         return _not_investigator(request, session)
-    found, failed = await _evaluate(request, session, patient_id)
-    if failed is not None:
-        return failed
-    assert found is not None
+    found = await _evaluate(request, session, patient_id)
     if found.evaluation.status is not SubjectStatus.ELIGIBLE:
         return _error(
             request,
