@@ -1,0 +1,123 @@
+/* One pass over JSON bytes: a proof that no object names a key twice (service/lean.py).
+
+   proof(buffer) -> bool. True only when every object's member names are pairwise different
+   byte strings, no member name holds a backslash (an escape could spell another name), no
+   number could overflow a double (an exponent of 3+ digits, or 200+ digits), nesting stays
+   within 512 levels (orjson allows 1024) and no object has more than 512 members. Anything else, including
+   input that is not well formed, gives False: the caller then takes the generic path
+   (service/strict_json.py), which decides. Syntax is not checked here (msgspec and orjson
+   check it); the scanner only needs to never read out of bounds and never say True
+   wrongly. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#define MAX_DEPTH 512
+#define MAX_KEYS 512
+
+typedef struct {
+    const unsigned char *p;
+    Py_ssize_t n;
+} key_t_;
+
+static int scan(const unsigned char *s, Py_ssize_t len) {
+    /* per level: whether it is an object, and where its keys start in `keys` */
+    static __thread unsigned char is_obj[MAX_DEPTH + 1];
+    static __thread int key_base[MAX_DEPTH + 1];
+    static __thread int expect_key[MAX_DEPTH + 1];
+    key_t_ *keys = NULL;
+    int nkeys = 0, cap = 0, depth = 0, ok = 0;
+    Py_ssize_t i = 0;
+    is_obj[0] = 0;
+    while (i < len) {
+        unsigned char c = s[i];
+        if (c == '"') {
+            Py_ssize_t start = ++i;
+            int backslash = 0;
+            while (i < len && s[i] != '"') {
+                if (s[i] == '\\') {
+                    backslash = 1;
+                    i++; /* skip the escaped byte */
+                }
+                i++;
+            }
+            if (i >= len) goto done; /* unterminated string */
+            Py_ssize_t n = i - start;
+            i++;
+            if (is_obj[depth] && expect_key[depth]) {
+                expect_key[depth] = 0;
+                if (backslash) goto done;
+                int base = key_base[depth];
+                if (nkeys - base >= MAX_KEYS) goto done;
+                for (int k = base; k < nkeys; k++) {
+                    if (keys[k].n == n && memcmp(keys[k].p, s + start, (size_t)n) == 0) goto done;
+                }
+                if (nkeys == cap) {
+                    int ncap = cap ? cap * 2 : 256;
+                    key_t_ *grown = PyMem_Realloc(keys, sizeof(key_t_) * (size_t)ncap);
+                    if (grown == NULL) goto done;
+                    keys = grown;
+                    cap = ncap;
+                }
+                keys[nkeys].p = s + start;
+                keys[nkeys].n = n;
+                nkeys++;
+            }
+            continue;
+        }
+        if (c == '{' || c == '[') {
+            if (depth >= MAX_DEPTH) goto done;
+            depth++;
+            is_obj[depth] = (c == '{');
+            key_base[depth] = nkeys;
+            expect_key[depth] = (c == '{');
+        } else if (c == '}' || c == ']') {
+            if (depth == 0 || is_obj[depth] != (c == '}')) goto done;
+            nkeys = key_base[depth];
+            depth--;
+        } else if (c == ',') {
+            if (is_obj[depth]) expect_key[depth] = 1;
+        } else if ((c >= '0' && c <= '9') || c == '-') {
+            Py_ssize_t start = i, digits = 0;
+            while (i < len && ((s[i] >= '0' && s[i] <= '9') || s[i] == '.' || s[i] == '-')) {
+                digits += (s[i] >= '0' && s[i] <= '9');
+                i++;
+            }
+            if (digits >= 200) goto done;
+            if (i < len && (s[i] == 'e' || s[i] == 'E')) {
+                i++;
+                if (i < len && (s[i] == '+' || s[i] == '-')) i++;
+                Py_ssize_t exp_start = i;
+                while (i < len && s[i] >= '0' && s[i] <= '9') i++;
+                if (i - exp_start >= 3) goto done;
+            }
+            (void)start;
+            continue;
+        }
+        i++;
+    }
+    ok = (depth == 0);
+done:
+    PyMem_Free(keys);
+    return ok;
+}
+
+static PyObject *proof(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = scan((const unsigned char *)view.buf, view.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(ok);
+}
+
+static PyMethodDef methods[] = {
+    {"proof", proof, METH_O, "True only when no JSON object in the buffer names a key twice."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_keyscan", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__keyscan(void) { return PyModule_Create(&module); }
