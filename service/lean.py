@@ -11,23 +11,23 @@ whole document for its duplicate-key proof, and frees it all again. Here:
    it unsure, and unsure means the generic path. Invalid UTF-8 likewise. jiter's
    ``catch_duplicate_keys`` was measured first: it builds the whole document and cost
    1.4-1.6x orjson.loads on its own (docs-perf.md).
-2. The envelope with ``msgspec``: the top-level members and ``entry`` as a list of raw byte
-   slices (``msgspec.Raw``), skipping everything inside at C speed.
-3. An entry is left undecoded only when its bytes prove the generic path would ignore it:
-   no backslash (no escape can hide a code), no ``"code"`` whose value is a protocol code
-   (or is not a plain string), and a typed ``msgspec`` read says it is an Observation with a
-   fullUrl of sane length. It becomes a stub Observation without a code, so entry positions
-   (named in warnings) and the record builder stay exactly as they are. Every other entry
-   is decoded with orjson, as the generic path would.
+2. The envelope with ``msgspec``: the top-level members, ``entry`` as a list of raw byte
+   slices (``msgspec.Raw``), and once more as typed heads (``_EntryHead``: fullUrl,
+   resourceType, code, component; every other field skipped at C speed).
+3. An entry is left out only when its head proves the record builder would ignore it: an
+   Observation whose code and components carry no protocol code (any odd shape: decoded)
+   and whose fullUrl passes the envelope check. Every other entry is decoded with orjson,
+   as the generic path would; ``LeanBundle.positions`` keeps their original indexes, so
+   warnings and errors name the same entry.
 
-Anything unusual (not a Bundle object, no ``entry`` array, no proof of unique keys, no
-compiled scanner) returns None and the caller takes the generic path, whose answer (result or error)
-is then the only one: both paths give the same bytes (tests/test_lean_equivalence.py).
+Anything unusual (not a Bundle object, no ``entry`` array, an entry that is not an object,
+no proof of unique keys, no compiled scanner) returns None and the caller takes the generic
+path, whose answer (result or error) is then the only one: both paths give the same bytes
+(tests/test_lean_equivalence.py).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import msgspec
@@ -42,23 +42,48 @@ except ImportError:  # pragma: no cover - then every body takes the generic path
     _keyscan = None
 
 
-class _Head(msgspec.Struct):
+class _Coding(msgspec.Struct):
+    code: object = msgspec.UNSET
+
+
+class _Concept(msgspec.Struct):
+    coding: list[_Coding] | None = None
+
+
+class _Component(msgspec.Struct):
+    code: _Concept | None = None
+
+
+class _Resource(msgspec.Struct):
+    """What decides whether the record builder reads a resource. Typed: an entry of another
+    shape fails the whole decode, and the generic path reads the Bundle instead."""
+
     resourceType: object = None
+    code: _Concept | None = None
+    component: list[_Component] | None = None
 
 
 class _EntryHead(msgspec.Struct):
     fullUrl: object = None
-    resource: _Head | None = None
+    resource: _Resource | None = None
 
 
-_TOP = msgspec.json.Decoder(dict[str, msgspec.Raw])
+class _Top(msgspec.Struct):
+    resourceType: object = None
+    entry: msgspec.Raw = msgspec.Raw()  # empty: no entry member
+
+
+class LeanBundle(dict):
+    """A decoded Bundle as the record builder reads it (``resourceType`` and ``entry``),
+    ``entry`` holding only the entries decoded; ``positions`` gives each one's index in the
+    original ``entry`` array (named in warnings and errors)."""
+
+    positions: list[int]
+
+
+_TOP = msgspec.json.Decoder(_Top)
 _ENTRIES = msgspec.json.Decoder(list[msgspec.Raw])
-_ENTRY_HEAD = msgspec.json.Decoder(_EntryHead)
-# A "code" member and the start of its value; only run on slices without a backslash, so a
-# '"' always delimits a string token and '"code"' before ':' is a member name.
-_CODE_VALUE = re.compile(rb'"code"\s*:\s*("[^"]*"|.)', re.S)
-_STUB_RESOURCE = {"resourceType": "Observation"}  # no code: the record builder skips it
-
+_HEADS = msgspec.json.Decoder(list[_EntryHead])
 
 
 def unique_keys(body: bytes) -> bool:
@@ -75,50 +100,58 @@ def unique_keys(body: bytes) -> bool:
     return True
 
 
-def protocol_code_bytes(protocol: Protocol) -> frozenset[bytes]:
-    """The Observation codes of ``protocol`` as they appear in JSON (UTF-8, no escapes)."""
-    return frozenset(code.encode() for _, code in protocol.observation_codes())
+def protocol_codes(protocol: Protocol) -> frozenset[str]:
+    """The Observation codes of ``protocol``, whatever their system (a code of another
+    system only costs a decode: the record builder then compares system and code)."""
+    return frozenset(code for _, code in protocol.observation_codes())
 
 
-def _skippable(raw: bytes, codes: frozenset[bytes]) -> bool:
-    """Whether the generic path would ignore this entry: an Observation of no protocol code."""
-    if b"\\" in raw or b'"Observation"' not in raw:
-        return False
-    for value in _CODE_VALUE.findall(raw):
-        if value == b"{":
-            continue  # a CodeableConcept: its codings' codes are matched on their own
-        if value[:1] != b'"' or value[1:-1] in codes:
+def _irrelevant(concept: _Concept | None, codes: frozenset[str]) -> bool:
+    """True when ``record.codings(concept)`` can yield no code in ``codes`` (a code that is
+    not a string: False, the entry is decoded and the generic reading decides)."""
+    if concept is None or not concept.coding:
+        return True
+    for coding in concept.coding:
+        code = coding.code
+        if code is not msgspec.UNSET and (code.__class__ is not str or code in codes):
             return False
-    try:
-        head = _ENTRY_HEAD.decode(raw)
-    except msgspec.ValidationError:
-        return False
-    if head.resource is None or head.resource.resourceType != "Observation":
-        return False
-    return not (isinstance(head.fullUrl, str) and len(head.fullUrl) > MAX_FULL_URL)
+    return True
 
 
-def lean_bundle(body: bytes | str, codes: frozenset[bytes]) -> dict[str, Any] | None:
-    """The decoded Bundle with irrelevant Observations as stubs, or None (take the generic
-    path). ``codes``: ``protocol_code_bytes(protocol)``."""
+def _skippable(head: _EntryHead, codes: frozenset[str]) -> bool:
+    """Whether the record builder ignores this entry: an Observation of no protocol code."""
+    resource = head.resource
+    if resource is None or resource.resourceType != "Observation":
+        return False
+    if head.fullUrl.__class__ is str and len(head.fullUrl) > MAX_FULL_URL:
+        return False
+    if not _irrelevant(resource.code, codes):
+        return False
+    return not resource.component or all(_irrelevant(c.code, codes) for c in resource.component)
+
+
+def lean_bundle(body: bytes | str, codes: frozenset[str]) -> LeanBundle | None:
+    """The decoded Bundle without the Observations no protocol code can match, or None
+    (take the generic path). ``codes``: ``protocol_codes(protocol)``."""
     if not isinstance(body, bytes) or not unique_keys(body):
         return None
     try:
         top = _TOP.decode(body)
-        if "entry" not in top or orjson.loads(bytes(top.get("resourceType", b"null"))) != "Bundle":
+        if top.resourceType != "Bundle" or not len(top.entry):
             return None
-        raw_entries = _ENTRIES.decode(top["entry"])
-    except (msgspec.ValidationError, msgspec.DecodeError, orjson.JSONDecodeError):
-        return None
+        raw_entries = _ENTRIES.decode(top.entry)
+        heads = _HEADS.decode(top.entry)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None  # e.g. an entry that is not an object: the generic path reports it
     entries: list[Any] = []
-    append = entries.append
+    positions: list[int] = []
     try:
-        for raw in raw_entries:
-            data = bytes(raw)
-            if _skippable(data, codes):
-                append({"resource": _STUB_RESOURCE})
-            else:
-                append(orjson.loads(data))
-        return {k: entries if k == "entry" else orjson.loads(bytes(v)) for k, v in top.items()}
+        for position, head in enumerate(heads):
+            if not _skippable(head, codes):
+                entries.append(orjson.loads(memoryview(raw_entries[position])))
+                positions.append(position)
     except orjson.JSONDecodeError:  # not expected after the checks; the generic path decides
         return None
+    bundle = LeanBundle(resourceType="Bundle", entry=entries)
+    bundle.positions = positions
+    return bundle

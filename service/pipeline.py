@@ -143,14 +143,14 @@ def evaluate_body_generic(
         return evaluate_resource(parse_json(body), protocol, as_of=as_of, patient_id=patient_id)
 
 
-_CODES: dict[int, tuple[TrialProtocol, frozenset[bytes]]] = {}
+_CODES: dict[int, tuple[TrialProtocol, frozenset[str]]] = {}
 
 
-def _protocol_codes(protocol: TrialProtocol) -> frozenset[bytes]:
-    """The protocol's Observation codes as JSON bytes, computed once per protocol object."""
+def _protocol_codes(protocol: TrialProtocol) -> frozenset[str]:
+    """The protocol's Observation codes, computed once per protocol object."""
     cached = _CODES.get(id(protocol))
     if cached is None or cached[0] is not protocol:
-        cached = _CODES[id(protocol)] = (protocol, lean.protocol_code_bytes(protocol))
+        cached = _CODES[id(protocol)] = (protocol, lean.protocol_codes(protocol))
     return cached[1]
 
 
