@@ -34,6 +34,11 @@ static int scan(const unsigned char *s, Py_ssize_t len) {
         if (c == '"') {
             Py_ssize_t start = ++i;
             int backslash = 0;
+            /* most strings hold no backslash: jump to the closing quote with memchr */
+            const unsigned char *q = memchr(s + i, '"', (size_t)(len - i));
+            if (q != NULL && memchr(s + i, '\\', (size_t)(q - (s + i))) == NULL) {
+                i = q - s;
+            }
             while (i < len && s[i] != '"') {
                 if (s[i] == '\\') {
                     backslash = 1;
