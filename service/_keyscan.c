@@ -20,13 +20,36 @@ typedef struct {
     Py_ssize_t n;
 } key_t_;
 
-static int scan(const unsigned char *s, Py_ssize_t len) {
+/* Where the elements of the top-level object's "entry" array start and end (when asked). */
+typedef struct {
+    Py_ssize_t *at;
+    Py_ssize_t n, cap;
+    int overflow;
+} spans_t;
+
+static void span_add(spans_t *sp, Py_ssize_t pos) {
+    if (sp == NULL || sp->overflow) return;
+    if (sp->n == sp->cap) {
+        Py_ssize_t ncap = sp->cap ? sp->cap * 2 : 1024;
+        Py_ssize_t *grown = PyMem_Realloc(sp->at, sizeof(Py_ssize_t) * (size_t)ncap);
+        if (grown == NULL) {
+            sp->overflow = 1;
+            return;
+        }
+        sp->at = grown;
+        sp->cap = ncap;
+    }
+    sp->at[sp->n++] = pos;
+}
+
+static int scan(const unsigned char *s, Py_ssize_t len, spans_t *sp) {
     /* per level: whether it is an object, and where its keys start in `keys` */
     static __thread unsigned char is_obj[MAX_DEPTH + 1];
     static __thread int key_base[MAX_DEPTH + 1];
     static __thread int expect_key[MAX_DEPTH + 1];
     key_t_ *keys = NULL;
     int nkeys = 0, cap = 0, depth = 0, ok = 0;
+    int top_key_is_entry = 0, in_entry = 0; /* in_entry: depth 2 is the entry array */
     Py_ssize_t i = 0;
     is_obj[0] = 0;
     while (i < len) {
@@ -67,11 +90,14 @@ static int scan(const unsigned char *s, Py_ssize_t len) {
                 keys[nkeys].p = s + start;
                 keys[nkeys].n = n;
                 nkeys++;
+                if (depth == 1) top_key_is_entry = (n == 5 && memcmp(s + start, "entry", 5) == 0);
             }
             continue;
         }
         if (c == '{' || c == '[') {
             if (depth >= MAX_DEPTH) goto done;
+            if (depth == 1 && c == '[' && is_obj[1] && top_key_is_entry) in_entry = 1;
+            if (depth == 2 && in_entry) span_add(sp, i);
             depth++;
             is_obj[depth] = (c == '{');
             key_base[depth] = nkeys;
@@ -79,6 +105,8 @@ static int scan(const unsigned char *s, Py_ssize_t len) {
         } else if (c == '}' || c == ']') {
             if (depth == 0 || is_obj[depth] != (c == '}')) goto done;
             nkeys = key_base[depth];
+            if (depth == 3 && in_entry) span_add(sp, i + 1);
+            if (depth == 2 && in_entry) in_entry = 0;
             depth--;
         } else if (c == ',') {
             if (is_obj[depth]) expect_key[depth] = 1;
@@ -112,14 +140,46 @@ static PyObject *proof(PyObject *self, PyObject *arg) {
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
     int ok;
     Py_BEGIN_ALLOW_THREADS
-    ok = scan((const unsigned char *)view.buf, view.len);
+    ok = scan((const unsigned char *)view.buf, view.len, NULL);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     return PyBool_FromLong(ok);
 }
 
+/* entry_spans(buffer) -> list[int] | None: proof() and, when it holds, the start and end
+   offsets of each element of the top-level "entry" array that is an object or array
+   ([start0, end0, start1, end1, ...]; a scalar element is not listed, so callers compare
+   counts). None when the proof does not hold. */
+static PyObject *entry_spans(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    spans_t sp = {NULL, 0, 0, 0};
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = scan((const unsigned char *)view.buf, view.len, &sp);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    PyObject *out = NULL;
+    if (!ok || sp.overflow) {
+        PyMem_Free(sp.at);
+        Py_RETURN_NONE;
+    }
+    out = PyList_New(sp.n);
+    for (Py_ssize_t k = 0; out != NULL && k < sp.n; k++) {
+        PyObject *v = PyLong_FromSsize_t(sp.at[k]);
+        if (v == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, k, v);
+    }
+    PyMem_Free(sp.at);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"proof", proof, METH_O, "True only when no JSON object in the buffer names a key twice."},
+    {"entry_spans", entry_spans, METH_O, "proof(), and where the top-level entry elements are."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -11,9 +11,10 @@ whole document for its duplicate-key proof, and frees it all again. Here:
    it unsure, and unsure means the generic path. Invalid UTF-8 likewise. jiter's
    ``catch_duplicate_keys`` was measured first: it builds the whole document and cost
    1.4-1.6x orjson.loads on its own (docs-perf.md).
-2. The envelope with ``msgspec``: the top-level members, ``entry`` as a list of raw byte
-   slices (``msgspec.Raw``), and once more as typed heads (``_EntryHead``: fullUrl,
-   resourceType, code, component; every other field skipped at C speed).
+   The same pass notes where each element of the top-level ``entry`` array starts and ends.
+2. The envelope with ``msgspec``: ``resourceType`` and ``entry`` as typed heads
+   (``_EntryHead``: fullUrl, resourceType, code, component; every other field and every
+   other member skipped at C speed).
 3. An entry is left out only when its head proves the record builder would ignore it: an
    Observation whose code and components carry no protocol code (any odd shape: decoded)
    and whose fullUrl passes the envelope check. Every other entry is decoded with orjson,
@@ -42,19 +43,19 @@ except ImportError:  # pragma: no cover - then every body takes the generic path
     _keyscan = None
 
 
-class _Coding(msgspec.Struct):
+class _Coding(msgspec.Struct, gc=False):
     code: object = msgspec.UNSET
 
 
-class _Concept(msgspec.Struct):
+class _Concept(msgspec.Struct, gc=False):
     coding: list[_Coding] | None = None
 
 
-class _Component(msgspec.Struct):
+class _Component(msgspec.Struct, gc=False):
     code: _Concept | None = None
 
 
-class _Resource(msgspec.Struct):
+class _Resource(msgspec.Struct, gc=False):
     """What decides whether the record builder reads a resource. Typed: an entry of another
     shape fails the whole decode, and the generic path reads the Bundle instead."""
 
@@ -63,14 +64,14 @@ class _Resource(msgspec.Struct):
     component: list[_Component] | None = None
 
 
-class _EntryHead(msgspec.Struct):
+class _EntryHead(msgspec.Struct, gc=False):
     fullUrl: object = None
     resource: _Resource | None = None
 
 
-class _Top(msgspec.Struct):
+class _Top(msgspec.Struct, gc=False):
     resourceType: object = None
-    entry: list[msgspec.Raw] | None = None
+    entry: list[_EntryHead] | None = None
 
 
 class LeanBundle(dict):
@@ -82,21 +83,23 @@ class LeanBundle(dict):
 
 
 _TOP = msgspec.json.Decoder(_Top)
-_HEADS = msgspec.json.Decoder(list[_EntryHead])
+
+
+def _utf8(body: bytes) -> bool:
+    if body.isascii():
+        return True
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def unique_keys(body: bytes) -> bool:
     """True only when no object of ``body`` names a key twice and nothing in it stands
     between msgspec's syntax check and what orjson accepts (a number that overflows a
     double, invalid UTF-8); False when unsure. Syntax itself is checked by the decoders."""
-    if _keyscan is None or not _keyscan.proof(body):
-        return False
-    if not body.isascii():
-        try:
-            body.decode()
-        except UnicodeDecodeError:
-            return False
-    return True
+    return _keyscan is not None and _keyscan.proof(body) and _utf8(body)
 
 
 def protocol_codes(protocol: Protocol) -> frozenset[str]:
@@ -132,22 +135,25 @@ def _skippable(head: _EntryHead, codes: frozenset[str]) -> bool:
 def lean_bundle(body: bytes | str, codes: frozenset[str]) -> LeanBundle | None:
     """The decoded Bundle without the Observations no protocol code can match, or None
     (take the generic path). ``codes``: ``protocol_codes(protocol)``."""
-    if not isinstance(body, bytes) or not unique_keys(body):
+    if not isinstance(body, bytes) or _keyscan is None:
+        return None
+    spans = _keyscan.entry_spans(body)  # the proof of unique keys, and where entries are
+    if spans is None or not _utf8(body):
         return None
     try:
         top = _TOP.decode(body)
-        if top.resourceType != "Bundle" or top.entry is None:
-            return None
-        raw_entries = top.entry
-        heads = _HEADS.decode(b"[%b]" % b",".join(raw_entries))  # a copy beats a 2nd skim
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None  # e.g. an entry that is not an object: the generic path reports it
+    heads = top.entry
+    if top.resourceType != "Bundle" or heads is None or len(spans) != 2 * len(heads):
+        return None
+    view = memoryview(body)
     entries: list[Any] = []
     positions: list[int] = []
     try:
         for position, head in enumerate(heads):
             if not _skippable(head, codes):
-                entries.append(orjson.loads(memoryview(raw_entries[position])))
+                entries.append(orjson.loads(view[spans[2 * position] : spans[2 * position + 1]]))
                 positions.append(position)
     except orjson.JSONDecodeError:  # not expected after the checks; the generic path decides
         return None
