@@ -50,7 +50,10 @@ def _obj(**fields: Check) -> Check:
 
     specs = [getattr(c, "spec", None) for _, c in items]
     if all(spec is not None for spec in specs):
-        fields = [(n, spec | msgspec.UnsetType, msgspec.UNSET) for (n, _), spec in zip(items, specs)]
+        fields = [
+            (n, spec | msgspec.UnsetType, msgspec.UNSET)
+            for (n, _), spec in zip(items, specs, strict=True)
+        ]
         check.spec = msgspec.defstruct("Shape", fields)  # type: ignore[attr-defined]
     return check
 
