@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import lean
+from service import lean, shapes
 from service.bench.synthetic import make_patient
 from service.demo import load_demo_bundles
 from service.pipeline import evaluate_body, evaluate_body_generic
@@ -299,3 +299,60 @@ def test_fhir_samples_same_bytes(path):
     ]
     for pid in patients[:3] or [None]:
         assert_same(body, pid if len(patients) > 1 else None)
+
+
+# -- shapes: msgspec's fast acceptance never accepts what the Python walk refuses ----------
+
+FIELD_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=2)
+        | st.dictionaries(
+            st.sampled_from(
+                ["value", "code", "coding", "system", "start", "low", "high", "text", "answer"]
+            ),
+            inner,
+            max_size=3,
+        )
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    st.sampled_from(sorted(shapes.RESOURCE_SHAPES)),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "status",
+                "code",
+                "valueQuantity",
+                "effectivePeriod",
+                "component",
+                "meta",
+                "referenceRange",
+                "interpretation",
+                "birthDate",
+                "deceasedBoolean",
+                "provision",
+                "clinicalStatus",
+                "extension",
+                "valueInteger",
+                "item",
+                "performedPeriod",
+            ]
+        ),  # fmt: skip
+        FIELD_VALUES,
+        max_size=4,
+    ),
+)
+@settings(max_examples=400, derandomize=True, database=None, deadline=None)
+def test_shape_fast_path_agrees_with_the_walk(rtype, fields):
+    resource = {"resourceType": rtype, **fields}
+    walked = shapes.RESOURCE_SHAPES[rtype](resource)
+    expected = walked.lstrip(".") if walked is not None else None
+    assert shapes.shape_error(resource) == expected
