@@ -128,7 +128,10 @@ def evaluate_body(
             resource = lean.lean_bundle(body, _protocol_codes(protocol))
         if resource is None:
             resource = parse_json(body)
-        return evaluate_resource(resource, protocol, as_of=as_of, patient_id=patient_id)
+        done = evaluate_resource(resource, protocol, as_of=as_of, patient_id=patient_id)
+        # Freed inside the pause: the collection that follows it then walks only the result.
+        del resource
+        return done
 
 
 def evaluate_body_generic(
