@@ -54,7 +54,7 @@ def _obj(**fields: Check) -> Check:
             (n, spec | msgspec.UnsetType, msgspec.UNSET)
             for (n, _), spec in zip(items, specs, strict=True)
         ]
-        check.spec = msgspec.defstruct("Shape", fields)  # type: ignore[attr-defined]
+        check.spec = msgspec.defstruct("Shape", fields, gc=False)  # type: ignore[attr-defined]
     return check
 
 
