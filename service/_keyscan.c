@@ -20,7 +20,8 @@ typedef struct {
     Py_ssize_t n;
 } key_t_;
 
-/* Where the elements of the top-level object's "entry" array start and end (when asked). */
+/* Where the elements of the top-level object's "entry" array start and end (when asked).
+   The scan runs without the GIL, so memory comes from the PyMem_Raw* functions. */
 typedef struct {
     Py_ssize_t *at;
     Py_ssize_t n, cap;
@@ -31,7 +32,7 @@ static void span_add(spans_t *sp, Py_ssize_t pos) {
     if (sp == NULL || sp->overflow) return;
     if (sp->n == sp->cap) {
         Py_ssize_t ncap = sp->cap ? sp->cap * 2 : 1024;
-        Py_ssize_t *grown = PyMem_Realloc(sp->at, sizeof(Py_ssize_t) * (size_t)ncap);
+        Py_ssize_t *grown = PyMem_RawRealloc(sp->at, sizeof(Py_ssize_t) * (size_t)ncap);
         if (grown == NULL) {
             sp->overflow = 1;
             return;
@@ -82,7 +83,7 @@ static int scan(const unsigned char *s, Py_ssize_t len, spans_t *sp) {
                 }
                 if (nkeys == cap) {
                     int ncap = cap ? cap * 2 : 256;
-                    key_t_ *grown = PyMem_Realloc(keys, sizeof(key_t_) * (size_t)ncap);
+                    key_t_ *grown = PyMem_RawRealloc(keys, sizeof(key_t_) * (size_t)ncap);
                     if (grown == NULL) goto done;
                     keys = grown;
                     cap = ncap;
@@ -131,7 +132,7 @@ static int scan(const unsigned char *s, Py_ssize_t len, spans_t *sp) {
     }
     ok = (depth == 0);
 done:
-    PyMem_Free(keys);
+    PyMem_RawFree(keys);
     return ok;
 }
 
@@ -161,7 +162,7 @@ static PyObject *entry_spans(PyObject *self, PyObject *arg) {
     PyBuffer_Release(&view);
     PyObject *out = NULL;
     if (!ok || sp.overflow) {
-        PyMem_Free(sp.at);
+        PyMem_RawFree(sp.at);
         Py_RETURN_NONE;
     }
     out = PyList_New(sp.n);
@@ -173,7 +174,7 @@ static PyObject *entry_spans(PyObject *self, PyObject *arg) {
         }
         PyList_SET_ITEM(out, k, v);
     }
-    PyMem_Free(sp.at);
+    PyMem_RawFree(sp.at);
     return out;
 }
 

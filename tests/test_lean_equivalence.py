@@ -356,3 +356,53 @@ def test_shape_fast_path_agrees_with_the_walk(rtype, fields):
     walked = shapes.RESOURCE_SHAPES[rtype](resource)
     expected = walked.lstrip(".") if walked is not None else None
     assert shapes.shape_error(resource) == expected
+
+
+# -- the C scanner: "proven" only when no object names a key twice -----------------------
+
+PAIR_KEYS = st.sampled_from(["a", "b", "code", "é", "a\\u0062", "", " a"])
+SCALARS = st.sampled_from(["1", "-0.5", "1e5", "1e400", "true", "null", '"x"', '"a\\"b:c,}"'])
+DOCS = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3).map(lambda items: "[" + ",".join(items) + "]")
+        | st.lists(st.tuples(PAIR_KEYS, inner), max_size=4).map(
+            lambda pairs: "{" + ",".join(f'"{k}" : {v}' for k, v in pairs) + "}"
+        )
+    ),
+    max_leaves=10,
+)
+
+
+def _has_duplicate(text: str) -> bool:
+    found = False
+
+    def hook(pairs: list) -> dict:
+        nonlocal found
+        found = found or len({k for k, _ in pairs}) != len(pairs)
+        return dict(pairs)
+
+    json.loads(text, object_pairs_hook=hook)
+    return found
+
+
+@given(DOCS)
+@settings(max_examples=500, derandomize=True, database=None, deadline=None)
+def test_scanner_proves_only_documents_without_duplicates(text):
+    body = text.encode()
+    proven = lean._keyscan.proof(body)
+    if proven:
+        assert not _has_duplicate(text)
+    elif not _has_duplicate(text) and b"\\" not in body and b"e400" not in body:
+        raise AssertionError(f"no duplicate, no escape, no overflow, yet unproven: {text}")
+    spans = lean._keyscan.entry_spans(body)
+    assert (spans is not None) == proven
+
+
+def test_scanner_spans_are_the_entries():
+    body = orjson.dumps(DEMO[sorted(DEMO)[0]])
+    spans = lean._keyscan.entry_spans(body)
+    entries = orjson.loads(body)["entry"]
+    assert [
+        orjson.loads(body[s:e]) for s, e in zip(spans[::2], spans[1::2], strict=True)
+    ] == entries
