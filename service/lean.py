@@ -86,6 +86,11 @@ _TOP = msgspec.json.Decoder(_Top)
 _UNSET = msgspec.UNSET
 
 
+def available() -> bool:
+    """Whether the compiled scanner is there (else every body takes the generic path)."""
+    return _keyscan is not None
+
+
 def _utf8(body: bytes) -> bool:
     if body.isascii():
         return True

@@ -60,6 +60,7 @@ def test_smoke_writes_a_json_report_with_every_case(smoke_report: tuple[dict, Pa
     on_disk = json.loads(path.read_text())
     assert on_disk == json.loads(json.dumps(results))
     assert on_disk["meta"]["smoke"] is True
+    assert on_disk["meta"]["lean_decoder"] is True  # the compiled scanner was built
     assert set(CASES) <= set(on_disk["cases"])
     for case in CASES:
         if case == "growth":

@@ -79,6 +79,7 @@ def run_bench(
 ) -> tuple[dict[str, Any], Path]:
     """Run every case; return the results and the path of the JSON written."""
     from service import units
+    from service.lean import available as lean_available
     from service.protocol import load_protocol
     from service.settings import get_settings
 
@@ -126,6 +127,8 @@ def run_bench(
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "versions": _versions(),
+            # False: service/_keyscan.c was not built, every body took the generic path
+            "lean_decoder": lean_available(),
             "config": config.as_dict(),
             "notes": NOTES,
         },
