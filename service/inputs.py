@@ -120,7 +120,8 @@ def bundle_envelope_error(bundle: Any, where: str = "the input") -> str | None:
             continue
         if not isinstance(entries, list):
             return f"Bundle.entry in {path} is {json_type(entries)}, not an array"
-        for i, entry in enumerate(entries):
+        positions = getattr(node, "positions", None) or range(len(entries))  # service.lean
+        for i, entry in zip(positions, entries, strict=True):
             resource = entry.get("resource") if isinstance(entry, dict) else None
             if not isinstance(resource, dict):
                 continue

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from service import logs, strict_json
+from service import lean, logs, strict_json
 from service.clinical.dates import today
 from service.clinical.engine import evaluate
 from service.clinical.evaluation import Evaluation
@@ -117,9 +117,44 @@ def evaluate_body(
     as_of: date | None = None,
     patient_id: str | None = None,
 ) -> tuple[Evaluation, dict[str, Any]]:
-    """Bytes of a Bundle (or Parameters) in, the evaluation and its result Bundle out."""
+    """Bytes of a Bundle (or Parameters) in, the evaluation and its result Bundle out.
+
+    Without site terminology a plain Bundle is decoded lean (service.lean: Observations no
+    criterion reads stay undecoded); anything else, or anything lean decoding is unsure of,
+    takes the generic ``parse_json``. Both give the same result and the same errors."""
+    with gc_paused():
+        resource = None
+        if terminology.active() is None:
+            resource = lean.lean_bundle(body, _protocol_codes(protocol))
+        if resource is None:
+            resource = parse_json(body)
+        done = evaluate_resource(resource, protocol, as_of=as_of, patient_id=patient_id)
+        # Freed inside the pause: the collection that follows it then walks only the result.
+        del resource
+        return done
+
+
+def evaluate_body_generic(
+    body: bytes | str,
+    protocol: TrialProtocol,
+    *,
+    as_of: date | None = None,
+    patient_id: str | None = None,
+) -> tuple[Evaluation, dict[str, Any]]:
+    """``evaluate_body`` decoding every field (the reference the lean path is tested against)."""
     with gc_paused():
         return evaluate_resource(parse_json(body), protocol, as_of=as_of, patient_id=patient_id)
+
+
+_CODES: dict[int, tuple[TrialProtocol, frozenset[str]]] = {}
+
+
+def _protocol_codes(protocol: TrialProtocol) -> frozenset[str]:
+    """The protocol's Observation codes, computed once per protocol object."""
+    cached = _CODES.get(id(protocol))
+    if cached is None or cached[0] is not protocol:
+        cached = _CODES[id(protocol)] = (protocol, lean.protocol_codes(protocol))
+    return cached[1]
 
 
 def evaluate_resource(

@@ -136,7 +136,9 @@ def _iter_entries(bundle: Resource, issues: list[Issue]) -> Iterator[Entry]:
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise InputError("Bundle.entry is not a list")
-    for position, entry in enumerate(entries):
+    # service.lean leaves out entries no rule reads; ``positions`` are the others' indexes
+    positions = getattr(bundle, "positions", None) or range(len(entries))
+    for position, entry in zip(positions, entries, strict=True):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             if isinstance(entry, dict) and "response" in entry and resource is None:

@@ -60,6 +60,7 @@ def test_smoke_writes_a_json_report_with_every_case(smoke_report: tuple[dict, Pa
     on_disk = json.loads(path.read_text())
     assert on_disk == json.loads(json.dumps(results))
     assert on_disk["meta"]["smoke"] is True
+    assert on_disk["meta"]["lean_decoder"] is True  # the compiled scanner was built
     assert set(CASES) <= set(on_disk["cases"])
     for case in CASES:
         if case == "growth":
@@ -73,9 +74,10 @@ def test_smoke_case_fields_are_numeric(smoke_report: tuple[dict, Path]) -> None:
     cases = smoke_report[0]["cases"]
     for row in cases["engine_vs_json"]["rows"]:
         assert row["status"] == "eligible"  # the synthetic patient evaluates as intended
-        for key in ("engine", "json_loads", "json_loads_gc_paused", "naive"):
+        for key in ("engine", "json_loads", "json_loads_gc_paused", "orjson_loads", "naive"):
             assert _number(row[key]["median"])
         assert _number(row["engine_over_json"]) and _number(row["engine_over_json_gc_paused"])
+        assert _number(row["engine_over_orjson"])
     assert _number(cases["growth"]["engine_growth"])
     assert _number(cases["growth"]["json_loads_growth"])
     assert _number(cases["growth"]["json_loads_gc_paused_growth"])
@@ -92,7 +94,7 @@ def test_smoke_case_fields_are_numeric(smoke_report: tuple[dict, Path]) -> None:
             assert _number(row[name]["rps"]) and _number(row[name]["latency"]["p95"])
     assert cases["cds"]["cards"] >= 1
     assert _number(cases["cds"]["latency"]["p95"])
-    for name in ("engine", "json_loads"):
+    for name in ("engine", "json_loads", "orjson_loads"):
         assert _number(cases["memory"][name]["net_kb"]["median"])
 
 
@@ -101,6 +103,7 @@ def test_smoke_reports_every_target(smoke_report: tuple[dict, Path]) -> None:
     ids = {t["id"] for t in targets}
     assert {"engine_json_mid", "engine_json_large", "naive_engine_mid", "growth"} <= ids
     assert {"http_c8", "cds_p95", "memory"} <= ids
+    assert {"engine_orjson_mid", "engine_orjson_large", "memory_orjson"} <= ids
     assert any(i.startswith("pull_") for i in ids)
     # Smoke sizes cannot reach the targets: no verdict is printed or stored, only "n/a".
     assert all(t["pass"] is None for t in targets)

@@ -1,14 +1,17 @@
 """The benchmark cases. Each measures the service next to its floor in the same run and
 returns plain data (the JSON report is built from it; the table is rendered from that).
 
-1. engine vs json.loads (and fhir.resources as the naive baseline), per Bundle size; the
+1. engine vs json.loads and orjson.loads (and fhir.resources as the naive baseline), per
+   Bundle size; orjson.loads with the GC paused is the issue-14 floor (the decoder the engine
+   itself uses); the
    floor is json.loads with the GC as normal (the issue's), shown next to json.loads with the
    GC paused as the engine pauses it (service/gc_pause.py), so neither ratio misleads alone
 2. growth of engine time from the second-largest to the largest size, next to both floors'
 3. pull mode against a loopback FHIR server with fixed latency, vs its slowest query/request
 4. HTTP throughput of POST /$eligibility vs a bare JSON route in the same uvicorn process
 5. CDS Hooks patient-view with full prefetch, in-process (httpx.ASGITransport)
-6. peak RSS of one evaluation vs json.loads alone, each in a fresh interpreter
+6. peak RSS of one evaluation vs json.loads and vs orjson.loads alone, each in a fresh
+   interpreter
 """
 
 from __future__ import annotations
@@ -187,13 +190,22 @@ def engine_vs_json(
             with gc_paused():  # decoded and freed inside the pause, as in evaluate_body
                 json.loads(body)
 
+        def orjson_floor(body: bytes = body) -> None:
+            with gc_paused():  # the decoder the engine uses, the issue-14 floor
+                orjson.loads(body)
+
         def naive(body: bytes = body) -> Any:
             return Bundle.model_validate_json(body)
 
         reps = cfg.reps.get(n, 5)
         single = n > cfg.naive_single_above
-        progress(f"engine vs json.loads (GC on, GC paused), N={n}: {reps} runs each")
-        timed = {"engine": engine, "json_loads": floor, "json_loads_gc_paused": floor_gc_paused}
+        progress(f"engine vs json.loads (GC on, paused), orjson.loads, N={n}: {reps} runs each")
+        timed = {
+            "engine": engine,
+            "json_loads": floor,
+            "json_loads_gc_paused": floor_gc_paused,
+            "orjson_loads": orjson_floor,
+        }
         samples = interleaved(
             timed,
             reps=dict.fromkeys(timed, reps),
@@ -211,6 +223,7 @@ def engine_vs_json(
             "engine": summary(samples["engine"]),
             "json_loads": summary(samples["json_loads"]),
             "json_loads_gc_paused": summary(samples["json_loads_gc_paused"]),
+            "orjson_loads": summary(samples["orjson_loads"]),
             "naive": summary(samples["naive"]),
             "naive_note": "one run, no warm-up" if single else f"{naive_reps} runs after warm-up",
         }
@@ -218,6 +231,7 @@ def engine_vs_json(
         row["engine_over_json_gc_paused"] = _ratio(
             row["engine"]["median"], row["json_loads_gc_paused"]["median"]
         )
+        row["engine_over_orjson"] = _ratio(row["engine"]["median"], row["orjson_loads"]["median"])
         row["naive_over_engine"] = _ratio(row["naive"]["median"], row["engine"]["median"])
         rows.append(row)
         del body
@@ -546,7 +560,7 @@ def _rss(mode: str, path: Path, day: date) -> dict[str, int]:
 def memory(cfg: BenchConfig, ws: Workspace, progress: Progress) -> dict[str, Any]:
     path = ws.file(cfg.memory_n)
     out: dict[str, Any] = {"n": cfg.memory_n, "body_bytes": path.stat().st_size}
-    for mode, name in (("engine", "engine"), ("json", "json_loads")):
+    for mode, name in (("engine", "engine"), ("json", "json_loads"), ("orjson", "orjson_loads")):
         progress(f"peak RSS, {name}, N={cfg.memory_n}: {cfg.memory_reps} fresh interpreter(s)")
         runs = [_rss(mode, path, ws.anchor) for _ in range(cfg.memory_reps)]
         out[name] = {
@@ -559,5 +573,8 @@ def memory(cfg: BenchConfig, ws: Workspace, progress: Progress) -> dict[str, Any
     )
     out["raw_ratio"] = _ratio(
         out["engine"]["peak_kb"]["median"], out["json_loads"]["peak_kb"]["median"]
+    )
+    out["net_ratio_orjson"] = _ratio(
+        out["engine"]["net_kb"]["median"], out["orjson_loads"]["net_kb"]["median"]
     )
     return out

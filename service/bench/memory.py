@@ -1,6 +1,6 @@
 """Peak RSS of one evaluation, or of json.loads alone, in a fresh interpreter.
 
-``python -m service.bench.memory {engine|json} FILE YYYY-MM-DD`` imports the same modules
+``python -m service.bench.memory {engine|json|orjson} FILE YYYY-MM-DD`` imports the same modules
 in both modes (so both start from the same baseline), records the RSS as the baseline,
 reads the Bundle, does the work once and prints the numbers as JSON (KiB).
 
@@ -63,6 +63,8 @@ def main(argv: list[str]) -> None:
         orjson.dumps(result)
     elif mode == "json":
         json.loads(body)
+    elif mode == "orjson":
+        orjson.loads(body)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     peak = _status_kb("VmHWM") or _maxrss_kb()
