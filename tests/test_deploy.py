@@ -472,3 +472,13 @@ def started(tmp_path_factory: pytest.TempPathFactory, fhir_stub: str):
     for key in ("compose", "k8s"):
         if key in out:
             stop(out[key][0])
+
+
+def test_the_image_builder_can_compile_the_scanner():
+    """The wheel carries the compiled duplicate-key scanner only if the builder has a compiler;
+    the runtime stage needs none (it installs the built wheel)."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    builder, _, runtime = text.partition("AS runtime")
+    assert "service/_keyscan.c" in (ROOT / "pyproject.toml").read_text()
+    assert re.search(r"apt-get install[^\n]*\bgcc\b", builder)
+    assert "gcc" not in runtime
