@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
-from service.clinical.dates import parse_moment
+from service.clinical.dates import effective_date, parse_moment
 from service.clinical.model import Issue, Severity, SourceRef
 from service.protocol import Code, Protocol, ValueSet
 from service.references import (
@@ -75,6 +76,12 @@ class PatientRecord:
     mapped: dict[str, Recoded] = field(default_factory=dict, repr=False)
     evidence_only: dict[int, ValueSet] = field(default_factory=dict, repr=False)
     _refs: dict[int, SourceRef] = field(default_factory=dict, repr=False)
+    # Each Observation's effective day, read once per record (every lab criterion asks again).
+    # Keyed by id() with the resource kept beside it, so a reused id is never mistaken.
+    _days: dict[int, tuple[Resource, date | None]] = field(default_factory=dict, repr=False)
+    # service.clinical.observations: per ValueSet, its Observations with their result parts
+    # and day (read by several criteria); checked against the ValueSet and ``observations``.
+    _by_valueset: dict[int, tuple[Any, ...]] = field(default_factory=dict, repr=False)
 
     def observations_in(self, valueset: ValueSet) -> list[Resource]:
         """Observations coded with any code of ``valueset``, each once."""
@@ -89,6 +96,15 @@ class PatientRecord:
 
     def ref(self, resource: Resource) -> SourceRef:
         return self._refs[id(resource)]
+
+    def effective_day(self, resource: Resource) -> date | None:
+        """``effective_date(resource)``, computed once per resource for this record."""
+        cached = self._days.get(id(resource))
+        if cached is not None and cached[0] is resource:
+            return cached[1]
+        day = effective_date(resource)
+        self._days[id(resource)] = (resource, day)
+        return day
 
     @property
     def patient_ref(self) -> SourceRef:
