@@ -6,6 +6,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.clinical.dates import _full_day, effective_date, parse_date
 from service.clinical.engine import evaluate
 from service.clinical.model import Outcome
 from service.protocol import default_protocol
@@ -64,3 +69,77 @@ def test_a_cached_day_of_another_resource_under_the_same_id_is_not_used():
     assert record.effective_day(obs) == AS_OF
     assert record.effective_day(obs) == AS_OF  # and the cache now holds the right resource
     assert record._days[id(obs)][0] is obs
+
+
+# -- effective_date reads a full day without building the range (parse_date's answer) ------
+
+_ODD_DATES = [
+    "2024-02-29",
+    "2023-02-29",
+    "2024-13-01",
+    "2024-00-10",
+    "2024-01-32",
+    "2024-01",
+    "2024",
+    "2024-1-05",
+    "0000-01-01",
+    "2024-01-05T10:00:00Z",
+    "2024-01-05garbage",
+    "٢٠٢٤-٠١-٠٥",
+    "20240105",
+    " 2024-01-05",
+    "",
+    "2024-01-5",
+    "9999-12-31",
+]
+
+
+@pytest.mark.parametrize("value", [*_ODD_DATES, None, 20240105, ["2024-01-05"]])
+def test_full_day_is_parse_dates_exact_day(value):
+    parsed = parse_date(value)
+    assert _full_day(value) == (parsed.latest if parsed and parsed.exact else None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.from_regex(r"\A[0-9٠-٩]{4}(-[0-9]{1,2}(-[0-9]{1,3})?)?.{0,4}\Z") | st.text(max_size=12))
+def test_full_day_agrees_with_parse_date_on_generated_values(value):
+    parsed = parse_date(value)
+    assert _full_day(value) == (parsed.latest if parsed and parsed.exact else None)
+    resource = {"effectiveDateTime": value}
+    assert effective_date(resource) == _full_day(value)
+
+
+def _effective_date_before(resource):
+    """effective_date as it was written before the fast path (the reference)."""
+    candidates = (
+        resource.get("effectiveDateTime"),
+        (resource.get("effectivePeriod") or {}).get("end"),
+        (resource.get("effectivePeriod") or {}).get("start"),
+        resource.get("effectiveInstant"),
+        resource.get("issued"),
+    )
+    for value in candidates:
+        if value is None:
+            continue
+        parsed = parse_date(value)
+        return parsed.latest if parsed and parsed.exact else None
+    return None
+
+
+_DAY = st.sampled_from([*_ODD_DATES, None, 5, {}])
+_TIME_ELEMENTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "effectiveDateTime": _DAY,
+        "effectivePeriod": st.fixed_dictionaries({}, optional={"start": _DAY, "end": _DAY})
+        | st.none(),
+        "effectiveInstant": _DAY,
+        "issued": _DAY,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_TIME_ELEMENTS)
+def test_effective_date_reads_what_it_read_before(resource):
+    assert effective_date(resource) == _effective_date_before(resource)

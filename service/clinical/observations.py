@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from service.clinical.dates import in_window, parse_moment
+from service.clinical.dates import parse_moment
 from service.clinical.model import (
     CriterionResult,
     DataRequirement,
@@ -209,12 +209,14 @@ def candidate_observations(
                 method = context.method_of(obs)
                 marked = None if method else context.valueset
                 observations.append((obs, parts, day, marked, method))
+    # in_window(day, as_of, window_days) for a day not after as_of, with the start once
+    earliest = None if window_days is None else as_of - timedelta(days=window_days)
     for obs, parts, day, marked, method in observations:
         if day is not None and day > as_of:
             continue
         status = obs.get("status")
         if status not in allowed:
-            if day is None or in_window(day, as_of, window_days):
+            if day is None or earliest is None or day >= earliest:
                 ref = record.ref(obs).reference
                 issues.append(
                     Issue(Severity.WARNING, "business-rule", f"status {status!r} ignored", ref)
@@ -224,7 +226,7 @@ def candidate_observations(
             ref = record.ref(obs).reference
             issues.append(Issue(Severity.WARNING, "incomplete", "no usable result time", ref))
             continue
-        if in_window(day, as_of, window_days):
+        if earliest is None or day >= earliest:
             moment = effective_moment(obs)
             found.extend(Dated(day, obs, moment, part, marked, method) for part in parts)
     found.sort(key=_sort_key, reverse=True)
