@@ -16,10 +16,9 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
 from typing import Any
 
-from service.clinical.dates import effective_date, parse_moment
+from service.clinical.dates import parse_moment
 from service.clinical.model import Issue, Severity, SourceRef
 from service.protocol import Code, Protocol, ValueSet
 from service.references import (
@@ -76,9 +75,6 @@ class PatientRecord:
     mapped: dict[str, Recoded] = field(default_factory=dict, repr=False)
     evidence_only: dict[int, ValueSet] = field(default_factory=dict, repr=False)
     _refs: dict[int, SourceRef] = field(default_factory=dict, repr=False)
-    # Each Observation's effective day, read once per record (every lab criterion asks again).
-    # Keyed by id() with the resource kept beside it, so a reused id is never mistaken.
-    _days: dict[int, tuple[Resource, date | None]] = field(default_factory=dict, repr=False)
     # service.clinical.observations: per ValueSet, its Observations with their result parts
     # and day (read by several criteria); checked against the ValueSet and ``observations``.
     _by_valueset: dict[int, tuple[Any, ...]] = field(default_factory=dict, repr=False)
@@ -96,15 +92,6 @@ class PatientRecord:
 
     def ref(self, resource: Resource) -> SourceRef:
         return self._refs[id(resource)]
-
-    def effective_day(self, resource: Resource) -> date | None:
-        """``effective_date(resource)``, computed once per resource for this record."""
-        cached = self._days.get(id(resource))
-        if cached is not None and cached[0] is resource:
-            return cached[1]
-        day = effective_date(resource)
-        self._days[id(resource)] = (resource, day)
-        return day
 
     @property
     def patient_ref(self) -> SourceRef:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from service.clinical.dates import parse_moment
+from service.clinical.dates import effective_date, parse_moment
 from service.clinical.model import (
     CriterionResult,
     DataRequirement,
@@ -140,7 +140,7 @@ def _facts(record: PatientRecord, valueset: ValueSet) -> tuple[list[_Fact], set[
     for obs in coded:
         parts = result_parts(obs, valueset)
         if parts:
-            facts.append((obs, parts, record.effective_day(obs)))
+            facts.append((obs, parts, effective_date(obs)))
     ids = {id(obs) for obs in coded}
     record._by_valueset[id(valueset)] = (valueset, record.observations, facts, ids)
     return facts, ids
