@@ -75,6 +75,9 @@ class PatientRecord:
     mapped: dict[str, Recoded] = field(default_factory=dict, repr=False)
     evidence_only: dict[int, ValueSet] = field(default_factory=dict, repr=False)
     _refs: dict[int, SourceRef] = field(default_factory=dict, repr=False)
+    # service.clinical.observations: per ValueSet, its Observations with their result parts
+    # and day (read by several criteria); checked against the ValueSet and ``observations``.
+    _by_valueset: dict[int, tuple[Any, ...]] = field(default_factory=dict, repr=False)
 
     def observations_in(self, valueset: ValueSet) -> list[Resource]:
         """Observations coded with any code of ``valueset``, each once."""

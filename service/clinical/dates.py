@@ -8,6 +8,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+_FULL_DAY = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")  # _DATE when it matches all three parts
 
 
 class DateRange(tuple):
@@ -59,6 +60,10 @@ def parse_date(value: Any) -> DateRange | None:
 def effective_date(resource: dict[str, Any]) -> date | None:
     """When a result applies: effectiveDateTime, else effectivePeriod end/start, else
     effectiveInstant, else issued. Only a full calendar day counts."""
+    if "effectivePeriod" not in resource:  # the usual case, read without the tuple below
+        value = resource.get("effectiveDateTime")
+        if value is not None:
+            return _full_day(value)
     candidates = (
         resource.get("effectiveDateTime"),
         (resource.get("effectivePeriod") or {}).get("end"),
@@ -69,9 +74,24 @@ def effective_date(resource: dict[str, Any]) -> date | None:
     for value in candidates:
         if value is None:
             continue
-        parsed = parse_date(value)
-        return parsed.latest if parsed and parsed.exact else None
+        return _full_day(value)
     return None
+
+
+def _full_day(value: Any) -> date | None:
+    """``parse_date(value).latest`` when that is one exact day, else None: only a value with
+    year, month and day is exact (a month or a year spans several days). Without building
+    the range, as every Observation's time is read this way."""
+    if not isinstance(value, str):
+        return None
+    m = _FULL_DAY.match(value)
+    if m is None:
+        return None
+    year, month, day = m.groups()
+    try:
+        return date(int(year), int(month), int(day))
+    except ValueError:
+        return None
 
 
 def parse_moment(value: Any) -> datetime | None:

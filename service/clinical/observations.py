@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from service.clinical.dates import effective_date, in_window, parse_moment
+from service.clinical.dates import effective_date, parse_moment
 from service.clinical.model import (
     CriterionResult,
     DataRequirement,
@@ -124,6 +124,28 @@ class Unusable:
 Judged = CriterionResult | Unusable
 
 
+_Fact = tuple[Resource, list[Resource | None], date | None]
+
+
+def _facts(record: PatientRecord, valueset: ValueSet) -> tuple[list[_Fact], set[int]]:
+    """The Observations of ``valueset`` that report a result of it, with where (parts) and
+    their day, and the ids of every Observation coded in it (reporting or not); built once
+    per record and ValueSet, as several criteria read the same codes. Rebuilt if
+    ``record.observations`` was replaced since."""
+    cached = record._by_valueset.get(id(valueset))
+    if cached is not None and cached[0] is valueset and cached[1] is record.observations:
+        return cached[2], cached[3]
+    facts: list[_Fact] = []
+    coded = record.observations_in(valueset)
+    for obs in coded:
+        parts = result_parts(obs, valueset)
+        if parts:
+            facts.append((obs, parts, effective_date(obs)))
+    ids = {id(obs) for obs in coded}
+    record._by_valueset[id(valueset)] = (valueset, record.observations, facts, ids)
+    return facts, ids
+
+
 def _effective_value(resource: Resource) -> Any:
     """The raw time element ``effective_date`` reads (same order), so day and moment agree."""
     period = resource.get("effectivePeriod")
@@ -172,41 +194,39 @@ def candidate_observations(
     """
     allowed = set(protocol.general["observation_statuses"])
     found: list[Dated] = []
-    deciding = record.observations_in(valueset)
-    observations: list[tuple[Resource, ValueSet, ValueSet | None, str | None]] = [
-        (obs, valueset, None, None) for obs in deciding
+    deciding, seen = _facts(record, valueset)
+    observations: list[tuple[Resource, list[Resource | None], Any, ValueSet | None, Any]] = [
+        (obs, parts, day, None, None) for obs, parts, day in deciding
     ]
     if record.evidence_only:  # site terminology: reached only through a non-exact mapping
         observations = [
-            (obs, vs, record.evidence_only.get(id(obs)), method)
-            for obs, vs, _, method in observations
+            (obs, parts, day, record.evidence_only.get(id(obs)), method)
+            for obs, parts, day, _, method in observations
         ]
     if context is not None:
-        seen = {id(obs) for obs in deciding}
-        for obs in record.observations_in(context.valueset):
+        for obs, parts, day in _facts(record, context.valueset)[0]:
             if id(obs) not in seen:
                 method = context.method_of(obs)
                 marked = None if method else context.valueset
-                observations.append((obs, context.valueset, marked, method))
-    for obs, vs, marked, method in observations:
-        parts = result_parts(obs, vs)
-        if not parts:
-            continue
-        day = effective_date(obs)
-        status = obs.get("status")
-        ref = record.ref(obs).reference
+                observations.append((obs, parts, day, marked, method))
+    # in_window(day, as_of, window_days) for a day not after as_of, with the start once
+    earliest = None if window_days is None else as_of - timedelta(days=window_days)
+    for obs, parts, day, marked, method in observations:
         if day is not None and day > as_of:
             continue
+        status = obs.get("status")
         if status not in allowed:
-            if day is None or in_window(day, as_of, window_days):
+            if day is None or earliest is None or day >= earliest:
+                ref = record.ref(obs).reference
                 issues.append(
                     Issue(Severity.WARNING, "business-rule", f"status {status!r} ignored", ref)
                 )
             continue
         if day is None:
+            ref = record.ref(obs).reference
             issues.append(Issue(Severity.WARNING, "incomplete", "no usable result time", ref))
             continue
-        if in_window(day, as_of, window_days):
+        if earliest is None or day >= earliest:
             moment = effective_moment(obs)
             found.extend(Dated(day, obs, moment, part, marked, method) for part in parts)
     found.sort(key=_sort_key, reverse=True)

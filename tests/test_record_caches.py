@@ -1,0 +1,135 @@
+"""The per-record cache of the clinical evaluation (each ValueSet's results, with each
+Observation's day) must never go stale: a record evaluated twice, at two dates or after its
+Observations were replaced, gives what a fresh record gives."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.clinical.dates import _full_day, effective_date, parse_date
+from service.clinical.engine import evaluate
+from service.clinical.model import Outcome
+from service.protocol import default_protocol
+from service.record import record_from_bundle
+from tests.builders import AS_OF, bundle, lab, patient, result
+
+PLT = "777-3"
+
+
+def _verdicts(evaluation) -> list:
+    def flat(r):
+        return (r.code, r.outcome, r.reason, [e.reference for e in r.evidence], len(r.issues))
+
+    out, stack = [], list(evaluation.results)
+    while stack:
+        r = stack.pop()
+        out.append(flat(r))
+        stack.extend(r.members)
+    return out
+
+
+def _record(*resources):
+    return record_from_bundle(bundle(patient(), *resources), default_protocol())
+
+
+def test_one_record_evaluated_at_two_dates_matches_fresh_records():
+    protocol = default_protocol()
+    old = lab(PLT, 12, "10*9/L", day=str(AS_OF - timedelta(days=40)))  # fails, outside 14 d
+    new = lab(PLT, 150, "10*9/L", day=str(AS_OF - timedelta(days=2)))  # passes
+    later = AS_OF - timedelta(days=30)  # only the old result is in the window then
+    reused = _record(old, new)
+    first = evaluate(reused, protocol, AS_OF)
+    second = evaluate(reused, protocol, later)
+    assert result(first, "I7-platelets").outcome is Outcome.MET
+    assert result(second, "I7-platelets").outcome is Outcome.NOT_MET
+    assert _verdicts(first) == _verdicts(evaluate(_record(old, new), protocol, AS_OF))
+    assert _verdicts(second) == _verdicts(evaluate(_record(old, new), protocol, later))
+
+
+def test_replacing_the_records_observations_is_seen_by_the_next_evaluation():
+    protocol = default_protocol()
+    failing = lab(PLT, 12, "10*9/L", day=str(AS_OF - timedelta(days=1)))
+    record = _record(failing)
+    assert result(evaluate(record, protocol, AS_OF), "I7-platelets").outcome is Outcome.NOT_MET
+    passing = _record(lab(PLT, 150, "10*9/L", day=str(AS_OF - timedelta(days=1))))
+    record.observations = passing.observations
+    record._refs.update(passing._refs)
+    assert result(evaluate(record, protocol, AS_OF), "I7-platelets").outcome is Outcome.MET
+
+
+# -- effective_date reads a full day without building the range (parse_date's answer) ------
+
+_ODD_DATES = [
+    "2024-02-29",
+    "2023-02-29",
+    "2024-13-01",
+    "2024-00-10",
+    "2024-01-32",
+    "2024-01",
+    "2024",
+    "2024-1-05",
+    "0000-01-01",
+    "2024-01-05T10:00:00Z",
+    "2024-01-05garbage",
+    "٢٠٢٤-٠١-٠٥",
+    "20240105",
+    " 2024-01-05",
+    "",
+    "2024-01-5",
+    "9999-12-31",
+]
+
+
+@pytest.mark.parametrize("value", [*_ODD_DATES, None, 20240105, ["2024-01-05"]])
+def test_full_day_is_parse_dates_exact_day(value):
+    parsed = parse_date(value)
+    assert _full_day(value) == (parsed.latest if parsed and parsed.exact else None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.from_regex(r"\A[0-9٠-٩]{4}(-[0-9]{1,2}(-[0-9]{1,3})?)?.{0,4}\Z") | st.text(max_size=12))
+def test_full_day_agrees_with_parse_date_on_generated_values(value):
+    parsed = parse_date(value)
+    assert _full_day(value) == (parsed.latest if parsed and parsed.exact else None)
+    resource = {"effectiveDateTime": value}
+    assert effective_date(resource) == _full_day(value)
+
+
+def _effective_date_before(resource):
+    """effective_date as it was written before the fast path (the reference)."""
+    candidates = (
+        resource.get("effectiveDateTime"),
+        (resource.get("effectivePeriod") or {}).get("end"),
+        (resource.get("effectivePeriod") or {}).get("start"),
+        resource.get("effectiveInstant"),
+        resource.get("issued"),
+    )
+    for value in candidates:
+        if value is None:
+            continue
+        parsed = parse_date(value)
+        return parsed.latest if parsed and parsed.exact else None
+    return None
+
+
+_DAY = st.sampled_from([*_ODD_DATES, None, 5, {}])
+_TIME_ELEMENTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "effectiveDateTime": _DAY,
+        "effectivePeriod": st.fixed_dictionaries({}, optional={"start": _DAY, "end": _DAY})
+        | st.none(),
+        "effectiveInstant": _DAY,
+        "issued": _DAY,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_TIME_ELEMENTS)
+def test_effective_date_reads_what_it_read_before(resource):
+    assert effective_date(resource) == _effective_date_before(resource)
