@@ -474,24 +474,9 @@ def http_throughput(
 
 def prefetch_for(store: DemoStore, protocol: Protocol, patient_id: str) -> dict[str, Any]:
     """What a CDS client would prefetch with our templates: every key, complete searchsets."""
-    from service.fhir.queries import plan_queries
+    from service.fhir.queries import prefetch_templates
 
-    prefetch: dict[str, Any] = {}
-    for query in plan_queries(protocol, patient_id, None):
-        if query.read:
-            prefetch[query.key] = store.read(query.resource_type, query.read_id)
-            continue
-        found = store.search(query.resource_type, list(query.params))
-        prefetch[query.key] = {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": len(found),
-            "entry": [
-                {"fullUrl": f"{BASE_URL}/{r['resourceType']}/{r['id']}", "resource": r}
-                for r in found
-            ],
-        }
-    return prefetch
+    return store.prefetch(prefetch_templates(protocol), patient_id)
 
 
 async def _cds_calls(cfg: BenchConfig, body: bytes, path: str) -> tuple[list[float], dict]:
