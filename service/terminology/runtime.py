@@ -146,30 +146,35 @@ def reset() -> None:
     units.set_site_units({})
 
 
-async def table_for(resources: Iterable[Resource], protocol: Protocol) -> MappingTable | None:
-    """One evaluation's mapping table (pull mode: the translations run in parallel)."""
+def _needs_translation(
+    resources: Iterable[Resource], protocol: Protocol
+) -> tuple[MappingTable | None, Terminology | None, set[Code]]:
+    """(the table when no server call is needed, else the terminology and the codes to ask)."""
     term = active()
     if term is None:
-        return None
+        return None, None, set()
     if term.translator is None:
-        return term.folder_table
+        return term.folder_table, None, set()
     unknown = term.unknown_codes(resources, protocol)
     if not unknown:
-        return term.folder_table
+        return term.folder_table, None, set()
+    return None, term, unknown
+
+
+async def table_for(resources: Iterable[Resource], protocol: Protocol) -> MappingTable | None:
+    """One evaluation's mapping table (pull mode: the translations run in parallel)."""
+    table, term, unknown = _needs_translation(resources, protocol)
+    if term is None:
+        return table
     translated, failed = await term.translator.translate(unknown)
     return MappingTable.of(term.site, translated, failed)
 
 
 def table_for_sync(resources: Iterable[Resource], protocol: Protocol) -> MappingTable | None:
     """``table_for`` for synchronous callers (bundle mode)."""
-    term = active()
+    table, term, unknown = _needs_translation(resources, protocol)
     if term is None:
-        return None
-    if term.translator is None:
-        return term.folder_table
-    unknown = term.unknown_codes(resources, protocol)
-    if not unknown:
-        return term.folder_table
+        return table
     translated, failed = term.translator.translate_sync(unknown)
     return MappingTable.of(term.site, translated, failed)
 
