@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.app.fhir_access import Evaluated
+from service.cds.cards import OUTCOME_TEXT
 from service.clinical.evaluation import SubjectStatus
 from service.clinical.model import CriterionResult, Outcome, SourceRef
 from service.protocol import Protocol
 
-RESULT_TEXT = {Outcome.MET: "Met", Outcome.NOT_MET: "Not met", Outcome.UNDETERMINED: "Undetermined"}
 STATUS_TEXT = {
     SubjectStatus.ELIGIBLE: "Eligible",
     SubjectStatus.INELIGIBLE: "Not eligible",
@@ -151,7 +151,7 @@ def _row(
         code=result.code,
         title=title,
         result=result.outcome.value,
-        result_text=RESULT_TEXT[result.outcome],
+        result_text=OUTCOME_TEXT[result.outcome],
         reason=result.reason,
         evidence=evidence,
         member=member,

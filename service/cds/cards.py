@@ -23,7 +23,7 @@ SUMMARY_MAX = 139  # the spec asks for "<140 characters"
 _ELLIPSIS = "…"
 _LABEL_EXTENSION_SUFFIX = "extension-ResearchStudy.label"  # R5 ResearchStudy.label for R4
 _SHORT_TITLE_TYPES = {"short-title", "acronym"}
-_OUTCOME_TEXT = {
+OUTCOME_TEXT = {  # shared with the web app: both say the same words
     Outcome.MET: "Met",
     Outcome.NOT_MET: "Not met",
     Outcome.UNDETERMINED: "Undetermined",
@@ -162,7 +162,7 @@ def _display(protocol: Protocol, code: str) -> str:
 def _criterion_lines(result: CriterionResult, protocol: Protocol, depth: int) -> list[str]:
     indent = "  " * depth
     line = (
-        f"{indent}- **{_OUTCOME_TEXT[result.outcome]}** — {_md(result.code)} "
+        f"{indent}- **{OUTCOME_TEXT[result.outcome]}** — {_md(result.code)} "
         f"{_md(_display(protocol, result.code))}"
     )
     if result.reason:
@@ -176,7 +176,7 @@ def _criterion_lines(result: CriterionResult, protocol: Protocol, depth: int) ->
 def _detail(evaluation: Evaluation, protocol: Protocol) -> str:
     status = evaluation.status
     counts = ", ".join(
-        f"{evaluation.count(o)} {_OUTCOME_TEXT[o].lower()}"
+        f"{evaluation.count(o)} {OUTCOME_TEXT[o].lower()}"
         for o in (Outcome.MET, Outcome.NOT_MET, Outcome.UNDETERMINED)
     )
     title = protocol.research_study.get("title") or trial_name(protocol)

@@ -46,13 +46,6 @@ def hapi_with_conceptmap():
     yield HAPI
 
 
-@pytest.fixture(autouse=True)
-def _clean_terminology():
-    runtime.reset()
-    yield
-    runtime.reset()
-
-
 def _by_folder(bundle):
     runtime.configure(EXAMPLE_DIR)
     try:

@@ -31,13 +31,6 @@ CM_LABEL = "https://example-hospital.org/fhir/ConceptMap/example-hospital-lab|20
 LAB_CRITERIA = ("I6", "I7", "I8")
 
 
-@pytest.fixture(autouse=True)
-def _clean_terminology():
-    runtime.reset()
-    yield
-    runtime.reset()
-
-
 def _evaluate(bundle):
     return evaluate_resource(bundle, default_protocol(), as_of=AS_OF)
 

@@ -20,13 +20,6 @@ LAB = "https://lab.example-hospital.org/CodeSystem/lab-test-codes"
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _clean_terminology():
-    runtime.reset()
-    yield
-    runtime.reset()
-
-
 def _local_bundle(tmp_path):
     bundle = recode_bundle(demo_bundle("demo-us-units"))
     for entry in bundle["entry"]:

@@ -26,13 +26,6 @@ from tests.terminology.support import (
 CM_URL = "https://example-hospital.org/fhir/ConceptMap/example-hospital-lab"
 
 
-@pytest.fixture(autouse=True)
-def _clean_terminology():
-    runtime.reset()
-    yield
-    runtime.reset()
-
-
 def _evaluate(bundle):
     return evaluate_resource(bundle, default_protocol(), as_of=AS_OF)
 
