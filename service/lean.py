@@ -29,9 +29,6 @@ path, whose answer (result or error) is then the only one: both paths give the s
 
 from __future__ import annotations
 
-from typing import Any
-
-import msgspec
 import orjson
 
 from service.inputs import MAX_FULL_URL
@@ -43,47 +40,12 @@ except ImportError:  # pragma: no cover - then every body takes the generic path
     _keyscan = None
 
 
-class _Coding(msgspec.Struct, gc=False):
-    code: object = msgspec.UNSET
-
-
-class _Concept(msgspec.Struct, gc=False):
-    coding: list[_Coding] | None = None
-
-
-class _Component(msgspec.Struct, gc=False):
-    code: _Concept | None = None
-
-
-class _Resource(msgspec.Struct, gc=False):
-    """What decides whether the record builder reads a resource. Typed: an entry of another
-    shape fails the whole decode, and the generic path reads the Bundle instead."""
-
-    resourceType: object = None
-    code: _Concept | None = None
-    component: list[_Component] | None = None
-
-
-class _EntryHead(msgspec.Struct, gc=False):
-    fullUrl: object = None
-    resource: _Resource | None = None
-
-
-class _Top(msgspec.Struct, gc=False):
-    resourceType: object = None
-    entry: list[_EntryHead] | None = None
-
-
 class LeanBundle(dict):
     """A decoded Bundle as the record builder reads it (``resourceType`` and ``entry``),
     ``entry`` holding only the entries decoded; ``positions`` gives each one's index in the
     original ``entry`` array (named in warnings and errors)."""
 
     positions: list[int]
-
-
-_TOP = msgspec.json.Decoder(_Top)
-_UNSET = msgspec.UNSET
 
 
 def available() -> bool:
@@ -108,77 +70,26 @@ def unique_keys(body: bytes) -> bool:
     return _keyscan is not None and _keyscan.proof(body) and _utf8(body)
 
 
-def protocol_codes(protocol: Protocol) -> frozenset[str]:
-    """The Observation codes of ``protocol``, whatever their system (a code of another
-    system only costs a decode: the record builder then compares system and code)."""
-    return frozenset(code for _, code in protocol.observation_codes())
+def protocol_codes(protocol: Protocol) -> tuple[bytes, ...]:
+    """The Observation codes of ``protocol`` as UTF-8, whatever their system (a code of
+    another system only costs a decode: the record builder then compares system and code)."""
+    return tuple(sorted({code.encode() for _, code in protocol.observation_codes()}))
 
 
-def _irrelevant(concept: _Concept | None, codes: frozenset[str]) -> bool:
-    """True when ``record.codings(concept)`` can yield no code in ``codes`` (a code that is
-    not a string: False, the entry is decoded and the generic reading decides)."""
-    if concept is None or not concept.coding:
-        return True
-    for coding in concept.coding:
-        code = coding.code
-        if code is not _UNSET and (code.__class__ is not str or code in codes):
-            return False
-    return True
-
-
-def _kept(heads: list[_EntryHead], codes: frozenset[str]) -> list[int]:
-    """Positions of the entries the record builder may read: all but the Observations whose
-    code and components carry no protocol code (and whose fullUrl passes the envelope check).
-    One loop with the checks inline: it runs once per entry of the largest Bundles."""
-    kept = []
-    for position, head in enumerate(heads):
-        resource = head.resource
-        if (
-            resource is None
-            or resource.resourceType != "Observation"
-            or (head.fullUrl.__class__ is str and len(head.fullUrl) > MAX_FULL_URL)
-        ):
-            kept.append(position)
-            continue
-        code = resource.code
-        if code is not None and code.coding:
-            for coding in code.coding:
-                value = coding.code
-                if value is not _UNSET and (value.__class__ is not str or value in codes):
-                    break
-            else:
-                code = None  # no protocol code
-            if code is not None:
-                kept.append(position)
-                continue
-        if resource.component and not all(_irrelevant(c.code, codes) for c in resource.component):
-            kept.append(position)
-    return kept
-
-
-def lean_bundle(body: bytes | str, codes: frozenset[str]) -> LeanBundle | None:
+def lean_bundle(body: bytes | str, codes: tuple[bytes, ...]) -> LeanBundle | None:
     """The decoded Bundle without the Observations no protocol code can match, or None
     (take the generic path). ``codes``: ``protocol_codes(protocol)``."""
     if not isinstance(body, bytes) or _keyscan is None:
         return None
-    spans = _keyscan.entry_spans(body)  # the proof of unique keys, and where entries are
-    if spans is None or not _utf8(body):
-        return None
-    try:
-        top = _TOP.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None  # e.g. an entry that is not an object: the generic path reports it
-    heads = top.entry
-    if top.resourceType != "Bundle" or heads is None or len(spans) != 2 * len(heads):
+    # The proof of unique keys, and [position, start, end, ...] of the entries to decode.
+    plan = _keyscan.plan(body, codes, MAX_FULL_URL)
+    if plan is None or not _utf8(body):
         return None
     view = memoryview(body)
-    entries: list[Any] = []
     try:
-        positions = _kept(heads, codes)
-        for position in positions:
-            entries.append(orjson.loads(view[spans[2 * position] : spans[2 * position + 1]]))
+        entries = [orjson.loads(view[plan[k + 1] : plan[k + 2]]) for k in range(0, len(plan), 3)]
     except orjson.JSONDecodeError:  # not expected after the checks; the generic path decides
         return None
     bundle = LeanBundle(resourceType="Bundle", entry=entries)
-    bundle.positions = positions
+    bundle.positions = plan[::3]
     return bundle

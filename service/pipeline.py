@@ -146,10 +146,10 @@ def evaluate_body_generic(
         return evaluate_resource(parse_json(body), protocol, as_of=as_of, patient_id=patient_id)
 
 
-_CODES: dict[int, tuple[TrialProtocol, frozenset[str]]] = {}
+_CODES: dict[int, tuple[TrialProtocol, tuple[bytes, ...]]] = {}
 
 
-def _protocol_codes(protocol: TrialProtocol) -> frozenset[str]:
+def _protocol_codes(protocol: TrialProtocol) -> tuple[bytes, ...]:
     """The protocol's Observation codes, computed once per protocol object."""
     cached = _CODES.get(id(protocol))
     if cached is None or cached[0] is not protocol:
