@@ -8,7 +8,8 @@ hot path never builds a model; tests validate the shape with fhir.resources R4B.
 from __future__ import annotations
 
 import html
-import uuid
+import os
+import threading
 from typing import Any
 
 from service import __version__
@@ -22,8 +23,35 @@ DERIVED_FROM_TYPES = {"Observation", "QuestionnaireResponse", "DocumentReference
 SERVICE_NAME = "cart-eligibility"
 
 
+class _UrnPool(threading.local):
+    """Random (version 4) UUIDs as urn:uuid, 64 per read of the OS random source: a result
+    Bundle names a few dozen resources, and a system call per id was a measurable share of
+    an evaluation. Same source and format as ``uuid.uuid4()``; one pool per thread, emptied
+    in a forked child (a screening worker must never repeat its parent's ids)."""
+
+    ids: list[str]
+
+    def __init__(self) -> None:
+        self.ids = []
+
+    def take(self) -> str:
+        if not self.ids:
+            pool = os.urandom(16 * 64).hex()
+            for k in range(0, len(pool), 32):
+                h = pool[k : k + 32]
+                variant = "89ab"[int(h[16], 16) & 3]
+                self.ids.append(
+                    f"urn:uuid:{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
+                )
+        return self.ids.pop()
+
+
+_URNS = _UrnPool()
+os.register_at_fork(after_in_child=lambda: _URNS.ids.clear())
+
+
 def _urn() -> str:
-    return f"urn:uuid:{uuid.uuid4()}"
+    return _URNS.take()
 
 
 def _study_reference(protocol: Protocol) -> dict[str, Any]:

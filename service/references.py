@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -32,6 +33,7 @@ _CONDITIONAL = re.compile(rf"({_TYPE})\?(.+)")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+@lru_cache(maxsize=4096)  # a few servers per deployment; every reference reads one
 def normalise_base(url: str | None) -> str | None:
     """A server base in one form: scheme and host lower case, no default port, no trailing /."""
     if not url or not url.lower().startswith(("http://", "https://")):

@@ -114,3 +114,36 @@ def test_every_open_attestation_is_named_in_the_guidance():
         assert f"attestation item {item} in" in notes
     consent = [d for d in guidance["dataRequirement"] if d["type"] == "Consent"]
     assert consent and consent[0]["codeFilter"][0]["path"] == "scope"
+
+
+# -- urn:uuid ids: drawn from a pool, still random version-4 UUIDs ------------------------
+
+
+def test_result_ids_are_distinct_version_4_uuids():
+    import uuid
+
+    from service.output import _urn
+
+    ids = [_urn() for _ in range(1_000)]  # several refills of the pool
+    assert len(set(ids)) == len(ids)
+    for urn in ids:
+        value = uuid.UUID(urn.removeprefix("urn:uuid:"))
+        assert urn == f"urn:uuid:{value}"
+        assert value.version == 4 and value.variant == uuid.RFC_4122
+
+
+def test_a_forked_worker_never_repeats_its_parents_ids():
+    import os
+
+    from service.output import _urn
+
+    _urn()  # the parent's pool now holds ids a careless child would inherit
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next 10 ids
+        os.write(write, " ".join(_urn() for _ in range(10)).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = set(os.read(read, 10_000).decode().split())
+    parent = {_urn() for _ in range(10)}
+    assert len(child) == 10 and not child & parent

@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 import re
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
@@ -82,8 +83,11 @@ def _full_day(value: Any) -> date | None:
     """``parse_date(value).latest`` when that is one exact day, else None: only a value with
     year, month and day is exact (a month or a year spans several days). Without building
     the range, as every Observation's time is read this way."""
-    if not isinstance(value, str):
-        return None
+    return _full_day_of(value[:10]) if isinstance(value, str) else None
+
+
+@lru_cache(maxsize=16_384)  # keyed by the day part: a chart's results share few days
+def _full_day_of(value: str) -> date | None:
     m = _FULL_DAY.match(value)
     if m is None:
         return None
