@@ -1,13 +1,15 @@
-/* One pass over JSON bytes: a proof that no object names a key twice (service/lean.py).
+/* One pass over JSON bytes for the lean decoder (service/lean.py): syntax, unique keys,
+   and which Bundle entries to decode.
 
-   proof(buffer) -> bool. True only when every object's member names are pairwise different
-   byte strings, no member name holds a backslash (an escape could spell another name), no
-   number could overflow a double (an exponent of 3+ digits, or 200+ digits), nesting stays
-   within 512 levels (orjson allows 1024) and no object has more than 512 members. Anything else, including
-   input that is not well formed, gives False: the caller then takes the generic path
-   (service/strict_json.py), which decides. Syntax is not checked here (msgspec and orjson
-   check it); the scanner only needs to never read out of bounds and never say True
-   wrongly. */
+   proof(buffer) -> bool. True only when the buffer is one JSON document orjson accepts
+   (checked here, stricter where unsure: UTF-8 is checked by the caller), every object's
+   member names are pairwise different byte strings, no member name holds a backslash (an
+   escape could spell another name), no number could overflow a double (an exponent of 3+
+   digits, or 200+ digits), nesting stays within 512 levels (orjson allows 1024) and no
+   object has more than 512 members. Anything else gives False: the caller then takes the
+   generic path (service/strict_json.py), which decides. The scanner must never read out of
+   bounds and never say True wrongly; a wrong False only costs speed.
+   entry_spans() and plan() add where the Bundle's entries are, and which to decode. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>

@@ -2,29 +2,31 @@
 
 Most of a large export is Observations no criterion looks at. The generic path
 (``strict_json.loads``) turns every field of every one into Python objects, re-encodes the
-whole document for its duplicate-key proof, and frees it all again. Here:
+whole document for its duplicate-key proof, and frees it all again. Here one pass of a small
+C scanner (``service/_keyscan.c``, about 1.2 GB/s with SSE2) does three things at once:
 
-1. Unique keys, for every object of the document (skipped entries too): one pass of a small
-   C scanner (``service/_keyscan.c``, about 1 GB/s) compares each object's member names as
-   bytes; a name with a backslash (an escape could spell another name), a number that may
-   overflow a double (msgspec skips it, orjson refuses it) or nesting past 512 levels makes
-   it unsure, and unsure means the generic path. Invalid UTF-8 likewise. jiter's
-   ``catch_duplicate_keys`` was measured first: it builds the whole document and cost
-   1.4-1.6x orjson.loads on its own (docs-perf.md).
-   The same pass notes where each element of the top-level ``entry`` array starts and ends.
-2. The envelope with ``msgspec``: ``resourceType`` and ``entry`` as typed heads
-   (``_EntryHead``: fullUrl, resourceType, code, component; every other field and every
-   other member skipped at C speed).
-3. An entry is left out only when its head proves the record builder would ignore it: an
-   Observation whose code and components carry no protocol code (any odd shape: decoded)
-   and whose fullUrl passes the envelope check. Every other entry is decoded with orjson,
-   as the generic path would; ``LeanBundle.positions`` keeps their original indexes, so
-   warnings and errors name the same entry.
+1. Syntax, as orjson accepts it or stricter: structure, strings (no raw control characters,
+   valid escapes, surrogate escapes only in pairs), numbers, literals. Anything the scanner
+   is unsure of (a number that could overflow a double, nesting past 512 levels) counts as
+   refused. UTF-8 is checked apart (``bytes.isascii`` first, else a decode).
+2. Unique keys, for every object of the document (skipped entries too): each object's
+   member names are compared as bytes; a name with a backslash (an escape could spell
+   another name) makes it unsure. jiter's ``catch_duplicate_keys`` was measured first: it
+   builds the whole document and cost 1.4-1.6x orjson.loads on its own (docs-perf.md).
+3. The plan: which elements of the top-level ``entry`` array to decode, by following the few
+   paths that decide (``resource.resourceType``, ``resource.code.coding[].code``,
+   ``resource.component[].code.coding[].code``, ``fullUrl``). An entry is left out only when
+   its resource is an Observation none of whose codes is a protocol code, every such code a
+   plain string, every container on those paths of the expected type, and its fullUrl a
+   short plain string. Every other entry is decoded with orjson, as the generic path would;
+   ``LeanBundle.positions`` keeps their original indexes, so warnings and errors name the
+   same entry.
 
 Anything unusual (not a Bundle object, no ``entry`` array, an entry that is not an object,
-no proof of unique keys, no compiled scanner) returns None and the caller takes the generic
-path, whose answer (result or error) is then the only one: both paths give the same bytes
-(tests/test_lean_equivalence.py).
+a refused or unsure document, no compiled scanner) returns None and the caller takes the
+generic path, whose answer (result or error) is then the only one: both paths give the same
+bytes (tests/test_lean_equivalence.py); the scanner is checked against orjson, ``json`` and
+a Python reading of the entries on corrupted real Bundles (tests/test_keyscan.py).
 """
 
 from __future__ import annotations
