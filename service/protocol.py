@@ -8,7 +8,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,11 @@ class Protocol:
         By convention a criterion parameter ending in ``observation_valueset`` selects
         Observations; its criterion's ``window_days`` (if any) bounds the look-back.
         """
+        return dict(self._observation_windows)
+
+    @cached_property
+    def _observation_windows(self) -> dict[str, int | None]:
+        # Worked out once per protocol object (dataclasses.replace makes a new one).
         windows: dict[str, int | None] = {}
         for c in self.criteria.values():
             window = c.params.get("window_days")
@@ -117,8 +122,12 @@ class Protocol:
 
     def observation_codes(self) -> frozenset[Code]:
         """Every Observation code any criterion looks at: the pre-filter for input resources."""
+        return self._observation_codes
+
+    @cached_property
+    def _observation_codes(self) -> frozenset[Code]:
         codes: set[Code] = set()
-        for vs_id in self.observation_valuesets():
+        for vs_id in self._observation_windows:
             codes |= self.valueset(vs_id).codes
         return frozenset(codes)
 

@@ -57,6 +57,7 @@ def _tables() -> _UnitTables:
     )
 
 
+@lru_cache(maxsize=4096)  # unit strings repeat; cleared when the site's mappings change
 def _alias(unit: str) -> str:
     """The UCUM code for ``unit``: alias table (exact, then trimmed), else ``unit`` as given."""
     aliases = _tables().aliases
@@ -79,6 +80,7 @@ def set_site_units(aliases: Mapping[str, str]) -> None:
     with _LOCK:
         _SITE_UNITS.clear()
         _SITE_UNITS.update(aliases)
+        _alias.cache_clear()
         _parse.cache_clear()
         _conversion.cache_clear()
 

@@ -69,6 +69,7 @@ class BenchConfig:
     http_max_requests: int
     http_max_seconds: float
     http_warmup: int  # requests per connection before measuring
+    http_rounds: int  # bare and $eligibility alternate this many times (drift hits both)
     cds_obs: int
     cds_calls: int
     cds_warmup: int
@@ -94,6 +95,7 @@ class BenchConfig:
             http_max_requests=1_500,
             http_max_seconds=10.0,
             http_warmup=3,
+            http_rounds=3,
             cds_obs=500,
             cds_calls=300,
             cds_warmup=20,
@@ -120,6 +122,7 @@ class BenchConfig:
             http_max_requests=32,
             http_max_seconds=5.0,
             http_warmup=1,
+            http_rounds=1,
             cds_obs=100,
             cds_calls=10,
             cds_warmup=2,
@@ -426,28 +429,68 @@ async def _load(
         "seconds": round(elapsed, 3),
         "rps": round(len(latencies) / elapsed, 2),
         "latency": summary(latencies, keep=False),
+        "latencies": latencies,
+    }
+
+
+def _pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One route's rounds as one row: req/s is the median round's, latencies are pooled."""
+    latencies = [x for r in rounds for x in r.pop("latencies")]
+    return {
+        "requests": sum(r["requests"] for r in rounds),
+        "errors": sum(r["errors"] for r in rounds),
+        "seconds": round(sum(r["seconds"] for r in rounds), 3),
+        "rps": statistics.median(r["rps"] for r in rounds),
+        "latency": summary(latencies, keep=False),
+        "rounds": rounds,
     }
 
 
 async def _http_rows(cfg: BenchConfig, origin: str, body: bytes, progress: Progress) -> list[dict]:
+    """Per concurrency: bare and $eligibility alternate ``http_rounds`` times (order swapped
+    each round), so a slow spell of the machine lands on both; the ratio is the median of the
+    rounds' ratios."""
     rows = []
+    routes = {"bare": BARE_PATH, "eligibility": "/$eligibility"}
+    per_round = max(1, cfg.http_max_requests // cfg.http_rounds)
+    seconds = cfg.http_max_seconds / cfg.http_rounds
     for concurrency in cfg.http_concurrency:
-        row: dict[str, Any] = {"concurrency": concurrency}
-        for name, path in (("bare", BARE_PATH), ("eligibility", "/$eligibility")):
-            progress(f"HTTP {path} at concurrency {concurrency}")
-            limits = httpx.Limits(
-                max_connections=concurrency, max_keepalive_connections=concurrency
-            )
-            async with httpx.AsyncClient(base_url=origin, limits=limits, timeout=60.0) as client:
-                first = await client.post(path, content=body, headers=FHIR_JSON_HEADERS)
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        clients = {
+            name: httpx.AsyncClient(base_url=origin, limits=limits, timeout=60.0) for name in routes
+        }
+        try:
+            for name, path in routes.items():
+                first = await clients[name].post(path, content=body, headers=FHIR_JSON_HEADERS)
                 if first.status_code != 200:
                     raise RuntimeError(f"{path} answered HTTP {first.status_code}")
                 warm = concurrency * cfg.http_warmup
-                await _load(client, path, body, concurrency, warm, cfg.http_max_seconds)
-                row[name] = await _load(
-                    client, path, body, concurrency, cfg.http_max_requests, cfg.http_max_seconds
-                )
-        row["rps_ratio"] = _ratio(row["eligibility"]["rps"], row["bare"]["rps"])
+                await _load(clients[name], path, body, concurrency, warm, cfg.http_max_seconds)
+            rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in routes}
+            for n in range(cfg.http_rounds):
+                order = list(routes) if n % 2 == 0 else list(reversed(routes))
+                for name in order:
+                    progress(
+                        f"HTTP {routes[name]} at concurrency {concurrency}, "
+                        f"round {n + 1}/{cfg.http_rounds}"
+                    )
+                    rounds[name].append(
+                        await _load(
+                            clients[name], routes[name], body, concurrency, per_round, seconds
+                        )
+                    )
+        finally:
+            for client in clients.values():
+                await client.aclose()
+        ratios = [
+            _ratio(e["rps"], b["rps"])
+            for e, b in zip(rounds["eligibility"], rounds["bare"], strict=True)
+        ]
+        row: dict[str, Any] = {"concurrency": concurrency}
+        row["bare"] = _pooled(rounds["bare"])
+        row["eligibility"] = _pooled(rounds["eligibility"])
+        row["round_ratios"] = ratios
+        row["rps_ratio"] = statistics.median(r for r in ratios if r is not None)
         rows.append(row)
     return rows
 
@@ -463,6 +506,7 @@ def http_throughput(
         rows = asyncio.run(_http_rows(cfg, origin, body, progress))
     return {
         "server": "uvicorn subprocess (1 worker), 127.0.0.1; load from httpx.AsyncClient",
+        "rounds": cfg.http_rounds,
         "observations": cfg.http_obs,
         "body_bytes": len(body),
         "rows": rows,

@@ -164,6 +164,12 @@ def _spread(s: dict[str, Any]) -> str:
     return f"{_ms(s['min'])} – {_ms(s['max'])} (n={s['n']})"
 
 
+def _round_ratios(ratios: list[float | None] | None) -> str:
+    """The ratio of each bare/$eligibility round, when there were several."""
+    shown = [f"{x:.2f}" for x in ratios or () if x is not None]
+    return f"; rounds {', '.join(shown)}" if len(shown) > 1 else ""
+
+
 def _x(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}×"
 
@@ -276,7 +282,8 @@ def _rows(results: Results) -> list[list[str]]:
                 f"$eligibility c={r['concurrency']} ({e['requests']} req, {e['errors']} err)",
                 f"{e['rps']:,.1f} req/s",
                 f"p50 {_ms(e['latency']['median'])}, p95 {_ms(e['latency']['p95'])}",
-                f"bare {b['rps']:,.1f} req/s (p95 {_ms(b['latency']['p95'])})",
+                f"bare {b['rps']:,.1f} req/s (p95 {_ms(b['latency']['p95'])})"
+                + _round_ratios(r.get("round_ratios")),
                 _x(r["rps_ratio"]),
                 *_check(t),
             ]

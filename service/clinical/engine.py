@@ -86,13 +86,22 @@ def _run(criterion: CriterionDef, ctx: Context, rules) -> CriterionResult:
     return result
 
 
+_FEEDS: dict[int, tuple[CriterionDef, frozenset[str]]] = {}
+
+
 def _feeds(criterion: CriterionDef) -> frozenset[str]:
+    """The ValueSets a criterion reads (its parameters ending in valueset/valuesets), worked
+    out once per criterion object."""
+    cached = _FEEDS.get(id(criterion))
+    if cached is not None and cached[0] is criterion:
+        return cached[1]
     out: set[str] = set()
     for key, value in criterion.params.items():
         if key.endswith("valueset"):
             out.add(value)
         elif key.endswith("valuesets"):
             out.update(value)
+    _FEEDS[id(criterion)] = (criterion, frozenset(out))
     return frozenset(out)
 
 
