@@ -7,7 +7,7 @@ resource that breaks one is skipped with a warning instead of failing a rule hal
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -159,6 +159,27 @@ RESOURCE_SHAPES: dict[str, Check] = {
 
 
 _FITS = {rtype: getattr(check, "spec", None) for rtype, check in RESOURCE_SHAPES.items()}
+_FITS_ALL = {rtype: list[spec] for rtype, spec in _FITS.items() if spec is not None}
+
+
+def fitting(resources: Iterable[dict[str, Any]]) -> set[int]:
+    """The ids of ``resources`` known to fit their shape (``shape_error`` is None), found
+    with one msgspec call per resource type when every resource of that type fits (the
+    usual case). A type with a misfit is left out: check those one by one."""
+    by_type: dict[Any, list[dict[str, Any]]] = {}
+    for resource in resources:
+        by_type.setdefault(resource.get("resourceType"), []).append(resource)
+    fits: set[int] = set()
+    for rtype, group in by_type.items():
+        spec = _FITS_ALL.get(rtype)
+        if spec is None:
+            continue
+        try:
+            msgspec.convert(group, spec, strict=True)
+        except msgspec.ValidationError:
+            continue
+        fits.update(map(id, group))
+    return fits
 
 
 def shape_error(resource: dict[str, Any]) -> str | None:
