@@ -15,7 +15,8 @@ class FhirResponse(Response):
     media_type = FHIR_JSON
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        """JSON of ``content``; bytes are taken as already-encoded JSON."""
+        return content if isinstance(content, bytes) else orjson.dumps(content)
 
 
 def outcome(status: int, code: str, message: str, severity: str = "error") -> FhirResponse:

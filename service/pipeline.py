@@ -134,6 +134,20 @@ def evaluate_body(
         return done
 
 
+def evaluate_body_json(
+    body: bytes | str,
+    protocol: TrialProtocol,
+    *,
+    as_of: date | None = None,
+    patient_id: str | None = None,
+) -> tuple[Evaluation, bytes]:
+    """``evaluate_body`` with the result Bundle already encoded (the HTTP answer): encoded
+    and freed inside the collector's pause, so the collector never walks it."""
+    with gc_paused():
+        evaluation, bundle = evaluate_body(body, protocol, as_of=as_of, patient_id=patient_id)
+        return evaluation, orjson.dumps(bundle)
+
+
 def evaluate_body_generic(
     body: bytes | str,
     protocol: TrialProtocol,

@@ -16,7 +16,7 @@ from service.api_keys import require_api_key
 from service.fhir_response import ACCEPTED_CONTENT_TYPES, FhirResponse, read_body
 from service.inputs import check_patient_id
 from service.ops.routes import ELIGIBILITY_DEPENDENCIES
-from service.pipeline import evaluate_body, evaluate_from_server, parse_as_of
+from service.pipeline import evaluate_body_json, evaluate_from_server, parse_as_of
 from service.protocol import Protocol
 
 router = APIRouter()
@@ -58,10 +58,10 @@ async def eligibility_from_bundle(
     # A terminology server is called during the evaluation: never on the event loop.
     calls_out = request.app.state.settings.terminology_server_url is not None
     if calls_out or len(body) > _INLINE_BODY_BYTES:
-        _, bundle = await run_in_threadpool(evaluate_body, *args, **kwargs)
+        _, encoded = await run_in_threadpool(evaluate_body_json, *args, **kwargs)
     else:
-        _, bundle = evaluate_body(*args, **kwargs)
-    return FhirResponse(bundle)
+        _, encoded = evaluate_body_json(*args, **kwargs)
+    return FhirResponse(encoded)
 
 
 @router.get(

@@ -172,7 +172,7 @@ def test_errors_never_leak_stack_traces(client, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(service.routes, "evaluate_body", boom)
+    monkeypatch.setattr(service.routes, "evaluate_body_json", boom)
     raw = TestClient(client.app, raise_server_exceptions=False)
     r = raw.post("/$eligibility", content=orjson.dumps(bundle(patient())), headers=FHIR)
     assert r.status_code == 500
