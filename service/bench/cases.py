@@ -17,9 +17,11 @@ returns plain data (the JSON report is built from it; the table is rendered from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -523,16 +525,32 @@ def prefetch_for(store: DemoStore, protocol: Protocol, patient_id: str) -> dict[
     return store.prefetch(prefetch_templates(protocol), patient_id)
 
 
-async def _cds_calls(cfg: BenchConfig, body: bytes, path: str) -> tuple[list[float], dict]:
-    from service import units
+@contextmanager
+def _logs_to_null() -> Iterator[None]:
+    """The in-process service's log lines still formatted and written (their cost is the
+    service's), to the null device instead of the terminal; this process's logging restored
+    afterwards (the app's lifespan reconfigures the root logger)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+        try:
+            yield
+        finally:
+            root.handlers[:] = handlers
+            root.setLevel(level)
 
+
+async def _cds_calls(cfg: BenchConfig, body: bytes, path: str) -> tuple[list[float], dict]:
     app = build_app()
-    units.warm_up()  # the app's lifespan would; ASGITransport does not run it
     transport = httpx.ASGITransport(app=app)
     latencies: list[float] = []
     headers = {"content-type": "application/json"}
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench.local") as client:
+    # ASGITransport does not run the lifespan; run it as uvicorn would (UCUM registry warmed,
+    # start-up objects frozen out of the collector), or every full collection would walk this
+    # process's benchmark data too.
+    client = httpx.AsyncClient(transport=transport, base_url="http://bench.local")
+    with _logs_to_null():
+        async with app.router.lifespan_context(app), client:
             first = await client.post(path, content=body, headers=headers)
             if first.status_code != 200:
                 raise RuntimeError(f"CDS service answered HTTP {first.status_code}")
@@ -543,8 +561,6 @@ async def _cds_calls(cfg: BenchConfig, body: bytes, path: str) -> tuple[list[flo
                     latencies.append((time.perf_counter() - started) * 1000)
                 if resp.status_code != 200:
                     raise RuntimeError(f"CDS service answered HTTP {resp.status_code}")
-    finally:
-        await app.state.cds_authenticator.aclose()
     return latencies, first.json()
 
 
