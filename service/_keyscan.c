@@ -8,8 +8,9 @@
    digits, or 200+ digits), nesting stays within 512 levels (orjson allows 1024) and no
    object has more than 64 members (names are compared pairwise: 64 keeps a crafted body as
    cheap to scan as to parse; no FHIR element has that many). Anything else gives False:
-   the caller then takes the generic path (service/strict_json.py), which decides. The scanner must never read out of
-   bounds and never say True wrongly; a wrong False only costs speed.
+   the caller then takes the generic path (service/strict_json.py), which decides. The
+   scanner must never read out of bounds and never say True wrongly; a wrong False only
+   costs speed.
    entry_spans() and plan() add where the Bundle's entries are, and which to decode. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
