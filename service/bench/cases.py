@@ -451,39 +451,34 @@ def _pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 async def _http_rows(cfg: BenchConfig, origin: str, body: bytes, progress: Progress) -> list[dict]:
     """Per concurrency: bare and $eligibility alternate ``http_rounds`` times (order swapped
     each round), so a slow spell of the machine lands on both; the ratio is the median of the
-    rounds' ratios."""
+    rounds' ratios. Each round has its own client, warmed first: a connection left idle
+    through the other route's round could be closed by the server's keep-alive timeout just
+    as it is reused."""
     rows = []
     routes = {"bare": BARE_PATH, "eligibility": "/$eligibility"}
     per_round = max(1, cfg.http_max_requests // cfg.http_rounds)
     seconds = cfg.http_max_seconds / cfg.http_rounds
     for concurrency in cfg.http_concurrency:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        clients = {
-            name: httpx.AsyncClient(base_url=origin, limits=limits, timeout=60.0) for name in routes
-        }
-        try:
-            for name, path in routes.items():
-                first = await clients[name].post(path, content=body, headers=FHIR_JSON_HEADERS)
-                if first.status_code != 200:
-                    raise RuntimeError(f"{path} answered HTTP {first.status_code}")
-                warm = concurrency * cfg.http_warmup
-                await _load(clients[name], path, body, concurrency, warm, cfg.http_max_seconds)
-            rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in routes}
-            for n in range(cfg.http_rounds):
-                order = list(routes) if n % 2 == 0 else list(reversed(routes))
-                for name in order:
-                    progress(
-                        f"HTTP {routes[name]} at concurrency {concurrency}, "
-                        f"round {n + 1}/{cfg.http_rounds}"
-                    )
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in routes}
+        for n in range(cfg.http_rounds):
+            order = list(routes) if n % 2 == 0 else list(reversed(routes))
+            for name in order:
+                path = routes[name]
+                progress(
+                    f"HTTP {path} at concurrency {concurrency}, round {n + 1}/{cfg.http_rounds}"
+                )
+                async with httpx.AsyncClient(
+                    base_url=origin, limits=limits, timeout=60.0
+                ) as client:
+                    first = await client.post(path, content=body, headers=FHIR_JSON_HEADERS)
+                    if first.status_code != 200:
+                        raise RuntimeError(f"{path} answered HTTP {first.status_code}")
+                    warm = concurrency * cfg.http_warmup
+                    await _load(client, path, body, concurrency, warm, cfg.http_max_seconds)
                     rounds[name].append(
-                        await _load(
-                            clients[name], routes[name], body, concurrency, per_round, seconds
-                        )
+                        await _load(client, path, body, concurrency, per_round, seconds)
                     )
-        finally:
-            for client in clients.values():
-                await client.aclose()
         ratios = [
             _ratio(e["rps"], b["rps"])
             for e, b in zip(rounds["eligibility"], rounds["bare"], strict=True)
