@@ -161,8 +161,10 @@ static unsigned char plan_open(plan_t *pl, int role, int key, int is_object, Py_
     return R_NONE;
 }
 
-/* A string value (``v``, ``n`` bytes, escapes or not) in context (role, key). */
-static void plan_string(plan_t *pl, int role, int key, const unsigned char *v, Py_ssize_t n,
+/* A value other than a container in context (role, key): a string (``v``, ``n`` bytes,
+   ``escaped`` when it holds a backslash), or a number, true, false or null (``v`` NULL,
+   ``escaped`` 1: read like a string that cannot be trusted as written). */
+static void plan_value(plan_t *pl, int role, int key, const unsigned char *v, Py_ssize_t n,
                         int escaped) {
     switch (role) {
     case R_TOP:
@@ -186,31 +188,6 @@ static void plan_string(plan_t *pl, int role, int key, const unsigned char *v, P
         if (key == K_CODE && (escaped || is_protocol_code(pl, v, n))) pl->keep = 1;
         return;
     case R_COMP:
-        if (key == K_CODE) pl->keep = 1;
-        return;
-    }
-}
-
-/* A number, true, false or null in context (role, key). */
-static void plan_scalar(plan_t *pl, int role, int key) {
-    switch (role) {
-    case R_TOP:
-        if (key == K_RTYPE) pl->top_bundle = 0;
-        if (key == K_ENTRY) pl->bad = 1;
-        return;
-    case R_ENTRIES: pl->bad = 1; return;
-    case R_ENTRY:
-        if (key == K_RESOURCE || key == K_FULLURL) pl->keep = 1;
-        return;
-    case R_RES:
-        if (key == K_RTYPE) pl->is_obs = 0;
-        else if (key == K_CODE || key == K_COMPONENT) pl->keep = 1;
-        return;
-    case R_CONCEPT:
-        if (key == K_CODING) pl->keep = 1;
-        return;
-    case R_CODINGS: case R_COMPS: pl->keep = 1; return;
-    case R_CODING: case R_COMP:
         if (key == K_CODE) pl->keep = 1;
         return;
     }
@@ -398,7 +375,7 @@ static int scan(const unsigned char *s, Py_ssize_t len, spans_t *sp, plan_t *pl)
             i = string_end(s, len, start, &escaped);
             if (i < 0) goto done;
             if (pl && role[depth] != R_NONE)
-                plan_string(pl, role[depth], key_of[depth], s + start, i - 1 - start, escaped);
+                plan_value(pl, role[depth], key_of[depth], s + start, i - 1 - start, escaped);
             continue;
         }
         if (c == '{' || c == '[') {
@@ -435,7 +412,7 @@ static int scan(const unsigned char *s, Py_ssize_t len, spans_t *sp, plan_t *pl)
         } else {
             goto done;
         }
-        if (pl && role[depth] != R_NONE) plan_scalar(pl, role[depth], key_of[depth]);
+        if (pl && role[depth] != R_NONE) plan_value(pl, role[depth], key_of[depth], NULL, 0, 1);
         continue;
     close:
         /* c closes the container at this depth (checked by the caller's state) */

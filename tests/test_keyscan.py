@@ -24,6 +24,7 @@ from service.bench.synthetic import make_patient
 from service.demo import load_demo_bundles
 from service.inputs import MAX_FULL_URL
 from service.protocol import default_protocol
+from tests.test_lean_equivalence import _has_duplicate  # json with a pairs hook
 
 pytestmark = pytest.mark.skipif(not lean.available(), reason="service/_keyscan.c not built")
 
@@ -84,18 +85,6 @@ def _orjson_reads(body: bytes) -> bool:
     except orjson.JSONDecodeError:
         return False
     return True
-
-
-def _has_duplicate(body: bytes) -> bool:
-    found = False
-
-    def hook(pairs: list) -> dict:
-        nonlocal found
-        found = found or len({k for k, _ in pairs}) != len(pairs)
-        return dict(pairs)
-
-    json.loads(body, object_pairs_hook=hook)
-    return found
 
 
 @st.composite
