@@ -26,6 +26,8 @@ class Reads:
 
 
 ValueSetRef = Annotated[str, Reads("valueset")]
+# Optional ones carry the marker outside the union, or pydantic would not keep it on the field.
+OptionalValueSetRef = Annotated[str | None, Reads("valueset")]
 ValueSetList = Annotated[list[str], Reads("valueset")]
 ValueSetMap = Annotated[dict[str, str], Reads("valueset")]
 CriterionRef = Annotated[str, Reads("criterion")]
@@ -92,8 +94,8 @@ class MinimumAgeParams(RuleParams):
 class CodedFindingParams(RuleParams):
     analyte: str | None = None
     observation_valueset: ValueSetRef
-    context_observation_valueset: ValueSetRef | None = None
-    context_observation_method_valueset: ValueSetRef | None = None
+    context_observation_valueset: OptionalValueSetRef = None
+    context_observation_method_valueset: OptionalValueSetRef = None
     positive_valueset: ValueSetRef
     negative_valueset: ValueSetRef
     window_days: WindowDays
@@ -131,7 +133,7 @@ class RelapsedRefractoryParams(RuleParams):
 
 class AttestationParams(RuleParams):
     attestation_item: AttestationItem
-    supporting_procedure_valueset: ValueSetRef | None = None
+    supporting_procedure_valueset: OptionalValueSetRef = None
 
 
 class SurvivalParams(RuleParams):
@@ -146,8 +148,8 @@ class ConsentParams(RuleParams):
 class _LabParams(RuleParams):
     analyte: str | None = None
     observation_valueset: ValueSetRef
-    context_observation_valueset: ValueSetRef | None = None
-    context_observation_method_valueset: ValueSetRef | None = None
+    context_observation_valueset: OptionalValueSetRef = None
+    context_observation_method_valueset: OptionalValueSetRef = None
     plausible: QuantityRange | None = None
     window_days: WindowDays
 
