@@ -171,10 +171,14 @@ class LabUlnMultipleParams(_LabParams):
 
 class PerformanceStatusParams(RuleParams):
     ecog_observation_valueset: ValueSetRef
+    ecog_context_observation_valueset: OptionalValueSetRef = None  # broader: evidence only
+    ecog_context_observation_method_valueset: OptionalValueSetRef = None
     ecog_grade_valuesets: ValueSetList
     ecog_max: int = Field(ge=0)
     ecog_range: tuple[int, int]
     karnofsky_observation_valueset: ValueSetRef
+    karnofsky_context_observation_valueset: OptionalValueSetRef = None
+    karnofsky_context_observation_method_valueset: OptionalValueSetRef = None
     karnofsky_met_min: int
     karnofsky_not_met_max: int
     karnofsky_range: tuple[int, int]
