@@ -97,6 +97,27 @@ def _protocol() -> Protocol:
         raise _fail(f"cannot load the trial protocol: {exc}", 1) from None
 
 
+def _studies(names: list[str] | None) -> list[Protocol]:
+    """The protocols ``--study`` names (id, canonical or registry number); default: all of
+    ELIGIBILITY_PROTOCOL_DIRS, or every folder under fhir_mappings/, or an explicitly set
+    ELIGIBILITY_PROTOCOL_PATH alone."""
+    from fhir_mappings import DEFAULT_PROTOCOL
+    from service.portfolio import load_portfolio
+
+    settings = get_settings()
+    paths = settings.protocol_dirs or None
+    if paths is None and Path(settings.protocol_path) != DEFAULT_PROTOCOL:
+        paths = [settings.protocol_path]
+    try:
+        portfolio = load_portfolio(paths)
+    except (OSError, ProtocolError, KeyError, ValueError) as exc:
+        raise _fail(f"cannot load the trial protocol: {exc}", 1) from None
+    try:
+        return portfolio.select(names or [])
+    except KeyError as exc:
+        raise _fail(str(exc.args[0])) from None
+
+
 def _as_of(value: str | None) -> date | None:
     try:
         return parse_as_of(value) if value else None
@@ -160,35 +181,66 @@ def evaluate(
     ] = None,
     format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.fhir,
     site_mappings: SiteMappingsOption = None,
+    study: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--study",
+            help="Protocol id, ResearchStudy canonical or registry number (repeatable; "
+            "default every protocol)",
+        ),
+    ] = None,
 ) -> None:
-    """Evaluate one patient against every inclusion criterion."""
-    protocol = _protocol()
+    """Evaluate one patient against every criterion of each chosen protocol.
+
+    With one protocol the output is that protocol's result; with several, the FHIR output is
+    a collection Bundle holding one result Bundle per protocol (summaries follow each other).
+    """
+    protocols = _studies(study)
     _site_terminology(site_mappings)
     day = _as_of(as_of)
     if (bundle is None) == (fhir_base is None):
         raise _fail("give exactly one of --bundle FILE or --fhir-base URL")
+    body = b""
     if bundle is not None:
         try:
             body = bundle.read_bytes()
         except OSError as exc:
             raise _fail(f"cannot read {bundle}: {exc.strerror}") from None
+    elif not patient:
+        raise _fail("--patient is required with --fhir-base")
+    answers = [_evaluate_one(p, body, fhir_base, patient, day) for p in protocols]
+    if len(answers) == 1 or format is OutputFormat.summary:
+        for i, (protocol, (evaluation, result)) in enumerate(zip(protocols, answers, strict=True)):
+            if i:
+                print()
+            _print(evaluation, result, protocol, format)
+        return
+    collection = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": result} for _, result in answers],
+    }
+    sys.stdout.buffer.write(orjson.dumps(collection, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def _evaluate_one(
+    protocol: Protocol, body: bytes, fhir_base: str | None, patient: str | None, day: date | None
+) -> tuple[Evaluation, dict]:
+    """One protocol's evaluation, from the Bundle body or pulled from the FHIR server."""
+    if fhir_base is None:
         try:
-            evaluation, result = evaluate_body(body, protocol, as_of=day, patient_id=patient)
+            return evaluate_body(body, protocol, as_of=day, patient_id=patient)
         except InputError as exc:
             raise _fail(str(exc)) from None
-    else:
-        if not patient:
-            raise _fail("--patient is required with --fhir-base")
-        try:
-            settings = get_settings().model_copy(update={"fhir_base_url": fhir_base})
-            evaluation, result = asyncio.run(evaluate_from_server(settings, protocol, patient, day))
-        except FhirError as exc:
-            raise _fail(exc.message, EXIT_UPSTREAM if exc.http_status >= 500 else 2) from None
-        except InputError as exc:
-            raise _fail(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - one line, no traceback with patient data
-            raise _fail(f"internal error ({type(exc).__name__})", 1) from None
-    _print(evaluation, result, protocol, format)
+    try:
+        settings = get_settings().model_copy(update={"fhir_base_url": fhir_base})
+        return asyncio.run(evaluate_from_server(settings, protocol, patient or "", day))
+    except FhirError as exc:
+        raise _fail(exc.message, EXIT_UPSTREAM if exc.http_status >= 500 else 2) from None
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - one line, no traceback with patient data
+        raise _fail(f"internal error ({type(exc).__name__})", 1) from None
 
 
 @app.command()
@@ -314,6 +366,45 @@ def load_demo(
 
 
 app.command("screen")(screen)
+
+protocol_app = typer.Typer(
+    no_args_is_help=True, help="Tools for whoever writes a protocol folder (check, show)."
+)
+app.add_typer(protocol_app, name="protocol")
+
+
+@protocol_app.command("check")
+def protocol_check(
+    folder: Annotated[Path, typer.Argument(help="A protocol folder (holds protocol.toml)")],
+) -> None:
+    """Check a protocol folder: everything the loader checks, every FHIR resource valid R4,
+    every unit UCUM, every code system known; unused ValueSets are warnings."""
+    from service.protocol_tools import check_folder
+
+    if not (folder / "protocol.toml").is_file():
+        raise _fail(f"{folder}: no protocol.toml in this folder")
+    report = check_folder(folder)
+    for line in report.errors:
+        print(f"error: {line}", file=sys.stderr)
+    for line in report.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if not report.ok:
+        raise typer.Exit(1)
+    print(f"{folder}: ok ({len(report.warnings)} warnings)")
+
+
+@protocol_app.command("show")
+def protocol_show(
+    folder: Annotated[Path, typer.Argument(help="A protocol folder (holds protocol.toml)")],
+) -> None:
+    """Print the criteria as a table: code, kind, rule, thresholds, windows, ValueSets."""
+    from service.protocol_tools import show
+
+    try:
+        protocol = load_protocol(folder)
+    except (OSError, ProtocolError) as exc:
+        raise _fail(str(exc), 1) from None
+    show(protocol, _console())
 
 
 @app.command()

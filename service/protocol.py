@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
@@ -38,17 +38,26 @@ class ValueSet:
         return self.displays.get(code) or None
 
 
+KINDS = ("inclusion", "exclusion")
+REGISTRY_SYSTEM = "https://clinicaltrials.gov"  # ResearchStudy.identifier of a registered trial
+
+
 @dataclass(frozen=True, slots=True)
 class CriterionDef:
     code: str
     title: str
     rule: str
-    params: dict[str, Any]
+    params: dict[str, Any]  # the raw parameters, as the rule bodies read them
     members: tuple[str, ...] = ()
+    kind: str = "inclusion"  # "inclusion" | "exclusion"
+    # The parameters validated against the rule's model (service/clinical/rules/params.py).
+    typed: Any = field(default=None, compare=False, repr=False)
+    member_of: str | None = None  # the criterion whose ``members`` list names this one
 
     @property
     def is_member(self) -> bool:
-        return "-" in self.code
+        """Named in another criterion's ``members`` (explicit, not guessed from the code)."""
+        return self.member_of is not None
 
 
 @dataclass(frozen=True)
@@ -66,7 +75,25 @@ class Protocol:
     canonical: str  # the ResearchStudy's canonical URL
     version: str  # the protocol version
 
+    def __post_init__(self) -> None:
+        # Membership comes from the ``members`` lists, whoever built the protocol.
+        parents = {m: c.code for c in self.criteria.values() for m in c.members}
+        criteria = {
+            code: c if c.member_of == parents.get(code) else replace(c, member_of=parents.get(code))
+            for code, c in self.criteria.items()
+        }
+        object.__setattr__(self, "criteria", criteria)
+
     # -- convenience -------------------------------------------------------
+
+    @property
+    def registry_numbers(self) -> tuple[str, ...]:
+        """Trial registry numbers (ClinicalTrials.gov) the ResearchStudy carries, if any."""
+        return tuple(
+            ident["value"]
+            for ident in self.research_study.get("identifier", [])
+            if ident.get("system") == REGISTRY_SYSTEM and ident.get("value")
+        )
 
     @property
     def versioned_canonical(self) -> str:
@@ -86,6 +113,7 @@ class Protocol:
 
     @property
     def top_level(self) -> list[CriterionDef]:
+        """Criteria no other criterion lists as a member, in protocol order."""
         return [c for c in self.criteria.values() if not c.is_member]
 
     def valueset(self, vs_id: str) -> ValueSet:
@@ -151,33 +179,48 @@ def _valueset_concepts(resource: dict[str, Any]) -> dict[Code, str]:
 
 
 def load_protocol(path: Path | str = DEFAULT_PROTOCOL) -> Protocol:
+    """Read and check one protocol; any inconsistency is a ProtocolError naming file and key."""
     path = Path(path)
-    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    if path.is_dir():
+        path = path / "protocol.toml"
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ProtocolError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return _build(path, raw)
+    except KeyError as exc:
+        raise ProtocolError(f"{path}: required key {exc.args[0]!r} is missing") from None
+
+
+def _build(path: Path, raw: dict[str, Any]) -> Protocol:
     directory = path.parent
     study = raw["study"]
 
     valuesets: dict[str, ValueSet] = {}
     for vs_path in sorted(directory.glob(study.get("valuesets_glob", "ValueSet-*.json"))):
-        resource = _read_json(vs_path)
-        concepts = _valueset_concepts(resource)
-        valuesets[resource["id"]] = ValueSet(
-            resource["id"], resource["url"], frozenset(concepts), resource, concepts
-        )
+        vs = _read_valueset(vs_path)
+        valuesets[vs.id] = vs
 
     criteria: dict[str, CriterionDef] = {}
     for code, spec in raw["criteria"].items():
-        spec = dict(spec)
-        title = spec.pop("title")
-        rule = spec.pop("rule")
-        members = tuple(spec.pop("members", ()))
-        criteria[code] = CriterionDef(code, title, rule, spec, members)
+        criteria[code] = _criterion(path, code, dict(spec))
+
+    general = raw.get("general", {})
+    shared = [directory / d for d in study.get("shared_valueset_dirs", ["../shared"])]
+    for ref in _valueset_refs(general, criteria):
+        if ref not in valuesets and _is_canonical(ref):
+            valuesets[ref] = _shared_valueset(path, ref, shared)
 
     research_study = _read_json(directory / study["research_study"])
-    canonical, version = _study_identity(research_study)
+    try:
+        canonical, version = _study_identity(research_study)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{directory / study['research_study']}: {exc}") from None
     protocol = Protocol(
         id=study["id"],
         directory=directory,
-        general=raw.get("general", {}),
+        general=general,
         criteria=criteria,
         valuesets=valuesets,
         research_study=research_study,
@@ -187,32 +230,135 @@ def load_protocol(path: Path | str = DEFAULT_PROTOCOL) -> Protocol:
         canonical=canonical,
         version=version,
     )
-    _check(protocol)
+    try:
+        _check(protocol)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{path}: {exc}") from None
     return protocol
+
+
+def _criterion(path: Path, code: str, spec: dict[str, Any]) -> CriterionDef:
+    """One ``[criteria.X]`` table: its fixed keys, then the rule's typed parameters."""
+    from pydantic import ValidationError
+
+    from service.clinical.rules import load_all  # the rules import this module
+    from service.clinical.rules.params import describe_error
+
+    where = f"{path}: [criteria.{code}]"
+    for key in ("title", "rule"):
+        if key not in spec:
+            raise ProtocolError(f"{where} key {key!r}: required but missing")
+    title, rule_name = spec.pop("title"), spec.pop("rule")
+    members = spec.pop("members", [])
+    kind = spec.pop("kind", "inclusion")
+    if kind not in KINDS:
+        raise ProtocolError(f"{where} key 'kind': {kind!r} is not one of {', '.join(KINDS)}")
+    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+        raise ProtocolError(f"{where} key 'members': a list of criterion codes is required")
+    if rule_name == "panel" and not members:
+        raise ProtocolError(f"{where} key 'members': a panel needs at least one member")
+    rule = load_all().get(rule_name)
+    if rule is None:
+        known = ", ".join(sorted(load_all()))
+        raise ProtocolError(f"{where} key 'rule': no rule {rule_name!r} (known: {known})")
+    try:
+        typed = rule.params.model_validate(spec)
+    except ValidationError as exc:
+        raise ProtocolError(f"{where} " + "; ".join(describe_error(exc))) from None
+    return CriterionDef(code, title, rule_name, spec, tuple(members), kind, typed)
+
+
+def _valueset_refs(general: dict[str, Any], criteria: dict[str, CriterionDef]) -> list[str]:
+    """Every ValueSet named by the general section (by key suffix) or a criterion's model."""
+    refs: list[str] = []
+    for key, value in general.items():
+        if key.endswith("valueset"):
+            refs.append(value)
+        elif key.endswith("valuesets"):
+            refs.extend(value.values() if isinstance(value, dict) else value)
+    for c in criteria.values():
+        if c.typed is not None:
+            refs.extend(v for _, v in c.typed.references("valueset"))
+    return refs
+
+
+def _is_canonical(ref: str) -> bool:
+    return "://" in ref or ref.startswith("urn:")
+
+
+def _read_valueset(vs_path: Path) -> ValueSet:
+    resource = _read_json(vs_path)
+    concepts = _valueset_concepts(resource)
+    return ValueSet(resource["id"], resource["url"], frozenset(concepts), resource, concepts)
+
+
+def _shared_valueset(path: Path, url: str, folders: list[Path]) -> ValueSet:
+    """A ValueSet referenced by canonical, from the shared folders (keyed by that canonical)."""
+    for folder in folders:
+        for vs_path in sorted(folder.glob("ValueSet-*.json")):
+            resource = _read_json(vs_path)
+            if resource.get("url") == url:
+                vs = _read_valueset(vs_path)
+                return replace(vs, id=url)
+    where = ", ".join(str(f) for f in folders) or "(none)"
+    raise ProtocolError(f"{path}: ValueSet {url!r} is not in the shared folders {where}")
 
 
 def _check(protocol: Protocol) -> None:
     """Fail at load time, not mid-evaluation, when the data contradicts itself."""
     for key, value in protocol.general.items():
         if key.endswith("valueset"):
-            protocol.valueset(value)
+            _known_valueset(protocol, "[general]", key, value)
         elif key.endswith("valuesets"):
             for v in value.values() if isinstance(value, dict) else value:
-                protocol.valueset(v)
+                _known_valueset(protocol, "[general]", key, v)
+    items = set(_link_ids(protocol.questionnaire.get("item", [])))
     for c in protocol.criteria.values():
-        for key, value in c.params.items():
-            if key.endswith("valueset"):
-                protocol.valueset(value)
-            elif key.endswith("valuesets"):
-                for v in value:
-                    protocol.valueset(v)
+        where = f"[criteria.{c.code}]"
+        if c.typed is not None:
+            for key, value in c.typed.references("valueset"):
+                _known_valueset(protocol, where, key, value)
+            for key, value in c.typed.references("criterion"):
+                if value not in protocol.criteria:
+                    raise ProtocolError(f"{where} key {key!r}: no criterion {value!r}")
+            for key, value in c.typed.references("attestation_item"):
+                if value not in items:
+                    raise ProtocolError(
+                        f"{where} key {key!r}: the Questionnaire has no item {value!r}"
+                    )
         for m in c.members:
             if m not in protocol.criteria:
-                raise ProtocolError(f"{c.code} lists unknown member {m}")
-    defined = set(_concept_codes(protocol.criteria_codesystem.get("concept", [])))
-    missing = set(protocol.criteria) - defined
+                raise ProtocolError(f"{where} key 'members': {c.code} lists unknown member {m}")
+    parents: dict[str, str] = {}
+    for c in protocol.criteria.values():
+        for m in c.members:
+            if m in parents or m == c.code or protocol.criteria[m].members:
+                raise ProtocolError(
+                    f"[criteria.{c.code}] key 'members': {m} must be a plain criterion named "
+                    "by one parent only"
+                )
+            parents[m] = c.code
+    defined = dict(_concept_kinds(protocol.criteria_codesystem.get("concept", [])))
+    missing = set(protocol.criteria) - set(defined)
     if missing:
         raise ProtocolError(f"criteria missing from the criteria CodeSystem: {sorted(missing)}")
+    for code, kind in defined.items():
+        if kind is not None and code in protocol.criteria and protocol.criteria[code].kind != kind:
+            raise ProtocolError(
+                f"[criteria.{code}] key 'kind': {protocol.criteria[code].kind!r} but the "
+                f"criteria CodeSystem says {kind!r}"
+            )
+
+
+def _known_valueset(protocol: Protocol, where: str, key: str, vs_id: str) -> None:
+    if vs_id not in protocol.valuesets:
+        raise ProtocolError(f"{where} key {key!r}: no ValueSet {vs_id!r} in the protocol folder")
+
+
+def _link_ids(items: list[dict[str, Any]]) -> Iterable[str]:
+    for item in items:
+        yield item.get("linkId", "")
+        yield from _link_ids(item.get("item", []))
 
 
 def _study_identity(study: dict[str, Any]) -> tuple[str, str]:
@@ -231,11 +377,15 @@ def _study_identity(study: dict[str, Any]) -> tuple[str, str]:
     return found["url"], found["version"]
 
 
-def _concept_codes(concepts: list[dict[str, Any]]) -> Iterable[str]:
-    """Codes of a CodeSystem's concepts, nested ones (panel members) included."""
+def _concept_kinds(concepts: list[dict[str, Any]]) -> Iterable[tuple[str, str | None]]:
+    """(code, its ``kind`` property or None) of a CodeSystem's concepts, nested ones included."""
     for concept in concepts:
-        yield concept["code"]
-        yield from _concept_codes(concept.get("concept", []))
+        kind = next(
+            (p.get("valueCode") for p in concept.get("property", []) if p.get("code") == "kind"),
+            None,
+        )
+        yield concept["code"], kind
+        yield from _concept_kinds(concept.get("concept", []))
 
 
 @cache

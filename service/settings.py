@@ -26,7 +26,10 @@ class Settings(BaseSettings):
     )
 
     # -- protocol and HTTP API --------------------------------------------
-    protocol_path: Path = DEFAULT_PROTOCOL
+    protocol_path: Path = DEFAULT_PROTOCOL  # the protocol single-trial callers use
+    # The portfolio (`evaluate --study`): these protocol folders (or protocol.toml files);
+    # empty: every folder under fhir_mappings/ that holds a protocol.toml.
+    protocol_dirs: list[Path] = Field(default_factory=list)
     max_body_bytes: int = 20 * 1024 * 1024
     public_base_url: str | None = None  # our own URL as clients see it (JWT aud, card links)
     cors_origins: list[str] = Field(default_factory=list)

@@ -14,6 +14,7 @@ from datetime import date
 from functools import cache
 
 from service.clinical.model import CriterionResult
+from service.clinical.rules.params import NoParams, RuleParams
 from service.protocol import CriterionDef, Protocol
 from service.record import PatientRecord
 
@@ -33,14 +34,19 @@ Evaluator = Callable[[CriterionDef, Context], CriterionResult]
 class Rule:
     evaluate: Evaluator
     reads: frozenset[str]  # resource types whose truncated search makes the result unsafe
+    params: type[RuleParams] = NoParams  # the criterion's parameters, validated at load
 
 
 RULES: dict[str, Rule] = {}
 
 
-def rule(name: str, *, reads: tuple[str, ...] = ()) -> Callable[[Evaluator], Evaluator]:
+def rule(
+    name: str, *, reads: tuple[str, ...] = (), params: type[RuleParams] = NoParams
+) -> Callable[[Evaluator], Evaluator]:
+    """Register an evaluator under ``name``, with the typed model of its parameters."""
+
     def register(fn: Evaluator) -> Evaluator:
-        RULES[name] = Rule(fn, frozenset(reads))
+        RULES[name] = Rule(fn, frozenset(reads), params)
         return fn
 
     return register

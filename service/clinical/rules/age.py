@@ -22,6 +22,7 @@ from service.clinical.model import (
     undetermined,
 )
 from service.clinical.rules import Context, rule
+from service.clinical.rules.params import MinimumAgeParams
 from service.protocol import CriterionDef
 
 
@@ -51,7 +52,7 @@ def _implausible(criterion: CriterionDef, ctx: Context, why: str, warning: str) 
     return result
 
 
-@rule("minimum_age")
+@rule("minimum_age", params=MinimumAgeParams)
 def minimum_age(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     minimum = int(criterion.params["min_age_years"])
     evidence = [ctx.record.patient_ref]

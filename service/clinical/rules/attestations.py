@@ -26,6 +26,7 @@ from service.clinical.model import (
     undetermined,
 )
 from service.clinical.rules import Context, rule
+from service.clinical.rules.params import AttestationParams, ConsentParams, SurvivalParams
 from service.protocol import CriterionDef
 from service.record import Resource, codings
 from service.references import referenced_type
@@ -359,7 +360,7 @@ def decide_by_attestation(
 # -- rules ------------------------------------------------------------------------------------
 
 
-@rule("attestation", reads=("QuestionnaireResponse",))
+@rule("attestation", reads=("QuestionnaireResponse",), params=AttestationParams)
 def attestation(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     """The investigator's answer decides; supporting records are listed but never decide."""
     lookup = lookup_attestation(ctx, criterion.params["attestation_item"])
@@ -426,7 +427,7 @@ def _display(concept: Any, code: tuple[str, str]) -> str:
     return code[1]
 
 
-@rule("survival", reads=("QuestionnaireResponse",))
+@rule("survival", reads=("QuestionnaireResponse",), params=SurvivalParams)
 def survival(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     """A recorded death on or before the evaluation date decides; otherwise the investigator."""
     patient = ctx.record.patient
@@ -462,7 +463,7 @@ def survival(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     return decide_by_attestation(criterion, ctx, lookup, prefix=prefix, evidence=evidence)
 
 
-@rule("consent", reads=("Consent", "QuestionnaireResponse"))
+@rule("consent", reads=("Consent", "QuestionnaireResponse"), params=ConsentParams)
 def consent(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     """An active research Consent covering the evaluation date; a refusal; else the investigator.
 

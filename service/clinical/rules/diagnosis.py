@@ -33,6 +33,7 @@ from service.clinical.model import (
     undetermined,
 )
 from service.clinical.rules import Context, rule
+from service.clinical.rules.params import DiagnosisParams
 from service.protocol import Code, CriterionDef, ValueSet
 from service.record import Resource, codings
 
@@ -180,7 +181,7 @@ def _listed(items: list[str], limit: int = 3) -> str:
     return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
 
 
-@rule("diagnosis", reads=("Condition",))
+@rule("diagnosis", reads=("Condition",), params=DiagnosisParams)
 def diagnosis(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     p = criterion.params
     confirmed = ctx.protocol.valueset(p["confirmed_valueset"])

@@ -35,6 +35,7 @@ from service.clinical.observations import (
 )
 from service.clinical.rules import Context, rule
 from service.clinical.rules.diagnosis import code_label
+from service.clinical.rules.params import CodedFindingParams
 from service.protocol import CriterionDef, ValueSet
 from service.record import codings
 
@@ -121,7 +122,7 @@ def _judge(
     return not_met(criterion.code, f"negative: {_line(ctx, r, vs)}", [ref])
 
 
-@rule("coded_finding")
+@rule("coded_finding", params=CodedFindingParams)
 def coded_finding(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     """The newest result decides, and only through a coded positive/negative reading."""
     p = criterion.params

@@ -35,6 +35,7 @@ from service.clinical.observations import (
     satisfies,
 )
 from service.clinical.rules import Context, rule
+from service.clinical.rules.params import LabThresholdParams, LabUlnMultipleParams
 from service.protocol import CriterionDef
 
 _SYMBOL = {"<=": "≤", "<": "<", ">=": "≥", ">": ">"}
@@ -212,7 +213,7 @@ def _latest(
     return result
 
 
-@rule("lab_threshold")
+@rule("lab_threshold", params=LabThresholdParams)
 def lab_threshold(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     p = criterion.params
     target = p["threshold"]["unit"]
@@ -225,7 +226,7 @@ def lab_threshold(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     return _latest(criterion, ctx, target, decide)
 
 
-@rule("lab_uln_multiple")
+@rule("lab_uln_multiple", params=LabUlnMultipleParams)
 def lab_uln_multiple(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     """Value ≤ N × ULN; ULN from the result's own reference range, else the protocol default."""
     p = criterion.params

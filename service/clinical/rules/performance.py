@@ -33,6 +33,7 @@ from service.clinical.observations import (
     origin,
 )
 from service.clinical.rules import Context, rule
+from service.clinical.rules.params import PerformanceStatusParams
 from service.protocol import Code, CriterionDef, ValueSet
 from service.record import Resource, codings
 
@@ -169,7 +170,7 @@ def _judge_karnofsky(
     )
 
 
-@rule("performance_status")
+@rule("performance_status", params=PerformanceStatusParams)
 def performance_status(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     """The newest ECOG decides; Karnofsky only when the window holds no ECOG result at all."""
     p = criterion.params

@@ -51,6 +51,7 @@ from service.clinical.rules.diagnosis import (
     usable_conditions,
     with_article,
 )
+from service.clinical.rules.params import RelapsedRefractoryParams
 from service.protocol import Code, CriterionDef, ValueSet
 from service.record import PatientRecord, Resource, codings
 
@@ -477,7 +478,7 @@ def _refs(ctx: Context, events: list[Event] | tuple[Event, ...]) -> list[SourceR
     return list(dict.fromkeys(ctx.record.ref(e.resource) for e in events))
 
 
-@rule("relapsed_refractory", reads=("Condition", "Procedure"))
+@rule("relapsed_refractory", reads=("Condition", "Procedure"), params=RelapsedRefractoryParams)
 def relapsed_refractory(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     p = criterion.params
     issues: list[Issue] = []

@@ -1,0 +1,199 @@
+"""Typed parameters of each rule kind, validated when a protocol loads.
+
+A protocol file is written by hand; without a schema a misspelt key (``attestation_itme``)
+loads fine and only shows up at run time as an undetermined criterion. Each rule kind
+therefore declares its parameters here (names, types, units, which ValueSets, criteria and
+attestation items it reads) and the loader rejects anything else, naming the key.
+
+The rule bodies still read ``criterion.params`` (the raw dict); the validated model is
+``criterion.typed``, for tools (``protocol check`` / ``protocol show``) and new rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+@dataclass(frozen=True)
+class Reads:
+    """Marks a parameter whose value names something the loader can check exists."""
+
+    what: Literal["valueset", "criterion", "attestation_item"]
+
+
+ValueSetRef = Annotated[str, Reads("valueset")]
+# Optional ones carry the marker outside the union, or pydantic would not keep it on the field.
+OptionalValueSetRef = Annotated[str | None, Reads("valueset")]
+ValueSetList = Annotated[list[str], Reads("valueset")]
+ValueSetMap = Annotated[dict[str, str], Reads("valueset")]
+CriterionRef = Annotated[str, Reads("criterion")]
+AttestationItem = Annotated[str, Reads("attestation_item")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class Quantity(_Strict):
+    """A threshold or limit with its UCUM unit."""
+
+    value: float
+    unit: str
+
+
+class QuantityRange(_Strict):
+    """Plausible low..high in one UCUM unit: values outside are not believed."""
+
+    low: float
+    high: float
+    unit: str
+
+
+class RuleParams(_Strict):
+    """Base of every rule's parameters: walks the fields that name other protocol parts."""
+
+    def references(self, what: str) -> Iterator[tuple[str, str]]:
+        """(key, name) of every ValueSet / criterion / attestation item this criterion reads."""
+        for key, info in type(self).model_fields.items():
+            if not any(isinstance(m, Reads) and m.what == what for m in info.metadata):
+                continue
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if isinstance(value, str):
+                yield key, value
+            elif isinstance(value, dict):
+                yield from ((f"{key}.{k}", v) for k, v in value.items())
+            else:
+                yield from ((key, v) for v in value)
+
+    def units(self) -> Iterator[tuple[str, str]]:
+        """(key, UCUM unit) of every quantity parameter."""
+        for key in type(self).model_fields:
+            value = getattr(self, key)
+            if isinstance(value, Quantity | QuantityRange):
+                yield key, value.unit
+
+
+WindowDays = Annotated[int | None, Field(default=None, ge=0)]
+
+
+class NoParams(RuleParams):
+    """A rule that reads nothing but its members (panel)."""
+
+
+class MinimumAgeParams(RuleParams):
+    min_age_years: int = Field(ge=0)
+    max_plausible_age_years: int = Field(ge=1)
+
+
+class CodedFindingParams(RuleParams):
+    analyte: str | None = None
+    observation_valueset: ValueSetRef
+    context_observation_valueset: OptionalValueSetRef = None
+    context_observation_method_valueset: OptionalValueSetRef = None
+    positive_valueset: ValueSetRef
+    negative_valueset: ValueSetRef
+    window_days: WindowDays
+
+
+class DiagnosisParams(RuleParams):
+    confirmed_valueset: ValueSetRef
+    lineage_unstated_valueset: ValueSetRef
+    lineage_confirmed_by: CriterionRef
+    other_lineage_valueset: ValueSetRef
+    histology_extension: str | None = None
+    disease: str
+    confirmed_disease: str | None = None
+    confirmed_disease_long: str | None = None
+    lineage: str | None = None
+    lineage_marker: str | None = None
+
+
+class RelapsedRefractoryParams(RuleParams):
+    histology_extension: str | None = None
+    all_condition_valueset: ValueSetRef
+    relapse_condition_valueset: ValueSetRef
+    remission_condition_valueset: ValueSetRef
+    relapse_clinical_status: list[str]
+    disease_status_observation_valueset: ValueSetRef
+    remission_value_valueset: ValueSetRef
+    relapse_value_valueset: ValueSetRef
+    refractory_value_valueset: ValueSetRef
+    treatment_valueset: ValueSetRef
+    short_first_remission_months: int = Field(ge=0)
+    min_relapse_episodes: int = Field(ge=1)
+    disease: str
+    treatment: str | None = None
+
+
+class AttestationParams(RuleParams):
+    attestation_item: AttestationItem
+    supporting_procedure_valueset: OptionalValueSetRef = None
+
+
+class SurvivalParams(RuleParams):
+    attestation_item: AttestationItem
+
+
+class ConsentParams(RuleParams):
+    attestation_item: AttestationItem
+    consent_scope_valueset: ValueSetRef
+
+
+class _LabParams(RuleParams):
+    analyte: str | None = None
+    observation_valueset: ValueSetRef
+    context_observation_valueset: OptionalValueSetRef = None
+    context_observation_method_valueset: OptionalValueSetRef = None
+    plausible: QuantityRange | None = None
+    window_days: WindowDays
+
+
+class LabThresholdParams(_LabParams):
+    comparator: Literal["<", "<=", ">", ">="]
+    threshold: Quantity
+    molar_mass_g_per_mol: float | None = Field(default=None, gt=0)
+    compare_decimals: int | None = Field(default=None, ge=0)
+    fraction_as_percent: bool = False
+    unitless_fraction_max: float | None = None
+
+
+class LabUlnMultipleParams(_LabParams):
+    max_uln_multiple: float = Field(gt=0)
+    default_uln: Quantity
+    uln_plausible: QuantityRange | None = None
+
+
+class PerformanceStatusParams(RuleParams):
+    ecog_observation_valueset: ValueSetRef
+    ecog_context_observation_valueset: OptionalValueSetRef = None  # broader: evidence only
+    ecog_context_observation_method_valueset: OptionalValueSetRef = None
+    ecog_grade_valuesets: ValueSetList
+    ecog_max: int = Field(ge=0)
+    ecog_range: tuple[int, int]
+    karnofsky_observation_valueset: ValueSetRef
+    karnofsky_context_observation_valueset: OptionalValueSetRef = None
+    karnofsky_context_observation_method_valueset: OptionalValueSetRef = None
+    karnofsky_met_min: int
+    karnofsky_not_met_max: int
+    karnofsky_range: tuple[int, int]
+    window_days: WindowDays
+
+
+def describe_error(exc: Any) -> list[str]:
+    """One line per problem of a pydantic ValidationError: the key, then what is wrong."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err.get("loc", ())) or "(criterion)"
+        if err.get("type") == "extra_forbidden":
+            lines.append(f"key {key!r}: not a parameter of this rule (misspelt?)")
+        elif err.get("type") == "missing":
+            lines.append(f"key {key!r}: required by this rule but missing")
+        else:
+            lines.append(f"key {key!r}: {err.get('msg')}")
+    return lines
