@@ -110,6 +110,7 @@ def test_batch_response_patient_without_full_url_reads_its_searches(location, ev
     assert set(expected.values()) == {"met"}  # the collection Bundle: all 12 met
     body = orjson.dumps(batch_response(_demo(), location=location))
     assert _outcomes(body, evaluate) == expected
+    assert assert_same(body)[0] == "ok"  # lean and generic: the same bytes
 
 
 def test_batch_response_names_the_inferred_patient_and_no_other_patient():
@@ -221,6 +222,7 @@ def test_same_patient_twice_in_a_searchset_is_one_patient():
     assert outcomes["I7-platelets"] == "met"
     assert outcomes == _outcomes(body, evaluate_body_generic, as_of=AS_OF)
     assert _outcomes(body, patient_id=PATIENT_ID, as_of=AS_OF) == outcomes
+    assert assert_same(body)[0] == "ok"
 
 
 def test_same_patient_twice_without_full_urls_is_one_patient():
@@ -245,11 +247,13 @@ def test_same_content_on_two_servers_is_two_patients():
 
 
 def test_a_number_written_differently_is_not_a_copy():
-    """1 and 1.0 are equal in Python, not in FHIR JSON (a decimal's precision)."""
+    """1 and 1.0 are equal in Python, not in FHIR JSON (a decimal's precision): a guard,
+    passing before this change too, that fails if copies are compared with ``==``."""
     url = "http://example.org/fhir/StructureDefinition/score"
     first = patient(extension=[{"url": url, "valueDecimal": 1}])
     second = patient(extension=[{"url": url, "valueDecimal": 1.0}])
-    data = bundle(first, second)
+    data = _searchset_with_patient_twice(second)
+    data["entry"][1]["resource"] = first
     Bundle.model_validate(data)
     with pytest.raises(InputError, match="2 Patient resources"):
         record_from_bundle(data, PROTOCOL)
@@ -313,3 +317,20 @@ def test_identical_copies_do_not_make_an_identifier_ambiguous():
     # a different copy under the same identifier stays ambiguous
     index.add({**prac, "id": "d2", "active": True}, f"{SERVER}/Practitioner/d2")
     assert index.resolve(conditional) is None
+
+
+def test_patient_read_and_searched_is_one_patient():
+    """The batch reads the Patient (no fullUrl) and also searches it (``Patient?_id=``, with
+    a fullUrl): identical content on the one server is one Patient, the located copy kept."""
+    data = batch_response(_demo(), location=None)
+    pat = copy.deepcopy(data["entry"][0]["resource"])
+    searched = {"resource": _searchset([pat], SERVER), "response": {"status": "200 OK"}}
+    data["entry"].insert(1, searched)
+    Bundle.model_validate(data)
+    record = record_from_bundle(data, PROTOCOL)
+    assert record.index.home == SERVER
+    assert not any("names no server" in i.message for i in record.issues)  # it names one
+    assert set(_outcomes(orjson.dumps(data)).values()) == {"met"}
+    pat["birthDate"] = "1991-02-03"  # a different copy: two Patients, as before
+    with pytest.raises(InputError, match="2 Patient resources"):
+        record_from_bundle(data, PROTOCOL)
