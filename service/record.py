@@ -20,6 +20,7 @@ from typing import Any
 
 from service.clinical.dates import parse_moment
 from service.clinical.model import Issue, Severity, SourceRef
+from service.copies import identical
 from service.protocol import Code, Protocol, ValueSet
 from service.references import (
     ReferenceIndex,
@@ -134,8 +135,13 @@ def _reference_of(resource: Resource, full_url: str | None) -> str | None:
     return full_url
 
 
-def _iter_entries(bundle: Resource, issues: list[Issue]) -> Iterator[Entry]:
-    """Entries of a Bundle of any type; Bundles nested in a batch-response are opened once."""
+def _iter_entries(
+    bundle: Resource, issues: list[Issue], named: set[str] | None = None
+) -> Iterator[Entry]:
+    """Entries of a Bundle of any type; Bundles nested in a batch-response are opened once.
+
+    ``named`` collects the identities (fullUrl or response location) of the entries that
+    hold a nested Bundle: they name servers too (see ``_one_server``)."""
     entries = bundle.get("entry") or []
     if not isinstance(entries, list):
         raise InputError("Bundle.entry is not a list")
@@ -150,11 +156,34 @@ def _iter_entries(bundle: Resource, issues: list[Issue]) -> Iterator[Entry]:
                 Issue(Severity.WARNING, "invalid", f"Bundle entry {position} has no resource")
             )
             continue
+        full_url = entry_url(entry, resource)
         if resource["resourceType"] == "Bundle":
-            yield from _iter_entries(resource, issues)
+            if named is not None and full_url is not None:
+                named.add(full_url)
+            yield from _iter_entries(resource, issues, named)
             continue
-        full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
         yield Entry(resource, full_url)
+
+
+def entry_url(entry: dict[str, Any], resource: Resource) -> str | None:
+    """An entry's identity: its ``fullUrl``; else, in a batch- or transaction-response, its
+    ``response.location`` without the ``_history`` suffix, when that names this resource's
+    type (and id, if it has one). A location naming another resource is not trusted."""
+    full_url = entry.get("fullUrl")
+    if isinstance(full_url, str):
+        return full_url
+    response = entry.get("response")
+    location = response.get("location") if isinstance(response, dict) else None
+    if not isinstance(location, str):
+        return None
+    key = reference_key(location, None)
+    if key is None or key.startswith("urn:"):
+        return None
+    rtype, rid = key.rsplit("/", 2)[-2:]
+    own_id = resource.get("id")
+    if rtype != resource.get("resourceType") or (own_id is not None and own_id != rid):
+        return None
+    return key
 
 
 def select_patient(entries: list[Entry], patient_id: str | None) -> Entry:
@@ -208,12 +237,90 @@ def record_from_bundle(
         kind = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
         raise InputError(f"expected a FHIR Bundle, got {kind!r}")
     issues: list[Issue] = []
-    entries = list(_iter_entries(bundle, issues))
+    named: set[str] = set()
+    entries = list(_iter_entries(bundle, issues, named))
     patients = [e for e in entries if e.resource["resourceType"] == "Patient"]
+    server = _one_server(bundle, entries, named) if any(map(_baseless, patients)) else None
+    patients = _distinct(patients, server)
     patient = select_patient(patients, patient_id)
+    if server is not None and _baseless(patient):
+        patient = _on_server(patient, server, issues)
     return build_record(
         patient, entries, protocol, issues=issues, patients=patients, mappings=mappings
     )
+
+
+def _baseless(entry: Entry) -> bool:
+    """The entry names no server: no fullUrl, or only a relative ``Type/id`` (a batch-response
+    location). A ``urn:`` fullUrl is an identity of its own, not a missing base."""
+    url = entry.full_url
+    return url is None or (":" not in url and reference_key(url, None) is not None)
+
+
+def _one_server(bundle: Resource, entries: list[Entry], named: set[str]) -> str | None:
+    """The one server base every absolute fullUrl or location of the data names, or None
+    when there is none or more than one. A batch-response's Patient read often has no
+    fullUrl while its nested searchsets' entries all do: that Patient is this server's.
+    The lean decoder's skipped entries name servers too, so both paths see the same set."""
+    urls = [e.full_url for e in entries]
+    urls += named
+    skipped = getattr(bundle, "skipped", None)
+    for entry in skipped() if callable(skipped) else ():
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict):
+            urls.append(entry_url(entry, resource))
+    bases = {base for url in urls if (base := entry_base(url)) is not None}
+    return bases.pop() if len(bases) == 1 else None
+
+
+def _on_server(patient: Entry, server: str, issues: list[Issue]) -> Entry:
+    """The base-less Patient as the Patient of ``server`` (see ``_one_server``)."""
+    rid = patient.resource.get("id")
+    relative = patient.full_url or (f"Patient/{rid}" if isinstance(rid, str) else "")
+    key = reference_key(relative, server)
+    if key is None:
+        return patient
+    issues.append(
+        Issue(
+            Severity.INFORMATION,
+            "informational",
+            f"the Patient entry names no server; read as {key}, on the only server the data names",
+            key,
+        )
+    )
+    return Entry(patient.resource, key)
+
+
+def _patient_key(entry: Entry, server: str | None) -> str | None:
+    """Which Patient an entry is, for telling copies apart (None: it cannot be told)."""
+    url = entry.full_url
+    if url is None:
+        rid = entry.resource.get("id")
+        url = f"Patient/{rid}" if isinstance(rid, str) else ""
+    key = reference_key(url, None) if url else None
+    if key is not None and server is not None and ":" not in key:
+        key = f"{server}/{key}"
+    return key
+
+
+def _distinct(patients: list[Entry], server: str | None) -> list[Entry]:
+    """The Patients with identical copies of one (a searchset's ``match`` and ``include``
+    entries) counted once: same identity and the same content as canonical JSON. The copy
+    with a server base is kept. Copies that differ stay apart (and stay an error)."""
+    if len(patients) < 2:
+        return patients
+    kept: list[Entry] = []
+    first: dict[str, int] = {}
+    for entry in patients:
+        key = _patient_key(entry, server)
+        at = first.get(key) if key is not None else None
+        if at is None or not identical(kept[at].resource, entry.resource):
+            if key is not None:
+                first.setdefault(key, len(kept))
+            kept.append(entry)
+        elif entry_base(kept[at].full_url) is None and entry_base(entry.full_url) is not None:
+            kept[at] = entry
+    return kept
 
 
 def record_from_resources(
@@ -506,7 +613,7 @@ def _one_version(
     ``meta.lastUpdated`` (as instants) order them; when neither does, or they disagree, the
     criteria the resource feeds are undetermined. Pull mode and bundle mode both come here.
     """
-    if old == new:
+    if identical(old, new):
         return old
     later = _later(old, new)
     if later is not None:

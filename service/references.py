@@ -22,6 +22,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from service.copies import identical
+
 Resource = dict[str, Any]
 
 _ID = r"[A-Za-z0-9\-.]{1,64}"
@@ -151,10 +153,19 @@ class ReferenceIndex:
         self._bases: dict[int, str] = {}  # id(resource) -> its entry's base, when not home
 
     def add(self, resource: Resource, full_url: str | None) -> None:
+        """Index a resource; an identical copy of one already here (a resource two searches
+        both included) is that one, so it does not make its identifier ambiguous."""
+        keys = resource_keys(resource, full_url, self.home)
+        for key in keys:
+            seen = self._by_key.get(key)
+            if seen is not None and seen is not resource and identical(seen, resource):
+                for other in keys:  # its other names (a urn: fullUrl) name that one too
+                    self._by_key.setdefault(other, seen)
+                return
         base = entry_base(full_url)
         if base is not None and base != self.home:
             self._bases[id(resource)] = base
-        for key in resource_keys(resource, full_url, self.home):
+        for key in keys:
             self._by_key[key] = resource
         rtype = resource.get("resourceType")
         if isinstance(rtype, str) and rtype != "Observation":
