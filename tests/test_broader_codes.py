@@ -345,3 +345,31 @@ def test_another_patients_echocardiography_report_is_not_read():
     obs = lab(LVEF_ANY, 55, "%", day=ago(5))
     report = diagnostic_report(ECHO_REPORT, obs, subject={"reference": "Patient/someone-else"})
     assert result(run(obs, report), "I8").outcome is UNDETERMINED
+
+
+async def test_pull_mode_fetches_the_echocardiography_report_and_decides_the_same_way():
+    import httpx
+
+    from service.fhir.client import FhirClient
+    from service.fhir.demo_store import DEMO_BASE_URL, demo_transport
+    from service.fhir.fetch import fetch_patient
+    from service.record import record_from_resources
+
+    obs = lab(LVEF_ANY, 55, "%", day=ago(5))
+    echo = diagnostic_report(ECHO_REPORT, obs)
+    other = diagnostic_report(concept(LOINC, "24627-2", "Chest CT"), obs)
+    data = bundle(patient(), obs, echo, other)
+    protocol = default_protocol()
+    http = httpx.AsyncClient(transport=demo_transport({"p1": data}))
+    async with FhirClient(http, DEMO_BASE_URL) as client:
+        fetched = await fetch_patient(client, protocol, "p1", AS_OF)
+    assert [r["id"] for r in fetched.resources if r["resourceType"] == "DiagnosticReport"] == [
+        echo["id"]  # searched by the report ValueSet's codes: the CT report is not fetched
+    ]
+    record = record_from_resources(
+        fetched.patient, fetched.resources, protocol, server_base=DEMO_BASE_URL
+    )
+    pulled = result(evaluate(record, protocol, AS_OF), "I8")
+    posted = result(run(obs, echo, other), "I8")
+    assert pulled.outcome is posted.outcome is MET
+    assert pulled.reason == posted.reason
