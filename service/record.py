@@ -65,6 +65,9 @@ class PatientRecord:
     procedures: list[Resource] = field(default_factory=list)
     consents: list[Resource] = field(default_factory=list)
     questionnaire_responses: list[Resource] = field(default_factory=list)
+    # This patient's DiagnosticReports: a result they list may take its method from them
+    # (service.clinical.method_context); their Observations are then indexed (``resolve``).
+    reports: list[Resource] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
     truncated: frozenset[str] = frozenset()  # ValueSet ids / resource types a server search cut
     unreadable: frozenset[str] = frozenset()  # ... that had a malformed or conflicting resource
@@ -114,8 +117,8 @@ class PatientRecord:
         """The resource a Reference names, found in this patient's data (by fullUrl,
         ``Type/id``, ``#contained``, or identifier); None when it is not here. Rules follow
         every reference through this, so urn:uuid links of transaction Bundles resolve.
-        Observations are not indexed (no rule follows a reference to one; it would cost
-        time on the hot path): index them in build_record when a rule needs to."""
+        Observations are indexed only when the data holds this patient's DiagnosticReports
+        (whose ``result`` names them); otherwise it would cost time on the hot path."""
         return self.index.resolve(reference, source)
 
 
@@ -410,6 +413,8 @@ def build_record(
         if rtype not in SUBJECT_ELEMENT:
             if rtype != "Patient":
                 index.add(resource, entry.full_url)
+            if rtype == "DiagnosticReport":
+                _keep_report(record, identity, resource, entry.full_url)
             continue
         matched: list[Code] = []
         try:
@@ -467,9 +472,11 @@ def build_record(
         if rtype == "Observation":
             for code in matched:
                 observations[code].append(resource)
+            if record.reports:  # a report's result references resolve to them
+                index.add(resource, full_url)
         else:
             targets[rtype].append(resource)
-            index.add(resource, full_url)  # Observations: no rule follows a reference to one
+            index.add(resource, full_url)  # Observations: only when a report may list them
     record.unreadable = frozenset(unreadable)
     if site:
         _site_register(record, kept, site, protocol)
@@ -479,6 +486,16 @@ def build_record(
         for rtype, n in sorted(counts[verdict].items()):
             issues.append(Issue(Severity.WARNING, "processing", what.format(n=n, rtype=rtype)))
     return record
+
+
+def _keep_report(
+    record: PatientRecord, identity: _Identity, report: Resource, full_url: str | None
+) -> None:
+    """Keep a DiagnosticReport of this patient (only its ``result`` links are read)."""
+    if identity.classify(report.get("subject"), full_url) is _OURS:
+        reference = _reference_of(report, full_url) or f"DiagnosticReport#{len(record.reports)}"
+        record._refs[id(report)] = SourceRef(reference, "DiagnosticReport")
+        record.reports.append(report)
 
 
 # -- site terminology (service.terminology): local codes mapped before evaluation ----------

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     smart_alg: Literal["RS384", "ES384"] = "ES384"
     smart_scopes: str = (
         "system/Patient.rs system/Observation.rs system/Condition.rs system/Procedure.rs "
-        "system/Consent.rs system/QuestionnaireResponse.rs"
+        "system/Consent.rs system/QuestionnaireResponse.rs system/DiagnosticReport.rs"
     )
     connect_timeout: float = 3.0
     read_timeout: float = 8.0

@@ -26,6 +26,7 @@ from tests.builders import (
     ICD10CM,
     LOINC,
     SNOMED,
+    _id,
     bundle,
     coded_observation,
     concept,
@@ -212,3 +213,163 @@ def test_deciding_and_evidence_only_valuesets_do_not_overlap():
 )
 def test_broader_codes_are_not_in_the_deciding_valuesets(valueset, broader):
     assert broader not in default_protocol().valueset(valueset).codes
+
+
+# -- issue 19 §5: the method from the report or procedure the LVEF belongs to ----------------
+
+ECHO_REPORT = concept(LOINC, "34552-0", "Cardiac 2D echo panel")
+ECHO = "40701008"  # Echocardiography (procedure)
+CARDIAC_MRI = "241620005"  # Magnetic resonance imaging of heart
+
+
+def diagnostic_report(code: dict, *results: dict, status: str = "final", **extra) -> dict:
+    """A valid R4 DiagnosticReport of the test patient listing ``results``."""
+    report = {
+        "resourceType": "DiagnosticReport",
+        "id": _id("dr"),
+        "status": status,
+        "code": code,
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": ago(5),
+        **extra,
+    }
+    if results:  # FHIR JSON has no empty arrays
+        report["result"] = [{"reference": f"Observation/{r['id']}"} for r in results]
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    DiagnosticReport.model_validate(report)
+    return report
+
+
+def echo_procedure(code: str = ECHO, status: str = "completed", **extra) -> dict:
+    from fhir.resources.R4B.procedure import Procedure
+
+    from tests.builders import procedure
+
+    proc = procedure(SNOMED, code, performed=ago(5), status=status, **extra)
+    Procedure.model_validate(proc)
+    return proc
+
+
+def test_lvef_listed_in_an_echocardiography_report_decides_was_undetermined():
+    obs = lab(LVEF_ANY, 55, "%", day=ago(5))
+    report = diagnostic_report(ECHO_REPORT, obs)
+    r = result(run(obs, report), "I8")
+    assert r.outcome is MET
+    assert f"method Cardiac 2D echo panel, from DiagnosticReport/{report['id']}" in r.reason
+    low = lab(LVEF_ANY, 30, "%", day=ago(5))
+    assert result(run(low, diagnostic_report(ECHO_REPORT, low)), "I8").outcome is NOT_MET
+
+
+def test_lvef_listed_by_urn_uuid_in_an_echocardiography_report_decides():
+    # Transaction-Bundle shape (Synthea): the report names its results by fullUrl.
+    obs = lab(LVEF_ANY, 55, "%", day=ago(5))
+    report = diagnostic_report(ECHO_REPORT)
+    report["result"] = [{"reference": "urn:uuid:0f1e2d3c-0000-4000-8000-000000000001"}]
+    data = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": f"urn:uuid:{n}", "resource": res, "request": {"method": "POST", "url": t}}
+            for n, res, t in (
+                ("0f1e2d3c-0000-4000-8000-000000000000", patient(), "Patient"),
+                ("0f1e2d3c-0000-4000-8000-000000000001", obs, "Observation"),
+                ("0f1e2d3c-0000-4000-8000-000000000002", report, "DiagnosticReport"),
+            )
+        ],
+    }
+    for e in data["entry"][1:]:
+        e["resource"]["subject"] = {"reference": "urn:uuid:0f1e2d3c-0000-4000-8000-000000000000"}
+    protocol = default_protocol()
+    r = result(evaluate(record_from_bundle(data, protocol), protocol, AS_OF), "I8")
+    assert r.outcome is MET and "from DiagnosticReport/" in r.reason
+
+
+def test_lvef_part_of_an_echocardiography_procedure_decides_was_undetermined():
+    proc = echo_procedure()
+    obs = lab(LVEF_ANY, 55, "%", day=ago(5), partOf=[{"reference": f"Procedure/{proc['id']}"}])
+    r = result(run(obs, proc), "I8")
+    assert r.outcome is MET
+    assert f"method Echocardiography (procedure), from Procedure/{proc['id']}" in r.reason
+
+
+@pytest.mark.parametrize(
+    "shared",
+    [
+        {"encounter": {"reference": "Encounter/e1"}},  # the same encounter
+        {},  # the same day only
+    ],
+)
+def test_a_report_or_procedure_sharing_only_encounter_or_date_is_not_the_method(shared):
+    obs = lab(LVEF_ANY, 55, "%", day=ago(5), **shared)
+    report = diagnostic_report(ECHO_REPORT, **shared)  # lists no result
+    proc = echo_procedure(**shared)
+    r = result(run(obs, report, proc), "I8")
+    assert r.outcome is UNDETERMINED and "evidence" in r.reason
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (concept(LOINC, "24627-2", "Chest CT"), "final"),  # not an echo report
+        (ECHO_REPORT, "preliminary"),
+        (ECHO_REPORT, "entered-in-error"),
+        ({"text": "Echocardiography report"}, "final"),  # text is not read
+    ],
+)
+def test_only_a_final_coded_echocardiography_report_gives_the_method(code, status):
+    obs = lab(LVEF_ANY, 55, "%", day=ago(5))
+    assert result(run(obs, diagnostic_report(code, obs, status=status)), "I8").outcome is (
+        UNDETERMINED
+    )
+
+
+@pytest.mark.parametrize(("code", "status"), [(CARDIAC_MRI, "completed"), (ECHO, "not-done")])
+def test_part_of_another_or_an_undone_procedure_is_not_the_method(code, status):
+    proc = echo_procedure(code, status)
+    obs = lab(LVEF_ANY, 55, "%", day=ago(5), partOf=[{"reference": f"Procedure/{proc['id']}"}])
+    assert result(run(obs, proc), "I8").outcome is UNDETERMINED
+
+
+def test_a_contradicting_method_or_procedure_wins_over_an_echo_report():
+    mri = concept(SNOMED, CARDIAC_MRI, "Magnetic resonance imaging of heart")
+    obs = lab(LVEF_ANY, 55, "%", day=ago(5), method=mri)
+    assert result(run(obs, diagnostic_report(ECHO_REPORT, obs)), "I8").outcome is UNDETERMINED
+    proc = echo_procedure(CARDIAC_MRI)
+    obs = lab(LVEF_ANY, 55, "%", day=ago(5), partOf=[{"reference": f"Procedure/{proc['id']}"}])
+    ev = run(obs, proc, diagnostic_report(ECHO_REPORT, obs))
+    assert result(ev, "I8").outcome is UNDETERMINED
+
+
+def test_another_patients_echocardiography_report_is_not_read():
+    obs = lab(LVEF_ANY, 55, "%", day=ago(5))
+    report = diagnostic_report(ECHO_REPORT, obs, subject={"reference": "Patient/someone-else"})
+    assert result(run(obs, report), "I8").outcome is UNDETERMINED
+
+
+async def test_pull_mode_fetches_the_echocardiography_report_and_decides_the_same_way():
+    import httpx
+
+    from service.fhir.client import FhirClient
+    from service.fhir.demo_store import DEMO_BASE_URL, demo_transport
+    from service.fhir.fetch import fetch_patient
+    from service.record import record_from_resources
+
+    obs = lab(LVEF_ANY, 55, "%", day=ago(5))
+    echo = diagnostic_report(ECHO_REPORT, obs)
+    other = diagnostic_report(concept(LOINC, "24627-2", "Chest CT"), obs)
+    data = bundle(patient(), obs, echo, other)
+    protocol = default_protocol()
+    http = httpx.AsyncClient(transport=demo_transport({"p1": data}))
+    async with FhirClient(http, DEMO_BASE_URL) as client:
+        fetched = await fetch_patient(client, protocol, "p1", AS_OF)
+    assert [r["id"] for r in fetched.resources if r["resourceType"] == "DiagnosticReport"] == [
+        echo["id"]  # searched by the report ValueSet's codes: the CT report is not fetched
+    ]
+    record = record_from_resources(
+        fetched.patient, fetched.resources, protocol, server_base=DEMO_BASE_URL
+    )
+    pulled = result(evaluate(record, protocol, AS_OF), "I8")
+    posted = result(run(obs, echo, other), "I8")
+    assert pulled.outcome is posted.outcome is MET
+    assert pulled.reason == posted.reason

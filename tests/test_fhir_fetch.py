@@ -88,9 +88,14 @@ def test_plan_groups_observation_searches_by_protocol_windows():
     plan = {q.key: q for q in plan_queries(PROTOCOL, "p1", TODAY)}
     assert list(plan) == [
         "patient", "cd19Immunophenotype", "diseaseStatus", "labs", "ecog",
-        "conditions", "procedures", "consents", "attestations",
+        "conditions", "procedures", "consents", "reports", "attestations",
     ]  # fmt: skip
     assert plan["patient"].read and plan["patient"].read_id == "p1"
+    # issue 19 §5: echocardiography reports, whose results take their method from them
+    reports = dict(plan["reports"].params)
+    assert plan["reports"].resource_type == "DiagnosticReport" and reports["patient"] == "p1"
+    assert reports["code"] == "http://loinc.org|echocardiography-report-code"  # test protocol
+    assert plan["reports"].feeds == {"DiagnosticReport"}
 
     labs = dict(plan["labs"].params)
     assert plan["labs"].feeds == LAB_SETS

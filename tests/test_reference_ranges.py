@@ -200,9 +200,11 @@ def test_a_range_high_in_an_unconvertible_unit_is_undetermined_was_met():
 
 @pytest.mark.parametrize(
     "ranges",
-    [[], [{"low": u_l(0)}], [{"text": "< 40 U/L"}], [{"high": {"unit": "U/L"}}]],
+    [[], [{"low": u_l(0)}], [{"high": {"unit": "U/L"}}], [{"low": u_l(0), "text": "  "}]],
 )
 def test_default_uln_only_when_no_range_reports_a_numeric_high(ranges):
+    # A range with only ``low`` reports no upper limit: the default stays (documented). A
+    # range given only as text used to be listed here too; it is the lab's limit (below).
     r = alt(100, ranges)
     assert r.outcome is MET and "protocol default ULN" in r.reason
 
@@ -230,3 +232,100 @@ def test_a_protocol_without_range_rules_never_takes_a_typed_or_population_range(
     assert isinstance(upper_limit(typed, person, day, "U/L", rules), NoUln)
     assert isinstance(upper_limit(male, person, day, "U/L", rules), NoUln)
     assert upper_limit(plain, person, day, "U/L", rules) == Uln(30.0, "ULN from the result")
+
+
+# -- issue 19 §3: a range given only as text is the lab's own limit ------------------------
+# Every test named ``..._was_met`` said "met" on the old code (default ULN 40 -> limit 120).
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0-33 U/L",
+        "0 - 33 U/L",
+        "10 – 33 U/L",
+        "10 to 33 IU/L",
+        "0-33 U/l",
+        "< 33",
+        "≤33",
+        "<= 33 U/L",
+        "up to 33",
+        "0-33",
+        "0,0-0,55 µkat/L",  # 0.55 µkat/L = 33 U/L, decimal comma
+    ],
+)
+def test_a_text_range_gives_the_uln_was_met(text):
+    r = alt(100, [{"text": text}])
+    assert r.outcome is NOT_MET
+    assert "ULN 33 U/L" in r.reason and f'text "{text}"' in r.reason
+    assert "default" not in r.reason
+
+
+def test_a_text_range_beside_a_low_is_read():
+    r = alt(100, [{"low": u_l(0), "text": "0-33 U/L"}])
+    assert r.outcome is NOT_MET and "ULN 33 U/L" in r.reason
+
+
+def test_a_text_range_that_passes_says_where_its_limit_came_from():
+    r = alt(90, [{"text": "0-33 U/L"}])
+    assert r.outcome is MET and 'range text "0-33 U/L"' in r.reason
+
+
+def test_a_text_range_without_a_unit_says_the_results_unit_was_assumed():
+    r = alt(100, [{"text": "< 33"}])
+    assert r.outcome is NOT_MET and "the result's unit is assumed" in r.reason
+
+
+def test_a_unitless_text_limit_that_is_implausible_in_the_results_unit_is_undetermined():
+    # "0-5" read in U/L is below the protocol's plausible ULN (10-200 U/L): not believed.
+    r = alt(100, [{"text": "0-5"}])
+    assert r.outcome is UNDETERMINED and "implausible" in r.reason
+
+
+@pytest.mark.parametrize(
+    "text", ["see report", "normal", "> 10", "negative", "33-0 U/L", "10 U/L - 40 mg/L"]
+)
+def test_a_text_that_cannot_be_read_is_undetermined_and_quoted_was_met(text):
+    r = alt(100, [{"text": text}])
+    assert r.outcome is UNDETERMINED
+    assert "cannot be read as an upper limit" in r.reason
+    assert f'"{text}"' in r.reason
+
+
+def test_a_text_that_is_not_a_string_is_undetermined_not_a_crash():
+    r = alt(100, [{"text": 7}])  # malformed input (R4 says string)
+    assert r.outcome is UNDETERMINED and "cannot be read" in r.reason
+
+
+def test_a_text_range_in_an_unconvertible_unit_is_undetermined_was_met():
+    r = alt(100, [{"text": "0-33 mmol/L"}])
+    assert r.outcome is UNDETERMINED and "cannot be converted" in r.reason
+
+
+def test_an_unreadable_text_beside_a_numeric_range_is_undetermined_was_met():
+    # Both apply to everyone: the unread one may be the lower limit.
+    r = alt(100, [rng(40), {"text": "see report"}])
+    assert r.outcome is UNDETERMINED and '"see report"' in r.reason
+
+
+def test_a_text_range_keeps_its_population_rules():
+    female_text = {"text": "0-25 U/L", "appliesTo": [FEMALE]}
+    male_text = {"text": "0-33 U/L", "appliesTo": [MALE]}
+    r = alt(100, [male_text, female_text])
+    assert r.outcome is NOT_MET and "ULN 33 U/L" in r.reason and "for Male" in r.reason
+    assert alt(100, [female_text]).outcome is UNDETERMINED  # none applies to this male
+
+
+def test_an_unreadable_text_of_another_population_does_not_block():
+    r = alt(100, [rng(33, appliesTo=[MALE]), {"text": "see report", "appliesTo": [FEMALE]}])
+    assert r.outcome is NOT_MET and "ULN 33 U/L" in r.reason
+
+
+def test_a_numeric_high_wins_over_its_own_text():
+    r = alt(100, [{"high": u_l(33), "text": "see report"}])
+    assert r.outcome is NOT_MET and "ULN 33 U/L" in r.reason
+
+
+def test_a_text_range_of_another_type_gives_no_uln_was_met():
+    r = alt(100, [{"text": "0-200 U/L", "type": kind("treatment")}])
+    assert r.outcome is UNDETERMINED

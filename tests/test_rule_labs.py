@@ -416,3 +416,56 @@ def test_unit_code_and_text_that_disagree_make_the_result_unusable():
 def test_unit_text_that_is_only_words_does_not_conflict():
     q = {"value": 40, "unit": "micromoles per litre", "system": UCUM, "code": "umol/L"}
     assert result(run(observation("14631-6", value=q)), "I6-bilirubin").outcome is MET
+
+
+# -- issue 19 §3: a reference range given only as text -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "expected"),
+    [
+        ("10 - 40 U/L", 121, NOT_MET),  # the lab's own 40, not a looser default
+        ("0-33 U/L", 100, NOT_MET),  # default 40 would give 120: was met
+        ("< 35", 106, NOT_MET),
+        ("<=35 IU/L", 105, MET),
+    ],
+)
+def test_ast_uln_from_a_text_range(text, value, expected):
+    obs = lab("1920-8", value, "U/L", referenceRange=[{"text": text}])
+    r = result(run(obs), "I6-ast")
+    assert r.outcome is expected
+    assert "protocol default ULN" not in r.reason and f'"{text}"' in r.reason
+
+
+def test_unreadable_text_range_makes_ast_undetermined_and_is_quoted_was_met():
+    obs = lab("1920-8", 100, "U/L", referenceRange=[{"text": "see report"}])
+    r = result(run(obs), "I6-ast")
+    assert r.outcome is UNDETERMINED
+    assert '"see report"' in r.reason
+    assert any("see report" in i.message for i in r.issues)  # warned, too
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [
+        ("0-33 U/L", (33.0, "U/L")),
+        ("10 – 40", (40.0, None)),
+        ("10 to 40 IU/L", (40.0, "IU/L")),
+        ("0,5-0,58 µkat/L", (0.58, "µkat/L")),
+        ("< 40", (40.0, None)),
+        ("≤40", (40.0, None)),
+        ("<=40 U/L", (40.0, "U/L")),
+        ("up to 40", (40.0, None)),
+        ("see report", None),
+        ("normal", None),
+        ("> 10", None),
+        ("40-10", None),
+        ("10 U/L - 40 mg/L", None),
+        ("0-" + "9" * 80, None),
+        (None, None),
+    ],
+)
+def test_range_text_forms(text, limit):
+    from service.clinical.range_text import TextLimit, read_upper
+
+    assert read_upper(text) == (TextLimit(*limit) if limit else None)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from service.clinical import method_context
 from service.clinical.dates import effective_date, parse_moment
 from service.clinical.model import (
     CriterionResult,
@@ -53,20 +54,39 @@ class Broader:
     """Codes broader than a criterion's meaning: listed as evidence, never deciding.
 
     ``method``: an Observation whose ``method`` is coded in this ValueSet is specific enough
-    after all (e.g. a method-agnostic LVEF code measured by echocardiography).
+    after all (e.g. a method-agnostic LVEF code measured by echocardiography). ``report`` /
+    ``procedure``: so is one listed in ``DiagnosticReport.result`` of a report coded in
+    ``report``, or ``partOf`` a Procedure coded in ``procedure`` (``method_context``).
     """
 
     valueset: ValueSet
     method: ValueSet | None = None
+    report: ValueSet | None = None
+    procedure: ValueSet | None = None
 
-    def method_of(self, obs: Resource) -> str | None:
-        """The qualifying method of ``obs`` in words, or None when it has none."""
+    def method_of(self, obs: Resource, record: PatientRecord | None = None) -> str | None:
+        """The qualifying method of ``obs`` in words, or None when it has none.
+
+        A coded ``Observation.method`` outside the ValueSet, or ``partOf`` another kind of
+        Procedure, contradicts any report: None.
+        """
         if self.method is None:
             return None
-        for code in codings(obs.get("method")):
-            if code in self.method.codes:
-                return self.method.display(code) or code[1]
-        return None
+        if obs.get("method") is not None:
+            for code in codings(obs.get("method")):
+                if code in self.method.codes:
+                    return self.method.display(code) or code[1]
+            return None
+        if record is None:
+            return None
+        said = None
+        if self.procedure is not None:
+            said = method_context.from_procedure(obs, record, self.procedure)
+            if said is False:
+                return None
+        if said is None and self.report is not None:
+            said = method_context.from_report(obs, record, self.report)
+        return said or None
 
 
 def context_valueset(protocol: Protocol, params: dict[str, Any], key: str) -> Broader | None:
@@ -80,8 +100,12 @@ def context_valueset(protocol: Protocol, params: dict[str, Any], key: str) -> Br
     vs_id = params.get(context_key)
     if not vs_id:
         return None
-    method_id = params.get(context_key.replace("_valueset", "_method_valueset"))
-    return Broader(protocol.valueset(vs_id), protocol.valueset(method_id) if method_id else None)
+    linked = [
+        params.get(context_key.replace("_valueset", f"_{kind}_valueset"))
+        for kind in ("method", "report", "procedure")
+    ]
+    method, report, procedure = (protocol.valueset(v) if v else None for v in linked)
+    return Broader(protocol.valueset(vs_id), method, report, procedure)
 
 
 def origin(record: PatientRecord, dated: Dated) -> str:
@@ -206,7 +230,7 @@ def candidate_observations(
     if context is not None:
         for obs, parts, day in _facts(record, context.valueset)[0]:
             if id(obs) not in seen:
-                method = context.method_of(obs)
+                method = context.method_of(obs, record)
                 marked = None if method else context.valueset
                 observations.append((obs, parts, day, marked, method))
     # in_window(day, as_of, window_days) for a day not after as_of, with the start once

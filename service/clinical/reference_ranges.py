@@ -5,7 +5,12 @@ another kind (``type`` therapeutic, recommended, ...). Only a normal range (``ty
 in the protocol's normal-type ValueSet) that applies to this patient gives a ULN. When none
 or several different ones may apply, the ULN is unknown and the caller must say so: taking
 the protocol's default instead could be looser than the patient's own limit. The default
-is only for a result that reports no usable upper limit at all.
+is only for a result that reports no upper limit at all.
+
+A range with no numeric ``high`` but a ``text`` ("0-33 U/L", "< 40") states its limit in
+words: it is read (``range_text``) and counts like a ``high``; a text that cannot be read
+gives no ULN (its text quoted), never the default. A text with no unit shares the result's
+unit (the caller then checks the limit is plausible, as for a bare ``high``).
 
 What counts as "normal" and how sexes are coded is protocol data (``[general]``
 ``reference_range_*`` keys), not code.
@@ -19,6 +24,7 @@ from typing import Any
 
 from service import units
 from service.clinical.dates import parse_date
+from service.clinical.range_text import quoted, read_upper
 from service.protocol import Protocol, ValueSet
 from service.record import Resource, codings
 
@@ -82,6 +88,8 @@ def _label(concept: Any) -> str:
 def describe(ref_range: dict[str, Any], value_unit: str | None) -> str:
     """One range in words, e.g. "≤ 35 U/L for Female, age 18–65 a" (named in notes)."""
     low, high = ref_range.get("low"), ref_range.get("high")
+    if _numeric_high(ref_range) is None and _has_text(ref_range):
+        return _with_population(f"text {quoted(ref_range['text'])}", ref_range)
     unit = ""
     if isinstance(high, dict):
         unit = high.get("unit") or high.get("code") or value_unit or ""
@@ -91,7 +99,11 @@ def describe(ref_range: dict[str, Any], value_unit: str | None) -> str:
     if isinstance(high, dict) and _number(high.get("value")):
         bounds.append(_fmt(high["value"]))
     text = "–".join(bounds) if len(bounds) == 2 else f"≤ {bounds[-1]}" if bounds else "?"
-    text = f"{text} {unit}".strip()
+    return _with_population(f"{text} {unit}".strip(), ref_range)
+
+
+def _with_population(text: str, ref_range: dict[str, Any]) -> str:
+    """``text`` followed by whom the range is for (appliesTo, age) and its type."""
     applies = ref_range.get("appliesTo")
     if isinstance(applies, list) and applies:
         text += " for " + " and ".join(_label(a) for a in applies)
@@ -107,6 +119,30 @@ def describe(ref_range: dict[str, Any], value_unit: str | None) -> str:
     if isinstance(ref_range.get("type"), dict):
         text += f", type {_label(ref_range['type'])}"
     return text
+
+
+def _numeric_high(ref_range: dict[str, Any]) -> dict[str, Any] | None:
+    high = ref_range.get("high")
+    return high if isinstance(high, dict) and _number(high.get("value")) else None
+
+
+def _has_text(ref_range: dict[str, Any]) -> bool:
+    text = ref_range.get("text")
+    return text is not None and not (isinstance(text, str) and not text.strip())
+
+
+def _stated_high(ref_range: dict[str, Any]) -> dict[str, Any] | None:
+    """The range's upper limit as a Quantity: its ``high``, else the one its text states.
+
+    None when it has neither (e.g. only ``low``), or its text cannot be read.
+    """
+    high = _numeric_high(ref_range)
+    if high is not None or not _has_text(ref_range):
+        return high
+    said = read_upper(ref_range["text"])
+    if said is None:
+        return None
+    return {"value": said.value, **({"unit": said.unit} if said.unit else {})}
 
 
 def _is_normal(ref_range: dict[str, Any], rules: RangeRules) -> bool:
@@ -206,36 +242,39 @@ def upper_limit(
 ) -> Uln | NoUln | None:
     """This patient's ULN from ``item``'s reference ranges, in ``target``.
 
-    None when no range has a numeric ``high`` (the caller may use the protocol default);
-    ``NoUln`` when there are upper limits but none, or several different ones, may be the
-    patient's, or the one that is cannot be converted.
+    None when no range has a numeric ``high`` or a ``text`` (the caller may use the
+    protocol default); ``NoUln`` when there are upper limits but none, or several different
+    ones, may be the patient's, or the one that is cannot be converted, or a range that may
+    be the patient's has a text that cannot be read.
     """
     ranges = item.get("referenceRange")
     if not isinstance(ranges, list):
         return None
     with_high = [
-        r
-        for r in ranges
-        if isinstance(r, dict)
-        and isinstance(r.get("high"), dict)
-        and _number(r["high"].get("value"))
+        r for r in ranges if isinstance(r, dict) and (_numeric_high(r) is not None or _has_text(r))
     ]
     if not with_high:
         return None
     quantity = item.get("valueQuantity")
     value_unit = units.unit_of(quantity) if isinstance(quantity, dict) else None
     named = "; ".join(describe(r, value_unit) for r in with_high)
-    possible: list[tuple[dict[str, Any], bool | None]] = []
+    possible: list[tuple[dict[str, Any], bool | None, dict[str, Any] | None]] = []
     for r in with_high:
         if _is_normal(r, rules):
             verdict = applies(r, patient, day, rules)
             if verdict is not False:
-                possible.append((r, verdict))
+                possible.append((r, verdict, _stated_high(r)))
     if not possible:
         return NoUln(f"no normal reference range of the result applies to this patient ({named})")
+    unread = next((r for r, _, high in possible if high is None), None)
+    if unread is not None:
+        return NoUln(
+            f"the reference range text {quoted(unread['text'])} of the result cannot be read "
+            "as an upper limit"
+        )
     highs: dict[float, dict[str, Any]] = {}
-    for r, _ in possible:
-        high = r["high"]
+    for r, _, high in possible:
+        assert high is not None  # unread ranges returned above
         unit = units.unit_of(high) or value_unit  # a bare high shares the value's unit
         try:
             converted = units.convert(float(high["value"]), unit, target)
@@ -244,21 +283,28 @@ def upper_limit(
                 f"the upper limit of {describe(r, value_unit)} cannot be converted ({exc})"
             )
         highs.setdefault(round(converted, 9), r)
-    unknown = any(verdict is None for _, verdict in possible)
+    unknown = any(verdict is None for _, verdict, _ in possible)
     said = f"Patient.gender {patient.get('gender')!r}, birthDate {patient.get('birthDate')!r}"
     if len(highs) > 1 and not unknown:
         return NoUln(
             "several reference ranges of the result apply to this patient "
             f"and their upper limits differ ({named})"
         )
-    if len(highs) > 1 or not any(verdict for _, verdict in possible):
+    if len(highs) > 1 or not any(verdict for _, verdict, _ in possible):
         return NoUln(
             f"it cannot be told which reference range of the result applies to this patient "
             f"({named}; {said})"
         )
     uln, chosen = next(iter(highs.items()))
     specific = chosen.get("appliesTo") or chosen.get("age") is not None
+    from_text = _numeric_high(chosen) is None
     source = "ULN from the result" + (
-        f" (range {describe(chosen, value_unit)})" if specific else ""
+        f": range {describe(chosen, value_unit)}"
+        if from_text
+        else f" (range {describe(chosen, value_unit)})"
+        if specific
+        else ""
     )
+    if from_text and not units.unit_of(_stated_high(chosen) or {}):
+        source += "; the text names no unit, so the result's unit is assumed"
     return Uln(uln, source)

@@ -35,6 +35,7 @@ Range = tuple[datetime, datetime]  # half-open [lo, hi)
 _DATE_PARAMS: dict[str, dict[str, str]] = {
     "Observation": {"date": "effective"},
     "Procedure": {"date": "performed"},
+    "DiagnosticReport": {"date": "effective"},
     "Consent": {"date": "dateTime"},
     "Condition": {"onset-date": "onset", "recorded-date": "recordedDate"},
     "QuestionnaireResponse": {"authored": "authored"},
@@ -45,6 +46,7 @@ _TOKEN_PARAMS: dict[str, set[str]] = {
     "Observation": {"code", _COMBO, "category", "status"},
     "Condition": {"code", "category"},
     "Procedure": {"code", "status", "category"},
+    "DiagnosticReport": {"code", "status", "category"},
     "Consent": {"status", "category", "scope"},
     "QuestionnaireResponse": {"status"},
 }

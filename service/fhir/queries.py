@@ -35,10 +35,19 @@ from service.terminology import runtime as terminology
 
 PATIENT_TOKEN = "{{context.patientId}}"
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-_FIXED_KEYS = ("patient", "labs", "conditions", "procedures", "consents", "attestations")
+_FIXED_KEYS = (
+    "patient",
+    "labs",
+    "conditions",
+    "procedures",
+    "consents",
+    "attestations",
+    "reports",
+)
 _LAB_RULE_PREFIX = "lab_"
 _OBS_PARAM = "observation_valueset"
 _OBS_CODE_SEARCH = "combo-code"  # code or component code (see the module docstring)
+_REPORT_PARAM = "report_valueset"  # e.g. context_observation_report_valueset
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,10 @@ def _plan(protocol: Protocol, patient: str, as_of: date | None) -> list[Query]:
         ("consents", "Consent"),
     ):
         queries.append(Query(key, rtype, (("patient", patient),), frozenset({rtype})))
+    if report_codes := _report_codes(protocol):
+        params = (("patient", patient), ("code", token_param(report_codes)))
+        feeds = frozenset({"DiagnosticReport"})
+        queries.append(Query("reports", "DiagnosticReport", params, feeds))
     queries.append(
         Query(
             "attestations",
@@ -183,6 +196,17 @@ def _plan(protocol: Protocol, patient: str, as_of: date | None) -> list[Query]:
         )
     )
     return queries
+
+
+def _report_codes(protocol: Protocol) -> set[Code]:
+    """Codes of the DiagnosticReports a result may take its method from (all history: a
+    report is read only for the results it lists, which carry their own dates)."""
+    codes: set[Code] = set()
+    for c in protocol.criteria.values():
+        for param, vs_id in c.params.items():
+            if param.endswith(_REPORT_PARAM) and vs_id:
+                codes |= protocol.valueset(vs_id).codes
+    return codes
 
 
 def plan_queries(protocol: Protocol, patient_id: str, as_of: date | None) -> list[Query]:
