@@ -96,6 +96,9 @@ class CodedFindingParams(RuleParams):
     observation_valueset: ValueSetRef
     context_observation_valueset: OptionalValueSetRef = None
     context_observation_method_valueset: OptionalValueSetRef = None
+    # a broader code also counts when a report or procedure of these codes establishes the method
+    context_observation_report_valueset: OptionalValueSetRef = None
+    context_observation_procedure_valueset: OptionalValueSetRef = None
     positive_valueset: ValueSetRef
     negative_valueset: ValueSetRef
     window_days: WindowDays
@@ -150,6 +153,9 @@ class _LabParams(RuleParams):
     observation_valueset: ValueSetRef
     context_observation_valueset: OptionalValueSetRef = None
     context_observation_method_valueset: OptionalValueSetRef = None
+    # a broader code also counts when a report or procedure of these codes establishes the method
+    context_observation_report_valueset: OptionalValueSetRef = None
+    context_observation_procedure_valueset: OptionalValueSetRef = None
     plausible: QuantityRange | None = None
     window_days: WindowDays
 
@@ -173,12 +179,16 @@ class PerformanceStatusParams(RuleParams):
     ecog_observation_valueset: ValueSetRef
     ecog_context_observation_valueset: OptionalValueSetRef = None  # broader: evidence only
     ecog_context_observation_method_valueset: OptionalValueSetRef = None
+    ecog_context_observation_report_valueset: OptionalValueSetRef = None
+    ecog_context_observation_procedure_valueset: OptionalValueSetRef = None
     ecog_grade_valuesets: ValueSetList
     ecog_max: int = Field(ge=0)
     ecog_range: tuple[int, int]
     karnofsky_observation_valueset: ValueSetRef
     karnofsky_context_observation_valueset: OptionalValueSetRef = None
     karnofsky_context_observation_method_valueset: OptionalValueSetRef = None
+    karnofsky_context_observation_report_valueset: OptionalValueSetRef = None
+    karnofsky_context_observation_procedure_valueset: OptionalValueSetRef = None
     karnofsky_met_min: int
     karnofsky_not_met_max: int
     karnofsky_range: tuple[int, int]
