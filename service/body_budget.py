@@ -44,6 +44,11 @@ class ByteBudget:
         with self._lock:
             return self._used
 
+    def try_acquire(self, size: int) -> bool:
+        """Take ``size`` bytes if they fit now (no wait); the caller must ``release`` them."""
+        with self._lock:
+            return self._try_take(size)
+
     def _try_take(self, size: int) -> bool:
         if self._used == 0 or self._used + size <= self.capacity:
             self._used += size
