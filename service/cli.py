@@ -173,7 +173,10 @@ def evaluate(
         except OSError as exc:
             raise _fail(f"cannot read {bundle}: {exc.strerror}") from None
         try:
-            evaluation, result = evaluate_body(body, protocol, as_of=day, patient_id=patient)
+            limit = get_settings().max_bundle_entries  # as the HTTP API (README: Limits)
+            evaluation, result = evaluate_body(
+                body, protocol, as_of=day, patient_id=patient, max_entries=limit
+            )
         except InputError as exc:
             raise _fail(str(exc)) from None
     else:

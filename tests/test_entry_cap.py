@@ -154,3 +154,23 @@ def test_the_scanner_refuses_only_what_the_counter_refuses(doc, cut, byte, cap):
     else:
         if planned is not None:
             assert count <= cap
+
+
+def test_the_cli_applies_the_configured_cap(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from service.settings import get_settings
+
+    path = tmp_path / "in.json"
+    path.write_bytes(_real(3))  # 4 entries
+    monkeypatch.setenv("ELIGIBILITY_MAX_BUNDLE_ENTRIES", "3")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["evaluate", "--bundle", str(path)])
+    finally:
+        monkeypatch.delenv("ELIGIBILITY_MAX_BUNDLE_ENTRIES")
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert "more than 3 Bundle entries" in result.stderr
+    assert CliRunner().invoke(app, ["evaluate", "--bundle", str(path)]).exit_code == 0
