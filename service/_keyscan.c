@@ -11,7 +11,8 @@
    the caller then takes the generic path (service/strict_json.py), which decides. The
    scanner must never read out of bounds and never say True wrongly; a wrong False only
    costs speed.
-   entry_spans() and plan() add where the Bundle's entries are, and which to decode. */
+   entry_spans() and plan() add where the Bundle's entries are, and which to decode.
+   entry_count() bounds the work of a request before anything is decoded (issue 19, 6). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
@@ -77,6 +78,9 @@ typedef struct {
     Py_ssize_t position; /* index of the current entry in the array */
     Py_ssize_t start;    /* where the current entry starts */
     int is_obs, keep;
+    Py_ssize_t max_entries; /* -1: no cap; else more elements in "entry" arrays stop the scan */
+    Py_ssize_t entries;     /* elements of every "entry" array so far (nested Bundles too) */
+    int too_many;           /* the scan stopped there: no plan, the caller refuses the body */
 } plan_t;
 
 static int key_id(const unsigned char *k, Py_ssize_t n) {
@@ -310,11 +314,15 @@ static int scan(const unsigned char *s, Py_ssize_t len, spans_t *sp, plan_t *pl)
     key_t_ *keys = NULL;
     int nkeys = 0, cap = 0, depth = 0, ok = 0;
     int top_key_is_entry = 0, in_entry = 0; /* in_entry: depth 2 is the entry array */
+    /* for the entry cap: the member being read is named "entry"; a level is such an array */
+    int key_is_entry = 0;
+    unsigned char entry_arr[MAX_DEPTH + 1];
     Py_ssize_t i = 0;
     is_obj[0] = 0;
     state[0] = S_VALUE;
     role[0] = R_NONE;
     key_of[0] = K_ELEMENT;
+    entry_arr[0] = 0;
     while (i < len) {
         unsigned char c = s[i];
         if (c == ' ' || c == '\n' || c == '\r' || c == '\t') {
@@ -346,6 +354,7 @@ static int scan(const unsigned char *s, Py_ssize_t len, spans_t *sp, plan_t *pl)
             keys[nkeys].n = n;
             nkeys++;
             if (depth == 1) top_key_is_entry = (n == 5 && memcmp(s + start, "entry", 5) == 0);
+            if (pl) key_is_entry = (n == 5 && memcmp(s + start, "entry", 5) == 0);
             if (pl && role[depth] != R_NONE) key_of[depth] = (unsigned char)key_id(s + start, n);
             state[depth] = S_COLON;
             continue;
@@ -368,6 +377,10 @@ static int scan(const unsigned char *s, Py_ssize_t len, spans_t *sp, plan_t *pl)
         }
         /* S_VALUE or S_VALUE_OR_END */
         if (c == ']' && st == S_VALUE_OR_END) goto close;
+        if (pl && entry_arr[depth] && pl->max_entries >= 0 && ++pl->entries > pl->max_entries) {
+            pl->too_many = 1; /* counted before the element is read: nothing more is built */
+            goto done;
+        }
         state[depth] = S_AFTER;
         if (c == '"') {
             int escaped;
@@ -397,6 +410,7 @@ static int scan(const unsigned char *s, Py_ssize_t len, spans_t *sp, plan_t *pl)
             key_base[depth] = nkeys;
             role[depth] = child;
             key_of[depth] = (c == '{') ? K_OTHER : K_ELEMENT;
+            entry_arr[depth] = (unsigned char)(c == '[' && is_obj[depth - 1] && key_is_entry);
             i++;
             continue;
         }
@@ -471,15 +485,21 @@ static PyObject *entry_spans(PyObject *self, PyObject *arg) {
     return out;
 }
 
-/* plan(buffer, codes, max_full_url) -> list[int] | None: proof() and, when it holds for a
-   Bundle object with an "entry" array of objects, [position, start, end, ...] of each entry
-   the record builder may read (see plan_open). ``codes``: a tuple of bytes, the protocol's
-   Observation codes. None: take the generic path. */
+static PyObject *TooManyEntries;
+
+/* plan(buffer, codes, max_full_url, max_entries=-1) -> list[int] | None: proof() and, when it
+   holds for a Bundle object with an "entry" array of objects, [position, start, end, ...] of
+   each entry the record builder may read (see plan_open). ``codes``: a tuple of bytes, the
+   protocol's Observation codes. None: take the generic path. Raises TooManyEntries, without
+   building anything, as soon as the arrays named "entry" (any depth: nested Bundles too) hold
+   more than ``max_entries`` elements (-1: no cap); entry_count() counts them the same way. */
 static PyObject *plan(PyObject *self, PyObject *args) {
     Py_buffer view;
     PyObject *codes;
-    Py_ssize_t max_full_url;
-    if (!PyArg_ParseTuple(args, "y*O!n", &view, &PyTuple_Type, &codes, &max_full_url)) return NULL;
+    Py_ssize_t max_full_url, max_entries = -1;
+    if (!PyArg_ParseTuple(args, "y*O!n|n", &view, &PyTuple_Type, &codes, &max_full_url,
+                          &max_entries))
+        return NULL;
     Py_ssize_t ncodes = PyTuple_GET_SIZE(codes);
     const char **code_p = PyMem_Malloc(sizeof(char *) * (size_t)(ncodes + 1));
     Py_ssize_t *code_n = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(ncodes + 1));
@@ -507,6 +527,7 @@ static PyObject *plan(PyObject *self, PyObject *args) {
     pl.code_n = code_n;
     pl.ncodes = ncodes;
     pl.max_full_url = max_full_url;
+    pl.max_entries = max_entries;
     int ok;
     Py_BEGIN_ALLOW_THREADS
     ok = scan((const unsigned char *)view.buf, view.len, NULL, &pl);
@@ -514,6 +535,11 @@ static PyObject *plan(PyObject *self, PyObject *args) {
     PyBuffer_Release(&view);
     PyMem_Free(code_p);
     PyMem_Free(code_n);
+    if (pl.too_many) {
+        PyMem_RawFree(pl.out.at);
+        PyErr_Format(TooManyEntries, "more than %zd entries", max_entries);
+        return NULL;
+    }
     if (!ok || pl.bad || !pl.top_bundle || !pl.have_entry || pl.out.overflow) {
         PyMem_RawFree(pl.out.at);
         Py_RETURN_NONE;
@@ -531,13 +557,93 @@ static PyObject *plan(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* How many elements the arrays that are the value of a member named "entry" hold, at any
+   depth (a Parameters' patientData, a batch-response's nested Bundles, a CDS prefetch),
+   counting no further than ``stop`` + 1. Tolerant: it reads any bytes without a syntax check
+   (on JSON it counts what plan() counts), so the generic path can refuse an amplification
+   before decoding. A member name with an escape counts as "entry" (it could spell it). */
+#define COUNT_DEPTH 1024
+static Py_ssize_t count_entries(const unsigned char *s, Py_ssize_t len, Py_ssize_t stop) {
+    unsigned char is_obj[COUNT_DEPTH], is_entry[COUNT_DEPTH], fresh[COUNT_DEPTH];
+    Py_ssize_t depth = 0, count = 0, i = 0;
+    int key = 0, named = 0; /* the last string could be "entry"; it was a member's name */
+    is_obj[0] = is_entry[0] = fresh[0] = 0;
+    while (i < len && count <= stop) {
+        unsigned char c = s[i];
+        if (c == ' ' || c == '\n' || c == '\r' || c == '\t') {
+            i++;
+            continue;
+        }
+        int tracked = depth < COUNT_DEPTH;
+        if (tracked && is_entry[depth] && fresh[depth] && c != ']' && c != ',') count++;
+        if (tracked) fresh[depth] = 0;
+        if (c == '"') {
+            Py_ssize_t start = ++i;
+            int escaped = 0;
+            while (i < len && s[i] != '"') {
+                if (s[i] == '\\') {
+                    escaped = 1;
+                    i++;
+                }
+                i++;
+            }
+            key = escaped || (i - start == 5 && i < len && memcmp(s + start, "entry", 5) == 0);
+            i++;
+            continue;
+        }
+        if (c == ':') {
+            named = key;
+        } else if (c == '{' || c == '[') {
+            int parent_obj = tracked && is_obj[depth];
+            depth++;
+            if (depth < COUNT_DEPTH) {
+                is_obj[depth] = (unsigned char)(c == '{');
+                is_entry[depth] = (unsigned char)(c == '[' && parent_obj && named);
+                fresh[depth] = 1;
+            }
+            named = 0;
+        } else if (c == '}' || c == ']') {
+            if (depth > 0) depth--;
+            named = 0;
+        } else if (c == ',') {
+            if (tracked) fresh[depth] = 1;
+            named = 0;
+        }
+        key = 0;
+        i++;
+    }
+    return count;
+}
+
+/* entry_count(buffer, stop) -> int: count_entries() without the GIL. */
+static PyObject *entry_count(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t stop, n;
+    if (!PyArg_ParseTuple(args, "y*n", &view, &stop)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    n = count_entries((const unsigned char *)view.buf, view.len, stop);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(n);
+}
+
 static PyMethodDef methods[] = {
     {"proof", proof, METH_O, "True only when no JSON object in the buffer names a key twice."},
     {"entry_spans", entry_spans, METH_O, "proof(), and where the top-level entry elements are."},
     {"plan", plan, METH_VARARGS, "proof(), and which Bundle entries the record builder may read."},
+    {"entry_count", entry_count, METH_VARARGS, "Elements of the arrays named entry, up to stop+1."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_keyscan", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__keyscan(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__keyscan(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    TooManyEntries = PyErr_NewException("service._keyscan.TooManyEntries", PyExc_ValueError, NULL);
+    if (TooManyEntries == NULL || PyModule_AddObjectRef(m, "TooManyEntries", TooManyEntries) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

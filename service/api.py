@@ -19,12 +19,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service import inputs, logs, units
 from service.api_keys import check_exposure
 from service.app import router as web_app_router
+from service.body_budget import BodyBudgetMiddleware, ByteBudget
 from service.cds.jwt_auth import CdsClientAuthenticator
 from service.cds.router import router as cds_router
+from service.entry_cap import TooManyEntries
 from service.fhir.client import close_clients
 from service.fhir.errors import FhirError
 from service.fhir_response import ISSUE_CODE, outcome
 from service.inputs import validation_message
+from service.ops import metrics
 from service.ops import wiring as ops_wiring
 from service.protocol import ProtocolError, load_protocol
 from service.record import InputError
@@ -72,6 +75,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.protocol = load_protocol(settings.protocol_path)
     configure_terminology(settings)  # site ConceptMaps: a bad file stops the start (issue 10)
+    # Innermost middleware: a refused body is still counted, logged and given a request id.
+    app.state.body_budget = ByteBudget(settings.max_decoding_bytes)
+    app.add_middleware(
+        BodyBudgetMiddleware,
+        budget=app.state.body_budget,
+        max_body=settings.max_body_bytes,
+        wait=settings.body_budget_wait_seconds,
+    )
     ops_wiring.install(app, settings)  # state store, rate limits, audit sink, /metrics
     app.state.cds_authenticator = CdsClientAuthenticator(settings, store=app.state.store)
 
@@ -115,6 +126,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError):
         return outcome(400, "invalid", str(exc))
+
+    @app.exception_handler(TooManyEntries)
+    async def too_many_entries(request: Request, exc: TooManyEntries):
+        metrics.BODIES_REFUSED.labels(reason="too_many_entries").inc()
+        return outcome(413, "too-long", str(exc))
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError):

@@ -229,7 +229,8 @@ def _evaluate_one(
     """One protocol's evaluation, from the Bundle body or pulled from the FHIR server."""
     if fhir_base is None:
         try:
-            return evaluate_body(body, protocol, as_of=day, patient_id=patient)
+            limit = get_settings().max_bundle_entries  # as the HTTP API (README: Limits)
+            return evaluate_body(body, protocol, as_of=day, patient_id=patient, max_entries=limit)
         except InputError as exc:
             raise _fail(str(exc)) from None
     try:

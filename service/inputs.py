@@ -60,6 +60,14 @@ class ConfigurationError(RuntimeError):
 
 def check_settings(settings: Any) -> None:
     """Refuse at start what would otherwise fail every request (e.g. a token with a newline)."""
+    max_body = getattr(settings, "max_body_bytes", 0)
+    if getattr(settings, "max_decoding_bytes", max_body) < max_body:
+        raise ConfigurationError(
+            "ELIGIBILITY_MAX_DECODING_BYTES must be at least ELIGIBILITY_MAX_BODY_BYTES (else "
+            "the largest accepted body could never be decoded alongside another)"
+        )
+    if getattr(settings, "max_bundle_entries", 1) < 1:
+        raise ConfigurationError("ELIGIBILITY_MAX_BUNDLE_ENTRIES must be at least 1")
     token = getattr(settings, "fhir_token", None)
     if token is not None and not is_bearer_token(token.get_secret_value()):
         raise ConfigurationError(

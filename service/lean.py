@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from service.entry_cap import TooManyEntries
 from service.inputs import MAX_FULL_URL
 from service.protocol import Protocol
 
@@ -97,13 +98,20 @@ def protocol_codes(protocol: Protocol) -> tuple[bytes, ...]:
     return tuple(sorted({code.encode() for _, code in protocol.observation_codes()}))
 
 
-def lean_bundle(body: bytes | str, codes: tuple[bytes, ...]) -> LeanBundle | None:
+def lean_bundle(
+    body: bytes | str, codes: tuple[bytes, ...], max_entries: int = -1
+) -> LeanBundle | None:
     """The decoded Bundle without the Observations no protocol code can match, or None
-    (take the generic path). ``codes``: ``protocol_codes(protocol)``."""
+    (take the generic path). ``codes``: ``protocol_codes(protocol)``. More than
+    ``max_entries`` entries (-1: no cap) raise ``TooManyEntries`` (service.entry_cap): the
+    scan stops there, before any plan row is built."""
     if not isinstance(body, bytes) or _keyscan is None:
         return None
     # The proof of unique keys, and [position, start, end, ...] of the entries to decode.
-    plan = _keyscan.plan(body, codes, MAX_FULL_URL)
+    try:
+        plan = _keyscan.plan(body, codes, MAX_FULL_URL, max_entries)
+    except _keyscan.TooManyEntries:
+        raise TooManyEntries(max_entries) from None
     if plan is None or not _utf8(body):
         return None
     view = memoryview(body)

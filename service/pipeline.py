@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from service import lean, logs, strict_json
+from service import entry_cap, lean, logs, strict_json
 from service.clinical.dates import today
 from service.clinical.engine import evaluate
 from service.clinical.evaluation import Evaluation
@@ -116,17 +116,20 @@ def evaluate_body(
     *,
     as_of: date | None = None,
     patient_id: str | None = None,
+    max_entries: int = entry_cap.DEFAULT_MAX_ENTRIES,
 ) -> tuple[Evaluation, dict[str, Any]]:
     """Bytes of a Bundle (or Parameters) in, the evaluation and its result Bundle out.
 
     Without site terminology a plain Bundle is decoded lean (service.lean: Observations no
     criterion reads stay undecoded); anything else, or anything lean decoding is unsure of,
-    takes the generic ``parse_json``. Both give the same result and the same errors."""
+    takes the generic ``parse_json``. Both give the same result and the same errors, and
+    both refuse a body of more than ``max_entries`` entries before decoding it (413)."""
     with gc_paused():
         resource = None
         if terminology.active() is None:
-            resource = lean.lean_bundle(body, _protocol_codes(protocol))
+            resource = lean.lean_bundle(body, _protocol_codes(protocol), max_entries)
         if resource is None:
+            entry_cap.check(body, max_entries)  # the lean scan counted only when it got far
             resource = parse_json(body)
         done = evaluate_resource(resource, protocol, as_of=as_of, patient_id=patient_id)
         # Freed inside the pause: the collection that follows it then walks only the result.
@@ -140,11 +143,14 @@ def evaluate_body_json(
     *,
     as_of: date | None = None,
     patient_id: str | None = None,
+    max_entries: int = entry_cap.DEFAULT_MAX_ENTRIES,
 ) -> tuple[Evaluation, bytes]:
     """``evaluate_body`` with the result Bundle already encoded (the HTTP answer): encoded
     and freed inside the collector's pause, so the collector never walks it."""
     with gc_paused():
-        evaluation, bundle = evaluate_body(body, protocol, as_of=as_of, patient_id=patient_id)
+        evaluation, bundle = evaluate_body(
+            body, protocol, as_of=as_of, patient_id=patient_id, max_entries=max_entries
+        )
         return evaluation, orjson.dumps(bundle)
 
 
@@ -154,9 +160,11 @@ def evaluate_body_generic(
     *,
     as_of: date | None = None,
     patient_id: str | None = None,
+    max_entries: int = entry_cap.DEFAULT_MAX_ENTRIES,
 ) -> tuple[Evaluation, dict[str, Any]]:
     """``evaluate_body`` decoding every field (the reference the lean path is tested against)."""
     with gc_paused():
+        entry_cap.check(body, max_entries)
         return evaluate_resource(parse_json(body), protocol, as_of=as_of, patient_id=patient_id)
 
 

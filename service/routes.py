@@ -54,7 +54,8 @@ async def eligibility_from_bundle(
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     day = parse_as_of(as_of) if as_of else None
     args = (body, _protocol(request))
-    kwargs = {"as_of": day, "patient_id": patient}
+    limit = request.app.state.settings.max_bundle_entries
+    kwargs = {"as_of": day, "patient_id": patient, "max_entries": limit}
     # A terminology server is called during the evaluation: never on the event loop.
     calls_out = request.app.state.settings.terminology_server_url is not None
     if calls_out or len(body) > _INLINE_BODY_BYTES:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from service import logs, strict_json
+from service import entry_cap, logs, strict_json
 from service.cds.cards import patient_view_cards, trial_name
 from service.cds.jwt_auth import require_cds_client
 from service.cds.models import FeedbackRequest, PatientViewRequest
@@ -82,7 +82,9 @@ async def _body(request: Request) -> Any:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
         raise HTTPException(415, "send application/json")
-    raw = await read_body(request, request.app.state.settings.max_body_bytes)
+    settings = request.app.state.settings
+    raw = await read_body(request, settings.max_body_bytes)
+    entry_cap.check(raw, settings.max_bundle_entries)  # prefetch Bundles: 413 before decoding
     try:
         return strict_json.loads(raw)
     except strict_json.DuplicateKeyError as exc:

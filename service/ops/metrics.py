@@ -65,6 +65,11 @@ AUDIT_ERRORS = Counter(
     "eligibility_audit_sink_errors_total", "AuditEvents a sink failed to record", ["sink"]
 )
 CDS_FEEDBACK = Counter("eligibility_cds_feedback_total", "CDS Hooks feedback items", ["outcome"])
+BODIES_REFUSED = Counter(
+    "eligibility_request_bodies_refused_total",
+    "Request bodies refused before decoding: too_many_entries (413), decode_budget (503)",
+    ["reason"],
+)
 CDS_SUPPRESSED = Counter(
     "eligibility_cds_cards_suppressed_total", "Cards not shown after a clinician's override"
 )
