@@ -249,10 +249,11 @@ def clinical_start(resource: Resource, birth: Any = None) -> When:
 # -- ordering and windows -----------------------------------------------------------------------
 
 
-def certainly_before(a: When, b: When) -> bool:
-    """Whether ``a`` is known to precede ``b``: by aware instant when both have one, else
-    ``a``'s latest day before ``b``'s earliest (two results of one day are not ordered)."""
-    if a.moment is not None and b.moment is not None:
+def certainly_before(a: When, b: When, *, by_instant: bool = True) -> bool:
+    """Whether ``a`` is known to precede ``b``: by aware instant when both have one (unless
+    ``by_instant`` is off: then by day only), else ``a``'s latest day before ``b``'s earliest
+    (two results of one day are not ordered)."""
+    if by_instant and a.moment is not None and b.moment is not None:
         return a.moment < b.moment
     return a.latest is not None and b.earliest is not None and a.latest < b.earliest
 
