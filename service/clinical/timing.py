@@ -197,7 +197,8 @@ def element_time(resource: Resource, element: str, birth: Any = None) -> When | 
             return When(None, None, f"{stem} given as text {str(value)[:40]!r}")
         return time_of(value)
     for key in resource:
-        if key.startswith(stem) and key != stem and resource[key] is not None:
+        kind = key[len(stem) :]
+        if key.startswith(stem) and kind and kind not in _KINDS and resource[key] is not None:
             return When(None, None, f"{key} cannot be read as a time")
     return None
 
