@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.clinical.dates import _full_day, effective_date, parse_date
+from service.clinical.dates import parse_date
 from service.clinical.engine import evaluate
 from service.clinical.model import Outcome
+from service.clinical.timing import clinical_time, time_of
 from service.protocol import default_protocol
 from service.record import record_from_bundle
 from tests.builders import AS_OF, bundle, lab, patient, result
@@ -61,7 +62,7 @@ def test_replacing_the_records_observations_is_seen_by_the_next_evaluation():
     assert result(evaluate(record, protocol, AS_OF), "I7-platelets").outcome is Outcome.MET
 
 
-# -- effective_date reads a full day without building the range (parse_date's answer) ------
+# -- the cached time reading gives parse_date's answer, and full days as before intervals -----
 
 _ODD_DATES = [
     "2024-02-29",
@@ -85,22 +86,22 @@ _ODD_DATES = [
 
 
 @pytest.mark.parametrize("value", [*_ODD_DATES, None, 20240105, ["2024-01-05"]])
-def test_full_day_is_parse_dates_exact_day(value):
+def test_time_of_is_parse_dates_range(value):
     parsed = parse_date(value)
-    assert _full_day(value) == (parsed.latest if parsed and parsed.exact else None)
+    found = time_of(value)
+    assert (found.earliest, found.latest) == (tuple(parsed) if parsed else (None, None))
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.from_regex(r"\A[0-9٠-٩]{4}(-[0-9]{1,2}(-[0-9]{1,3})?)?.{0,4}\Z") | st.text(max_size=12))
-def test_full_day_agrees_with_parse_date_on_generated_values(value):
+def test_time_of_agrees_with_parse_date_on_generated_values(value):
     parsed = parse_date(value)
-    assert _full_day(value) == (parsed.latest if parsed and parsed.exact else None)
-    resource = {"effectiveDateTime": value}
-    assert effective_date(resource) == _full_day(value)
+    found = clinical_time({"effectiveDateTime": value})
+    assert (found.earliest, found.latest) == (tuple(parsed) if parsed else (None, None))
 
 
 def _effective_date_before(resource):
-    """effective_date as it was written before the fast path (the reference)."""
+    """The full day a result's time was read as before intervals (the reference)."""
     candidates = (
         resource.get("effectiveDateTime"),
         (resource.get("effectivePeriod") or {}).get("end"),
@@ -131,5 +132,13 @@ _TIME_ELEMENTS = st.fixed_dictionaries(
 
 @settings(max_examples=400, deadline=None)
 @given(_TIME_ELEMENTS)
-def test_effective_date_reads_what_it_read_before(resource):
-    assert effective_date(resource) == _effective_date_before(resource)
+def test_a_full_day_reads_as_it_did_before_intervals(resource):
+    """Where a full day was read before, the same day is read now, except from a Period with
+    no end (it may still be running: from its start on). Nothing else becomes one day."""
+    before, now = _effective_date_before(resource), clinical_time(resource).day
+    period = resource.get("effectivePeriod")
+    open_ended = isinstance(period, dict) and period.get("end") is None
+    if before is not None and not (open_ended and "effectiveDateTime" not in resource):
+        assert now == before
+    else:
+        assert now is None or now == before

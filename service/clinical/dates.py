@@ -1,15 +1,17 @@
-"""FHIR date handling: partial dates, a resource's clinically relevant time, look-back windows."""
+"""FHIR date primitives: a (possibly partial) date as a range of days, an aware instant.
+
+Rules never read a resource's time from here: ``service.clinical.timing`` turns any FHIR time
+(dates, Periods, ages, text) into one interval, and orders and windows them for every rule.
+"""
 
 from __future__ import annotations
 
 import calendar
 import re
-from datetime import date, datetime, timedelta
-from functools import lru_cache
+from datetime import date, datetime
 from typing import Any
 
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
-_FULL_DAY = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")  # _DATE when it matches all three parts
 
 
 class DateRange(tuple):
@@ -58,46 +60,6 @@ def parse_date(value: Any) -> DateRange | None:
         return None
 
 
-def effective_date(resource: dict[str, Any]) -> date | None:
-    """When a result applies: effectiveDateTime, else effectivePeriod end/start, else
-    effectiveInstant, else issued. Only a full calendar day counts."""
-    if "effectivePeriod" not in resource:  # the usual case, read without the tuple below
-        value = resource.get("effectiveDateTime")
-        if value is not None:
-            return _full_day(value)
-    candidates = (
-        resource.get("effectiveDateTime"),
-        (resource.get("effectivePeriod") or {}).get("end"),
-        (resource.get("effectivePeriod") or {}).get("start"),
-        resource.get("effectiveInstant"),
-        resource.get("issued"),
-    )
-    for value in candidates:
-        if value is None:
-            continue
-        return _full_day(value)
-    return None
-
-
-def _full_day(value: Any) -> date | None:
-    """``parse_date(value).latest`` when that is one exact day, else None: only a value with
-    year, month and day is exact (a month or a year spans several days). Without building
-    the range, as every Observation's time is read this way."""
-    return _full_day_of(value[:10]) if isinstance(value, str) else None
-
-
-@lru_cache(maxsize=16_384)  # keyed by the day part: a chart's results share few days
-def _full_day_of(value: str) -> date | None:
-    m = _FULL_DAY.match(value)
-    if m is None:
-        return None
-    year, month, day = m.groups()
-    try:
-        return date(int(year), int(month), int(day))
-    except ValueError:
-        return None
-
-
 def parse_moment(value: Any) -> datetime | None:
     """A FHIR dateTime with a time and a zone as an aware datetime; None otherwise.
 
@@ -111,13 +73,6 @@ def parse_moment(value: Any) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo is not None else None
-
-
-def in_window(day: date, as_of: date, window_days: int | None) -> bool:
-    """On or before ``as_of`` and, when a window is set, no more than ``window_days`` before it."""
-    if day > as_of:
-        return False
-    return window_days is None or day >= as_of - timedelta(days=window_days)
 
 
 def today() -> date:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 from service.clinical import method_context
-from service.clinical.dates import effective_date, parse_moment
 from service.clinical.model import (
     CriterionResult,
     DataRequirement,
@@ -22,6 +21,16 @@ from service.clinical.model import (
     Severity,
     SourceRef,
     undetermined,
+)
+from service.clinical.timing import (
+    Placement,
+    When,
+    certainly_before,
+    clinical_time,
+    newest_first_key,
+    not_followed,
+    place,
+    placement_why,
 )
 from service.protocol import Protocol, ValueSet
 from service.record import PatientRecord, Resource, codings
@@ -34,19 +43,35 @@ class Dated:
     ``resource`` is always the Observation (its status and time, and what evidence names);
     ``item`` is where the value is read: the component when there is one, else the
     Observation. ``context`` is set when only a code broader than the criterion matched:
-    such a result is listed as evidence but never decides.
+    such a result is listed as evidence but never decides. ``partly`` is set (why, in words)
+    when its time may fall outside the window: it blocks older results but cannot decide.
     """
 
-    day: date
+    when: When
     resource: Resource
-    moment: datetime | None = None  # aware time, only when the source gives time and zone
     part: Resource | None = None  # the component that carries the value, if any
     context: ValueSet | None = None  # the evidence-only ValueSet that matched, if any
     method: str | None = None  # the method that made a broader code specific, in words
+    partly: str | None = None  # why the time may be outside the window, if it may
 
     @property
     def item(self) -> Resource:
         return self.resource if self.part is None else self.part
+
+    @property
+    def day(self) -> date | None:
+        """The result's day when it is one known day (a partial date has none)."""
+        return self.when.day
+
+    @property
+    def moment(self) -> datetime | None:
+        """Aware time, only when the source gives a time and a zone."""
+        return self.when.moment
+
+    @property
+    def shown(self) -> str:
+        """The time as recorded, for reasons: '2026-11-20', '2026-11'."""
+        return self.when.text
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +173,7 @@ class Unusable:
 Judged = CriterionResult | Unusable
 
 
-_Fact = tuple[Resource, list[Resource | None], date | None]
+_Fact = tuple[Resource, list[Resource | None], When]
 
 
 def _facts(record: PatientRecord, valueset: ValueSet) -> tuple[list[_Fact], set[int]]:
@@ -164,26 +189,10 @@ def _facts(record: PatientRecord, valueset: ValueSet) -> tuple[list[_Fact], set[
     for obs in coded:
         parts = result_parts(obs, valueset)
         if parts:
-            facts.append((obs, parts, effective_date(obs)))
+            facts.append((obs, parts, clinical_time(obs)))
     ids = {id(obs) for obs in coded}
     record._by_valueset[id(valueset)] = (valueset, record.observations, facts, ids)
     return facts, ids
-
-
-def _effective_value(resource: Resource) -> Any:
-    """The raw time element ``effective_date`` reads (same order), so day and moment agree."""
-    period = resource.get("effectivePeriod")
-    period = period if isinstance(period, dict) else {}
-    for value in (
-        resource.get("effectiveDateTime"),
-        period.get("end"),
-        period.get("start"),
-        resource.get("effectiveInstant"),
-        resource.get("issued"),
-    ):
-        if value is not None:
-            return value
-    return None
 
 
 def effective_moment(resource: Resource) -> datetime | None:
@@ -192,11 +201,11 @@ def effective_moment(resource: Resource) -> datetime | None:
     Without a zone a time cannot be compared with another source's, so it orders like a
     date (by day only).
     """
-    return parse_moment(_effective_value(resource))
+    return clinical_time(resource).moment
 
 
-def _sort_key(dated: Dated) -> tuple[date, float]:
-    return dated.day, dated.moment.timestamp() if dated.moment else float("-inf")
+def _sort_key(dated: Dated) -> tuple[date, date, float]:
+    return newest_first_key(dated.when)
 
 
 def candidate_observations(
@@ -211,48 +220,52 @@ def candidate_observations(
     """Results of ``valueset`` that may be used, newest first (by day, then time).
 
     A component coded in ``valueset`` is a result of its own, with its Observation's status
-    and time. Results with a status other than final/amended/corrected, or with no full-day
-    time, are left out with a warning; results after ``as_of`` or before the window are left
-    out silently (they are simply not part of this evaluation). An Observation that matches
-    only the evidence-only ``context`` ValueSet is returned marked as such.
+    and time. Results with a status other than final/amended/corrected are left out with a
+    warning; results certainly after ``as_of`` or certainly before the window are left out
+    silently (they are simply not part of this evaluation). A result whose time may fall
+    outside the window (a partial date across its edge, no readable time at all) is kept,
+    marked ``partly``: it may be the newest, so it blocks older results, but it cannot decide
+    (a result with no readable time also gets a warning). An Observation that matches only
+    the evidence-only ``context`` ValueSet is returned marked as such.
     """
     allowed = set(protocol.general["observation_statuses"])
     found: list[Dated] = []
     deciding, seen = _facts(record, valueset)
-    observations: list[tuple[Resource, list[Resource | None], Any, ValueSet | None, Any]] = [
-        (obs, parts, day, None, None) for obs, parts, day in deciding
+    observations: list[tuple[Resource, list[Resource | None], When, ValueSet | None, Any]] = [
+        (obs, parts, when, None, None) for obs, parts, when in deciding
     ]
     if record.evidence_only:  # site terminology: reached only through a non-exact mapping
         observations = [
-            (obs, parts, day, record.evidence_only.get(id(obs)), method)
-            for obs, parts, day, _, method in observations
+            (obs, parts, when, record.evidence_only.get(id(obs)), method)
+            for obs, parts, when, _, method in observations
         ]
     if context is not None:
-        for obs, parts, day in _facts(record, context.valueset)[0]:
+        for obs, parts, when in _facts(record, context.valueset)[0]:
             if id(obs) not in seen:
                 method = context.method_of(obs, record)
                 marked = None if method else context.valueset
-                observations.append((obs, parts, day, marked, method))
-    # in_window(day, as_of, window_days) for a day not after as_of, with the start once
-    earliest = None if window_days is None else as_of - timedelta(days=window_days)
-    for obs, parts, day, marked, method in observations:
-        if day is not None and day > as_of:
+                observations.append((obs, parts, when, marked, method))
+    for obs, parts, when, marked, method in observations:
+        placed = place(when, as_of, window_days)
+        if placed is Placement.AFTER:
             continue
         status = obs.get("status")
         if status not in allowed:
-            if day is None or earliest is None or day >= earliest:
+            if placed is not Placement.BEFORE:
                 ref = record.ref(obs).reference
                 issues.append(
                     Issue(Severity.WARNING, "business-rule", f"status {status!r} ignored", ref)
                 )
             continue
-        if day is None:
-            ref = record.ref(obs).reference
-            issues.append(Issue(Severity.WARNING, "incomplete", "no usable result time", ref))
+        if placed is Placement.BEFORE:
             continue
-        if earliest is None or day >= earliest:
-            moment = effective_moment(obs)
-            found.extend(Dated(day, obs, moment, part, marked, method) for part in parts)
+        partly = None
+        if placed is Placement.PARTLY:
+            partly = placement_why(when, as_of, window_days)
+            if when.unknown:
+                ref = record.ref(obs).reference
+                issues.append(Issue(Severity.WARNING, "incomplete", "no usable result time", ref))
+        found.extend(Dated(when, obs, part, marked, method, partly) for part in parts)
     found.sort(key=_sort_key, reverse=True)
     return found
 
@@ -261,35 +274,22 @@ def candidate_observations(
 
 
 def strictly_before(a: Dated, b: Dated) -> bool:
-    """Whether ``a`` is known to precede ``b``: by aware time when both have one, else by day.
-
-    Two results on the same day cannot be ordered unless both carry a time with a zone.
-    """
-    if a.moment is not None and b.moment is not None:
-        return a.moment < b.moment
-    return a.day < b.day
+    """Whether ``a`` is known to precede ``b`` (see ``timing.certainly_before``)."""
+    return certainly_before(a.when, b.when)
 
 
 def newest_group(candidates: list[Dated]) -> list[Dated]:
     """The newest result together with every result that cannot be ordered before it.
 
-    These are the results no other candidate is known to follow (see ``strictly_before``);
-    usually just one. Linear, so a long chart does not cost a pairwise comparison.
+    These are the results no other candidate is known to follow (see ``strictly_before``):
+    usually just one; a result with a partial date that overlaps the newest one joins it.
     """
-    if not candidates:
-        return []
-    latest_day = max(c.day for c in candidates)
-    latest_moment = max((c.moment for c in candidates if c.moment), default=None)
-    latest_dateonly = max((c.day for c in candidates if c.moment is None), default=None)
+    return not_followed(candidates, lambda d: d.when)
 
-    def followed(c: Dated) -> bool:
-        if c.moment is None or latest_moment is None:
-            return c.day < latest_day
-        return c.moment < latest_moment or (latest_dateonly is not None and c.day < latest_dateonly)
 
-    group = [c for c in candidates if not followed(c)]
-    # Mixed zones can make the day/time comparison cyclic; then keep the whole newest day.
-    return group or [c for c in candidates if c.day == latest_day]
+def _partly(dated: Dated) -> Unusable | None:
+    """A result whose time may be outside the window: it may be the newest, never decides."""
+    return Unusable(dated.partly) if dated.partly else None
 
 
 def _data_absent(record: PatientRecord, dated: Dated, issues: list[Issue]) -> Unusable | None:
@@ -326,7 +326,16 @@ def _word(n: int) -> str:
 
 
 def _days(group: list[Dated]) -> str:
-    return " and ".join(str(d) for d in sorted({g.day for g in group}))
+    return " and ".join(sorted({g.shown for g in group}))
+
+
+def _inexact(record: PatientRecord, group: list[Dated]) -> str:
+    """'; Observation/b dated 2026-11 may be the newer', naming every result of the group
+    whose date is not one day (none for full dates, so their reasons read as before)."""
+    named = [f"{record.ref(d.resource).reference} dated {d.shown}" for d in group if d.day is None]
+    if not named:
+        return ""
+    return f"; {', '.join(dict.fromkeys(named))} may be the newer (its date is not one day)"
 
 
 def _refs(record: PatientRecord, group: list[Dated]) -> list[SourceRef]:
@@ -343,7 +352,8 @@ def _unusable_result(
     hint: str,
 ) -> CriterionResult:
     lines = [
-        f"{record.ref(d.resource).reference}{' (component)' if d.part else ''} on {d.day}: {j.why}"
+        f"{record.ref(d.resource).reference}{' (component)' if d.part else ''} "
+        f"on {d.shown}: {j.why}"
         for d, j in judged
         if isinstance(j, Unusable)
     ]
@@ -352,6 +362,7 @@ def _unusable_result(
     reason = f"the most recent {named} cannot be used: " + "; ".join(lines)
     if len(group) > 1:
         reason += f"; {_word(len(group))} results on {_days(group)} cannot be ordered"
+        reason += _inexact(record, group)
     if older:
         reason += f"; {older} older result(s) in the window not used in its place"
     return undetermined(code, reason + hint, _refs(record, group), needs)
@@ -367,6 +378,7 @@ def _disagreement(
     reason = (
         f"{_word(len(group))} results on {_days(group)} disagree and cannot be ordered: "
         + "; ".join(r.reason for _, r in judged)
+        + _inexact(record, group)
     )
     return undetermined(code, reason, _refs(record, group), needs)
 
@@ -404,7 +416,10 @@ def newest_verdict(
     if not candidates:
         return None
     group = newest_group(candidates)
-    judged = [(d, _context_only(d) or _data_absent(record, d, issues) or judge(d)) for d in group]
+    judged = [
+        (d, _context_only(d) or _partly(d) or _data_absent(record, d, issues) or judge(d))
+        for d in group
+    ]
     older = len(candidates) - len(group)
     if any(isinstance(j, Unusable) for _, j in judged):
         return _unusable_result(code, record, judged, older, what, needs, hint)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
-from service.clinical.dates import DateRange, in_window, parse_date, parse_moment
 from service.clinical.model import (
     CriterionResult,
     DataRequirement,
@@ -27,6 +26,17 @@ from service.clinical.model import (
 )
 from service.clinical.rules import Context, rule
 from service.clinical.rules.params import AttestationParams, ConsentParams, SurvivalParams
+from service.clinical.timing import (
+    Placement,
+    When,
+    certainly_before,
+    clinical_start,
+    clinical_time,
+    not_followed,
+    place,
+    placement_why,
+    time_of,
+)
 from service.protocol import CriterionDef
 from service.record import Resource, codings
 from service.references import referenced_type
@@ -54,8 +64,7 @@ class _Answer:
     """One response's answer to the item we look for."""
 
     answer: bool | None  # None: not a usable yes/no answer
-    day: date
-    moment: datetime | None  # full timestamp with zone, to order same-day responses
+    when: When  # QuestionnaireResponse.authored, as an interval
     response: Resource
     problem: _Problem | None = None  # why ``answer`` is None
 
@@ -66,10 +75,11 @@ class AttestationLookup:
 
     item: str
     answer: bool | None = None
-    day: date | None = None
+    day: str | None = None  # the deciding response's authored date, as recorded
     author: str | None = None
     responses: list[Resource] = field(default_factory=list)  # the responses the text cites
     missing: str = ""  # plain words, set when ``answer`` is None
+    when: When | None = None  # the deciding response's time
     issues: list[Issue] = field(default_factory=list)
 
     @property
@@ -90,7 +100,7 @@ class _Candidates:
 
     usable: list[_Answer] = field(default_factory=list)
     not_investigator: list[_Answer] = field(default_factory=list)  # ignored: wrong author
-    older: list[date] = field(default_factory=list)  # authored before the window
+    older: list[When] = field(default_factory=list)  # authored before the window
 
 
 def lookup_attestation(ctx: Context, item: str) -> AttestationLookup:
@@ -109,7 +119,7 @@ def lookup_attestation(ctx: Context, item: str) -> AttestationLookup:
     if not found.usable:
         lookup.missing = _none_found(ctx, item, found)
         return lookup
-    _choose(lookup, found.usable)
+    _choose(ctx, lookup, found.usable)
     _check_newer_others(ctx, lookup, found.not_investigator)
     return lookup
 
@@ -124,25 +134,28 @@ def _consider(ctx: Context, qr: Resource, lookup: AttestationLookup, found: _Can
     groups = _answers_to(qr, lookup.item)
     if not groups:
         return  # the item is absent or unanswered: this response says nothing about it
-    authored = parse_date(qr.get("authored"))
-    if authored is not None and authored.earliest > ctx.as_of:
+    authored = clinical_time(qr)
+    placed = place(authored, ctx.as_of, window)
+    if placed is Placement.AFTER:
         return  # written after the evaluation date
-    day = authored.latest if authored is not None and authored.exact else None
     status = qr.get("status")
     if status not in set(general["attestation_statuses"]):
-        if day is None or in_window(day, ctx.as_of, window):
+        if placed is not Placement.BEFORE:
             message = f"QuestionnaireResponse status {status!r} ignored"
             lookup.issues.append(Issue(Severity.WARNING, "business-rule", message, ref))
         return
-    if day is None:
-        message = "QuestionnaireResponse has no full authored date; not used"
-        lookup.issues.append(Issue(Severity.WARNING, "incomplete", message, ref))
-        return
-    if not in_window(day, ctx.as_of, window):
-        found.older.append(day)
+    if placed is Placement.BEFORE:
+        found.older.append(authored)
         return
     value, problem = _read_answer(groups)
-    answer = _Answer(value, day, parse_moment(qr.get("authored")), qr, problem)
+    if placed is Placement.PARTLY:
+        # It may be the newest answer, so it takes part, but it cannot decide.
+        why = placement_why(authored, ctx.as_of, window)
+        if authored.unknown:
+            message = "QuestionnaireResponse has no readable authored date; it cannot decide"
+            lookup.issues.append(Issue(Severity.WARNING, "incomplete", message, ref))
+        value, problem = None, _Problem(f"cannot decide: {why}", why)
+    answer = _Answer(value, authored, qr, problem)
     if not _by_investigator(qr, ctx):
         message = f"QuestionnaireResponse {_author_text(qr)}, not {_types(ctx)}; not used"
         lookup.issues.append(Issue(Severity.WARNING, "business-rule", message, ref))
@@ -168,7 +181,8 @@ def _none_found(ctx: Context, item: str, found: _Candidates) -> str:
     """Why no answer counts, naming responses ignored for their author."""
     window = int(ctx.protocol.general["attestation_window_days"])
     if found.older:
-        text = f"the latest attestation of {item}, {max(found.older)}, is older than {window} days"
+        latest = max(found.older, key=lambda w: w.latest or date.min)
+        text = f"the latest attestation of {item}, {latest.text}, is older than {window} days"
     else:
         text = f"no investigator attestation of {item} found"
     if found.not_investigator:
@@ -182,13 +196,18 @@ def _none_found(ctx: Context, item: str, found: _Candidates) -> str:
 
 def _check_newer_others(ctx: Context, lookup: AttestationLookup, others: list[_Answer]) -> None:
     """A newer (or same-day) different answer by someone else leaves the item open."""
-    if lookup.answer is None or lookup.day is None:
+    chosen = lookup.when
+    if lookup.answer is None or chosen is None:
         return
-    newer = [a for a in others if a.day >= lookup.day and a.answer is not lookup.answer]
+    newer = [
+        a
+        for a in others
+        if not certainly_before(a.when, chosen, by_instant=False) and a.answer is not lookup.answer
+    ]
     if not newer:
         return
     names = ", ".join(
-        f"{ctx.record.ref(a.response).reference} ({_author_text(a.response)}, {a.day})"
+        f"{ctx.record.ref(a.response).reference} ({_author_text(a.response)}, {a.when.text})"
         for a in newer
     )
     lookup.missing = (
@@ -198,27 +217,42 @@ def _check_newer_others(ctx: Context, lookup: AttestationLookup, others: list[_A
     lookup.answer = None
 
 
-def _choose(lookup: AttestationLookup, usable: list[_Answer]) -> None:
-    """Take the newest answer; same-day answers that cannot be ordered must agree."""
-    newest_day = max(a.day for a in usable)
-    top = [a for a in usable if a.day == newest_day]
-    if len(top) > 1 and all(a.moment is not None for a in top):
-        latest = max(a.moment for a in top if a.moment is not None)
-        top = [a for a in top if a.moment == latest]
+def _choose(ctx: Context, lookup: AttestationLookup, usable: list[_Answer]) -> None:
+    """Take the newest answer; answers that cannot be ordered before it (the same day, a
+    partial date that overlaps it) must agree, and each must be able to decide."""
+    top = not_followed(usable, lambda a: a.when)
+    newest_day = " and ".join(sorted({a.when.text for a in top}))
     lookup.responses = [a.response for a in top]
     values = {a.answer for a in top}
+    named = _inexact(ctx, top)
     if None in values:
         problem = next(a.problem or _NOT_BOOLEAN for a in top if a.answer is None)
-        lookup.missing = f"the latest attestation of {lookup.item} ({newest_day}) {problem.reason}"
+        lookup.missing = (
+            f"the latest attestation of {lookup.item} ({newest_day}) {problem.reason}{named}"
+        )
     elif len(values) > 1:
         lookup.missing = (
-            f"attestations of {lookup.item} on {newest_day} disagree and cannot be ordered"
+            f"attestations of {lookup.item} on {newest_day} disagree and cannot be ordered{named}"
         )
     else:
         chosen = top[0]
         lookup.answer = chosen.answer
-        lookup.day = chosen.day
+        lookup.day = chosen.when.text
+        lookup.when = chosen.when
         lookup.author = _author(chosen.response)
+
+
+def _inexact(ctx: Context, top: list[_Answer]) -> str:
+    """' (QuestionnaireResponse/b dated 2026-11 may be the newer)' for responses of the group
+    not dated to one day; '' when all are (their reasons read as before)."""
+    named = [
+        f"{ctx.record.ref(a.response).reference} dated {a.when.text}"
+        for a in top
+        if not a.when.exact
+    ]
+    if not named or len(top) < 2:
+        return ""
+    return f" ({', '.join(named)} may be the newer: its date is not one day)"
 
 
 def _types(ctx: Context) -> str:
@@ -389,33 +423,15 @@ def _supporting_procedures(criterion: CriterionDef, ctx: Context) -> list[tuple[
         codes = [c for c in codings(proc.get("code")) if c in vs.codes]
         if not codes or proc.get("status") not in statuses:
             continue
-        when = _performed(proc)
-        if when is not None and when.earliest > ctx.as_of:
+        when = clinical_start(proc)  # listed by when it began; it never decides
+        if when.earliest is not None and when.earliest > ctx.as_of:
             continue
         name = _display(proc.get("code"), codes[0])
-        day = _day_text(when) if when is not None else "date not recorded"
+        day = "date not recorded" if when.unknown else when.text
         text = f"{ctx.record.ref(proc).reference} {name} ({proc.get('status')}, {day})"
-        found.append((when.earliest if when else None, proc, text))
+        found.append((when.earliest, proc, text))
     found.sort(key=lambda f: f[0] or date.min, reverse=True)
     return [(proc, text) for _, proc, text in found]
-
-
-def _performed(proc: Resource) -> DateRange | None:
-    period = proc.get("performedPeriod") if isinstance(proc.get("performedPeriod"), dict) else {}
-    for value in (proc.get("performedDateTime"), period.get("start"), period.get("end")):
-        parsed = parse_date(value)
-        if parsed is not None:
-            return parsed
-    return None
-
-
-def _day_text(day: DateRange) -> str:
-    """A (possibly partial) date as precisely as it was recorded."""
-    if day.exact:
-        return str(day.earliest)
-    if (day.earliest.year, day.earliest.month) == (day.latest.year, day.latest.month):
-        return f"{day.earliest:%Y-%m}"
-    return str(day.earliest.year)
 
 
 def _display(concept: Any, code: tuple[str, str]) -> str:
@@ -439,15 +455,15 @@ def survival(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     evidence: list[SourceRef] = []
     raw = patient.get("deceasedDateTime")
     if raw is not None:
-        died = parse_date(raw)
-        if died is None:
+        died = time_of(raw)
+        if died.earliest is None or died.latest is None:
             return undetermined(
                 criterion.code,
                 "a date of death is recorded but cannot be read",
                 [pref],
                 [DataRequirement("Patient", None, "a readable Patient.deceasedDateTime")],
             )
-        shown = _day_text(died)
+        shown = died.text
         if died.latest <= ctx.as_of:
             return not_met(criterion.code, f"the patient died on {shown}", [pref])
         if died.earliest <= ctx.as_of:
@@ -479,7 +495,7 @@ def consent(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     return result
 
 
-Dated = tuple[DateRange | None, Resource]  # a Consent and its signing date, if readable
+Dated = tuple[When, Resource]  # a Consent and its signing date (``unknown`` if unreadable)
 
 
 @dataclass(slots=True)
@@ -507,28 +523,30 @@ def _sort_consents(criterion: CriterionDef, ctx: Context) -> _Consents:
         if _study_of(c, ctx) is False:
             found.note(f"{ctx.record.ref(c).reference} is consent to another study", c)
             continue
-        signed = parse_date(c.get("dateTime"))
-        if signed is not None and signed.earliest > ctx.as_of:
+        signed = clinical_time(c)
+        if signed.earliest is not None and signed.earliest > ctx.as_of:
             continue
         _sort_consent(c, signed, ctx, found)
     return found
 
 
-def _sort_consent(c: Resource, signed: DateRange | None, ctx: Context, found: _Consents) -> None:
+def _sort_consent(c: Resource, signed: When, ctx: Context, found: _Consents) -> None:
     ref = ctx.record.ref(c).reference
     status = c.get("status")
     provision = c.get("provision") if isinstance(c.get("provision"), dict) else {}
     if status == "rejected" or (status == "active" and _denies(provision)):
         found.refused.append((signed, c))
-    elif status == "active" and signed is not None and signed.latest > ctx.as_of:
-        shown = _day_text(signed)
+    elif status == "active" and signed.latest is not None and signed.latest > ctx.as_of:
+        shown = signed.text
         found.unsure.append((f"{ref} was signed {shown}, possibly after {ctx.as_of}", c))
     elif status == "active":
-        gap = _period_gap(provision.get("period"), ctx.as_of)
+        gap, certain = _period_gap(provision.get("period"), ctx.as_of)
         if gap is None:
             found.covering.append((signed, c))
-        else:
+        elif certain:
             found.note(f"{ref} is active but {gap}", c)
+        else:
+            found.unsure.append((f"{ref} is active but {gap}", c))
     elif status in ("draft", "proposed"):
         found.note(f"{ref} is {status}: not consent yet", c)
     elif status == "inactive":
@@ -600,7 +618,7 @@ def _consent_decision(criterion: CriterionDef, ctx: Context, found: _Consents) -
         also = f"; refused: {refusals}" if found.refused else ""
         return undetermined(
             criterion.code,
-            f"{'; '.join(t for t, _ in found.unsure)}: a full signing date is needed{also}",
+            f"{'; '.join(t for t, _ in found.unsure)}: {_full_date_needed(found)}{also}",
             [ref(c) for _, c in found.unsure] + [ref(r) for _, r in found.refused],
             [_consent_requirement(criterion, ctx)],
         )
@@ -627,13 +645,13 @@ def _consent_decision(criterion: CriterionDef, ctx: Context, found: _Consents) -
 def _covering(criterion: CriterionDef, ctx: Context, found: _Consents) -> CriterionResult:
     """The newest covering consent counts only if every refusal is dated strictly before it."""
     ref = ctx.record.ref
-    day, chosen = max(found.covering, key=lambda pair: pair[0].earliest if pair[0] else date.min)
-    signed = f"signed {_day_text(day)}" if day else "signing date not recorded"
+    day, chosen = max(found.covering, key=lambda pair: pair[0].earliest or date.min)
+    signed = "signing date not recorded" if day.unknown else f"signed {day.text}"
     reason = f"active research consent {ref(chosen).reference} ({signed}) covers {ctx.as_of}"
     unordered = [(d, r, why) for d, r in found.refused if (why := _not_before(d, day)) is not None]
     if unordered:
         listed = "; ".join(
-            f"{ref(r).reference}{f' ({_day_text(d)})' if d else ''} {why}"
+            f"{ref(r).reference}{'' if d.unknown else f' ({d.text})'} {why}"
             for d, r, why in unordered
         )
         return undetermined(
@@ -647,15 +665,16 @@ def _covering(criterion: CriterionDef, ctx: Context, found: _Consents) -> Criter
     return met(criterion.code, reason, [ref(chosen)])
 
 
-def _not_before(refusal: DateRange | None, consent: DateRange | None) -> str | None:
-    """None when the refusal is dated strictly before the consent; else why it may not be."""
-    if consent is None:
+def _not_before(refusal: When, consent: When) -> str | None:
+    """None when the refusal is dated strictly before the consent (by day: the order within
+    a day is not trusted for a refusal); else why it may not be."""
+    if consent.unknown:
         return "cannot be ordered against the undated consent"
-    if refusal is None:
+    if refusal.unknown:
         return "is undated"
-    if refusal.latest < consent.earliest:
+    if certainly_before(refusal, consent, by_instant=False):
         return None
-    if refusal.earliest > consent.latest:
+    if certainly_before(consent, refusal, by_instant=False):
         return "is later"
     if refusal.exact and consent.exact:
         return "is on the same day"
@@ -666,7 +685,7 @@ def _refusals_text(ctx: Context, refused: list[Dated]) -> str:
     """'Consent/a (2026-11-10), Consent/b (a nested provision denies)'."""
     items = []
     for day, r in refused:
-        details = [_day_text(day)] if day else []
+        details = [] if day.unknown else [day.text]
         provision = r.get("provision") if isinstance(r.get("provision"), dict) else {}
         if r.get("status") == "active" and provision.get("type") != "deny":
             details.append("a nested provision denies")
@@ -675,20 +694,34 @@ def _refusals_text(ctx: Context, refused: list[Dated]) -> str:
     return ", ".join(items)
 
 
-def _period_gap(period: Any, as_of: date) -> str | None:
-    """None when Consent.provision.period (if any) covers ``as_of``; else why not, in words."""
+def _period_gap(period: Any, as_of: date) -> tuple[str | None, bool]:
+    """(why not, certain): (None, True) when Consent.provision.period (if any) covers
+    ``as_of`` wholly; a period that may or may not cover it (a partial start or end around
+    ``as_of``) is not certain, and leaves the criterion open rather than decide."""
     if not isinstance(period, dict) or not (period.get("start") or period.get("end")):
-        return None
+        return None, True
     start, end = period.get("start"), period.get("end")
-    start_day, end_day = parse_date(start), parse_date(end)
-    if (start is not None and start_day is None) or (end is not None and end_day is None):
-        return "its consent period cannot be read"
+    begun, ended = time_of(start), time_of(end)
+    if (start is not None and begun.unknown) or (end is not None and ended.unknown):
+        return "its consent period cannot be read", True
     shown = f"{str(start)[:10] if start else '…'} to {str(end)[:10] if end else '…'}"
-    if start_day is not None and start_day.latest > as_of:
-        return f"its consent period ({shown}) has not begun on {as_of}"
-    if end_day is not None and end_day.earliest < as_of:
-        return f"its consent period ({shown}) does not cover {as_of}"
-    return None
+    if begun.earliest is not None and begun.earliest > as_of:
+        return f"its consent period ({shown}) has not begun on {as_of}", True
+    if ended.latest is not None and ended.latest < as_of:
+        return f"its consent period ({shown}) does not cover {as_of}", True
+    if begun.latest is not None and begun.latest > as_of:
+        return f"its consent period ({shown}) may not have begun on {as_of}", False
+    if ended.earliest is not None and ended.earliest < as_of:
+        return f"its consent period ({shown}) may have ended before {as_of}", False
+    return None, True
+
+
+def _full_date_needed(found: _Consents) -> str:
+    """What would settle an unsure consent: a full signing date, and/or a full period."""
+    periods = any("consent period" in text for text, _ in found.unsure)
+    signing = any("consent period" not in text for text, _ in found.unsure)
+    needed = [w for w, on in (("signing date", signing), ("consent period", periods)) if on]
+    return f"a full {' and '.join(needed)} is needed"
 
 
 def _consent_requirement(criterion: CriterionDef, ctx: Context) -> DataRequirement:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from service.clinical.dates import DateRange, parse_date
 from service.clinical.model import (
     CriterionResult,
     DataRequirement,
@@ -34,6 +33,7 @@ from service.clinical.model import (
 )
 from service.clinical.rules import Context, rule
 from service.clinical.rules.params import DiagnosisParams
+from service.clinical.timing import When, element_time
 from service.protocol import Code, CriterionDef, ValueSet
 from service.record import Resource, codings
 
@@ -117,20 +117,21 @@ def usable_conditions(ctx: Context) -> tuple[list[Resource], list[Resource]]:
     usable: list[Resource] = []
     excluded: list[Resource] = []
     for condition in ctx.record.conditions:
-        if _after(condition, ctx.as_of):
+        if _after(condition, ctx.as_of, ctx.record.patient.get("birthDate")):
             continue
         status = {code for _, code in codings(condition.get("verificationStatus"))}
         (excluded if status & excluded_status else usable).append(condition)
     return usable, excluded
 
 
-def _after(condition: Resource, as_of: date) -> bool:
-    """Onset after ``as_of``; with no dated onset, recorded after it (not yet known then)."""
-    onset = _onset_range(condition)
-    if onset is not None:
+def _after(condition: Resource, as_of: date, birth: Any) -> bool:
+    """Onset certainly after ``as_of``; with no lower bound on the onset (none, a text, an
+    unreadable one), recorded certainly after it (not yet known then)."""
+    onset = onset_time(condition, birth)
+    if onset is not None and onset.earliest is not None:
         return onset.earliest > as_of
-    recorded = parse_date(condition.get("recordedDate"))
-    return recorded is not None and recorded.earliest > as_of
+    recorded = element_time(condition, "recordedDate")
+    return recorded is not None and recorded.earliest is not None and recorded.earliest > as_of
 
 
 def verification(condition: Resource, ctx: Context) -> tuple[bool, str]:
@@ -148,30 +149,18 @@ def verification(condition: Resource, ctx: Context) -> tuple[bool, str]:
     return False, f"verification status: {', '.join(codes) if codes else 'unreadable'}"
 
 
-def _onset_range(condition: Resource) -> DateRange | None:
-    period = condition.get("onsetPeriod")
-    for value in (
-        condition.get("onsetDateTime"),
-        period.get("start") if isinstance(period, dict) else None,
-    ):
-        parsed = parse_date(value)
-        if parsed is not None:
-            return parsed
-    return None
-
-
-def onset_date(condition: Resource) -> date | None:
-    """onsetDateTime, else onsetPeriod.start; only a full calendar day counts."""
-    onset = _onset_range(condition)
-    return onset.earliest if onset is not None and onset.exact else None
+def onset_time(condition: Resource, birth: Any = None) -> When | None:
+    """Condition.onset[x] as an interval (a Period spans both ends, an age is placed from
+    ``birth``, a text may be any time); None when no onset is recorded."""
+    return element_time(condition, "onset[x]", birth)
 
 
 def _describe(ctx: Context, condition: Resource, hit: CodeAt, *valuesets: ValueSet) -> str:
     where = "in" if hit.where == "Condition.code" else f"in the {hit.where} of"
     text = f"{code_label(hit.code, *valuesets)} {where} {ctx.record.ref(condition).reference}"
-    onset = onset_date(condition)
-    if onset:
-        text += f" (onset {onset})"
+    onset = onset_time(condition, ctx.record.patient.get("birthDate"))
+    if onset is not None and not onset.unknown:
+        text += f" (onset {onset.text})"
     _, caveat = verification(condition, ctx)
     return f"{text} ({caveat})" if caveat else text
 

@@ -97,7 +97,7 @@ def _title(dated: Dated, valueset: ValueSet) -> str:
 def _line(ctx: Context, r: Reading, valueset: ValueSet) -> str:
     ref = ctx.record.ref(r.dated.resource).reference
     part = " component" if r.dated.part is not None else ""
-    return f"{_title(r.dated, valueset)} on {r.dated.day}: {r.how} ({ref}{part})"
+    return f"{_title(r.dated, valueset)} on {r.dated.shown}: {r.how} ({ref}{part})"
 
 
 def _judge(
@@ -170,5 +170,5 @@ def _no_result(
     older = candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, None, [], context)
     why = "no result found"
     if older:
-        why = f"no result in the last {window} days; the most recent is from {older[0].day}"
+        why = f"no result in the last {window} days; the most recent is from {older[0].shown}"
     return undetermined(criterion.code, why, needs=[need])

@@ -143,7 +143,7 @@ def _no_result(criterion: CriterionDef, ctx: Context, window: int | None) -> Cri
     context = context_valueset(ctx.protocol, criterion.params, "observation_valueset")
     older = candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, None, [], context)
     if older:
-        why = f"no result in the last {window} days; the most recent is from {older[0].day}"
+        why = f"no result in the last {window} days; the most recent is from {older[0].shown}"
     else:
         why = "no result found"
     return undetermined(criterion.code, why, needs=[_requirement(criterion, ctx)])
@@ -162,7 +162,7 @@ def _decide(
     shown = f"{reading.shown} ({reading.converted})" if reading.converted else reading.shown
     verdict = satisfies(reading.value, reading.comparator, op, threshold)
     base = (
-        f"{criterion.params.get('analyte', criterion.title)} {shown} on {dated.day}"
+        f"{criterion.params.get('analyte', criterion.title)} {shown} on {dated.shown}"
         f"{origin(ctx.record, dated)}"
     )
     if verdict is True:
@@ -239,7 +239,7 @@ def lab_uln_multiple(criterion: CriterionDef, ctx: Context) -> CriterionResult:
         if uln is None:
             return undetermined(
                 criterion.code,
-                f"{p.get('analyte', criterion.title)} {reading.shown} on {dated.day}"
+                f"{p.get('analyte', criterion.title)} {reading.shown} on {dated.shown}"
                 f"{origin(ctx.record, dated)}: {source}",
                 [ctx.record.ref(dated.resource)],
                 [_requirement(criterion, ctx)],
@@ -257,6 +257,22 @@ def lab_uln_multiple(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     return result
 
 
+def _range_over(dated: Dated, ctx: Context, target: str) -> Any:
+    """``reference_ranges.upper_limit`` on the result's day; for a date that is not one day,
+    on its first and last day, and only when both give the same limit (an age-specific range
+    may change within the month)."""
+    rules = reference_ranges.RangeRules.of(ctx.protocol)
+    days = list(dict.fromkeys(d for d in (dated.when.earliest, dated.when.latest) if d))
+    patient = ctx.record.patient
+    found = [reference_ranges.upper_limit(dated.item, patient, d, target, rules) for d in days]
+    if len(found) == 1 or (found and all(f == found[0] for f in found)):
+        return found[0]
+    return reference_ranges.NoUln(
+        f"the result is dated {dated.shown}, and which of its reference ranges applies on that "
+        "date cannot be told"
+    )
+
+
 def _upper_limit(
     dated: Dated, ctx: Context, spec: dict[str, Any], target: str, issues: list[Issue], ref: str
 ) -> tuple[float | None, str]:
@@ -268,13 +284,7 @@ def _upper_limit(
     the patient's, there is no ULN (None, with the reason), never a guessed default. A ULN
     outside the protocol's plausible range casts doubt on the result itself: no ULN either.
     """
-    found = reference_ranges.upper_limit(
-        dated.item,
-        ctx.record.patient,
-        dated.day,
-        target,
-        reference_ranges.RangeRules.of(ctx.protocol),
-    )
+    found = _range_over(dated, ctx, target)
     if isinstance(found, reference_ranges.NoUln):
         issues.append(Issue(Severity.WARNING, "business-rule", found.why, ref))
         return None, found.why

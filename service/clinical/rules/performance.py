@@ -128,7 +128,7 @@ def _judge_ecog(criterion: CriterionDef, ctx: Context, dated: Dated, issues: lis
         return reading
     grade, where = reading
     source = "" if where == "value" else f" (from the {where})"
-    base = f"ECOG {grade}{source} on {dated.day}{origin(ctx.record, dated)}"
+    base = f"ECOG {grade}{source} on {dated.shown}{origin(ctx.record, dated)}"
     if grade <= p["ecog_max"]:
         return met(criterion.code, f"{base} ≤ {p['ecog_max']}", [ref])
     return not_met(criterion.code, f"{base}: above {p['ecog_max']}", [ref])
@@ -145,7 +145,7 @@ def _judge_karnofsky(
     if isinstance(score, Unusable):
         return score
     base = (
-        f"no ECOG in the last {p.get('window_days')} days; Karnofsky {score} on {dated.day}"
+        f"no ECOG in the last {p.get('window_days')} days; Karnofsky {score} on {dated.shown}"
         f"{origin(ctx.record, dated)}"
     )
     if score >= p["karnofsky_met_min"]:
@@ -231,6 +231,6 @@ def _why_none(ctx: Context, ecog_vs: ValueSet, window: int | None) -> str:
     if older:
         return (
             f"no ECOG or Karnofsky in the last {window} days; the most recent ECOG is from "
-            f"{older[0].day}"
+            f"{older[0].shown}"
         )
     return "no ECOG or Karnofsky result found"

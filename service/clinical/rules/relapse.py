@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from datetime import date
 from enum import IntEnum
 
-from service.clinical.dates import effective_date, parse_date
 from service.clinical.model import (
     CriterionResult,
     DataRequirement,
@@ -41,17 +40,18 @@ from service.clinical.model import (
     not_met,
     undetermined,
 )
-from service.clinical.observations import candidate_observations, result_parts
+from service.clinical.observations import candidate_observations
 from service.clinical.rules import Context, rule
 from service.clinical.rules.diagnosis import (
     code_label,
     condition_codes,
     first_match,
-    onset_date,
+    onset_time,
     usable_conditions,
     with_article,
 )
 from service.clinical.rules.params import RelapsedRefractoryParams
+from service.clinical.timing import When, clinical_start
 from service.protocol import Code, CriterionDef, ValueSet
 from service.record import PatientRecord, Resource, codings
 
@@ -159,16 +159,16 @@ def _condition_events(criterion: CriterionDef, ctx: Context, out: list[Event]) -
         hit = first_match(codes, all_any)
         if hit is None:
             continue
-        onset = onset_date(condition)
+        onset = onset_time(condition, ctx.record.patient.get("birthDate"))
         has_diagnosis = True
-        ref = ctx.record.ref(condition).reference
+        ref = ctx.record.ref(condition).reference + _dated(onset, "onset")
         if rel := first_match(codes, relapse):
             kind, label = Kind.RELAPSE, code_label(rel.code, relapse)
         elif rem := first_match(codes, remission):
             kind, label = Kind.REMISSION, code_label(rem.code, remission)
         else:
             kind, label = Kind.DIAGNOSIS, code_label(hit.code, all_any)
-        out.append(Event(onset, kind, f"{label}, {ref}", condition))
+        out.append(Event(onset.day if onset else None, kind, f"{label}, {ref}", condition))
         status = {code for _, code in codings(condition.get("clinicalStatus"))} & relapse_status
         if status and kind is not Kind.RELAPSE:
             # The onset of a Condition is when the disease began, not when it relapsed: a
@@ -263,8 +263,9 @@ def _observation_events(
         (Kind.REMISSION, vs(p["remission_value_valueset"])),
     ]
 
-    def event(obs: Resource, day: date | None, part: Resource | None = None) -> Event:
-        ref = ctx.record.ref(obs).reference
+    def event(obs: Resource, when: When, part: Resource | None = None) -> Event:
+        ref = ctx.record.ref(obs).reference + _dated(when, "")
+        day = when.day
         codes = list(codings((obs if part is None else part).get("valueCodeableConcept")))
         kind, label, contradictory = _classify(codes, valuesets)
         if contradictory:
@@ -273,30 +274,30 @@ def _observation_events(
 
     conditions = _Conditions.of(criterion, ctx)
 
-    def place(obs: Resource, day: date | None, part: Resource | None = None) -> None:
+    def place(obs: Resource, when: When, part: Resource | None = None) -> None:
         about = conditions.about(obs)
         if about != "all":
             issues.append(_focus_issue(obs, ctx, about, p["disease"]))
             if about == "unknown":
-                unplaced.append(event(obs, day, part))
+                unplaced.append(event(obs, when, part))
             return
-        e = event(obs, day, part)
-        # Undated results are unusable, but one that may show disease must stop a "not met".
-        if day is not None or e.kind is not Kind.REMISSION:
+        e = event(obs, when, part)
+        # A result with no time at all is unusable, but one that may show disease must stop
+        # a "not met", and a remission must stop the paths that need "no remission since"
+        # (unplaced: it counts as no documented remission). A partial date is undated.
+        if not when.unknown or e.kind is not Kind.REMISSION:
             out.append(e)
+        else:
+            unplaced.append(e)
 
+    # Every result not certainly after the evaluation date: a partial date is undated here.
     for dated in candidate_observations(
         ctx.record, ctx.protocol, status_vs, ctx.as_of, None, issues
     ):
         if dated.context is not None:  # evidence only (a non-exact site mapping)
-            unplaced.append(event(dated.resource, dated.day, dated.part))
+            unplaced.append(event(dated.resource, dated.when, dated.part))
             continue
-        place(dated.resource, dated.day, dated.part)
-    allowed = set(ctx.protocol.general["observation_statuses"])
-    for obs in ctx.record.observations_in(status_vs):
-        if obs.get("status") in allowed and effective_date(obs) is None:
-            for part in result_parts(obs, status_vs):  # a component may carry the status
-                place(obs, None, part)
+        place(dated.resource, dated.when, dated.part)
 
 
 def _procedure_events(criterion: CriterionDef, ctx: Context, out: list[Event]) -> None:
@@ -308,16 +309,21 @@ def _procedure_events(criterion: CriterionDef, ctx: Context, out: list[Event]) -
         codes = [c for c in codings(proc.get("code")) if c in treatment.codes]
         if not codes:
             continue
-        period = proc.get("performedPeriod")
-        parsed = parse_date(
-            proc.get("performedDateTime")
-            or (period.get("start") if isinstance(period, dict) else None)
-        )
-        day = parsed.earliest if parsed and parsed.exact else None
-        if day is not None and day > ctx.as_of:
-            continue
-        what = f"{code_label(codes[0], treatment)}, {ctx.record.ref(proc).reference}"
-        out.append(Event(day, Kind.TREATMENT, what, proc))
+        when = clinical_start(proc)  # a treatment line is placed where it began
+        if when.earliest is not None and when.earliest > ctx.as_of:
+            continue  # certainly after the evaluation date
+        ref = ctx.record.ref(proc).reference + _dated(when, "")
+        what = f"{code_label(codes[0], treatment)}, {ref}"
+        # A treatment whose start day is not known (a partial date) is undated: the
+        # failed-treatment path, which needs its order, never uses it.
+        out.append(Event(when.day, Kind.TREATMENT, what, proc))
+
+
+def _dated(when: When | None, label: str) -> str:
+    """' (onset 2026-11)' for a time that is known but not to the day; '' otherwise."""
+    if when is None or when.exact or when.unknown:
+        return ""
+    return f" ({label + ' ' if label else ''}dated {when.text})"
 
 
 def _place_condition_relapses(events: list[Event]) -> list[Event]:
