@@ -22,8 +22,6 @@ from service.clinical.dates import parse_moment
 from service.clinical.model import Issue, Severity, SourceRef
 from service.contained import has_members, member_results
 from service.protocol import Code, Protocol, ValueSet
-from service.relevance import Relevance
-from service.resource_kinds import EVALUATED, KINDS
 from service.references import (
     ReferenceIndex,
     entry_base,
@@ -32,6 +30,8 @@ from service.references import (
     referenced_type,
     resource_keys,
 )
+from service.relevance import Relevance
+from service.resource_kinds import EVALUATED, KINDS
 from service.shapes import fitting, shape_error
 from service.terminology.table import MappingTable, Recoded, recode
 

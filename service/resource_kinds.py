@@ -68,7 +68,15 @@ KINDS: dict[str, ResourceKind] = {
     k.name: k
     for k in (
         ResourceKind(
-            "Patient", (), None, ("birthDate", "deceasedDateTime"), None, "_id", None, True, "patient"
+            "Patient",
+            (),
+            None,
+            ("birthDate", "deceasedDateTime"),
+            None,
+            "_id",
+            None,
+            True,
+            "patient",
         ),
         # combo-code: R4 "Observation.code | Observation.component.code" (a panel may carry
         # the analyte only on a component, which a ``code`` search never finds)

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from urllib.parse import quote
 
-from service.fhir.errors import InvalidPatientId
 from service.evaluation_context import current_relevance
+from service.fhir.errors import InvalidPatientId
 from service.protocol import Code, Protocol
 from service.relevance import Relevance
 from service.resource_kinds import KINDS
