@@ -25,7 +25,9 @@ MET = Outcome.MET
 
 
 def test_every_kind_names_its_patient_and_its_searches():
-    assert EVALUATED == ("Observation", "Condition", "Procedure", "Consent", "QuestionnaireResponse")
+    assert EVALUATED == (
+        "Observation", "Condition", "Procedure", "Consent", "QuestionnaireResponse"
+    )  # fmt: skip
     assert KINDS["Consent"].subject == ("patient",)
     assert KINDS["Observation"].code_param == "combo-code"
     assert KINDS["Condition"].code_param == "code"
