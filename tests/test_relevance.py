@@ -101,3 +101,26 @@ def test_a_member_cycle_and_deep_chains_end():
     chain = [member(f"c{n}", PLT, 12, "10*9/L", hasMember=[{"reference": f"#c{n + 1}"}])
              for n in range(MAX_DEPTH + 3)]  # fmt: skip
     assert len(list(member_results(contained_panel(*chain, named=("c0",))))) == MAX_DEPTH
+
+
+class _Site:
+    """A site terminology as the Relevance reads it: local codes for protocol codes."""
+
+    translator = None
+
+    def local_codes(self, codes):
+        return {("urn:site:lab", "PLT-LOCAL")} if ("http://loinc.org", PLT) in codes else set()
+
+
+def test_the_site_terminology_is_passed_down_not_read_from_the_process():
+    from service.evaluation_context import EvaluationContext
+    from service.terminology import runtime
+
+    assert runtime.active() is None  # nothing configured in the process
+    context = EvaluationContext(PROTOCOL, _Site())  # type: ignore[arg-type]
+    rel = context.relevance
+    labs = next(q for q in rel.queries("p1", AS_OF) if q.key == "labs")
+    assert "urn:site:lab|PLT-LOCAL" in dict(labs.params)["combo-code"]
+    local = observation("PLT-LOCAL", system="urn:site:lab")
+    assert rel.matches(local) and not PROTOCOL.relevance.matches(local)
+    assert EvaluationContext.current(PROTOCOL).relevance is PROTOCOL.relevance
