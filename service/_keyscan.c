@@ -61,10 +61,14 @@ static void span_add(spans_t *sp, Py_ssize_t pos) {
    is left out only when its resource is an Observation (resourceType spelled without an
    escape) and nothing on those paths could carry a protocol code: no coding code that is a
    protocol code, none that is not a string or holds an escape, no container of an unexpected
-   type on the path, and a fullUrl that is a short string without escapes. Anything else keeps
+   type on the path, no "contained" element (a panel's contained members are results of their
+   own), and a fullUrl that is a short string without escapes. Anything else keeps
    the entry: keeping one is always safe (it is decoded and read as the generic path reads it). */
 enum { R_NONE, R_TOP, R_ENTRIES, R_ENTRY, R_RES, R_CONCEPT, R_CODINGS, R_CODING, R_COMPS, R_COMP };
-enum { K_OTHER, K_ENTRY, K_RTYPE, K_RESOURCE, K_FULLURL, K_CODE, K_CODING, K_COMPONENT, K_ELEMENT };
+enum {
+    K_OTHER, K_ENTRY, K_RTYPE, K_RESOURCE, K_FULLURL, K_CODE, K_CODING, K_COMPONENT, K_CONTAINED,
+    K_ELEMENT
+};
 
 typedef struct {
     const char *const *code_p; /* the protocol codes (UTF-8) */
@@ -90,7 +94,9 @@ static int key_id(const unsigned char *k, Py_ssize_t n) {
     case 6: return memcmp(k, "coding", 6) == 0 ? K_CODING : K_OTHER;
     case 7: return memcmp(k, "fullUrl", 7) == 0 ? K_FULLURL : K_OTHER;
     case 8: return memcmp(k, "resource", 8) == 0 ? K_RESOURCE : K_OTHER;
-    case 9: return memcmp(k, "component", 9) == 0 ? K_COMPONENT : K_OTHER;
+    case 9:
+        if (memcmp(k, "component", 9) == 0) return K_COMPONENT;
+        return memcmp(k, "contained", 9) == 0 ? K_CONTAINED : K_OTHER;
     case 12: return memcmp(k, "resourceType", 12) == 0 ? K_RTYPE : K_OTHER;
     default: return K_OTHER;
     }
@@ -136,8 +142,8 @@ static unsigned char plan_open(plan_t *pl, int role, int key, int is_object, Py_
         } else if (key == K_COMPONENT) {
             if (!is_object) return R_COMPS;
             pl->keep = 1;
-        } else if (key == K_RTYPE) {
-            pl->keep = 1;
+        } else if (key == K_RTYPE || key == K_CONTAINED) {
+            pl->keep = 1; /* contained: a panel's members may be results (service.contained) */
         }
         return R_NONE;
     case R_CONCEPT:
@@ -182,7 +188,7 @@ static void plan_value(plan_t *pl, int role, int key, const unsigned char *v, Py
         return;
     case R_RES:
         if (key == K_RTYPE) pl->is_obs = !escaped && n == 11 && memcmp(v, "Observation", 11) == 0;
-        else if (key == K_CODE || key == K_COMPONENT) pl->keep = 1;
+        else if (key == K_CODE || key == K_COMPONENT || key == K_CONTAINED) pl->keep = 1;
         return;
     case R_CONCEPT:
         if (key == K_CODING) pl->keep = 1;

@@ -16,7 +16,8 @@ C scanner (``service/_keyscan.c``, about 1.2 GB/s with SSE2) does three things a
 3. The plan: which elements of the top-level ``entry`` array to decode, by following the few
    paths that decide (``resource.resourceType``, ``resource.code.coding[].code``,
    ``resource.component[].code.coding[].code``, ``fullUrl``). An entry is left out only when
-   its resource is an Observation none of whose codes is a protocol code, every such code a
+   its resource is an Observation with no ``contained`` resources (a panel's contained
+   members are results: service.contained) none of whose codes is a protocol code, every such code a
    plain string, every container on those paths of the expected type, and its fullUrl a
    short plain string. Every other entry is decoded with orjson, as the generic path would;
    ``LeanBundle.positions`` keeps their original indexes, so warnings and errors name the
@@ -94,8 +95,9 @@ def unique_keys(body: bytes) -> bool:
 
 def protocol_codes(protocol: Protocol) -> tuple[bytes, ...]:
     """The Observation codes of ``protocol`` as UTF-8, whatever their system (a code of
-    another system only costs a decode: the record builder then compares system and code)."""
-    return tuple(sorted({code.encode() for _, code in protocol.observation_codes()}))
+    another system only costs a decode: the record builder then compares system and code);
+    the same selection as every other path (service.relevance)."""
+    return protocol.relevance.lean_codes
 
 
 def lean_bundle(

@@ -17,6 +17,7 @@ from service.clinical.dates import today
 from service.clinical.engine import evaluate
 from service.clinical.evaluation import Evaluation
 from service.clinical.model import Issue
+from service.evaluation_context import EvaluationContext
 from service.gc_pause import gc_paused
 from service.inputs import brief, check_bundle, check_patient_selector, json_type
 from service.ops.audit import evaluation_done
@@ -100,11 +101,15 @@ def parse_as_of(value: Any) -> date:
 
 
 def evaluate_record(
-    record: PatientRecord, protocol: TrialProtocol, as_of: date | None
+    record: PatientRecord,
+    protocol: TrialProtocol,
+    as_of: date | None,
+    context: EvaluationContext | None = None,
 ) -> tuple[Evaluation, dict[str, Any]]:
+    context = context if context is not None else EvaluationContext.current(protocol)
     with gc_paused():
         evaluation = evaluate(record, protocol, as_of or today())
-        if (site := terminology.active()) is not None:  # name site mappings in the notes
+        if (site := context.site) is not None:  # name site mappings in the notes
             annotate_mappings(evaluation, record, site.site.units if site.site else None)
         evaluation_done(evaluation)  # metrics, and the request's audit event
         return evaluation, result_bundle(evaluation, protocol)
@@ -124,14 +129,17 @@ def evaluate_body(
     criterion reads stay undecoded); anything else, or anything lean decoding is unsure of,
     takes the generic ``parse_json``. Both give the same result and the same errors, and
     both refuse a body of more than ``max_entries`` entries before decoding it (413)."""
+    context = EvaluationContext.current(protocol)
     with gc_paused():
         resource = None
-        if terminology.active() is None:
-            resource = lean.lean_bundle(body, _protocol_codes(protocol), max_entries)
+        if context.site is None:
+            resource = lean.lean_bundle(body, context.relevance.lean_codes, max_entries)
         if resource is None:
             entry_cap.check(body, max_entries)  # the lean scan counted only when it got far
             resource = parse_json(body)
-        done = evaluate_resource(resource, protocol, as_of=as_of, patient_id=patient_id)
+        done = evaluate_resource(
+            resource, protocol, as_of=as_of, patient_id=patient_id, context=context
+        )
         # Freed inside the pause: the collection that follows it then walks only the result.
         del resource
         return done
@@ -168,34 +176,28 @@ def evaluate_body_generic(
         return evaluate_resource(parse_json(body), protocol, as_of=as_of, patient_id=patient_id)
 
 
-_CODES: dict[int, tuple[TrialProtocol, tuple[bytes, ...]]] = {}
-
-
-def _protocol_codes(protocol: TrialProtocol) -> tuple[bytes, ...]:
-    """The protocol's Observation codes, computed once per protocol object."""
-    cached = _CODES.get(id(protocol))
-    if cached is None or cached[0] is not protocol:
-        cached = _CODES[id(protocol)] = (protocol, lean.protocol_codes(protocol))
-    return cached[1]
-
-
 def evaluate_resource(
     resource: Any,
     protocol: TrialProtocol,
     *,
     as_of: date | None = None,
     patient_id: str | None = None,
+    context: EvaluationContext | None = None,
 ) -> tuple[Evaluation, dict[str, Any]]:
     """A decoded Bundle (or Parameters) in, the evaluation and its result Bundle out."""
+    context = context if context is not None else EvaluationContext.current(protocol)
     bundle, param_as_of, param_patient = unwrap_parameters(resource)
     if patient_id is not None:
         logs.register_request_secret(patient_id)
         check_patient_selector(patient_id)
     mappings = None
-    if terminology.active() is not None:  # site terminology, before evaluation
-        mappings = terminology.table_for_sync(terminology.bundle_resources(bundle), protocol)
-    record = record_from_bundle(bundle, protocol, patient_id or param_patient, mappings)
-    return evaluate_record(record, protocol, as_of or param_as_of)
+    if context.site is not None:  # site terminology, before evaluation
+        resources = terminology.bundle_resources(bundle)
+        mappings = terminology.table_for_sync(resources, protocol, context.site)
+    record = record_from_bundle(
+        bundle, protocol, patient_id or param_patient, mappings, context.relevance
+    )
+    return evaluate_record(record, protocol, as_of or param_as_of, context)
 
 
 class FetchedData(Protocol):
@@ -217,10 +219,12 @@ def evaluate_fetched(
     protocol: TrialProtocol,
     as_of: date | None,
     mappings: MappingTable | None = _TO_BUILD,
+    context: EvaluationContext | None = None,
 ) -> tuple[Evaluation, dict[str, Any]]:
+    context = context if context is not None else EvaluationContext.current(protocol)
     if mappings is _TO_BUILD:
-        active = terminology.active() is not None
-        mappings = terminology.table_for_sync(data.resources, protocol) if active else None
+        site = context.site
+        mappings = terminology.table_for_sync(data.resources, protocol, site) if site else None
     record = record_from_resources(
         data.patient,
         data.resources,
@@ -230,8 +234,9 @@ def evaluate_fetched(
         server_base=getattr(data, "server_base", None),
         linked_patients=getattr(data, "linked_patients", ()),
         mappings=mappings,
+        relevance=context.relevance,
     )
-    return evaluate_record(record, protocol, as_of)
+    return evaluate_record(record, protocol, as_of, context)
 
 
 async def evaluate_from_server(
@@ -242,10 +247,14 @@ async def evaluate_from_server(
     from service.fhir.fetch import fetch_patient
 
     day = as_of or today()
+    context = EvaluationContext.current(protocol)
     async with client_for(settings) as client:
-        fetched = await fetch_patient(client, protocol, patient_id, day)
-    mappings = await terminology.table_for(fetched.resources, protocol)  # None: no site terms
-    return await evaluate_fetched_off_loop(fetched, protocol, day, mappings)
+        fetched = await fetch_patient(
+            client, protocol, patient_id, day, relevance=context.relevance
+        )
+    # None: no site terminology
+    mappings = await terminology.table_for(fetched.resources, protocol, context.site)
+    return await evaluate_fetched_off_loop(fetched, protocol, day, mappings, context)
 
 
 # More resources than this (about 60 ms of work) are evaluated in a worker thread, so one
@@ -258,9 +267,11 @@ async def evaluate_fetched_off_loop(
     protocol: TrialProtocol,
     as_of: date | None,
     mappings: MappingTable | None = _TO_BUILD,
+    context: EvaluationContext | None = None,
 ) -> tuple[Evaluation, dict[str, Any]]:
+    context = context if context is not None else EvaluationContext.current(protocol)
     if mappings is _TO_BUILD:
-        mappings = await terminology.table_for(data.resources, protocol)
+        mappings = await terminology.table_for(data.resources, protocol, context.site)
     if len(data.resources) <= INLINE_RESOURCES:
-        return evaluate_fetched(data, protocol, as_of, mappings)
-    return await asyncio.to_thread(evaluate_fetched, data, protocol, as_of, mappings)
+        return evaluate_fetched(data, protocol, as_of, mappings, context)
+    return await asyncio.to_thread(evaluate_fetched, data, protocol, as_of, mappings, context)

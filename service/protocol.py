@@ -10,11 +10,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from fhir_mappings import DEFAULT_PROTOCOL
+
+if TYPE_CHECKING:
+    from service.relevance import Relevance
 
 Code = tuple[str, str]  # (system, code)
 
@@ -147,6 +150,14 @@ class Protocol:
                 else:
                     windows[vs_id] = max(windows.get(vs_id, 0) or 0, int(window))
         return windows
+
+    @cached_property
+    def relevance(self) -> Relevance:
+        """Which of a patient's resources an evaluation of this protocol reads (no site
+        terminology; service.evaluation_context adds one)."""
+        from service.relevance import Relevance
+
+        return Relevance(self)
 
     def observation_codes(self) -> frozenset[Code]:
         """Every Observation code any criterion looks at: the pre-filter for input resources."""

@@ -20,6 +20,7 @@ from typing import Any
 
 from service.clinical.dates import parse_moment
 from service.clinical.model import Issue, Severity, SourceRef
+from service.contained import has_members, member_results
 from service.copies import identical
 from service.protocol import Code, Protocol, ValueSet
 from service.references import (
@@ -30,19 +31,15 @@ from service.references import (
     referenced_type,
     resource_keys,
 )
+from service.relevance import Relevance
+from service.resource_kinds import EVALUATED, KINDS
 from service.shapes import fitting, shape_error
 from service.terminology.table import MappingTable, Recoded, recode
 
 Resource = dict[str, Any]
 
 # The reference element that names the patient, per resource type we evaluate.
-SUBJECT_ELEMENT: dict[str, str] = {
-    "Observation": "subject",
-    "Condition": "subject",
-    "Procedure": "subject",
-    "Consent": "patient",
-    "QuestionnaireResponse": "subject",
-}
+SUBJECT_ELEMENT: dict[str, str] = {t: KINDS[t].subject[0] for t in EVALUATED}
 
 
 class InputError(ValueError):
@@ -53,6 +50,7 @@ class InputError(ValueError):
 class Entry:
     resource: Resource
     full_url: str | None = None
+    reference: str | None = None  # how evidence names it, when not Type/id or its fullUrl
 
 
 @dataclass
@@ -235,6 +233,7 @@ def record_from_bundle(
     protocol: Protocol,
     patient_id: str | None = None,
     mappings: MappingTable | None = None,
+    relevance: Relevance | None = None,
 ) -> PatientRecord:
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         kind = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
@@ -249,7 +248,13 @@ def record_from_bundle(
     if server is not None and _baseless(patient):
         patient = _on_server(patient, server, issues)
     return build_record(
-        patient, entries, protocol, issues=issues, patients=patients, mappings=mappings
+        patient,
+        entries,
+        protocol,
+        issues=issues,
+        patients=patients,
+        mappings=mappings,
+        relevance=relevance,
     )
 
 
@@ -336,6 +341,7 @@ def record_from_resources(
     server_base: str | None = None,
     linked_patients: Iterable[Resource] = (),
     mappings: MappingTable | None = None,
+    relevance: Relevance | None = None,
 ) -> PatientRecord:
     """For data fetched from a server (pull mode, CDS Hooks prefetch); ``server_base`` is
     that server, so absolute references to it are recognised and others are not;
@@ -350,6 +356,7 @@ def record_from_resources(
         server_base=server_base,
         patients=[Entry(p) for p in linked_patients if isinstance(p, dict) and p],
         mappings=mappings,
+        relevance=relevance,
     )
 
 
@@ -363,8 +370,10 @@ def build_record(
     server_base: str | None = None,
     patients: Iterable[Entry] = (),
     mappings: MappingTable | None = None,
+    relevance: Relevance | None = None,
 ) -> PatientRecord:
     """``mappings``: the site's terminology (service.terminology), None when it has none.
+    ``relevance``: the evaluation's selection (service.relevance; default the protocol's).
     ``server_base``: the FHIR server the data came from (pull mode, CDS Hooks); in bundle
     mode the Patient's own RESTful fullUrl names it, if it has one. ``patients``: every
     Patient of the data (linked records, identifier references)."""
@@ -389,9 +398,10 @@ def build_record(
         if other.resource is not original:
             index.add(other.resource, other.full_url)
             patient_urls[id(other.resource)] = other.full_url
-    identity = _Identity.of(record, patient_urls, protocol)
+    relevance = relevance if relevance is not None else protocol.relevance
+    identity = _Identity.of(record, patient_urls, relevance)
 
-    wanted_codes = protocol.observation_codes()
+    wanted_codes = relevance.protocol_codes
     observations: defaultdict[Code, list[Resource]] = defaultdict(list)
     targets = {
         "Condition": record.conditions,
@@ -401,7 +411,7 @@ def build_record(
     }
     counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
-    entries = entries if isinstance(entries, list) else list(entries)
+    entries = _with_members(entries)
     # Most resources fit their shape: prove that per type in one call, check the rest singly.
     fits = fitting(e.resource for e in entries if e.resource["resourceType"] in SUBJECT_ELEMENT)
     kept: dict[tuple[str, str], tuple[Resource, list[Code], str | None]] = {}
@@ -419,9 +429,9 @@ def build_record(
         matched: list[Code] = []
         try:
             if rtype == "Observation":
-                matched = _wanted_codings(resource.get("code"), wanted_codes)
-                if "component" in resource:  # a panel may carry the result in a component
-                    matched += _component_codes(resource["component"], wanted_codes)
+                # a panel may carry the result in a component (its contained members are
+                # entries of their own: _with_members)
+                matched = relevance.result_codes(resource)
                 if not matched:
                     if mappings is None:
                         continue  # not an input of this protocol: skip before any other work
@@ -436,7 +446,7 @@ def build_record(
             if verdict is not _OURS:
                 counts[verdict][rtype] += 1
                 if verdict is _LINKED:
-                    for feed in _feeds(rtype, matched, protocol):
+                    for feed in relevance.feeds(rtype, matched):
                         record.held.setdefault(feed, identity.linked_reason)
                 continue
             bad = None if id(resource) in fits else shape_error(resource)
@@ -445,7 +455,7 @@ def build_record(
         except (_Malformed, AttributeError, TypeError, KeyError, ValueError) as exc:
             # Its criteria cannot be decided: an unreadable newer result may be the one
             # that matters, so it is not simply dropped in favour of older data.
-            unreadable |= _feeds(rtype, matched, protocol)
+            unreadable |= relevance.feeds(rtype, matched)
             where = f" ({exc.args[0]} has the wrong type)" if isinstance(exc, _Malformed) else ""
             issues.append(
                 Issue(
@@ -456,13 +466,15 @@ def build_record(
                 )
             )
             continue
-        reference = _reference_of(resource, entry.full_url) or f"{rtype}#{len(kept)}"
+        reference = (
+            entry.reference or _reference_of(resource, entry.full_url) or f"{rtype}#{len(kept)}"
+        )
         record._refs[id(resource)] = SourceRef(reference, rtype)
         key = (rtype, reference)
         if key in kept:
             old, old_matched, old_url = kept[key]
             # A conflict holds open what either copy feeds (they may be coded differently).
-            feeds = _feeds(rtype, old_matched, protocol) | _feeds(rtype, matched, protocol)
+            feeds = relevance.feeds(rtype, old_matched) | relevance.feeds(rtype, matched)
             chosen = _one_version(old, resource, reference, issues, unreadable, feeds)
             if chosen is old:
                 continue  # the kept copy stays, with its own codes
@@ -587,33 +599,19 @@ _IGNORED = {
 }
 
 
-def _wanted_codings(concept: Any, wanted: frozenset[Code]) -> list[Code]:
-    """``[c for c in codings(concept) if c in wanted]``, without the generator: it runs
-    for every Observation of the largest Bundles."""
-    if not isinstance(concept, dict):
-        return []
-    found: list[Code] = []
-    for coding in concept.get("coding") or ():
-        if isinstance(coding, dict) and "code" in coding:
-            code = (coding.get("system") or "", str(coding["code"]))
-            if code in wanted:
-                found.append(code)
-    return found
-
-
-def _component_codes(components: Any, wanted: frozenset[Code]) -> list[Code]:
-    """Wanted codes of an Observation's components (the shape check catches a bad list)."""
-    if not isinstance(components, list):
-        return []
-    found = [c for part in components if isinstance(part, dict) for c in codings(part.get("code"))]
-    return [c for c in dict.fromkeys(found) if c in wanted]
-
-
-def _feeds(rtype: str, matched: list[Code], protocol: Protocol) -> set[str]:
-    """What a resource feeds: its Observation ValueSets, or its resource type."""
-    if rtype != "Observation":
-        return {rtype}
-    return {vs.id for vs in protocol.valuesets.values() if vs.codes.intersection(matched)}
+def _with_members(entries: Iterable[Entry]) -> list[Entry]:
+    """The entries, each Observation followed by the contained results its hasMember names
+    (service.contained): results of the container's patient and time, named
+    ``{container}#{id}`` so evidence tells them apart."""
+    out: list[Entry] = []
+    for entry in entries:
+        out.append(entry)
+        resource = entry.resource
+        if resource["resourceType"] == "Observation" and has_members(resource):
+            base = _reference_of(resource, entry.full_url) or "Observation"
+            for local, member in member_results(resource):
+                out.append(Entry(member, entry.full_url, f"{base}{local}"))
+    return out
 
 
 def _one_version(
@@ -736,7 +734,7 @@ class _Identity:
 
     @classmethod
     def of(
-        cls, record: PatientRecord, urls: dict[int, str | None], protocol: Protocol
+        cls, record: PatientRecord, urls: dict[int, str | None], relevance: Relevance
     ) -> _Identity:
         patient = record.patient
         ident = cls(record.index, patient.get("id"))
@@ -746,11 +744,11 @@ class _Identity:
         links = patient.get("link")
         for link in links if isinstance(links, list) else ():
             if isinstance(link, dict):
-                ident._link(record, link, urls, protocol)
+                ident._link(record, link, urls, relevance)
         return ident
 
     def _link(
-        self, record: PatientRecord, link: dict, urls: dict[int, str | None], protocol: Protocol
+        self, record: PatientRecord, link: dict, urls: dict[int, str | None], relevance: Relevance
     ) -> None:
         kind, other = link.get("type"), link.get("other")
         label = other.get("reference") if isinstance(other, dict) else None
@@ -771,7 +769,7 @@ class _Identity:
                     f"the record merged into this patient ({label}, Patient.link replaces) "
                     "cannot be read from this data (another server, or not resolvable)"
                 )
-                for feed in all_feeds(protocol):
+                for feed in relevance.all_feeds():
                     record.held.setdefault(feed, why)
                 warn(Issue(Severity.WARNING, "incomplete", why, label))
                 return
@@ -782,7 +780,7 @@ class _Identity:
             warn(Issue(Severity.INFORMATION, "informational", message, label))
             why = self._not_plain_merge(target, label)
             if why is not None:
-                for feed in all_feeds(protocol):
+                for feed in relevance.all_feeds():
                     record.held.setdefault(feed, why)
                 warn(Issue(Severity.WARNING, "business-rule", why, label))
         elif kind in ("seealso", "refer"):
@@ -899,4 +897,4 @@ class _Identity:
 
 def all_feeds(protocol: Protocol) -> set[str]:
     """Every feed a criterion can read: Observation ValueSets and the other resource types."""
-    return set(protocol.observation_valuesets()) | (set(SUBJECT_ELEMENT) - {"Observation"})
+    return protocol.relevance.all_feeds()

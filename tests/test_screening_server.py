@@ -127,7 +127,7 @@ def test_bulk_export_gives_the_search_driven_worklist(tmp_path, bundles):
         "Consent",
         "QuestionnaireResponse",
     ]
-    assert params["_typeFilter"].startswith("Observation?code=http://loinc.org|")
+    assert params["_typeFilter"].startswith("Observation?combo-code=http://loinc.org|")
     assert bulk.summary["bulk"]["typeFilter"] is True
     written = orjson.loads((tmp_path / "bulk" / "summary.json").read_bytes())
     assert written["bulk"]["files"] == 6 and written["source"] == "bulk:Patient"

@@ -8,6 +8,7 @@ from typing import Any
 
 from service.cds.models import PatientViewRequest
 from service.clinical.model import Issue, Severity
+from service.evaluation_context import EvaluationContext
 from service.protocol import Protocol
 from service.settings import Settings
 
@@ -62,11 +63,13 @@ async def resolve_prefetch(
 ) -> Resolved:
     from service.fhir.queries import plan_queries
 
+    # the same selection as the evaluation and every other path (service.relevance)
+    relevance = EvaluationContext.current(protocol).relevance
     patient_id = call.context.patientId
     prefetch = call.prefetch or {}
     resolved = Resolved(server_base=call.fhirServer)
     need: set[str] = set()
-    for query in plan_queries(protocol, patient_id, None):
+    for query in plan_queries(protocol, patient_id, None, relevance):
         value = prefetch.get(query.key)
         if query.resource_type == "Patient":
             if (
@@ -93,9 +96,7 @@ async def resolve_prefetch(
     if call.fhirServer is None:
         resolved.missing = need
         if linked and not need:
-            from service.record import all_feeds
-
-            resolved.truncated = frozenset(all_feeds(protocol))
+            resolved.truncated = frozenset(relevance.all_feeds())
             resolved.issues.append(
                 Issue(
                     Severity.WARNING,
@@ -117,7 +118,13 @@ async def resolve_prefetch(
         settings, bearer_token=token, base_url=call.fhirServer, service_credentials=False
     ) as client:
         fetched = await fetch_patient(
-            client, protocol, patient_id, day, only=need, links_of=resolved.patient or None
+            client,
+            protocol,
+            patient_id,
+            day,
+            only=need,
+            links_of=resolved.patient or None,
+            relevance=relevance,
         )
     if fetched.patient:
         resolved.patient = fetched.patient

@@ -23,6 +23,8 @@ from urllib.parse import parse_qsl, urlencode
 import httpx
 import orjson
 
+from service.contained import member_results
+
 DEMO_BASE_URL = "http://demo.invalid/fhir"
 FHIR_JSON = "application/fhir+json"
 _TINY = timedelta(microseconds=1)
@@ -169,6 +171,10 @@ def _token_test(param: str, search: str) -> Callable[[Resource], bool]:
             for part in parts if isinstance(parts, list) else ():
                 if isinstance(part, dict):
                     found.extend(_codings(part.get("code")))
+            # a panel's contained results (service.contained), as a server that indexes
+            # contained resources (``_contained``) finds its container
+            for _, member in member_results(resource):
+                found.extend(codings_of(member))
         return found
 
     def matches(resource: Resource) -> bool:

@@ -23,12 +23,13 @@ from datetime import date
 from typing import Any
 
 from service.clinical.model import Issue, Severity
+from service.evaluation_context import current_relevance
 from service.fhir.client import FhirClient, SearchResult
 from service.fhir.errors import FhirError, InvalidPatientId, PatientNotFound
 from service.fhir.queries import Query, check_id, plan_queries
 from service.protocol import Protocol
-from service.record import all_feeds
 from service.references import normalise_base, reference_key, referenced_type
+from service.relevance import Relevance
 
 # Patient.link types whose records are searched too; "replaced-by" is not followed.
 FOLLOWED_LINKS = ("replaces", "seealso", "refer")
@@ -60,16 +61,20 @@ async def fetch_patient(
     *,
     only: set[str] | None = None,
     links_of: dict[str, Any] | None = None,
+    relevance: Relevance | None = None,
 ) -> FetchResult:
     """Run the protocol's queries for one patient in parallel; any failure fails the fetch.
 
     ``only`` restricts to some query keys (CDS Hooks: the prefetch keys that were missing);
     without ``"patient"`` in it, ``FetchResult.patient`` is ``{}``, and ``links_of`` (the
     Patient the caller already has) names the linked records to search. A linked record's
-    searches are always all run: no prefetch holds another record's data.
+    searches are always all run: no prefetch holds another record's data. ``relevance``: the
+    evaluation's selection (service.relevance; default: the protocol's under the site
+    terminology configured now).
     """
     check_id(patient_id)
-    queries = plan_queries(protocol, patient_id, as_of)
+    relevance = relevance if relevance is not None else current_relevance(protocol)
+    queries = plan_queries(protocol, patient_id, as_of, relevance)
     if only is not None:
         unknown = set(only) - {q.key for q in queries}
         if unknown:
@@ -97,7 +102,7 @@ async def fetch_patient(
         """Start the searches of every linked record as soon as the Patient is known."""
         ids = linked_ids(patient, client.base_url)
         if len(ids) > MAX_LINKED_RECORDS:
-            truncated.update(all_feeds(protocol))
+            truncated.update(relevance.all_feeds())
             issues.append(
                 Issue(
                     Severity.WARNING,
@@ -107,7 +112,7 @@ async def fetch_patient(
                 )
             )
         for n, lid in enumerate(ids[:MAX_LINKED_RECORDS], 1):
-            for q in plan_queries(protocol, lid, as_of):
+            for q in plan_queries(protocol, lid, as_of, relevance):
                 lq = dataclasses.replace(q, key=f"{q.key} (linked record {n})")
                 task = read_linked(lq) if q.read else run(lq)
                 linked.append((lq, tg.create_task(task)))

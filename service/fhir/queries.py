@@ -29,25 +29,21 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from urllib.parse import quote
 
+from service.evaluation_context import current_relevance
 from service.fhir.errors import InvalidPatientId
 from service.protocol import Code, Protocol
-from service.terminology import runtime as terminology
+from service.relevance import Relevance
+from service.resource_kinds import KINDS
 
 PATIENT_TOKEN = "{{context.patientId}}"
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _FIXED_KEYS = (
-    "patient",
     "labs",
-    "conditions",
-    "procedures",
-    "consents",
-    "attestations",
+    *(k.search_key for k in KINDS.values() if k.search_key is not None),
     "reports",
 )
 _LAB_RULE_PREFIX = "lab_"
 _OBS_PARAM = "observation_valueset"
-_OBS_CODE_SEARCH = "combo-code"  # code or component code (see the module docstring)
-_REPORT_PARAM = "report_valueset"  # e.g. context_observation_report_valueset
 
 
 @dataclass(frozen=True)
@@ -153,65 +149,59 @@ def observation_groups(protocol: Protocol) -> list[ObservationGroup]:
     return result
 
 
-def _plan(protocol: Protocol, patient: str, as_of: date | None) -> list[Query]:
+def plan_for(relevance: Relevance, patient: str, as_of: date | None) -> list[Query]:
+    """The searches of ``relevance`` (service.relevance) for one (checked) patient id."""
+    protocol, site = relevance.protocol, relevance.site
     queries = [Query("patient", "Patient", (("_id", patient),), frozenset({"Patient"}), True)]
+    obs = KINDS["Observation"]
     for group in observation_groups(protocol):
         codes: set[Code] = set()
         for vs_id in group.valuesets:
             codes |= protocol.valueset(vs_id).codes
-        if (site := terminology.active()) is not None:  # the site's local codes for them
+        if site is not None:  # the site's local codes for them
             codes |= site.local_codes(codes)
         params: list[tuple[str, str]] = [
-            ("patient", patient),
-            (_OBS_CODE_SEARCH, token_param(codes)),
+            (str(obs.patient_param), patient),
+            (str(obs.code_param), token_param(codes)),
         ]
         if as_of is not None and group.window_days is not None:
             since = as_of - timedelta(days=group.window_days + 1)
             params.append(("date", f"ge{since.isoformat()}"))
         params.append(("_sort", "-date"))
         queries.append(Query(group.key, "Observation", tuple(params), frozenset(group.valuesets)))
-    site = terminology.active()
-    if site is not None and site.translator is not None:
+    if relevance.every_observation:
         # Local codes only a terminology server can translate cannot be searched by code:
         # one unfiltered search (a superset is safe) feeds every Observation criterion.
         feeds = frozenset(protocol.observation_valuesets())
         params = (("patient", patient), ("_sort", "-date"))
         queries.append(Query("siteCodes", "Observation", params, feeds))
-    for key, rtype in (
-        ("conditions", "Condition"),
-        ("procedures", "Procedure"),
-        ("consents", "Consent"),
-    ):
-        queries.append(Query(key, rtype, (("patient", patient),), frozenset({rtype})))
-    if report_codes := _report_codes(protocol):
-        params = (("patient", patient), ("code", token_param(report_codes)))
+    for rtype in relevance.types:
+        kind = KINDS[rtype]
+        if rtype == "Observation" or kind.search_key is None or kind.patient_param is None:
+            continue
+        whole: tuple[tuple[str, str], ...] = ((kind.patient_param, patient),)
+        if rtype == "QuestionnaireResponse":  # only the protocol's own attestation form
+            whole += (("questionnaire", protocol.questionnaire_url),)
+        queries.append(Query(kind.search_key, rtype, whole, frozenset({rtype})))
+    if relevance.report_codes:  # a result may take its method from these reports
+        params = ((str(KINDS["DiagnosticReport"].patient_param), patient),)
+        params += (("code", token_param(relevance.report_codes)),)
         feeds = frozenset({"DiagnosticReport"})
         queries.append(Query("reports", "DiagnosticReport", params, feeds))
-    queries.append(
-        Query(
-            "attestations",
-            "QuestionnaireResponse",
-            (("patient", patient), ("questionnaire", protocol.questionnaire_url)),
-            frozenset({"QuestionnaireResponse"}),
-        )
-    )
     return queries
 
 
-def _report_codes(protocol: Protocol) -> set[Code]:
-    """Codes of the DiagnosticReports a result may take its method from (all history: a
-    report is read only for the results it lists, which carry their own dates)."""
-    codes: set[Code] = set()
-    for c in protocol.criteria.values():
-        for param, vs_id in c.params.items():
-            if param.endswith(_REPORT_PARAM) and vs_id:
-                codes |= protocol.valueset(vs_id).codes
-    return codes
-
-
-def plan_queries(protocol: Protocol, patient_id: str, as_of: date | None) -> list[Query]:
-    """Every query for one patient; ``as_of=None`` drops the date filters (prefetch use)."""
-    return _plan(protocol, check_id(patient_id), as_of)
+def plan_queries(
+    protocol: Protocol,
+    patient_id: str,
+    as_of: date | None,
+    relevance: Relevance | None = None,
+) -> list[Query]:
+    """Every query for one patient; ``as_of=None`` drops the date filters (prefetch use).
+    ``relevance``: the evaluation's selection (default: the protocol's, with the site
+    terminology configured now)."""
+    chosen = relevance if relevance is not None else current_relevance(protocol)
+    return plan_for(chosen, check_id(patient_id), as_of)
 
 
 def encode_query(params: Iterable[tuple[str, str]]) -> str:
@@ -221,9 +211,14 @@ def encode_query(params: Iterable[tuple[str, str]]) -> str:
 
 def prefetch_templates(protocol: Protocol) -> dict[str, str]:
     """CDS Hooks prefetch templates, one per query key, with ``{{context.patientId}}``."""
+    return templates_for(current_relevance(protocol))
+
+
+def templates_for(relevance: Relevance) -> dict[str, str]:
+    """The prefetch templates of ``relevance``'s searches."""
     templates: dict[str, str] = {}
     marker = "PATIENTIDMARKER"
-    for q in _plan(protocol, marker, None):
+    for q in plan_for(relevance, marker, None):
         if q.read:
             templates[q.key] = f"{q.resource_type}/{PATIENT_TOKEN}"
         else:

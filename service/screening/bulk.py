@@ -1,7 +1,8 @@
 """FHIR Bulk Data ``$export`` (Group- or Patient-level), then the files for local screening.
 
 Asks only for what the protocol reads: ``_type`` is the Patient plus the resource types the
-record builder uses, and ``_typeFilter`` narrows Observations to the protocol's codes (a
+record builder uses, and ``_typeFilter`` narrows Observations to the protocol's codes, by
+``combo-code`` as pull mode searches (service.relevance; a
 server that refuses ``_typeFilter`` is asked again without it: a superset is safe, the local
 evaluation filters anyway). Kick-off with ``Prefer: respond-async``, poll the status URL
 honouring ``Retry-After``, download every file with the same credentials (only from the
@@ -19,11 +20,11 @@ from typing import Any
 import httpx
 import orjson
 
+from service.evaluation_context import relevance_for
 from service.fhir.client import retry_after_seconds, service_auth
 from service.fhir.errors import UpstreamAuthError, UpstreamError
-from service.fhir.queries import check_id, token_param
+from service.fhir.queries import check_id
 from service.protocol import Protocol
-from service.record import SUBJECT_ELEMENT
 from service.settings import Settings
 
 FHIR_JSON = "application/fhir+json"
@@ -34,15 +35,14 @@ MAX_RETRY_AFTER = 120.0  # a longer Retry-After is shortened to this
 TRANSIENT = frozenset({429, 500, 502, 503, 504})
 
 
-def export_types() -> list[str]:
-    return ["Patient", *SUBJECT_ELEMENT]
-
-
 def export_params(protocol: Protocol, with_filter: bool = True) -> list[tuple[str, str]]:
-    params = [("_outputFormat", NDJSON), ("_type", ",".join(export_types()))]
+    """The kick-off's parameters, from the same selection as every other path
+    (service.relevance: ``combo-code``, so a panel with the analyte in a component is
+    exported)."""
+    relevance = relevance_for(protocol, None)  # screening reads no site terminology
+    params = [("_outputFormat", NDJSON), ("_type", ",".join(relevance.export_types()))]
     if with_filter:
-        codes = token_param(protocol.observation_codes())
-        params.append(("_typeFilter", f"Observation?code={codes}"))
+        params += [("_typeFilter", f) for f in relevance.type_filters()]
     return params
 
 

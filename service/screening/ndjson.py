@@ -23,8 +23,10 @@ from typing import IO, Any
 
 import orjson
 
+from service.evaluation_context import relevance_for
 from service.protocol import Protocol
-from service.record import SUBJECT_ELEMENT, codings
+from service.relevance import Relevance
+from service.resource_kinds import KINDS
 
 PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})$")
 _GROUP_REF = re.compile(r"(?:^|/)Group/[A-Za-z0-9\-.]{1,64}$")
@@ -67,11 +69,14 @@ class IngestReport:
 
 @dataclass(slots=True)
 class PatientData:
-    """One patient's raw NDJSON lines: its Patient resource(s) and everything else."""
+    """One patient's raw NDJSON lines: its Patient resource(s) and everything else, with the
+    records its Patient links to (``Patient.link``: their Patients and their resources,
+    which the record builder merges or holds open exactly as for a Bundle)."""
 
     patient_id: str
     patients: list[bytes]
     resources: list[bytes]
+    linked: list[bytes] = field(default_factory=list)
 
 
 def ndjson_files(folder: Path) -> list[Path]:
@@ -88,7 +93,7 @@ def _open(path: Path) -> IO[bytes]:
 
 def patient_of(resource: dict[str, Any]) -> tuple[str | None, str | None]:
     """(patient id, None) or (None, why not): the subject must name exactly one Patient."""
-    subject = resource.get(SUBJECT_ELEMENT[resource["resourceType"]])
+    subject = KINDS[resource["resourceType"]].subject_of(resource)
     ref = subject.get("reference") if isinstance(subject, dict) else None
     if not isinstance(ref, str):
         return None, "none"
@@ -109,7 +114,7 @@ class _ObservationSkipper:
     checked properly.
     """
 
-    def __init__(self, wanted: frozenset[tuple[str, str]]) -> None:
+    def __init__(self, wanted: Iterable[tuple[str, str]]) -> None:
         self._codes = frozenset(code.encode() for _, code in wanted)
         self._code_value = re.compile(rb'"code"\s*:\s*"([^"\\]*)"')
         self._observation = re.compile(rb'"resourceType"\s*:\s*"Observation"')
@@ -153,9 +158,11 @@ class PatientStore:
         files: Iterable[Path],
         protocol: Protocol,
         on_bytes: Callable[[int], None] | None = None,
+        relevance: Relevance | None = None,
     ) -> IngestReport:
-        wanted = protocol.observation_codes()
-        skip = _ObservationSkipper(wanted)
+        """``relevance``: the selection (service.relevance) every other path uses too."""
+        wanted = relevance if relevance is not None else relevance_for(protocol, None)
+        skip = _ObservationSkipper(wanted.codes)
         report = self.report
         pending: list[tuple[str, int, bytes]] = []
         unreported = 0
@@ -196,7 +203,7 @@ class PatientStore:
             self.report.kept += len(pending)
             pending.clear()
 
-    def _classify(self, line: bytes, name: str, wanted: frozenset) -> tuple[str, int, bytes] | None:
+    def _classify(self, line: bytes, name: str, wanted: Relevance) -> tuple[str, int, bytes] | None:
         line = line.strip()
         if not line:
             return None
@@ -216,10 +223,10 @@ class PatientStore:
                 report.no_patient["Patient"] += 1  # a Patient without id cannot be named
                 return None
             return pid, PATIENT, line
-        if rtype not in SUBJECT_ELEMENT:
+        if not wanted.reads(rtype):
             report.ignored_types[rtype] += 1
             return None
-        if rtype == "Observation" and not any(c in wanted for c in codings(resource.get("code"))):
+        if not wanted.matches(resource):
             report.not_in_protocol += 1  # the record builder would skip it first, too
             return None
         pid, why = patient_of(resource)
@@ -240,8 +247,48 @@ class PatientStore:
         for pid, kind, body in cursor:
             if current is None or current.patient_id != pid:
                 if current is not None and current.patients and current.patient_id not in skip:
-                    yield current
+                    yield self._with_links(current)
                 current = PatientData(pid, [], [])
             (current.patients if kind == PATIENT else current.resources).append(body)
         if current is not None and current.patients and current.patient_id not in skip:
-            yield current
+            yield self._with_links(current)
+
+    def _with_links(self, data: PatientData) -> PatientData:
+        """Add the records the Patient links to (as pull mode fetches them): a merged
+        record's results are this patient's, and a ``seealso`` record's hold criteria open."""
+        linked: list[str] = []
+        for body in data.patients:
+            for lid in linked_patient_ids(orjson.loads(body)):
+                if lid != data.patient_id and lid not in linked:
+                    linked.append(lid)
+        for lid in linked[:MAX_LINKED_RECORDS]:
+            rows = self._db.execute(
+                "SELECT kind, body FROM res WHERE pid = ? ORDER BY kind, rowid", (lid,)
+            )
+            for kind, body in rows:
+                (data.linked if kind == PATIENT else data.resources).append(body)
+        return data
+
+
+# Patient.link types whose records are read with the patient's (as service.fhir.fetch)
+FOLLOWED_LINKS = ("replaces", "seealso", "refer")
+MAX_LINKED_RECORDS = 4
+
+
+def linked_patient_ids(patient: Any) -> list[str]:
+    """Ids of the export's Patients this one links to (``FOLLOWED_LINKS``), each once."""
+    links = patient.get("link") if isinstance(patient, dict) else None
+    found: list[str] = []
+    for link in links if isinstance(links, list) else ():
+        if not isinstance(link, dict) or link.get("type") not in FOLLOWED_LINKS:
+            continue
+        other = link.get("other")
+        ref = other.get("reference") if isinstance(other, dict) else None
+        m = (
+            PATIENT_REFERENCE.search(ref.partition("/_history/")[0])
+            if isinstance(ref, str)
+            else None
+        )
+        if m is not None and m.group(1) not in found:
+            found.append(m.group(1))
+    return found

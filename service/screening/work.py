@@ -66,7 +66,8 @@ def evaluate_one(item: PatientData, protocol: Protocol, day: date) -> Outcome:
     try:
         patient = _one_patient([orjson.loads(b) for b in item.patients])
         resources = [orjson.loads(b) for b in item.resources]
-        record = record_from_resources(patient, resources, protocol)
+        linked = [orjson.loads(b) for b in item.linked]
+        record = record_from_resources(patient, resources, protocol, linked_patients=linked)
         evaluation, bundle = evaluate_record(record, protocol, day)
     except InputError as exc:
         return item.patient_id, error_row(item.patient_id, str(exc), protocol), None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.contained import has_members, member_results
 from service.protocol import Protocol
 from service.terminology.conceptmaps import Code, SiteMappings, load_site_mappings
 from service.terminology.table import MappingTable
@@ -59,9 +60,14 @@ class Terminology:
         for resource in resources:
             if not isinstance(resource, dict) or resource.get("resourceType") not in MAPPED_TYPES:
                 continue
-            for code in resource_codes(resource):
-                if code[0] not in known_systems and code not in folder:
-                    unknown.add(code)
+            # a panel's contained results are read as results of their own (service.contained)
+            parts = [resource]
+            if resource["resourceType"] == "Observation" and has_members(resource):
+                parts += [member for _, member in member_results(resource)]
+            for part in parts:
+                for code in resource_codes(part):
+                    if code[0] not in known_systems and code not in folder:
+                        unknown.add(code)
         return unknown
 
 
@@ -146,11 +152,14 @@ def reset() -> None:
     units.set_site_units({})
 
 
+_ACTIVE_NOW: Any = object()  # default of ``site``: the terminology configured now
+
+
 def _needs_translation(
-    resources: Iterable[Resource], protocol: Protocol
+    resources: Iterable[Resource], protocol: Protocol, site: Terminology | None
 ) -> tuple[MappingTable | None, Terminology | None, set[Code]]:
     """(the table when no server call is needed, else the terminology and the codes to ask)."""
-    term = active()
+    term = active() if site is _ACTIVE_NOW else site
     if term is None:
         return None, None, set()
     if term.translator is None:
@@ -161,18 +170,23 @@ def _needs_translation(
     return None, term, unknown
 
 
-async def table_for(resources: Iterable[Resource], protocol: Protocol) -> MappingTable | None:
-    """One evaluation's mapping table (pull mode: the translations run in parallel)."""
-    table, term, unknown = _needs_translation(resources, protocol)
+async def table_for(
+    resources: Iterable[Resource], protocol: Protocol, site: Terminology | None = _ACTIVE_NOW
+) -> MappingTable | None:
+    """One evaluation's mapping table (pull mode: the translations run in parallel);
+    ``site``: the evaluation's terminology (service.evaluation_context)."""
+    table, term, unknown = _needs_translation(resources, protocol, site)
     if term is None:
         return table
     translated, failed = await term.translator.translate(unknown)
     return MappingTable.of(term.site, translated, failed)
 
 
-def table_for_sync(resources: Iterable[Resource], protocol: Protocol) -> MappingTable | None:
+def table_for_sync(
+    resources: Iterable[Resource], protocol: Protocol, site: Terminology | None = _ACTIVE_NOW
+) -> MappingTable | None:
     """``table_for`` for synchronous callers (bundle mode)."""
-    table, term, unknown = _needs_translation(resources, protocol)
+    table, term, unknown = _needs_translation(resources, protocol, site)
     if term is None:
         return table
     translated, failed = term.translator.translate_sync(unknown)

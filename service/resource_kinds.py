@@ -1,0 +1,149 @@
+"""The FHIR resource types the service reads, and where each keeps what every path needs.
+
+One table instead of type lists in the record builder, the NDJSON grouping, the pull-mode
+query plan and the Bulk export: a type added here is read the same way by all of them
+(service.relevance builds every source's selection from it). ``times`` lists the elements
+that date a resource, in the order FHIR gives them (the date-interval reader reads them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+Resource = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceKind:
+    """How one resource type names its patient, its status, its clinical time and its code."""
+
+    name: str
+    subject: tuple[str, ...]  # reference elements that name the patient, first one preferred
+    status: str | None  # the element whose value says entered-in-error, cancelled, ...
+    times: tuple[str, ...]  # elements that date it (choice types spelled out), FHIR order
+    code: str | None  # the CodeableConcept the protocol's codes are compared with
+    patient_param: str | None  # search parameter for "this patient's" (None: not searched)
+    code_param: str | None  # search parameter for its code (None: not searched by code)
+    evaluated: bool  # a rule reads it today: the record builder keeps it, every path fetches it
+    search_key: str | None = None  # its pull-mode search's name (also the CDS prefetch key)
+
+    def subject_of(self, resource: Resource) -> Any:
+        """The first subject element present (its value, unchecked), or None."""
+        for element in self.subject:
+            value = resource.get(element)
+            if value is not None:
+                return value
+        return None
+
+
+def _kind(
+    name: str,
+    times: tuple[str, ...],
+    *,
+    subject: tuple[str, ...] = ("subject",),
+    status: str | None = "status",
+    code: str | None = "code",
+    patient_param: str | None = "patient",
+    code_param: str | None = "code",
+    evaluated: bool = False,
+    search_key: str | None = None,
+) -> ResourceKind:
+    return ResourceKind(
+        name, subject, status, times, code, patient_param, code_param, evaluated, search_key
+    )
+
+
+_EFFECTIVE = ("effectiveDateTime", "effectivePeriod", "effectiveInstant", "effectiveTiming")
+_ONSET = ("onsetDateTime", "onsetAge", "onsetPeriod", "onsetRange", "onsetString")
+_PERFORMED = (
+    "performedDateTime",
+    "performedPeriod",
+    "performedString",
+    "performedAge",
+    "performedRange",
+)
+
+KINDS: dict[str, ResourceKind] = {
+    k.name: k
+    for k in (
+        ResourceKind(
+            "Patient",
+            (),
+            None,
+            ("birthDate", "deceasedDateTime"),
+            None,
+            "_id",
+            None,
+            True,
+            "patient",
+        ),
+        # combo-code: R4 "Observation.code | Observation.component.code" (a panel may carry
+        # the analyte only on a component, which a ``code`` search never finds)
+        _kind("Observation", (*_EFFECTIVE, "issued"), code_param="combo-code", evaluated=True),
+        _kind(
+            "Condition",
+            (*_ONSET, "recordedDate"),
+            status="clinicalStatus",
+            evaluated=True,
+            search_key="conditions",
+        ),
+        _kind("Procedure", _PERFORMED, evaluated=True, search_key="procedures"),
+        _kind(
+            "Consent",
+            ("dateTime",),
+            subject=("patient",),
+            code="category",
+            code_param=None,
+            evaluated=True,
+            search_key="consents",
+        ),
+        _kind(
+            "QuestionnaireResponse",
+            ("authored",),
+            code=None,
+            code_param=None,
+            evaluated=True,
+            search_key="attestations",
+        ),
+        # read only when a protocol names echo (or other) reports: Relevance.report_codes
+        _kind(
+            "DiagnosticReport",
+            ("effectiveDateTime", "effectivePeriod", "issued"),
+            code_param="code",
+        ),
+        # Medications: read by the rule kinds of the next issue; listed so every path agrees
+        _kind("MedicationRequest", ("authoredOn",), code="medicationCodeableConcept"),
+        _kind(
+            "MedicationAdministration",
+            ("effectiveDateTime", "effectivePeriod"),
+            code="medicationCodeableConcept",
+        ),
+        _kind(
+            "MedicationStatement",
+            ("effectiveDateTime", "effectivePeriod", "dateAsserted"),
+            code="medicationCodeableConcept",
+        ),
+        _kind(
+            "MedicationDispense",
+            ("whenHandedOver", "whenPrepared"),
+            code="medicationCodeableConcept",
+        ),
+        _kind("Medication", (), subject=(), patient_param=None),
+    )
+}
+
+# The types a rule reads, besides the Patient (what the record builder keeps, in this order).
+EVALUATED: tuple[str, ...] = tuple(
+    name for name, k in KINDS.items() if k.evaluated and name != "Patient"
+)
+
+
+def kind(rtype: str) -> ResourceKind | None:
+    return KINDS.get(rtype)
+
+
+def subject_element(rtype: str) -> str | None:
+    """The element naming the patient of an evaluated type (None: not one we evaluate)."""
+    k = KINDS.get(rtype)
+    return k.subject[0] if k is not None and k.evaluated and k.subject else None
