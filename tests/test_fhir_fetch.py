@@ -88,7 +88,7 @@ def test_plan_groups_observation_searches_by_protocol_windows():
     plan = {q.key: q for q in plan_queries(PROTOCOL, "p1", TODAY)}
     assert list(plan) == [
         "patient", "cd19Immunophenotype", "diseaseStatus", "labs", "ecog",
-        "conditions", "procedures", "consents", "reports", "attestations",
+        "conditions", "procedures", "consents", "attestations", "reports",
     ]  # fmt: skip
     assert plan["patient"].read and plan["patient"].read_id == "p1"
     # issue 19 §5: echocardiography reports, whose results take their method from them

@@ -55,13 +55,15 @@ def test_relevance_matches_components_contained_members_and_whole_types():
 def test_every_source_takes_its_parameters_from_the_one_relevance():
     rel = PROTOCOL.relevance
     plan = rel.queries("p1", AS_OF)
-    assert [q.key for q in plan][-4:] == ["conditions", "procedures", "consents", "attestations"]
+    assert [q.key for q in plan][-5:] == [
+        "conditions", "procedures", "consents", "attestations", "reports",
+    ]  # fmt: skip
     obs = [q for q in plan if q.resource_type == "Observation"]
     assert obs and all("combo-code" in dict(q.params) for q in obs)
     assert lean.protocol_codes(PROTOCOL) == rel.lean_codes
     assert PLT.encode() in rel.lean_codes
     params = dict(export_params(PROTOCOL))
-    assert params["_type"].split(",") == ["Patient", *EVALUATED]
+    assert params["_type"].split(",") == ["Patient", *EVALUATED, "DiagnosticReport"]
     assert [params["_typeFilter"]] == rel.type_filters()
     assert set(rel.prefetch_templates()) == {q.key for q in plan}
 

@@ -83,6 +83,7 @@ def test_ndjson_merges_a_replaced_record_as_bundle_mode_does_was_met(tmp_path):
 
 
 def test_bulk_type_filter_searches_combo_code_as_pull_mode_does():
-    params = dict(export_params(PROTOCOL))
-    assert params["_typeFilter"].startswith("Observation?combo-code=")
-    assert f"{LOINC}|{PLT}" in params["_typeFilter"]
+    filters = [value for key, value in export_params(PROTOCOL) if key == "_typeFilter"]
+    observations = [f for f in filters if f.startswith("Observation?")]
+    assert len(observations) == 1 and observations[0].startswith("Observation?combo-code=")
+    assert f"{LOINC}|{PLT}" in observations[0]

@@ -126,11 +126,14 @@ def test_bulk_export_gives_the_search_driven_worklist(tmp_path, bundles):
         "Procedure",
         "Consent",
         "QuestionnaireResponse",
+        "DiagnosticReport",  # echo reports an LVEF result may take its method from (I8)
     ]
-    assert params["_typeFilter"].startswith("Observation?combo-code=http://loinc.org|")
+    filters = [value for key, value in fhir.export_params if key == "_typeFilter"]
+    assert filters[0].startswith("Observation?combo-code=http://loinc.org|")
+    assert filters[1].startswith("DiagnosticReport?code=")
     assert bulk.summary["bulk"]["typeFilter"] is True
     written = orjson.loads((tmp_path / "bulk" / "summary.json").read_bytes())
-    assert written["bulk"]["files"] == 6 and written["source"] == "bulk:Patient"
+    assert written["bulk"]["files"] == 7 and written["source"] == "bulk:Patient"
     by_bulk = worklist(tmp_path / "bulk" / "worklist.csv")
     by_search = worklist(tmp_path / "search" / "worklist.csv")
     assert by_bulk.pop("no-leukemia")["status"] == "ineligible"  # all patients were exported
