@@ -150,3 +150,16 @@ def test_screening_report_names_exclusions_apart(protocol, excluded, tmp_path):
     assert "Exclusion E1 applies: 1 patients" in page
     assert "<td>E1</td><td>exclusion</td>" in page
     assert "Exclusion E1 Burkitt lymphoma" in page  # the funnel label names the kind
+
+
+def test_terminal_summary_says_the_exclusion_applies(protocol, excluded):
+    from rich.console import Console
+
+    from service.summary import render_summary
+
+    evaluation, _ = excluded
+    console = Console(record=True, width=200)
+    render_summary(evaluation, protocol, console)
+    text = console.export_text()
+    line = next(ln for ln in text.splitlines() if "E1 Burkitt" in ln)
+    assert "exclusion applies" in line and "not-met" not in line
