@@ -15,6 +15,7 @@ from typing import Any
 from service import __version__
 from service.clinical.evaluation import Evaluation
 from service.clinical.model import CriterionResult, Issue, Outcome
+from service.criterion_kind import EXCLUSION_TEXT, has_exclusions, is_exclusion, kind_category
 from service.protocol import Protocol
 
 DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
@@ -119,7 +120,11 @@ def result_bundle(evaluation: Evaluation, protocol: Protocol) -> dict[str, Any]:
         "status": "data-required" if counts[Outcome.UNDETERMINED] else "success",
         "subject": subject,
         "occurrenceDateTime": recorded,
-        "note": [{"text": summary}, *({"text": f"Needed: {t}"} for t in needs_text)],
+        "note": [
+            {"text": summary},
+            *_kind_notes(evaluation, protocol),
+            *({"text": f"Needed: {t}"} for t in needs_text),
+        ],
     }
     if outcome_urn:
         guidance["evaluationMessage"] = [{"reference": outcome_urn}]
@@ -188,6 +193,9 @@ def _criterion_observation(
         "focus": [study],
         "effectiveDateTime": as_of,
     }
+    if has_exclusions(protocol):
+        # Inclusions and exclusions told apart (an inclusion-only protocol renders as before).
+        obs["category"] = [kind_category(protocol, result.code)]
     if result.outcome is Outcome.UNDETERMINED:
         obs["dataAbsentReason"] = {
             "coding": [{"system": DATA_ABSENT, "code": "unknown", "display": "Unknown"}],
@@ -200,6 +208,8 @@ def _criterion_observation(
                 {"system": protocol.result_system, "code": result.outcome.value, "display": display}
             ]
         }
+        if is_exclusion(protocol, result.code):
+            obs["valueCodeableConcept"]["text"] = EXCLUSION_TEXT[result.outcome].lower()
     obs["note"] = [{"text": result.reason}]
     derived = [
         {"reference": e.reference}
@@ -211,6 +221,32 @@ def _criterion_observation(
     if member_urns:
         obs["hasMember"] = [{"reference": urn} for urn in member_urns]
     return obs
+
+
+def _kind_notes(evaluation: Evaluation, protocol: Protocol) -> list[dict[str, str]]:
+    """For a protocol with exclusions: inclusions and exclusions counted apart, and every
+    exclusion that applies named (none for an inclusion-only protocol: output unchanged)."""
+    if not has_exclusions(protocol):
+        return []
+    inclusions = [r for r in evaluation.results if not is_exclusion(protocol, r.code)]
+    exclusions = [r for r in evaluation.results if is_exclusion(protocol, r.code)]
+
+    def count(results: list[CriterionResult], outcome: Outcome) -> int:
+        return sum(1 for r in results if r.outcome is outcome)
+
+    applying = [r.code for r in exclusions if r.outcome is Outcome.NOT_MET]
+    text = (
+        f"inclusion criteria: {count(inclusions, Outcome.MET)} of {len(inclusions)} met, "
+        f"{count(inclusions, Outcome.NOT_MET)} not met, "
+        f"{count(inclusions, Outcome.UNDETERMINED)} undetermined; exclusion criteria: "
+        f"{len(applying)} of {len(exclusions)} apply, "
+        f"{count(exclusions, Outcome.MET)} ruled out, "
+        f"{count(exclusions, Outcome.UNDETERMINED)} undetermined"
+    )
+    notes = [{"text": text}]
+    if applying:
+        notes.append({"text": "Exclusions that apply: " + ", ".join(applying)})
+    return notes
 
 
 def _data_requirements(evaluation: Evaluation) -> tuple[list[dict[str, Any]], list[str]]:

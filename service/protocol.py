@@ -266,8 +266,8 @@ def _criterion(path: Path, code: str, spec: dict[str, Any]) -> CriterionDef:
         raise ProtocolError(f"{where} key 'kind': {kind!r} is not one of {', '.join(KINDS)}")
     if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
         raise ProtocolError(f"{where} key 'members': a list of criterion codes is required")
-    if rule_name == "panel" and not members:
-        raise ProtocolError(f"{where} key 'members': a panel needs at least one member")
+    if rule_name in _COMBINING and not members:
+        raise ProtocolError(f"{where} key 'members': {rule_name} needs at least one member")
     rule = load_all().get(rule_name)
     if rule is None:
         known = ", ".join(sorted(load_all()))
@@ -276,7 +276,13 @@ def _criterion(path: Path, code: str, spec: dict[str, Any]) -> CriterionDef:
         typed = rule.params.model_validate(spec)
     except ValidationError as exc:
         raise ProtocolError(f"{where} " + "; ".join(describe_error(exc))) from None
+    # Criteria a parameter names as members (a conditional's applies_when / then) are
+    # members like those of a ``members`` list: evaluated first, nested, not top level.
+    members = list(dict.fromkeys([*members, *(v for _, v in typed.references("member"))]))
     return CriterionDef(code, title, rule_name, spec, tuple(members), kind, typed)
+
+
+_COMBINING = ("panel", "any_of", "all_of")  # rules that read nothing but their ``members``
 
 
 def _valueset_refs(general: dict[str, Any], criteria: dict[str, CriterionDef]) -> list[str]:
@@ -343,12 +349,13 @@ def _check(protocol: Protocol) -> None:
     parents: dict[str, str] = {}
     for c in protocol.criteria.values():
         for m in c.members:
-            if m in parents or m == c.code or protocol.criteria[m].members:
+            if m in parents or m == c.code:
                 raise ProtocolError(
-                    f"[criteria.{c.code}] key 'members': {m} must be a plain criterion named "
+                    f"[criteria.{c.code}] key 'members': {m} must be a criterion named "
                     "by one parent only"
                 )
             parents[m] = c.code
+    _check_nesting(protocol, parents)
     defined = dict(_concept_kinds(protocol.criteria_codesystem.get("concept", [])))
     missing = set(protocol.criteria) - set(defined)
     if missing:
@@ -359,6 +366,28 @@ def _check(protocol: Protocol) -> None:
                 f"[criteria.{code}] key 'kind': {protocol.criteria[code].kind!r} but the "
                 f"criteria CodeSystem says {kind!r}"
             )
+
+
+def _check_nesting(protocol: Protocol, parents: dict[str, str]) -> None:
+    """Members may have members (a conditional of an any_of), but never form a cycle, and only
+    combining rules nest: a panel's members stay plain results, as its outputs expect."""
+    for code in protocol.criteria:
+        seen = {code}
+        parent = parents.get(code)
+        while parent is not None:
+            if parent in seen:
+                raise ProtocolError(f"[criteria.{code}] key 'members': members form a cycle")
+            seen.add(parent)
+            parent = parents.get(parent)
+    for c in protocol.criteria.values():
+        if c.rule != "panel":
+            continue
+        for m in c.members:
+            if protocol.criteria[m].members:
+                raise ProtocolError(
+                    f"[criteria.{c.code}] key 'members': {m} must be a plain criterion "
+                    "(a panel's members have no members)"
+                )
 
 
 def _known_valueset(protocol: Protocol, where: str, key: str, vs_id: str) -> None:

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from service.clinical.evaluation import Evaluation
 from service.clinical.model import CriterionResult, Outcome
+from service.criterion_kind import EXCLUSION_TEXT, is_exclusion
 from service.protocol import Protocol
 
 _STYLE = {Outcome.MET: "green", Outcome.NOT_MET: "red", Outcome.UNDETERMINED: "yellow"}
@@ -28,9 +29,12 @@ def render_summary(evaluation: Evaluation, protocol: Protocol, console: Console)
     def add(result: CriterionResult, indent: str = "") -> None:
         title = protocol.criterion_display(result.code)
         style = _STYLE[result.outcome]
+        word = result.outcome.value
+        if is_exclusion(protocol, result.code):  # "not-met" would read the wrong way round
+            word = EXCLUSION_TEXT[result.outcome].lower()
         table.add_row(
             escape(f"{indent}{result.code} {title}"),
-            f"[{style}]{result.outcome.value}[/{style}]",
+            f"[{style}]{word}[/{style}]",
             escape(result.reason),
         )
         for member in result.members:

@@ -51,3 +51,172 @@ def second_protocol(dest: Path) -> Path:
 
     edit_json(dest / "ResearchStudy-cd19-cart-rr-ball.json", restudy)
     return dest
+
+
+# -- a seed copy with exclusion and composition criteria (rules exclusions / composition) -----
+
+TEST_CODES = "https://example.org/fhir/CodeSystem/test-findings"  # test-only local codes
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+SNOMED = "http://snomed.info/sct"
+
+_COMPOSED_TOML = """
+
+[criteria.E1]
+title = "Burkitt lymphoma or leukaemia"
+kind = "exclusion"
+rule = "condition_absent"
+condition = "Burkitt lymphoma"
+condition_valueset = "burkitt"
+test_observation_valueset = "burkitt-test"
+test_positive_valueset = "finding-positive"
+test_negative_valueset = "finding-negative"
+window_days = 90
+attestation_item = "E1"
+
+[criteria.E2]
+title = "Myocardial infarction within 12 weeks"
+kind = "exclusion"
+rule = "condition_absent"
+condition = "myocardial infarction"
+condition_valueset = "myocardial-infarction"
+history = true
+within_days = 84
+absence_in_record_clears = true
+
+[criteria.I13]
+title = "If Ph+: TKI intolerance or two distinct TKIs"
+rule = "conditional"
+applies_when = "I13-ph"
+then = "I13-tki"
+
+[criteria.I13-ph]
+title = "Philadelphia chromosome positive"
+rule = "coded_finding"
+observation_valueset = "ph-test"
+positive_valueset = "finding-positive"
+negative_valueset = "finding-negative"
+window_days = 365
+
+[criteria.I13-tki]
+title = "TKI intolerance or two distinct TKIs"
+rule = "any_of"
+members = ["I13-two-tkis", "I13-intolerant"]
+
+[criteria.I13-two-tkis]
+title = "Two distinct TKIs (placeholder)"
+rule = "attestation"
+attestation_item = "I13-two-tkis"
+
+[criteria.I13-intolerant]
+title = "TKI intolerance (investigator)"
+rule = "attestation"
+attestation_item = "I13-intolerant"
+
+[criteria.I14]
+title = "ANC or platelets adequate"
+rule = "any_of"
+members = ["I14-anc", "I14-platelets"]
+
+[criteria.I14-anc]
+title = "ANC >= 0.5 x10^9/L"
+rule = "lab_threshold"
+observation_valueset = "anc"
+comparator = ">="
+threshold = { value = 0.5, unit = "10*9/L" }
+window_days = 14
+
+[criteria.I14-platelets]
+title = "Platelets >= 30 x10^9/L"
+rule = "lab_threshold"
+observation_valueset = "platelets"
+comparator = ">="
+threshold = { value = 30, unit = "10*9/L" }
+window_days = 14
+
+[criteria.I15]
+title = "ANC and hemoglobin adequate"
+rule = "all_of"
+members = ["I15-anc", "I15-hemoglobin"]
+
+[criteria.I15-anc]
+title = "ANC >= 0.5 x10^9/L"
+rule = "lab_threshold"
+observation_valueset = "anc"
+comparator = ">="
+threshold = { value = 0.5, unit = "10*9/L" }
+window_days = 14
+
+[criteria.I15-hemoglobin]
+title = "Hemoglobin >= 60 g/L"
+rule = "lab_threshold"
+observation_valueset = "hemoglobin"
+comparator = ">="
+threshold = { value = 60, unit = "g/L" }
+window_days = 14
+"""
+
+_VALUESETS = {
+    "burkitt": [
+        (SNOMED, "118617000", "Burkitt lymphoma"),
+        (ICD10CM, "C83.7", "Burkitt lymphoma"),
+    ],
+    "myocardial-infarction": [
+        (SNOMED, "22298006", "Myocardial infarction"),
+        (ICD10CM, "I21.9", "Acute myocardial infarction, unspecified"),
+    ],
+    "burkitt-test": [(TEST_CODES, "myc-fish", "MYC rearrangement by FISH (test code)")],
+    "ph-test": [(TEST_CODES, "bcr-abl1", "BCR-ABL1 fusion (test code)")],
+}
+
+_ITEMS = {
+    "E1": "None of: Burkitt lymphoma or leukaemia (investigator)",
+    "I13-two-tkis": "Two distinct TKIs received (placeholder)",
+    "I13-intolerant": "Intolerant of TKIs (investigator)",
+}
+
+
+def _valueset(vs_id: str, codes: list[tuple[str, str, str]]) -> dict:
+    systems: dict[str, list[dict]] = {}
+    for system, code, display in codes:
+        systems.setdefault(system, []).append({"code": code, "display": display})
+    return {
+        "resourceType": "ValueSet",
+        "id": vs_id,
+        "url": f"https://example.org/fhir/ValueSet/{vs_id}",
+        "version": "1.0.0",
+        "name": vs_id.title().replace("-", ""),
+        "title": vs_id.replace("-", " ").capitalize(),
+        "status": "active",
+        "compose": {"include": [{"system": s, "concept": c} for s, c in systems.items()]},
+    }
+
+
+def composed_protocol(dest: Path) -> Path:
+    """The seed folder plus exclusions E1 (with a test and an attestation) and E2 (history,
+    12-week window, absence in the record clears), a conditional I13 (Ph+ -> any_of of two
+    attestations), and an any_of I14 / all_of I15 over lab members."""
+    copy_seed(dest)
+    with (dest / "protocol.toml").open("a", encoding="utf-8") as f:
+        f.write(_COMPOSED_TOML)
+    for vs_id, codes in _VALUESETS.items():
+        path = dest / f"ValueSet-{vs_id}.json"
+        path.write_bytes(orjson.dumps(_valueset(vs_id, codes), option=orjson.OPT_INDENT_2))
+    codes = [line.split("]")[0] for line in _COMPOSED_TOML.split("[criteria.")[1:]]
+    kinds = {"E1": "exclusion", "E2": "exclusion"}
+
+    def add_concepts(cs: dict) -> None:
+        for code in codes:
+            kind = kinds.get(code, "inclusion")
+            cs["concept"].append(
+                {"code": code, "display": code, "property": [{"code": "kind", "valueCode": kind}]}
+            )
+        cs["count"] = cs.get("count", 0) + len(codes)
+
+    edit_json(dest / "CodeSystem-cd19-cart-rr-ball-criteria.json", add_concepts)
+
+    def add_items(q: dict) -> None:
+        for link_id, text in _ITEMS.items():
+            q["item"].append({"linkId": link_id, "text": text, "type": "boolean"})
+
+    edit_json(dest / "Questionnaire-cd19-cart-rr-ball-attestation.json", add_items)
+    return dest

@@ -14,6 +14,7 @@ from service.app.fhir_access import Evaluated
 from service.cds.cards import OUTCOME_TEXT
 from service.clinical.evaluation import SubjectStatus
 from service.clinical.model import CriterionResult, Outcome, SourceRef
+from service.criterion_kind import EXCLUSION_TEXT, has_exclusions, kind_of
 from service.protocol import Protocol
 
 STATUS_TEXT = {
@@ -63,6 +64,7 @@ class Row:
     reason: str
     evidence: list[Evidence]
     member: bool = False
+    kind: str = "inclusion"  # inclusion | exclusion (shown only for exclusions)
 
 
 @dataclass
@@ -109,7 +111,7 @@ def review_view(evaluated: Evaluated, protocol: Protocol) -> ReviewView:
     rows: list[Row] = []
     for result in evaluation.results:
         rows.append(_row(result, protocol, by_ref, member=False))
-        rows.extend(_row(m, protocol, by_ref, member=True) for m in result.members)
+        rows.extend(_member_rows(result, protocol, by_ref))
     status = evaluation.status
     used = {s.reference for s in evaluation.sources}
     top = [r for r in rows if not r.member]
@@ -122,7 +124,9 @@ def review_view(evaluated: Evaluated, protocol: Protocol) -> ReviewView:
         else None,
         status=status.value,
         status_text=STATUS_TEXT[status],
-        status_hint=STATUS_HINT[status],
+        status_hint=_EXCLUSION_HINT
+        if status is SubjectStatus.INELIGIBLE and has_exclusions(protocol)
+        else STATUS_HINT[status],
         as_of=evaluation.as_of.isoformat(),
         evaluated_at=evaluation.evaluated_at.isoformat(timespec="seconds"),
         counts={o.value: evaluation.count(o) for o in Outcome},
@@ -136,6 +140,16 @@ def review_view(evaluated: Evaluated, protocol: Protocol) -> ReviewView:
     )
 
 
+_EXCLUSION_HINT = "At least one inclusion criterion is not met, or an exclusion applies."
+
+
+def _member_rows(result: CriterionResult, protocol: Protocol, by_ref: dict[str, dict]):
+    """Members, and their members (a conditional of an any_of), depth first."""
+    for m in result.members:
+        yield _row(m, protocol, by_ref, member=True)
+        yield from _member_rows(m, protocol, by_ref)
+
+
 def _row(
     result: CriterionResult, protocol: Protocol, by_ref: dict[str, dict], *, member: bool
 ) -> Row:
@@ -147,14 +161,17 @@ def _row(
         Evidence(ref.reference, evidence_label(ref, by_ref.get(ref.reference)))
         for ref in dict.fromkeys(result.evidence)
     ]
+    kind = kind_of(protocol, result.code)
+    exclusion = kind == "exclusion"
     return Row(
         code=result.code,
         title=title,
         result=result.outcome.value,
-        result_text=OUTCOME_TEXT[result.outcome],
+        result_text=(EXCLUSION_TEXT if exclusion else OUTCOME_TEXT)[result.outcome],
         reason=result.reason,
         evidence=evidence,
         member=member,
+        kind=kind,
     )
 
 

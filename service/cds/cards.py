@@ -15,6 +15,7 @@ from typing import Any
 
 from service.clinical.evaluation import Evaluation, SubjectStatus
 from service.clinical.model import CriterionResult, Outcome
+from service.criterion_kind import EXCLUSION_TEXT, is_exclusion
 from service.ops.card_feedback import override_reasons
 from service.protocol import Protocol
 from service.settings import Settings
@@ -143,7 +144,15 @@ def _summary(evaluation: Evaluation, protocol: Protocol) -> str:
             counts = f": {met} of {total} criteria met, {undetermined} need review"
             return _fit("Possible candidate for ", name, counts)
         case _:
-            counts = f": {not_met} of {total} criteria not met"
+            applying = [
+                r.code
+                for r in evaluation.results
+                if r.outcome is Outcome.NOT_MET and is_exclusion(protocol, r.code)
+            ]
+            if applying and len(applying) == not_met:
+                counts = f": exclusion {', '.join(applying)} applies"
+            else:
+                counts = f": {not_met} of {total} criteria not met"
             return _fit("Not eligible for ", name, counts)
 
 
@@ -161,10 +170,16 @@ def _display(protocol: Protocol, code: str) -> str:
 
 def _criterion_lines(result: CriterionResult, protocol: Protocol, depth: int) -> list[str]:
     indent = "  " * depth
-    line = (
-        f"{indent}- **{OUTCOME_TEXT[result.outcome]}** — {_md(result.code)} "
-        f"{_md(_display(protocol, result.code))}"
-    )
+    title = _md(_display(protocol, result.code))
+    if is_exclusion(protocol, result.code) and result.outcome is Outcome.NOT_MET:
+        # "not met" on an exclusion reads the wrong way round: say that it applies.
+        line = f"{indent}- **Exclusion {_md(result.code)} applies** — {title}"
+    elif is_exclusion(protocol, result.code):
+        line = (
+            f"{indent}- **{EXCLUSION_TEXT[result.outcome]}** — exclusion {_md(result.code)} {title}"
+        )
+    else:
+        line = f"{indent}- **{OUTCOME_TEXT[result.outcome]}** — {_md(result.code)} {title}"
     if result.reason:
         line += f": {_md(result.reason)}"
     lines = [line]

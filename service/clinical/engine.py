@@ -26,10 +26,7 @@ def evaluate(record: PatientRecord, protocol: Protocol, as_of: date) -> Evaluati
     ctx = Context(record, protocol, as_of)
     results: list[CriterionResult] = []
     for criterion in protocol.top_level:
-        for member in criterion.members:
-            ctx.results[member] = _run(protocol.criteria[member], ctx, rules)
-        ctx.results[criterion.code] = result = _run(criterion, ctx, rules)
-        results.append(result)
+        results.append(_run_tree(criterion, ctx, rules))
 
     issues = list(record.issues)
     for result in _walk(results):
@@ -43,6 +40,14 @@ def evaluate(record: PatientRecord, protocol: Protocol, as_of: date) -> Evaluati
         issues=_dedupe(issues),
         sources=_sources(record, results),
     )
+
+
+def _run_tree(criterion: CriterionDef, ctx: Context, rules) -> CriterionResult:
+    """Members first (depth first, each once), then the criterion that combines them."""
+    for member in criterion.members:
+        _run_tree(ctx.protocol.criteria[member], ctx, rules)
+    ctx.results[criterion.code] = result = _run(criterion, ctx, rules)
+    return result
 
 
 def _run(criterion: CriterionDef, ctx: Context, rules) -> CriterionResult:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from service.clinical.model import Outcome
+from service.criterion_kind import has_exclusions, is_exclusion, kind_of
 from service.protocol import Protocol
 from service.screening.rows import ERROR_STATUS, criterion_columns
 
@@ -51,17 +52,19 @@ def summarise(worklist: Path, protocol: Protocol) -> dict[str, Any]:
     evaluated = sum(n for s, n in by_status.items() if s != ERROR_STATUS)
     funnel = []
     remaining = evaluated
+    kinds = has_exclusions(protocol)  # only then is the kind named (seed output unchanged)
     for code in top:
-        funnel.append(
-            {
-                "criterion": code,
-                "title": protocol.criterion_display(code),
-                "before": remaining,
-                "excluded": excluded[code],
-                "open": left_open[code],
-                "after": remaining - excluded[code],
-            }
-        )
+        step = {
+            "criterion": code,
+            "title": protocol.criterion_display(code),
+            "before": remaining,
+            "excluded": excluded[code],
+            "open": left_open[code],
+            "after": remaining - excluded[code],
+        }
+        if kinds:
+            step["kind"] = kind_of(protocol, code)
+        funnel.append(step)
         remaining -= excluded[code]
     return {
         "patients": sum(by_status.values()),
@@ -90,7 +93,8 @@ def funnel_svg(funnel: list[dict[str, Any]], total: int) -> str:
     ]
     for i, step in enumerate(funnel):
         y = top + i * row_h
-        label = html.escape(f"{step['criterion']} {step['title']}"[:52])
+        prefix = "Exclusion " if step.get("kind") == "exclusion" else ""
+        label = html.escape(f"{prefix}{step['criterion']} {step['title']}"[:52])
         parts.append(f'<text x="0" y="{y + 16}">{label}</text>')
         x = label_w
         rest = step["before"] - step["excluded"] - step["open"]
@@ -102,9 +106,10 @@ def funnel_svg(funnel: list[dict[str, Any]], total: int) -> str:
                     f'fill="{_COLOURS[kind]}"><title>{kind}: {n}</title></rect>'
                 )
                 x += w
+        out = "applies to" if step.get("kind") == "exclusion" else "out,"
         parts.append(
             f'<text x="{label_w + bar_w + 8}" y="{y + 16}">{step["before"]} in, '
-            f"{step['excluded']} out, {step['open']} open</text>"
+            f"{step['excluded']} {out} {step['open']} open</text>"
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -116,7 +121,8 @@ def write_report(path: Path, summary: dict[str, Any], protocol: Protocol) -> Non
         f"<tr><td>{esc(s)}</td><td>{n}</td></tr>" for s, n in summary["byStatus"].items()
     )
     criteria_rows = "".join(
-        f"<tr><td>{esc(code)}</td><td>{esc(protocol.criterion_display(code))}</td>"
+        f"<tr><td>{esc(code)}</td>{_kind_cell(protocol, code)}"
+        f"<td>{esc(protocol.criterion_display(code))}</td>"
         + "".join(f"<td>{counts[o.value]}</td>" for o in Outcome)
         + "</tr>"
         for code, counts in summary["criteria"].items()
@@ -141,13 +147,41 @@ evaluated, {summary["failed"]} could not be evaluated.</p>
 <h2>Funnel</h2><p>{legend}</p>
 {funnel_svg(summary["funnel"], summary["evaluated"])}
 <h2>Each criterion over all evaluated patients</h2>
-<table><tr><th>code</th><th>criterion</th><th>met</th><th>not met</th><th>undetermined</th></tr>
-{criteria_rows}</table>
+{_criteria_head(protocol)}
+{criteria_rows}</table>{_exclusions_html(summary, protocol)}
 {input_html}
 <p>Per-patient results: <code>results.ndjson</code>; worklist: <code>worklist.csv</code>.</p>
 </body></html>
 """
     path.write_text(page, encoding="utf-8")
+
+
+_HEAD = "<tr><th>code</th><th>criterion</th><th>met</th><th>not met</th><th>undetermined</th></tr>"
+_KIND_HEAD = (
+    "<tr><th>code</th><th>kind</th><th>criterion</th><th>met (exclusion: ruled out)</th>"
+    "<th>not met (exclusion: applies)</th><th>undetermined</th></tr>"
+)
+
+
+def _criteria_head(protocol: Protocol) -> str:
+    return f"<table>{_KIND_HEAD if has_exclusions(protocol) else _HEAD}"
+
+
+def _kind_cell(protocol: Protocol, code: str) -> str:
+    return f"<td>{kind_of(protocol, code)}</td>" if has_exclusions(protocol) else ""
+
+
+def _exclusions_html(summary: dict[str, Any], protocol: Protocol) -> str:
+    """'Exclusion E3 applies: 4 patients (title)', one line per exclusion criterion."""
+    lines = [
+        f"<li>Exclusion {html.escape(code)} applies: {counts[Outcome.NOT_MET.value]} patients "
+        f"({html.escape(protocol.criterion_display(code))}); "
+        f"ruled out for {counts[Outcome.MET.value]}, "
+        f"undetermined for {counts[Outcome.UNDETERMINED.value]}</li>"
+        for code, counts in summary["criteria"].items()
+        if is_exclusion(protocol, code)
+    ]
+    return f"\n<h2>Exclusions</h2><ul>{''.join(lines)}</ul>" if lines else ""
 
 
 def _pretty(value: Any) -> str:

@@ -15,14 +15,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 @dataclass(frozen=True)
 class Reads:
     """Marks a parameter whose value names something the loader can check exists."""
 
-    what: Literal["valueset", "criterion", "attestation_item"]
+    what: Literal["valueset", "criterion", "member", "attestation_item"]
 
 
 ValueSetRef = Annotated[str, Reads("valueset")]
@@ -32,6 +32,9 @@ ValueSetList = Annotated[list[str], Reads("valueset")]
 ValueSetMap = Annotated[dict[str, str], Reads("valueset")]
 CriterionRef = Annotated[str, Reads("criterion")]
 AttestationItem = Annotated[str, Reads("attestation_item")]
+OptionalAttestationItem = Annotated[str | None, Reads("attestation_item")]
+# A criterion evaluated as a member of this one (nested under it, hidden from the top level).
+MemberRef = Annotated[str, Reads("member")]
 
 
 class _Strict(BaseModel):
@@ -193,6 +196,46 @@ class PerformanceStatusParams(RuleParams):
     karnofsky_not_met_max: int
     karnofsky_range: tuple[int, int]
     window_days: WindowDays
+
+
+class ConditionAbsentParams(RuleParams):
+    """An exclusion: the patient satisfies it when the excluding Condition is known absent.
+
+    ``within_days`` bounds the Condition's onset (else recorded) date; ``window_days`` is the
+    look-back of the named negative test (``test_*``), as for every Observation rule.
+    """
+
+    condition: str  # how reasons name the excluding condition ("Burkitt lymphoma")
+    condition_valueset: ValueSetRef
+    history: bool = False  # any clinicalStatus counts ("history of ..."), not only active ones
+    within_days: WindowDays
+    test_observation_valueset: OptionalValueSetRef = None
+    test_positive_valueset: OptionalValueSetRef = None
+    test_negative_valueset: OptionalValueSetRef = None
+    window_days: WindowDays
+    attestation_item: OptionalAttestationItem = None  # "yes" means "none of these apply"
+    absence_in_record_clears: bool = False
+
+    @model_validator(mode="after")
+    def _test_complete(self) -> ConditionAbsentParams:
+        test = (
+            self.test_observation_valueset,
+            self.test_positive_valueset,
+            self.test_negative_valueset,
+        )
+        if any(test) and not all(test):
+            raise ValueError(
+                "test_observation_valueset, test_positive_valueset and test_negative_valueset "
+                "go together"
+            )
+        return self
+
+
+class ConditionalParams(RuleParams):
+    """Applies only when another finding holds: met when it is known not to hold."""
+
+    applies_when: MemberRef
+    then: MemberRef
 
 
 def describe_error(exc: Any) -> list[str]:
