@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from service.clinical.dates import parse_date
 from service.clinical.model import (
     CriterionResult,
     DataRequirement,
@@ -37,6 +36,7 @@ from service.clinical.rules.attestations import (
 from service.clinical.rules.diagnosis import code_label
 from service.clinical.rules.immunophenotype import NEGATIVE, POSITIVE, read_finding
 from service.clinical.rules.params import ConditionAbsentParams
+from service.clinical.timing import Placement, clinical_time, place
 from service.protocol import CriterionDef, ValueSet
 from service.record import Resource, codings
 
@@ -46,39 +46,35 @@ _NEVER = frozenset({"refuted", "entered-in-error"})  # never evidence of anythin
 Timing = Literal["inside", "outside", "maybe", "later"]
 
 
-def _timing(condition: Resource, as_of: date, within_days: int | None) -> tuple[Timing, str]:
-    """Where the Condition's time falls: the ONE place this rule reads and compares dates.
+def _timing(
+    condition: Resource, as_of: date, within_days: int | None, birth: Any = None
+) -> tuple[Timing, str]:
+    """Where the Condition's time falls, read through the one interval reading of
+    ``service.clinical.timing`` (onset[x], else recordedDate; a partial date, an age or a
+    Period covers every day it may mean).
 
-    The time is the onset (onsetDateTime, else onsetPeriod.start), else the recorded date, as
-    an interval of days (a partial date covers every day it may mean). "later": known only
-    after ``as_of`` (not part of this evaluation); "inside" / "outside" the window of
-    ``within_days`` before ``as_of``; "maybe" when the interval straddles an edge or there is
-    no readable date while a window applies. Without a window every Condition known on or
-    before ``as_of`` is "inside".
+    "later": known only after ``as_of`` (not part of this evaluation); "inside" / "outside"
+    the window of ``within_days`` before ``as_of``; "maybe" when the interval straddles an
+    edge or there is no readable time while a window applies. Without a window every
+    Condition known on or before ``as_of`` is "inside" (an undated one too: the record holds
+    it now).
     """
-    period = condition.get("onsetPeriod")
-    onset = parse_date(condition.get("onsetDateTime")) or parse_date(
-        period.get("start") if isinstance(period, dict) else None
-    )
-    when = onset or parse_date(condition.get("recordedDate"))
-    label = "onset" if onset is not None else "recorded"
-    if when is None:
+    when = clinical_time(condition, birth)
+    text = f"dated {when.text}"
+    if when.unknown:
         if within_days is None:
             return "inside", "date not recorded"
-        return "maybe", f"no onset or recorded date, so it may fall within {within_days} days"
-    shown = str(when.earliest) if when.exact else f"{when.earliest}..{when.latest}"
-    text = f"{label} {shown}"
-    if when.earliest > as_of:
+        return "maybe", f"{when.text}, so it may fall within {within_days} days"
+    placement = place(when, as_of, within_days)
+    if placement is Placement.AFTER:
         return "later", text
-    start = as_of if within_days is None else as_of - timedelta(days=within_days)
-    if within_days is None:
-        if when.latest > as_of:
-            return "maybe", f"{text}, which may be after {as_of}"
-        return "inside", text
-    if when.latest < start:
+    if placement is Placement.BEFORE:
+        start = as_of - timedelta(days=within_days or 0)
         return "outside", f"{text}, before the {within_days}-day window (from {start})"
-    if when.earliest >= start and when.latest <= as_of:
-        return "inside", f"{text}, within {within_days} days"
+    if placement is Placement.INSIDE:
+        return "inside", text if within_days is None else f"{text}, within {within_days} days"
+    if within_days is None:
+        return "maybe", f"{text}, which may be after {as_of}"
     return "maybe", f"{text}, which may or may not be within {within_days} days"
 
 
@@ -98,7 +94,9 @@ def _sort(criterion: CriterionDef, ctx: Context, vs: ValueSet) -> _Found:
         codes = [c for c in codings(condition.get("code")) if c in vs.codes]
         if not codes:
             continue
-        timing, when = _timing(condition, ctx.as_of, p.within_days)
+        timing, when = _timing(
+            condition, ctx.as_of, p.within_days, ctx.record.patient.get("birthDate")
+        )
         if timing == "later":
             continue
         ref = ctx.record.ref(condition).reference
