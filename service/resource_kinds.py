@@ -27,6 +27,9 @@ class ResourceKind:
     code_param: str | None  # search parameter for its code (None: not searched by code)
     evaluated: bool  # a rule reads it today: the record builder keeps it, every path fetches it
     search_key: str | None = None  # its pull-mode search's name (also the CDS prefetch key)
+    # when it happened, as service.clinical.timing reads it: the first element present
+    # decides ("[x]": any choice type); Condition.abatement[x] is read apart, as an end
+    clinical_time: tuple[str, ...] = ()
 
     def subject_of(self, resource: Resource) -> Any:
         """The first subject element present (its value, unchecked), or None."""
@@ -48,9 +51,19 @@ def _kind(
     code_param: str | None = "code",
     evaluated: bool = False,
     search_key: str | None = None,
+    clinical_time: tuple[str, ...] = (),
 ) -> ResourceKind:
     return ResourceKind(
-        name, subject, status, times, code, patient_param, code_param, evaluated, search_key
+        name,
+        subject,
+        status,
+        times,
+        code,
+        patient_param,
+        code_param,
+        evaluated,
+        search_key,
+        clinical_time,
     )
 
 
@@ -80,15 +93,28 @@ KINDS: dict[str, ResourceKind] = {
         ),
         # combo-code: R4 "Observation.code | Observation.component.code" (a panel may carry
         # the analyte only on a component, which a ``code`` search never finds)
-        _kind("Observation", (*_EFFECTIVE, "issued"), code_param="combo-code", evaluated=True),
+        _kind(
+            "Observation",
+            (*_EFFECTIVE, "issued"),
+            code_param="combo-code",
+            evaluated=True,
+            clinical_time=("effective[x]", "issued"),
+        ),
         _kind(
             "Condition",
             (*_ONSET, "recordedDate"),
             status="clinicalStatus",
             evaluated=True,
             search_key="conditions",
+            clinical_time=("onset[x]", "recordedDate"),
         ),
-        _kind("Procedure", _PERFORMED, evaluated=True, search_key="procedures"),
+        _kind(
+            "Procedure",
+            _PERFORMED,
+            evaluated=True,
+            search_key="procedures",
+            clinical_time=("performed[x]",),
+        ),
         _kind(
             "Consent",
             ("dateTime",),
@@ -97,6 +123,7 @@ KINDS: dict[str, ResourceKind] = {
             code_param=None,
             evaluated=True,
             search_key="consents",
+            clinical_time=("dateTime",),
         ),
         _kind(
             "QuestionnaireResponse",
@@ -105,29 +132,39 @@ KINDS: dict[str, ResourceKind] = {
             code_param=None,
             evaluated=True,
             search_key="attestations",
+            clinical_time=("authored",),
         ),
         # read only when a protocol names echo (or other) reports: Relevance.report_codes
         _kind(
             "DiagnosticReport",
             ("effectiveDateTime", "effectivePeriod", "issued"),
             code_param="code",
+            clinical_time=("effective[x]", "issued"),
         ),
         # Medications: read by the rule kinds of the next issue; listed so every path agrees
-        _kind("MedicationRequest", ("authoredOn",), code="medicationCodeableConcept"),
+        _kind(
+            "MedicationRequest",
+            ("authoredOn",),
+            code="medicationCodeableConcept",
+            clinical_time=("authoredOn",),
+        ),
         _kind(
             "MedicationAdministration",
             ("effectiveDateTime", "effectivePeriod"),
             code="medicationCodeableConcept",
+            clinical_time=("effective[x]",),
         ),
         _kind(
             "MedicationStatement",
             ("effectiveDateTime", "effectivePeriod", "dateAsserted"),
             code="medicationCodeableConcept",
+            clinical_time=("effective[x]", "dateAsserted"),
         ),
         _kind(
             "MedicationDispense",
             ("whenHandedOver", "whenPrepared"),
             code="medicationCodeableConcept",
+            clinical_time=("whenHandedOver", "whenPrepared"),
         ),
         _kind("Medication", (), subject=(), patient_param=None),
     )

@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 from service.clinical.dates import DateRange, parse_date, parse_moment
+from service.resource_kinds import KINDS
 
 Resource = dict[str, Any]
 
@@ -152,17 +153,9 @@ def _age_text(age: Any) -> str:
 
 # Each entry: the time elements of a type, in order; the first one present is the time.
 # ``x`` elements are choice types (dateTime, Period, Instant, Age, Range, String).
+# Which elements date each resource type: the one registry of resource kinds says.
 CLINICAL_TIME_ELEMENTS: dict[str, tuple[str, ...]] = {
-    "Observation": ("effective[x]", "issued"),
-    "DiagnosticReport": ("effective[x]", "issued"),
-    "QuestionnaireResponse": ("authored",),
-    "Consent": ("dateTime",),
-    "Procedure": ("performed[x]",),
-    "Condition": ("onset[x]", "recordedDate"),
-    "MedicationRequest": ("authoredOn",),
-    "MedicationAdministration": ("effective[x]",),
-    "MedicationStatement": ("effective[x]", "dateAsserted"),
-    "MedicationDispense": ("whenHandedOver", "whenPrepared"),
+    name: kind.clinical_time for name, kind in KINDS.items() if kind.clinical_time
 }
 
 # Condition.abatement[x] ends a Condition; read it with ``element_time(c, "abatement[x]")``.
