@@ -87,10 +87,18 @@ LAB_SETS = {"bilirubin-total", "alt", "ast", "creatinine", "anc", "platelets", "
 def test_plan_groups_observation_searches_by_protocol_windows():
     plan = {q.key: q for q in plan_queries(PROTOCOL, "p1", TODAY)}
     assert list(plan) == [
-        "patient", "cd19Immunophenotype", "diseaseStatus", "labs", "ecog",
+        "patient", "cd19Immunophenotype", "diseaseStatus", "labs", "ecog", "undated",
         "conditions", "procedures", "consents", "attestations", "reports",
     ]  # fmt: skip
     assert plan["patient"].read and plan["patient"].read_id == "p1"
+    # issue 19 §4: a result with no effective time is never found by a date search
+    undated = dict(plan["undated"].params)
+    assert undated["date:missing"] == "true" and "date" not in undated
+    assert set(undated["combo-code"].split(",")) >= set(
+        dict(plan["labs"].params)["combo-code"].split(",")
+    )
+    assert dict(plan["undated"].fallback or ())["_sort"] == "-date"  # no date filter at all
+    assert "date:missing" not in dict(plan["undated"].fallback or ())
     # issue 19 §5: echocardiography reports, whose results take their method from them
     reports = dict(plan["reports"].params)
     assert plan["reports"].resource_type == "DiagnosticReport" and reports["patient"] == "p1"
@@ -228,6 +236,44 @@ async def test_fetch_patient_through_the_demo_store_with_paging():
     assert set(result.timings) == {q.key for q in plan_queries(PROTOCOL, "p1", TODAY)}
     labs = [r["id"] for r in result.resources if r["id"].startswith(("hb", "bili"))]
     assert labs[:3] == ["hb-1", "hb-2", "hb-3"]  # _sort=-date across pages
+
+
+def _undated_platelets() -> dict[str, dict]:
+    """p1 with a hemoglobin 3 days ago and one with no time at all."""
+    bundles = demo_bundles()
+    old = observation("plt-dated", (LOINC, "718-7"), days_ago(3), value=100)
+    undated = observation("plt-undated", (LOINC, "718-7"), days_ago(0), value=5)
+    del undated["effectiveDateTime"]
+    bundles["p1"]["entry"] += [{"resource": old}, {"resource": undated}]
+    return bundles
+
+
+@pytest.mark.parametrize("refuse_missing", [False, True])
+async def test_a_result_with_no_time_is_fetched_even_with_date_filters(refuse_missing):
+    """Issue 19 §4: bundle mode keeps an undated result (it may be the newest and blocks
+    older ones); pull mode must read it too, also from a server without ``:missing``."""
+    store = DemoStore(_undated_platelets())
+    seen: list[httpx.QueryParams] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/Observation"):
+            seen.append(request.url.params)
+        if refuse_missing and "date:missing" in request.url.params:
+            return httpx.Response(400, json={"resourceType": "OperationOutcome", "issue": []})
+        return store.handle(request)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    async with FhirClient(http, DEMO_BASE_URL) as client:
+        result = await fetch_patient(client, PROTOCOL, "p1", TODAY)
+    ids = {r["id"] for r in result.resources}
+    assert {"plt-dated", "plt-undated"} <= ids
+    assert any(p.get("date:missing") == "true" for p in seen)
+    unfiltered = [
+        p
+        for p in seen
+        if "718-7" in p["combo-code"] and "date" not in p and "date:missing" not in p
+    ]
+    assert len(unfiltered) == (1 if refuse_missing else 0)  # the fallback, only when refused
 
 
 async def test_fetch_only_some_keys():

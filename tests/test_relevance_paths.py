@@ -47,8 +47,8 @@ _ids = itertools.count()
 RESULT = st.fixed_dictionaries(
     {
         "fails": st.booleans(),
-        "days": st.integers(0, 20),
-        "precision": st.sampled_from(["day", "day", "month", "year"]),
+        "days": st.integers(0, 40),  # the platelet window is 14 days: some are out of it
+        "precision": st.sampled_from(["day", "day", "month", "year", "none"]),
         "shape": st.sampled_from(["plain", "component", "member", "chain"]),
         "on_merged": st.booleans(),
     }
@@ -58,8 +58,25 @@ PATIENTS = st.tuples(st.booleans(), st.lists(RESULT, min_size=2, max_size=4))
 
 def _result(spec: dict[str, Any], owner: str) -> dict:
     value = 12 if spec["fails"] else 100
-    day = ago(spec["days"])[: {"day": 10, "month": 7, "year": 4}[spec["precision"]]]
-    where = {"day": day, "subject": f"Patient/{owner}"}
+    return (
+        _undated(_shaped(spec, owner, value))
+        if spec["precision"] == "none"
+        else _shaped(spec, owner, value)
+    )
+
+
+def _undated(result: dict) -> dict:
+    """The same result with no time at all (it may be the newest: it must block everywhere,
+    also in pull mode, whose searches filter by date)."""
+    for res in (result, *result.get("contained", ())):
+        for key in ("effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued"):
+            res.pop(key, None)
+    return result
+
+
+def _shaped(spec: dict[str, Any], owner: str, value: float) -> dict:
+    cut = {"day": 10, "month": 7, "year": 4, "none": 10}[spec["precision"]]
+    where = {"day": ago(spec["days"])[:cut], "subject": f"Patient/{owner}"}
     n = next(_ids)
     if spec["shape"] == "plain":
         return lab(PLT, value, "10*9/L", **where)

@@ -45,6 +45,7 @@ from service.fhir.errors import (
     FhirConfigError,
     FhirError,
     PatientNotFound,
+    SearchRefused,
     UpstreamAuthError,
     UpstreamError,
     describe_query,
@@ -533,6 +534,8 @@ class FhirClient:
             raise UpstreamAuthError(
                 f"the FHIR server refused our credentials (HTTP {status}) for the {what}"
             )
+        if status in (400, 422, 501):
+            raise SearchRefused(f"the FHIR server answered HTTP {status} to the {what}{detail}")
         if status != 200:
             raise UpstreamError(f"the FHIR server answered HTTP {status} to the {what}{detail}")
         if not isinstance(body, dict):

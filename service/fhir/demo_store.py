@@ -373,7 +373,7 @@ class DemoStore:
         allowed = _COMMON | tokens | set(date_params)
         if rtype == "QuestionnaireResponse":
             allowed |= {"questionnaire"}
-        unknown = sorted({k for k, _ in params} - allowed)
+        unknown = sorted({k.removesuffix(":missing") for k, _ in params} - allowed)
         if unknown:
             raise SearchError(f"Unknown search parameter {unknown[0]}")
         if rtype == "Patient":
@@ -388,7 +388,12 @@ class DemoStore:
             candidates = [r for _, r in self._by_type.get(rtype, [])]
         sort_key: str | None = None
         for name, value in params:
-            if name in date_params:
+            if name.endswith(":missing") and name.removesuffix(":missing") in date_params:
+                if value not in ("true", "false"):
+                    raise SearchError(f"Invalid :missing value {value!r}")
+                elem, missing = date_params[name.removesuffix(":missing")], value == "true"
+                candidates = [r for r in candidates if (self._range(r, elem) is None) == missing]
+            elif name in date_params:
                 date_test, elem = _date_test(value), date_params[name]
                 candidates = [r for r in candidates if date_test(self._range(r, elem))]
             elif name == "questionnaire":

@@ -49,6 +49,11 @@ class UpstreamError(FhirError):
     issue_code = "exception"
 
 
+class SearchRefused(UpstreamError):
+    """The FHIR server refused a search as invalid or unsupported (HTTP 400, 422 or 501):
+    e.g. a modifier it does not implement. A query with a fallback is then asked again."""
+
+
 class DeadlineExceeded(FhirError):
     """The evaluation's overall deadline ran out before the data was complete."""
 

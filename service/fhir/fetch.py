@@ -25,7 +25,7 @@ from typing import Any
 from service.clinical.model import Issue, Severity
 from service.evaluation_context import current_relevance
 from service.fhir.client import FhirClient, SearchResult
-from service.fhir.errors import FhirError, InvalidPatientId, PatientNotFound
+from service.fhir.errors import FhirError, InvalidPatientId, PatientNotFound, SearchRefused
 from service.fhir.queries import Query, check_id, plan_queries
 from service.protocol import Protocol
 from service.references import normalise_base, reference_key, referenced_type
@@ -94,7 +94,12 @@ async def fetch_patient(
                 found = await client.read(q.resource_type, q.read_id, key=q.key)
                 follow(found)
                 return found
-            return await client.search(q)
+            try:
+                return await client.search(q)
+            except SearchRefused:
+                if q.fallback is None:
+                    raise
+                return await client.search(dataclasses.replace(q, params=q.fallback, fallback=None))
         finally:
             timings[q.key] = round((time.perf_counter() - started) * 1000, 1)
 

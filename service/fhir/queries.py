@@ -41,6 +41,7 @@ _FIXED_KEYS = (
     "labs",
     *(k.search_key for k in KINDS.values() if k.search_key is not None),
     "reports",
+    "undated",
 )
 _LAB_RULE_PREFIX = "lab_"
 _OBS_PARAM = "observation_valueset"
@@ -55,6 +56,8 @@ class Query:
     params: tuple[tuple[str, str], ...]
     feeds: frozenset[str]  # ValueSet ids (Observation searches) or the resource type name
     read: bool = False  # params are then (("_id", id),)
+    # asked instead when the server refuses ``params`` (SearchRefused): a superset search
+    fallback: tuple[tuple[str, str], ...] | None = None
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -149,6 +152,35 @@ def observation_groups(protocol: Protocol) -> list[ObservationGroup]:
     return result
 
 
+def _undated_results(relevance: Relevance, patient: str, as_of: date | None) -> Query | None:
+    """One search for the protocol's results that carry no effective time at all.
+
+    A ``date=ge…`` search never returns a result without ``effective[x]`` (one dated only by
+    ``issued``, or not at all), yet such a result may be the newest: bundle mode keeps it and
+    it blocks older ones, so pull mode must see it too (issue 19: every path reads the same
+    data). Without date filters (``as_of=None``, the prefetch) the group searches find it.
+    """
+    protocol = relevance.protocol
+    windowed = [g for g in observation_groups(protocol) if g.window_days is not None]
+    if as_of is None or not windowed:
+        return None
+    codes: set[Code] = set()
+    feeds: set[str] = set()
+    for group in windowed:
+        feeds |= set(group.valuesets)
+        for vs_id in group.valuesets:
+            codes |= protocol.valueset(vs_id).codes
+    if relevance.site is not None:
+        codes |= relevance.site.local_codes(codes)
+    obs = KINDS["Observation"]
+    search = ((str(obs.patient_param), patient), (str(obs.code_param), token_param(codes)))
+    params = (*search, ("date:missing", "true"))
+    # A server without ``:missing`` on dates (HAPI unless it indexes missing fields): every
+    # result of these codes, whatever its date (a superset; copies found twice are one).
+    fallback = (*search, ("_sort", "-date"))
+    return Query("undated", "Observation", params, frozenset(feeds), fallback=fallback)
+
+
 def plan_for(relevance: Relevance, patient: str, as_of: date | None) -> list[Query]:
     """The searches of ``relevance`` (service.relevance) for one (checked) patient id."""
     protocol, site = relevance.protocol, relevance.site
@@ -169,6 +201,9 @@ def plan_for(relevance: Relevance, patient: str, as_of: date | None) -> list[Que
             params.append(("date", f"ge{since.isoformat()}"))
         params.append(("_sort", "-date"))
         queries.append(Query(group.key, "Observation", tuple(params), frozenset(group.valuesets)))
+    undated = _undated_results(relevance, patient, as_of)
+    if undated is not None:
+        queries.append(undated)
     if relevance.every_observation:
         # Local codes only a terminology server can translate cannot be searched by code:
         # one unfiltered search (a superset is safe) feeds every Observation criterion.
