@@ -64,12 +64,26 @@ def _paging_patient(pid: str) -> dict:
     return bundle(*res)
 
 
+def _partly_dated_patient(pid: str, when: str | None) -> dict:
+    """A passing platelet count yesterday and a failing one dated only ``when`` (a month) or
+    not at all: the failing one may be the newest, so every path says undetermined."""
+    passing = lab("777-3", 150, "10*9/L", day=today() - timedelta(days=1), subject=f"Patient/{pid}")
+    failing = lab("777-3", 12, "10*9/L", subject=f"Patient/{pid}", id=f"{pid}-plt-partial")
+    failing.pop("effectiveDateTime", None)
+    if when is not None:
+        failing["effectiveDateTime"] = when
+    return bundle(patient(pid=pid, birthDate="1980-05-05"), passing, failing)
+
+
 @pytest.fixture(scope="module", params=servers)
 def server(request):
     kind, base = request.param
     prefix = f"t{uuid.uuid4().hex[:8]}-" if kind == "live" else ""
     data = {f"{prefix}{k}": _prefixed(v, prefix) for k, v in load_demo_bundles().items()}
     data[f"{prefix}edge-paging"] = _paging_patient(f"{prefix}edge-paging")
+    data[f"{prefix}edge-undated"] = _partly_dated_patient(f"{prefix}edge-undated", None)
+    month = today().isoformat()[:7]
+    data[f"{prefix}edge-month"] = _partly_dated_patient(f"{prefix}edge-month", month)
     load_bundles(base, data.items())
     yield kind, base.rstrip("/"), data
     if kind == "live":
@@ -111,7 +125,7 @@ def outcomes(result: dict) -> dict[str, str]:
 
 def test_pull_mode_equals_bundle_mode_for_every_patient(server, client):
     _, _, data = server
-    assert len(data) == 7
+    assert len(data) == 9
     for pid, patient_bundle in data.items():
         started = time.perf_counter()
         pulled = client.get(f"/Patient/{pid}/$eligibility")
@@ -135,6 +149,18 @@ def test_expected_statuses_through_the_server(server, client):
     for name, status in expected.items():
         body = client.get(f"/Patient/{prefix}{name}/$eligibility").json()
         assert body["entry"][0]["resource"]["status"] == status
+
+
+@pytest.mark.parametrize("edge", ["edge-undated", "edge-month"])
+def test_a_result_that_may_be_newest_blocks_in_pull_mode_too(server, client, edge):
+    """Issue 19 §1/§4: a failing count dated only to this month, or not at all, may be newer
+    than yesterday's passing one; the server's date-filtered searches must still return it."""
+    _, _, data = server
+    pid = next(k for k in data if k.endswith(edge))
+    pulled = client.get(f"/Patient/{pid}/$eligibility").json()
+    posted = client.post("/$eligibility", content=orjson.dumps(data[pid]), headers=FHIR).json()
+    assert outcomes(pulled)["I7-platelets"] == "undetermined"
+    assert outcomes(posted)["I7-platelets"] == "undetermined"
 
 
 def test_paging_reaches_every_observation(server, client):
