@@ -45,7 +45,7 @@ from datetime import date, timedelta
 from enum import Enum
 from typing import Any
 
-from service.clinical.timing import NO_TIME, When, element_time, period_time, time_of
+from service.clinical.timing import NO_TIME, When, element_time, time_of
 from service.protocol import Code, ValueSet
 
 Resource = dict[str, Any]
@@ -202,7 +202,7 @@ def _request_time(resource: Resource) -> tuple[When, When | None, str]:
             bounds.append(found)
     if bounds:
         starts = [s for s, _ in bounds]
-        start = min(starts, key=lambda w: (w.earliest or date.min))
+        start = min(starts, key=lambda w: w.earliest or date.min)
         ends = [e for _, e in bounds]
         end = None if any(e is None for e in ends) else max(ends, key=_latest_key)
         return start, end, "dosage bounds"
