@@ -177,11 +177,20 @@ def _duration_days(quantity: Any) -> int | None:
     return int(value * factor + 0.999999)  # a part day is a whole day of supply
 
 
-def _plus(when: When, days: int) -> When:
-    """The interval ``days`` later (a supply of ``days`` from a hand-over)."""
-    earliest = when.earliest + timedelta(days=days) if when.earliest else None
+def _plus(when: When, days: int, *, supply: bool = False) -> When:
+    """The interval ``days`` later. A supply (``supply``) of ``days`` handed over on day 0
+    lasts through day ``days - 1`` at least and perhaps to day ``days`` (taken from the
+    next morning): the end is that interval, each rule reading the side that is safe."""
+    first = days - 1 if supply and days > 0 else days
+    earliest = when.earliest + timedelta(days=first) if when.earliest else None
     latest = when.latest + timedelta(days=days) if when.latest else None
-    return When(earliest, latest, f"{when.text} + {days} d")
+    if earliest is not None and earliest == latest:
+        text = str(earliest)
+    elif earliest is not None and latest is not None:
+        text = f"{earliest} or {latest}"
+    else:
+        text = f"{when.text} + {days} d"
+    return When(earliest, latest, text)
 
 
 def _period_bounds(period: Any) -> tuple[When, When | None] | None:
@@ -212,7 +221,11 @@ def _request_time(resource: Resource) -> tuple[When, When | None, str]:
     if found is not None:
         start, end = found
         supply = _duration_days(dispense.get("expectedSupplyDuration"))
-        end = _plus(end, supply) if end is not None and supply is not None else None
+        if end is not None and supply is not None:  # dispensed on the last valid day at most
+            later = _plus(end, supply)
+            end = When(end.earliest, later.latest, f"{end.text} (+ up to {supply} d of supply)")
+        else:
+            end = None
         return start, end, "validity period"
     authored = resource.get("authoredOn")
     if authored is not None:
@@ -251,7 +264,7 @@ def exposure_time(resource: Resource) -> tuple[When, When | None]:
             return NO_TIME, None
         start = time_of(handed)
         supply = _duration_days(resource.get("daysSupply"))
-        return start, (_plus(start, supply) if supply is not None else None)
+        return start, (_plus(start, supply, supply=True) if supply is not None else None)
     return NO_TIME, None
 
 
