@@ -365,3 +365,73 @@ def test_an_unknown_medication_valueset_is_a_load_error(tmp_path):
     edit_toml(folder, 'medication_valueset = "tkis"', 'medication_valueset = "tki"')
     with pytest.raises(ProtocolError, match="tki"):
         load_protocol(folder)
+
+
+def test_protocol_check_passes_the_medication_copy(tmp_path):
+    """RxNorm and ATC are known systems; the medication ValueSets count as used."""
+    from service.protocol_tools import check_folder
+
+    report = check_folder(medication_protocol(tmp_path / "meds"))
+    assert report.errors == [] and report.warnings == []
+
+
+# -- exposure times (service.clinical.medications, pure) ----------------------------------------
+
+
+def test_exposure_time_of_each_shape():
+    from service.clinical.medications import exposure_time
+
+    validity = request(
+        BLINA,
+        dispenseRequest={
+            "validityPeriod": {"start": ago(90), "end": ago(60)},
+            "expectedSupplyDuration": {
+                "value": 30,
+                "unit": "days",
+                "system": "http://unitsofmeasure.org",
+                "code": "d",
+            },
+        },
+    )
+    start, end = exposure_time(validity)
+    assert start.day == AS_OF - timedelta(days=90)
+    # dispensed on the last valid day at the latest, then 30 days of supply
+    assert (end.earliest, end.latest) == (AS_OF - timedelta(days=60), AS_OF - timedelta(days=30))
+    start, end = exposure_time(statement(BLINA, dateAsserted=ago(3)))
+    assert start.earliest is None and start.latest == AS_OF - timedelta(days=3)
+    start, end = exposure_time(dispense(BLINA, ago(20), 10))
+    assert (end.earliest, end.latest) == (AS_OF - timedelta(days=11), AS_OF - timedelta(days=10))
+    start, end = exposure_time(request(BLINA))  # no date at all
+    assert start.unknown and end is None
+
+
+def test_washout_a_statement_asserted_in_the_window_is_undetermined(protocol):
+    # taken "some time up to" 3 days ago: may be inside the window
+    r = run(protocol, "W1", statement(BLINA, status="completed", dateAsserted=ago(3)))
+    assert r.outcome is Outcome.UNDETERMINED
+    # asserted 60 days ago: whenever it was taken, it was before the window
+    old = statement(BLINA, status="completed", dateAsserted=ago(60))
+    assert run(protocol, "W1", old, qr({"W1": True})).outcome is Outcome.MET
+
+
+def test_washout_a_dispense_whose_supply_reaches_the_window_is_not_met(protocol):
+    # handed over 40 days ago with 30 days of supply: taken up to ~10 days ago
+    r = run(protocol, "W1", dispense(BLINA, ago(40), 30))
+    assert r.outcome is Outcome.NOT_MET
+    # 60 days ago with 10 days: over before the window
+    r = run(protocol, "W1", dispense(BLINA, ago(60), 10), qr({"W1": True}))
+    assert r.outcome is Outcome.MET
+
+
+def test_a_malformed_medication_resource_holds_the_washout_open(protocol):
+    """One unreadable administration is skipped with a warning; the washout it may decide is
+    undetermined, not met (and the rest of the evaluation goes on)."""
+    bad = administration(BLINA, ago(5))
+    bad["status"] = ["completed"]  # wrong JSON type (not valid R4: built without validation)
+    data = bundle(patient(), bad, qr({"W1": True}))
+    record = record_from_bundle(data, protocol)
+    assert record.medications == []
+    assert any("malformed MedicationAdministration" in i.message for i in record.issues)
+    results = {r.code: r for r in evaluate(record, protocol, AS_OF).results}
+    assert results["W1"].outcome is Outcome.UNDETERMINED
+    assert "could not be read" in results["W1"].reason
