@@ -32,7 +32,7 @@ from service.references import (
     resource_keys,
 )
 from service.relevance import Relevance
-from service.resource_kinds import EVALUATED, KINDS
+from service.resource_kinds import EVALUATED, KINDS, MEDICATION_TYPES
 from service.shapes import fitting, shape_error
 from service.terminology.table import MappingTable, Recoded, recode
 
@@ -66,6 +66,10 @@ class PatientRecord:
     # This patient's DiagnosticReports: a result they list may take its method from them
     # (service.clinical.method_context); their Observations are then indexed (``resolve``).
     reports: list[Resource] = field(default_factory=list)
+    # This patient's MedicationRequest / -Administration / -Statement / -Dispense, kept only
+    # when a criterion's rule reads them (service.relevance); a medicationReference resolves
+    # through ``resolve`` (contained, bundled or pulled Medication resources are indexed).
+    medications: list[Resource] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
     truncated: frozenset[str] = frozenset()  # ValueSet ids / resource types a server search cut
     unreadable: frozenset[str] = frozenset()  # ... that had a malformed or conflicting resource
@@ -408,19 +412,26 @@ def build_record(
         "Procedure": record.procedures,
         "Consent": record.consents,
         "QuestionnaireResponse": record.questionnaire_responses,
+        **{rtype: record.medications for rtype in MEDICATION_TYPES},
     }
+    # the patient's element per type this evaluation reads (medications only when a rule does)
+    subjects = (
+        SUBJECT_ELEMENT
+        if relevance.types == EVALUATED
+        else {t: KINDS[t].subject[0] for t in relevance.types}
+    )
     counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
     entries = _with_members(entries)
     # Most resources fit their shape: prove that per type in one call, check the rest singly.
-    fits = fitting(e.resource for e in entries if e.resource["resourceType"] in SUBJECT_ELEMENT)
+    fits = fitting(e.resource for e in entries if e.resource["resourceType"] in subjects)
     kept: dict[tuple[str, str], tuple[Resource, list[Code], str | None]] = {}
     site: dict[int, Recoded] = {}  # site terminology: how a kept resource was recoded
     unreadable: set[str] = set()
     for entry in entries:
         resource = entry.resource
         rtype = resource["resourceType"]
-        if rtype not in SUBJECT_ELEMENT:
+        if rtype not in subjects:
             if rtype != "Patient":
                 index.add(resource, entry.full_url)
             if rtype == "DiagnosticReport":
@@ -442,7 +453,7 @@ def build_record(
                         continue
             elif rtype == "Condition" and mappings is not None:
                 resource = _site_condition(resource, mappings, site)
-            verdict = identity.classify(resource.get(SUBJECT_ELEMENT[rtype]), entry.full_url)
+            verdict = identity.classify(resource.get(subjects[rtype]), entry.full_url)
             if verdict is not _OURS:
                 counts[verdict][rtype] += 1
                 if verdict is _LINKED:

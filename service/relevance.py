@@ -23,7 +23,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from service.contained import has_members, member_results
-from service.resource_kinds import EVALUATED, KINDS
+from service.resource_kinds import EVALUATED, KINDS, ON_DEMAND
 
 if TYPE_CHECKING:
     from service.fhir.queries import Query
@@ -46,7 +46,10 @@ class Relevance:
         self.every_observation = site is not None and site.translator is not None
         # DiagnosticReports a broader result may take its method from (LVEF by echo report)
         self.report_codes: frozenset[Code] = _report_codes(protocol)
-        self.types: tuple[str, ...] = EVALUATED
+        # every type a rule reads today, plus those only some rules read (medications)
+        # when one of this protocol's criteria has such a rule: a protocol without one
+        # fetches, keeps and exports exactly what it did before
+        self.types: tuple[str, ...] = EVALUATED + _on_demand_types(protocol)
 
     # -- one resource ----------------------------------------------------------------------
     def reads(self, rtype: Any) -> bool:
@@ -142,6 +145,19 @@ class Relevance:
         """The codes, as UTF-8, for which the byte-level plan keeps an Observation (whatever
         their system: a code of another system only costs a decode)."""
         return tuple(sorted({code.encode() for _, code in self.codes}))
+
+
+def _on_demand_types(protocol: Protocol) -> tuple[str, ...]:
+    """The ``ON_DEMAND`` types some criterion's rule declares it reads (``@rule(reads=)``)."""
+    from service.clinical.rules import load_all  # the rules import the record, which imports us
+
+    rules = load_all()
+    read: set[str] = set()
+    for criterion in protocol.criteria.values():
+        found = rules.get(criterion.rule)
+        if found is not None:
+            read |= found.reads
+    return tuple(t for t in ON_DEMAND if t in read)
 
 
 def _report_codes(protocol: Protocol) -> frozenset[Code]:

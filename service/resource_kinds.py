@@ -30,6 +30,8 @@ class ResourceKind:
     # when it happened, as service.clinical.timing reads it: the first element present
     # decides ("[x]": any choice type); Condition.abatement[x] is read apart, as an end
     clinical_time: tuple[str, ...] = ()
+    # a referenced resource its searches bring along (``_include``): a medication's product
+    include: str | None = None
 
     def subject_of(self, resource: Resource) -> Any:
         """The first subject element present (its value, unchecked), or None."""
@@ -52,6 +54,7 @@ def _kind(
     evaluated: bool = False,
     search_key: str | None = None,
     clinical_time: tuple[str, ...] = (),
+    include: str | None = None,
 ) -> ResourceKind:
     return ResourceKind(
         name,
@@ -64,6 +67,7 @@ def _kind(
         evaluated,
         search_key,
         clinical_time,
+        include,
     )
 
 
@@ -141,30 +145,40 @@ KINDS: dict[str, ResourceKind] = {
             code_param="code",
             clinical_time=("effective[x]", "issued"),
         ),
-        # Medications: read by the rule kinds of the next issue; listed so every path agrees
+        # Medications: read only when a criterion's rule reads them (Relevance.types, from
+        # the rule's ``reads``); each search brings the Medication its medicationReference
+        # names (``_include``), as contained or bundled ones are read in bundle mode.
         _kind(
             "MedicationRequest",
             ("authoredOn",),
             code="medicationCodeableConcept",
+            search_key="medicationRequests",
             clinical_time=("authoredOn",),
+            include="MedicationRequest:medication",
         ),
         _kind(
             "MedicationAdministration",
             ("effectiveDateTime", "effectivePeriod"),
             code="medicationCodeableConcept",
+            search_key="medicationAdministrations",
             clinical_time=("effective[x]",),
+            include="MedicationAdministration:medication",
         ),
         _kind(
             "MedicationStatement",
             ("effectiveDateTime", "effectivePeriod", "dateAsserted"),
             code="medicationCodeableConcept",
+            search_key="medicationStatements",
             clinical_time=("effective[x]", "dateAsserted"),
+            include="MedicationStatement:medication",
         ),
         _kind(
             "MedicationDispense",
             ("whenHandedOver", "whenPrepared"),
             code="medicationCodeableConcept",
+            search_key="medicationDispenses",
             clinical_time=("whenHandedOver", "whenPrepared"),
+            include="MedicationDispense:medication",
         ),
         _kind("Medication", (), subject=(), patient_param=None),
     )
@@ -174,6 +188,17 @@ KINDS: dict[str, ResourceKind] = {
 EVALUATED: tuple[str, ...] = tuple(
     name for name, k in KINDS.items() if k.evaluated and name != "Patient"
 )
+
+
+# Read when a protocol has a rule that reads them (service.relevance derives it).
+MEDICATION_TYPES: tuple[str, ...] = (
+    "MedicationRequest",
+    "MedicationAdministration",
+    "MedicationStatement",
+    "MedicationDispense",
+)
+# Types a rule may read beyond EVALUATED: only when a criterion's rule names them.
+ON_DEMAND: tuple[str, ...] = MEDICATION_TYPES
 
 
 def kind(rtype: str) -> ResourceKind | None:

@@ -155,6 +155,43 @@ RESOURCE_SHAPES: dict[str, Check] = {
     "QuestionnaireResponse": _obj(
         meta=META, status=STR, questionnaire=STR, authored=STR, author=REFERENCE, item=_list(_item)
     ),
+    # medications (read only when a protocol has a medication rule: service.relevance)
+    "MedicationRequest": _obj(
+        meta=META,
+        status=STR,
+        intent=STR,
+        medicationCodeableConcept=CONCEPT,
+        medicationReference=REFERENCE,
+        authoredOn=STR,
+        dosageInstruction=_list(_obj(timing=_obj(repeat=_obj(boundsPeriod=PERIOD)))),
+        dispenseRequest=_obj(validityPeriod=PERIOD),
+    ),
+    "MedicationAdministration": _obj(
+        meta=META,
+        status=STR,
+        medicationCodeableConcept=CONCEPT,
+        medicationReference=REFERENCE,
+        effectiveDateTime=STR,
+        effectivePeriod=PERIOD,
+    ),
+    "MedicationStatement": _obj(
+        meta=META,
+        status=STR,
+        medicationCodeableConcept=CONCEPT,
+        medicationReference=REFERENCE,
+        effectiveDateTime=STR,
+        effectivePeriod=PERIOD,
+        dateAsserted=STR,
+    ),
+    "MedicationDispense": _obj(
+        meta=META,
+        status=STR,
+        medicationCodeableConcept=CONCEPT,
+        medicationReference=REFERENCE,
+        whenHandedOver=STR,
+        whenPrepared=STR,
+        daysSupply=QUANTITY,
+    ),
 }
 
 

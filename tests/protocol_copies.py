@@ -220,3 +220,92 @@ def composed_protocol(dest: Path) -> Path:
 
     edit_json(dest / "Questionnaire-cd19-cart-rr-ball-attestation.json", add_items)
     return dest
+
+
+# -- a seed copy with medication criteria (rules medications: washout, required therapy,
+# distinct agents); small test-only ValueSets of RxNorm and ATC codes ---------------------------
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ATC = "http://www.whocc.no/atc"
+
+_MEDICATION_TOML = """
+
+[criteria.W1]
+title = "No blinatumomab within 28 days"
+rule = "washout"
+medication = "blinatumomab"
+medication_valueset = "washout-agents"
+within_days = 28
+attestation_item = "W1"
+
+[criteria.R1]
+title = "On a TKI for at least 28 days"
+rule = "required_therapy"
+medication = "TKI"
+medication_valueset = "tkis"
+min_days = 28
+max_gap_days = 7
+
+[criteria.D1]
+title = "At least two distinct TKIs"
+rule = "distinct_agents"
+medication = "TKIs"
+medication_valueset = "tkis"
+min_agents = 2
+"""
+
+_MEDICATION_VALUESETS = {
+    "washout-agents": [
+        (RXNORM, "1599664", "blinatumomab"),
+        (ATC, "L01FX07", "blinatumomab"),
+    ],
+    "tkis": [
+        (RXNORM, "282388", "imatinib"),
+        (RXNORM, "475342", "dasatinib"),
+        (RXNORM, "1364347", "ponatinib"),
+        (ATC, "L01EA01", "imatinib"),
+        (ATC, "L01EA02", "dasatinib"),
+    ],
+}
+
+
+def extend_seed(
+    dest: Path,
+    toml: str,
+    valuesets: dict[str, list[tuple[str, str, str]]],
+    items: dict[str, str],
+    kinds: dict[str, str] | None = None,
+) -> Path:
+    """The seed folder plus the criteria of ``toml`` (with CodeSystem concepts), ValueSets
+    and attestation items."""
+    copy_seed(dest)
+    with (dest / "protocol.toml").open("a", encoding="utf-8") as f:
+        f.write(toml)
+    for vs_id, codes in valuesets.items():
+        path = dest / f"ValueSet-{vs_id}.json"
+        path.write_bytes(orjson.dumps(_valueset(vs_id, codes), option=orjson.OPT_INDENT_2))
+    codes = [line.split("]")[0] for line in toml.split("[criteria.")[1:]]
+
+    def add_concepts(cs: dict) -> None:
+        for code in codes:
+            kind = (kinds or {}).get(code, "inclusion")
+            cs["concept"].append(
+                {"code": code, "display": code, "property": [{"code": "kind", "valueCode": kind}]}
+            )
+        cs["count"] = cs.get("count", 0) + len(codes)
+
+    edit_json(dest / "CodeSystem-cd19-cart-rr-ball-criteria.json", add_concepts)
+
+    def add_items(q: dict) -> None:
+        for link_id, text in items.items():
+            q["item"].append({"linkId": link_id, "text": text, "type": "boolean"})
+
+    edit_json(dest / "Questionnaire-cd19-cart-rr-ball-attestation.json", add_items)
+    return dest
+
+
+def medication_protocol(dest: Path) -> Path:
+    """The seed folder plus W1 (washout of blinatumomab, 28 days, attestation W1), R1 (a TKI
+    for 28 days, gaps up to 7 days) and D1 (two distinct TKIs)."""
+    items = {"W1": "No blinatumomab in the last 28 days (investigator)"}
+    return extend_seed(dest, _MEDICATION_TOML, _MEDICATION_VALUESETS, items)

@@ -442,8 +442,13 @@ class FhirClient:
             if resource.get("resourceType") == "OperationOutcome":
                 self._outcome_entry(resource, what, result)
                 continue
+            if mode == "include" and resource.get("resourceType") == "Medication":
+                # asked for (``_include=...:medication``): the product a medicationReference
+                # names; kept for the record's reference index, not counted as a match
+                result.entries.append(resource)
+                continue
             if mode not in (None, "match"):
-                continue  # "include" entries are not ours to use; "outcome" handled above
+                continue  # other "include" entries are not ours to use; "outcome" above
             result.received += 1
             if resource.get("resourceType") != rtype:
                 other = _type_name(resource.get("resourceType"))

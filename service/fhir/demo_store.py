@@ -51,10 +51,16 @@ _TOKEN_PARAMS: dict[str, set[str]] = {
     "DiagnosticReport": {"code", "status", "category"},
     "Consent": {"status", "category", "scope"},
     "QuestionnaireResponse": {"status"},
+    "MedicationRequest": set(),
+    "MedicationAdministration": set(),
+    "MedicationStatement": set(),
+    "MedicationDispense": set(),
 }
+# ``_include`` values served: the Medication a medication resource's medicationReference names
+_INCLUDES = {f"{t}:medication" for t in _TOKEN_PARAMS if t.startswith("Medication")}
 _PATIENT_PARAMS = {"patient", "subject"}
 _PAGING = {"_count", "_offset"}
-_COMMON = _PATIENT_PARAMS | _PAGING | {"_sort"}
+_COMMON = _PATIENT_PARAMS | _PAGING | {"_sort", "_include"}
 
 
 class SearchError(ValueError):
@@ -278,14 +284,15 @@ class DemoStore:
             if len(parts) == 2:
                 filled[key] = self.read(parts[0], parts[1])
                 continue
-            found = self.search(parts[0], parse_qsl(query, keep_blank_values=True))
+            asked = parse_qsl(query, keep_blank_values=True)
+            found = self.search(parts[0], asked)
             filled[key] = {
                 "resourceType": "Bundle",
                 "type": "searchset",
                 "total": len(found),
                 "entry": [
                     {"fullUrl": f"{self.base_url}/{r['resourceType']}/{r['id']}", "resource": r}
-                    for r in found
+                    for r in found + self.included(asked, found)
                 ],
             }
         return filled
@@ -315,8 +322,34 @@ class DemoStore:
                     "search": {"mode": "match"},
                 }
                 for r in matches[offset : offset + count]
+            ]
+            + [
+                {
+                    "fullUrl": f"{self.base_url}/Medication/{r['id']}",
+                    "resource": r,
+                    "search": {"mode": "include"},
+                }
+                for r in self.included(params, matches[offset : offset + count])
             ],
         }
+
+    def included(self, params: Params, matches: list[Resource]) -> list[Resource]:
+        """The Medications ``_include=...:medication`` asks for: those the matches'
+        ``medicationReference`` names (``Medication/id`` or an absolute URL), each once."""
+        if not any(k == "_include" and v in _INCLUDES for k, v in params):
+            return []
+        found: dict[str, Resource] = {}
+        for r in matches:
+            ref = r.get("medicationReference")
+            target = ref.get("reference") if isinstance(ref, dict) else None
+            if not isinstance(target, str) or target.startswith("#"):
+                continue
+            parts = target.rstrip("/").split("/")
+            if len(parts) >= 2 and parts[-2] == "Medication":
+                med = self._by_id.get(("Medication", parts[-1]))
+                if med is not None:
+                    found.setdefault(parts[-1], med)
+        return list(found.values())
 
     def capability(self) -> Resource:
         """``GET metadata``: what this store can search, so clients and probes can ask."""
@@ -376,6 +409,9 @@ class DemoStore:
         unknown = sorted({k.removesuffix(":missing") for k, _ in params} - allowed)
         if unknown:
             raise SearchError(f"Unknown search parameter {unknown[0]}")
+        for name, value in params:
+            if name == "_include" and value not in _INCLUDES:
+                raise SearchError(f"Unknown _include {value}")
         if rtype == "Patient":
             raise SearchError("Patient search is not supported here", "not-supported")
 

@@ -217,6 +217,8 @@ def plan_for(relevance: Relevance, patient: str, as_of: date | None) -> list[Que
         whole: tuple[tuple[str, str], ...] = ((kind.patient_param, patient),)
         if rtype == "QuestionnaireResponse":  # only the protocol's own attestation form
             whole += (("questionnaire", protocol.questionnaire_url),)
+        if kind.include is not None:  # a medicationReference's Medication, in the same search
+            whole += (("_include", kind.include),)
         queries.append(Query(kind.search_key, rtype, whole, frozenset({rtype})))
     if relevance.report_codes:  # a result may take its method from these reports
         params = ((str(KINDS["DiagnosticReport"].patient_param), patient),)

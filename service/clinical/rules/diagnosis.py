@@ -48,6 +48,8 @@ _SYSTEM_LABELS = {
     "http://hl7.org/fhir/sid/icd-10": "ICD-10",
     "http://terminology.hl7.org/CodeSystem/icd-o-3": "ICD-O-3",
     "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation": "HL7 interpretation",
+    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
+    "http://www.whocc.no/atc": "ATC",
 }
 
 

@@ -238,6 +238,40 @@ class ConditionalParams(RuleParams):
     then: MemberRef
 
 
+class WashoutParams(RuleParams):
+    """No exposure to the ValueSet's agents within ``within_days`` before the evaluation date.
+
+    Met only on evidence: every recorded exposure certainly ended before the window, and
+    either the protocol accepts the record as complete (``absence_in_record_clears``) or the
+    investigator attests ``attestation_item`` ("yes": none given in the window).
+    """
+
+    medication: str  # how reasons name the agents ("prior CD19-directed therapy")
+    medication_valueset: ValueSetRef
+    within_days: int = Field(ge=0)
+    attestation_item: OptionalAttestationItem = None
+    absence_in_record_clears: bool = False
+
+
+class RequiredTherapyParams(RuleParams):
+    """Exposure continuous for at least ``min_days`` up to the evaluation date."""
+
+    medication: str
+    medication_valueset: ValueSetRef
+    min_days: int = Field(ge=1)
+    max_gap_days: int = Field(default=0, ge=0)  # a longer gap between exposures breaks it
+
+
+class DistinctAgentsParams(RuleParams):
+    """At least ``min_agents`` different agents (ingredients) of the ValueSet, ever."""
+
+    medication: str
+    medication_valueset: ValueSetRef
+    min_agents: int = Field(ge=1)
+    within_days: WindowDays  # only exposures that may fall in this look-back (None: all)
+    absence_in_record_clears: bool = False  # fewer recorded is "not met" (record complete)
+
+
 def describe_error(exc: Any) -> list[str]:
     """One line per problem of a pydantic ValidationError: the key, then what is wrong."""
     lines = []
