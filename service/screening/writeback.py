@@ -3,7 +3,8 @@
 ``--write-group``: one Group (``actual``) of the eligible and potential candidates, with a
 stable id per protocol, replaced on every run (several studies: one Group per study).
 ``--write-results``: one ResearchSubject per evaluated patient and study by conditional update
-on an identifier (study + patient), so running twice updates the same resources and creates nothing new.
+on an identifier (study + patient), so running twice updates the same resources and creates
+nothing new.
 """
 
 from __future__ import annotations
