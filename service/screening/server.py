@@ -16,6 +16,7 @@ write-back writes one Group (and one ResearchSubject per patient) per study.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 import orjson
 
 from service.clinical.dates import today
+from service.clinical.evaluation import Evaluation
 from service.fhir.client import client_for
 from service.fhir.errors import FhirError, InvalidPatientId, UpstreamError
 from service.fhir.queries import check_id, token_param
@@ -36,6 +38,8 @@ from service.screening.progress import Cancelled, ScreenProgress
 from service.screening.rows import Layout
 from service.screening.runner import ScreenResult, screen_ndjson
 from service.settings import Settings
+
+OnResult = Callable[[Protocol, Evaluation], None]
 
 # The candidate search may be long (every page of every matching Condition): its own caps.
 CANDIDATE_DEADLINE_SECONDS = 3600.0
@@ -151,7 +155,12 @@ def _candidate_searches(protocols: list[Protocol]) -> dict[str, list[str]]:
 
 
 async def evaluate_patient(
-    settings: Settings, protocols: list[Protocol], layout: Layout, pid: str, day: date
+    settings: Settings,
+    protocols: list[Protocol],
+    layout: Layout,
+    pid: str,
+    day: date,
+    on_result: OnResult | None = None,
 ) -> list[tuple[list[str], bytes | None]]:
     """One patient's worklist row and result per study, pulled from the FHIR server (today
     each study's pull as ``GET /Patient/{id}/$eligibility``; the multi-study core, once it
@@ -167,17 +176,19 @@ async def evaluate_patient(
             answers.append((layout.error(pid, message, protocol), None))
         else:
             answers.append((layout.row(evaluation, protocol), orjson.dumps(bundle)))
+            if on_result is not None:
+                on_result(protocol, evaluation)
     return answers
 
 
 async def _evaluate_all(
     settings: Settings,
-    protocol: Protocol,
     pids: list[str],
     day: date,
     out: OutputFolder,
     concurrency: int,
     progress: ScreenProgress,
+    on_result: OnResult | None = None,
 ) -> bool:
     """Evaluate every id, ``concurrency`` at a time; False when cancelled part-way."""
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -192,7 +203,9 @@ async def _evaluate_all(
                 pid = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            answers = await evaluate_patient(settings, out.protocols, out.layout, pid, day)
+            answers = await evaluate_patient(
+                settings, out.protocols, out.layout, pid, day, on_result
+            )
             for row, body in answers:
                 out.add(row, body)
             out.flush()
@@ -222,7 +235,10 @@ def screen_server(
     write_group: bool = False,
     write_results: bool = False,
     progress: ScreenProgress | None = None,
+    on_result: OnResult | None = None,
 ) -> ScreenResult:
+    """``on_result(protocol, evaluation)``: called for each evaluation of the search-driven
+    mode (``$screen`` records them in the ResultStore)."""
     progress = progress or ScreenProgress(enabled=False)
     if bulk:
         from service.screening.bulk import bulk_export
@@ -247,7 +263,7 @@ def screen_server(
         out.write_summary(result.summary)
     else:
         result = _search_driven(
-            settings, out, protocol, group, patients_file, concurrency, progress
+            settings, out, protocol, group, patients_file, concurrency, progress, on_result
         )
     if (write_group or write_results) and not result.interrupted:
         from service.screening.writeback import write_back
@@ -271,6 +287,7 @@ def _search_driven(
     patients_file: Path | None,
     concurrency: int,
     progress: ScreenProgress,
+    on_result: OnResult | None = None,
 ) -> ScreenResult:
     if patients_file is not None:
         candidates, found = read_patient_file(patients_file), {"file": str(patients_file)}
@@ -286,7 +303,7 @@ def _search_driven(
     interrupted = False
     try:
         interrupted = not asyncio.run(
-            _evaluate_all(settings, protocol, todo, out.as_of, out, concurrency, progress)  # type: ignore[arg-type]
+            _evaluate_all(settings, todo, out.as_of, out, concurrency, progress, on_result)  # type: ignore[arg-type]
         )
     except KeyboardInterrupt:
         interrupted = True
