@@ -196,9 +196,7 @@ def test_search_driven_screening_writes_one_group_per_study(tmp_path, bundles, t
         out = OutputFolder(tmp_path / "out", two_studies, AS_OF, resume=False)
         result = screen_server(settings, out, seed, write_group=True)
     assert result.failed == 0
-    searches = [
-        p for _, path, p in fhir.requests if path == "Condition" and "code" in dict(p)
-    ]
+    searches = [p for _, path, p in fhir.requests if path == "Condition" and "code" in dict(p)]
     assert len(searches) == 1  # both studies screen by the same ValueSet: one search
     rows = _rows(tmp_path / "out" / "worklist.csv")
     groups = {r["id"]: r for (t, _), r in fhir.written.items() if t == "Group"}
