@@ -83,6 +83,7 @@ def test_rows_and_results_per_study_agree_with_screening_each_study_alone(
     src = write_ndjson(bundles, tmp_path / "export")
     both = _screen(src, tmp_path / "both", "--workers", "2")
     assert both.exit_code == 0, both.output
+    assert f"  {SEED_ID}: " in both.stderr and f"  {SECOND_ID}: " in both.stderr
     rows = _rows(tmp_path / "both" / "worklist.csv")
     assert len(rows) == 2 * len(bundles)  # one row per patient and study
     statuses: dict[str, dict[str, str]] = {}
@@ -147,6 +148,7 @@ def test_summary_and_report_have_a_section_and_funnel_per_study(tmp_path, bundle
     summary = orjson.loads((tmp_path / "both" / "summary.json").read_bytes())
     assert [s["study"] for s in summary["studies"]] == [SEED_ID, SECOND_ID]
     assert summary["patients"] == len(bundles) and summary["rows"] == 2 * len(bundles)
+    assert summary["asOf"] == str(AS_OF) and summary["evaluatedAt"]  # the worklist's "when"
     rows = _rows(tmp_path / "both" / "worklist.csv")
     for section in summary["studies"]:
         mine = [r for r in rows if r["study"] == section["study"]]

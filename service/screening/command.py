@@ -158,6 +158,9 @@ def screen(
 def _report(result: ScreenResult, out: Path) -> None:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items())) or "no patients"
     print(f"screened into {out}: {counts}", file=sys.stderr)
+    for section in result.summary.get("studies") or ():  # several studies: each its own line
+        mine = ", ".join(f"{n} {s}" for s, n in section["byStatus"].items() if n)
+        print(f"  {section['study']}: {mine or 'no patients'}", file=sys.stderr)
     if result.interrupted:
         print("interrupted: finished patients are kept; --resume continues", file=sys.stderr)
         raise typer.Exit(EXIT_INTERRUPTED)

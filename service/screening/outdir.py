@@ -13,7 +13,7 @@ import csv
 import os
 from collections import Counter
 from collections.abc import Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,6 +46,12 @@ def _subject(line: bytes) -> tuple[str | None, str | None]:
         return None, None
     pid = ref.removeprefix("Patient/") if isinstance(ref, str) else None
     return (study if isinstance(study, str) else None), pid
+
+
+def _now() -> str:
+    """When the run's rows were written (each patient was evaluated during the run, as of
+    ``asOf``): what the coordinator's worklist shows as "evaluated"."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _has_rows(path: Path, header_lines: int) -> bool:
@@ -217,6 +223,7 @@ class OutputFolder:
                 "protocol": self.protocol.id,
                 "protocolVersion": self.protocol.version,
                 "asOf": self.as_of.isoformat() if self.as_of else None,
+                "evaluatedAt": _now(),
                 **extra,
                 "files": {"results": RESULTS, "worklist": WORKLIST, "report": REPORT},
             }
@@ -244,6 +251,7 @@ class OutputFolder:
             "rows": sum(s["patients"] for s in sections),
             "studies": sections,
             "asOf": self.as_of.isoformat() if self.as_of else None,
+            "evaluatedAt": _now(),
             **extra,
             "files": {"results": RESULTS, "worklist": WORKLIST, "report": REPORT},
         }
