@@ -159,10 +159,9 @@ class OutputFolder:
             with results.open("rb") as f:
                 for line in f:
                     canonical, pid = _subject(line) if line.endswith(b"\n") else (None, None)
-                    study = by_canonical.get(canonical or "", self.protocol.id)
-                    if not layout.multi:
-                        study = self.protocol.id  # one study: as before, by patient alone
-                    if pid is not None and (study, pid) in rows:
+                    # one study: as before, by patient alone; several: by the subject's study
+                    study = by_canonical.get(canonical or "") if layout.multi else self.protocol.id
+                    if study is not None and pid is not None and (study, pid) in rows:
                         lines.setdefault((study, pid), line)
         studies = [p.id for p in self.protocols]
         pids = dict.fromkeys(pid for _, pid in lines)
