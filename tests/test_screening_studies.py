@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from service.api import create_app
 from service.cli import app
 from service.protocol import default_protocol, load_protocol
+from service.record import InputError
 from service.screening import http as screen_http
 from service.screening import work
 from service.screening.outdir import OutputFolder
@@ -264,3 +265,26 @@ def test_screen_operation_takes_study_and_records_each_answer(tmp_path, two_stud
             stored = client.portal.call(store.latest, row["patient"], row["study"])
             assert stored is not None and stored.status == row["status"], row
             assert stored.source == "screening"
+
+
+def test_candidate_searches_are_the_union_each_distinct_one_once(tmp_path, two_studies):
+    from service.screening.server import _candidate_searches
+
+    seed, second = two_studies
+    same = _candidate_searches([seed, second])
+    assert len(same) == 1  # the same ValueSet: one search for both
+    other = second_protocol(tmp_path / "other")
+    edit_toml(
+        other,
+        'screening_condition_valueset = "all-any"',
+        'screening_condition_valueset = "b-all-diagnosis"',
+    )
+    edit_toml(other, 'id = "second-trial"', 'id = "third-trial"')
+    third = load_protocol(other / "protocol.toml")
+    searches = _candidate_searches([seed, third, second])
+    urls = [url for found in searches.values() for url in found]
+    assert len(searches) == 2 and len(urls) == len(set(urls)) == 2
+    alone = load_protocol(other / "protocol.toml")
+    alone.general.pop("screening_condition_valueset")
+    with pytest.raises(InputError, match="screening_condition_valueset"):
+        _candidate_searches([alone])
