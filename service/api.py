@@ -27,6 +27,7 @@ from service.fhir.client import close_clients
 from service.fhir.errors import FhirError
 from service.fhir_response import ISSUE_CODE, outcome
 from service.inputs import validation_message
+from service.matching.router import router as matching_router
 from service.ops import metrics
 from service.ops import wiring as ops_wiring
 from service.protocol import ProtocolError, load_protocol
@@ -164,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(cds_router)
     app.include_router(web_app_router)
     app.include_router(screen_router)
+    app.include_router(matching_router)  # POST /getClinicalTrial (service.matching)
     logs.set_route_resolver(_route_resolver(app))
     return app
 

@@ -185,3 +185,28 @@ def _codings_in(concept: Any, wanted: frozenset[Code]) -> list[Code]:
             if code in wanted:
                 found.append(code)
     return found
+
+
+class RelevanceUnion:
+    """Several protocols' selections as one (screening several studies in one pass over the
+    data): a resource is read when any study's Relevance reads it; each study's record
+    builder then keeps exactly what its own Relevance would have (a superset is safe)."""
+
+    def __init__(self, parts: Iterable[Relevance]) -> None:
+        self.parts = list(parts)
+        self.codes: frozenset[Code] = frozenset().union(*(r.codes for r in self.parts))
+
+    def reads(self, rtype: Any) -> bool:
+        return any(r.reads(rtype) for r in self.parts)
+
+    def matches(self, resource: Any) -> bool:
+        return any(r.matches(resource) for r in self.parts)
+
+    def export_types(self) -> list[str]:
+        return list(dict.fromkeys(t for r in self.parts for t in r.export_types()))
+
+    def type_filters(self) -> list[str]:
+        """Every study's filters, each once; none when one study needs every Observation."""
+        if any(r.every_observation for r in self.parts):
+            return []
+        return list(dict.fromkeys(f for r in self.parts for f in r.type_filters()))

@@ -25,6 +25,7 @@ from service.fhir.client import retry_after_seconds, service_auth
 from service.fhir.errors import UpstreamAuthError, UpstreamError
 from service.fhir.queries import check_id
 from service.protocol import Protocol
+from service.relevance import RelevanceUnion
 from service.settings import Settings
 
 FHIR_JSON = "application/fhir+json"
@@ -35,11 +36,16 @@ MAX_RETRY_AFTER = 120.0  # a longer Retry-After is shortened to this
 TRANSIENT = frozenset({429, 500, 502, 503, 504})
 
 
-def export_params(protocol: Protocol, with_filter: bool = True) -> list[tuple[str, str]]:
+def export_params(
+    protocol: Protocol | list[Protocol], with_filter: bool = True
+) -> list[tuple[str, str]]:
     """The kick-off's parameters, from the same selection as every other path
     (service.relevance: ``combo-code``, so a panel with the analyte in a component is
-    exported)."""
-    relevance = relevance_for(protocol, None)  # screening reads no site terminology
+    exported; several studies: the union of their selections, each filter once)."""
+    if isinstance(protocol, list):
+        relevance: Any = RelevanceUnion(relevance_for(p, None) for p in protocol)
+    else:
+        relevance = relevance_for(protocol, None)  # screening reads no site terminology
     params = [("_outputFormat", NDJSON), ("_type", ",".join(relevance.export_types()))]
     if with_filter:
         params += [("_typeFilter", f) for f in relevance.type_filters()]
@@ -97,7 +103,9 @@ class Session:
             )
         return resp
 
-    async def kick_off(self, protocol: Protocol, group: str | None) -> tuple[httpx.URL, bool]:
+    async def kick_off(
+        self, protocol: Protocol | list[Protocol], group: str | None
+    ) -> tuple[httpx.URL, bool]:
         path = f"Group/{check_id(group)}/$export" if group else "Patient/$export"
         for with_filter in (True, False):
             url = self.base.join(path).copy_merge_params(export_params(protocol, with_filter))
@@ -177,7 +185,7 @@ class Session:
 
 
 async def bulk_export(
-    settings: Settings, protocol: Protocol, dest: Path, *, group: str | None = None
+    settings: Settings, protocol: Protocol | list[Protocol], dest: Path, *, group: str | None = None
 ) -> dict[str, Any]:
     """Run the export into ``dest`` (emptied first); returns what the report should say."""
     timeout = httpx.Timeout(max(settings.read_timeout, 60.0), connect=settings.connect_timeout)

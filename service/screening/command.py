@@ -15,11 +15,12 @@ import typer
 
 from service.fhir.errors import FhirError
 from service.pipeline import parse_as_of
-from service.protocol import ProtocolError, load_protocol
+from service.protocol import ProtocolError
 from service.record import InputError
 from service.screening.outdir import OutputFolder
 from service.screening.progress import ScreenProgress
 from service.screening.runner import ScreenResult, default_workers, screen_ndjson
+from service.screening.studies import choose_studies, protocol_file
 from service.settings import get_settings
 
 EXIT_BAD_INPUT = 2
@@ -73,13 +74,27 @@ def screen(
         typer.Option("--write-results", help="Write one ResearchSubject per patient (idempotent)"),
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on a terminal")] = True,
+    study: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--study",
+            help="Protocol id, ResearchStudy canonical or registry number (repeatable; "
+            "default every protocol); several: one worklist row per patient and study",
+        ),
+    ] = None,
 ) -> None:
-    """Screen a population: which patients could be candidates, and what is missing for each."""
+    """Screen a population: which patients could be candidates, and what is missing for each.
+
+    Several studies are screened in one pass over the data: each patient is read, grouped and
+    decoded once, then evaluated for each study (README: Screening several studies)."""
     settings = get_settings()
     try:
-        protocol = load_protocol(settings.protocol_path)
+        protocols = choose_studies(settings, study)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
     except (OSError, ProtocolError, KeyError, ValueError) as exc:
         raise _fail(f"cannot load the trial protocol: {exc}", 1) from None
+    protocol = protocols[0]
     if (ndjson is None) == (fhir_base is None):
         raise _fail("give exactly one of --ndjson DIR or --fhir-base URL")
     if ndjson is not None and (group or patients or bulk):
@@ -94,14 +109,14 @@ def screen(
         raise _fail("--concurrency and --workers must be at least 1")
     try:
         day = parse_as_of(as_of) if as_of else None
-        folder = OutputFolder(out, protocol, day, resume=resume)
+        folder = OutputFolder(out, protocols, day, resume=resume)
         with ScreenProgress(enabled=progress) as bar:
             if ndjson is not None:
                 result = screen_ndjson(
                     ndjson,
                     folder,
                     protocol,
-                    settings.protocol_path,
+                    protocol_file(protocol, settings),
                     workers=workers or default_workers(),
                     cluster=cluster,
                     progress=bar,
@@ -109,7 +124,12 @@ def screen(
             else:
                 from service.screening.server import screen_server
 
-                server_settings = settings.model_copy(update={"fhir_base_url": fhir_base})
+                server_settings = settings.model_copy(
+                    update={
+                        "fhir_base_url": fhir_base,
+                        "protocol_path": protocol_file(protocol, settings),
+                    }
+                )
                 result = screen_server(
                     server_settings,
                     folder,
@@ -138,6 +158,9 @@ def screen(
 def _report(result: ScreenResult, out: Path) -> None:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items())) or "no patients"
     print(f"screened into {out}: {counts}", file=sys.stderr)
+    for section in result.summary.get("studies") or ():  # several studies: each its own line
+        mine = ", ".join(f"{n} {s}" for s, n in section["byStatus"].items() if n)
+        print(f"  {section['study']}: {mine or 'no patients'}", file=sys.stderr)
     if result.interrupted:
         print("interrupted: finished patients are kept; --resume continues", file=sys.stderr)
         raise typer.Exit(EXIT_INTERRUPTED)

@@ -12,7 +12,7 @@ from typing import Any
 
 from service.record import InputError
 from service.screening.ndjson import PatientData
-from service.screening.work import Outcome, evaluate_batch, warm_up
+from service.screening.work import Outcome, Studies, evaluate_batch, warm_up
 
 DASK_CONNECT_TIMEOUT = "20s"
 
@@ -25,7 +25,7 @@ def _ignore_sigint() -> None:
 class Executor:
     """Submit batches, wait for any to finish; ``close(cancel=True)`` drops what is queued."""
 
-    def submit(self, protocol_path: str, as_of: str, batch: list[PatientData]) -> Any:
+    def submit(self, protocol_path: Studies, as_of: str, batch: list[PatientData]) -> Any:
         raise NotImplementedError
 
     def wait_any(self, pending: set[Any]) -> tuple[set[Any], set[Any]]:
@@ -35,7 +35,7 @@ class Executor:
     def close(self, cancel: bool = False) -> None:
         pass
 
-    def start(self, protocol_path: str) -> None:
+    def start(self, protocol_path: Studies) -> None:
         """Get workers ready (processes started, protocol and units loaded) while the
         caller does other work, e.g. reads the export."""
 
@@ -47,10 +47,10 @@ class Executor:
 class InlineExecutor(Executor):
     """In this process (one worker): no start-up cost, easy to debug."""
 
-    def start(self, protocol_path: str) -> None:
+    def start(self, protocol_path: Studies) -> None:
         warm_up(protocol_path)
 
-    def submit(self, protocol_path: str, as_of: str, batch: list[PatientData]) -> Future:
+    def submit(self, protocol_path: Studies, as_of: str, batch: list[PatientData]) -> Future:
         future: Future = Future()
         try:
             future.set_result(evaluate_batch(protocol_path, as_of, batch))
@@ -64,7 +64,7 @@ class PoolExecutor(Executor):
         self.workers = workers
         self._pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
 
-    def start(self, protocol_path: str) -> None:
+    def start(self, protocol_path: Studies) -> None:
         # Warm up here first: the workers are forked from this process on their first
         # submission and inherit the loaded protocol and UCUM registry instead of each
         # building them again while competing with the ingest for the CPUs.
@@ -72,7 +72,7 @@ class PoolExecutor(Executor):
         for _ in range(self.workers):  # one submission per worker makes the pool start each
             self._pool.submit(warm_up, protocol_path)
 
-    def submit(self, protocol_path: str, as_of: str, batch: list[PatientData]) -> Future:
+    def submit(self, protocol_path: Studies, as_of: str, batch: list[PatientData]) -> Future:
         return self._pool.submit(evaluate_batch, protocol_path, as_of, batch)
 
     def close(self, cancel: bool = False) -> None:
@@ -98,7 +98,7 @@ class DaskExecutor(Executor):
         self._workers = max(1, sum(self._client.nthreads().values()))
         self._finished = as_completed(loop=self._client.loop)
 
-    def submit(self, protocol_path: str, as_of: str, batch: list[PatientData]) -> Any:
+    def submit(self, protocol_path: Studies, as_of: str, batch: list[PatientData]) -> Any:
         future = self._client.submit(evaluate_batch, protocol_path, as_of, batch, pure=False)
         self._finished.add(future)
         return future
@@ -117,7 +117,7 @@ class DaskExecutor(Executor):
 
 def run_batches(
     executor: Executor,
-    protocol_path: str,
+    protocol_path: Studies,
     as_of: str,
     batches: Iterable[list[PatientData]],
     on_outcomes: Callable[[list[Outcome]], None],

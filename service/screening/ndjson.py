@@ -25,7 +25,7 @@ import orjson
 
 from service.evaluation_context import relevance_for
 from service.protocol import Protocol
-from service.relevance import Relevance
+from service.relevance import Relevance, RelevanceUnion
 from service.resource_kinds import KINDS
 
 PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})$")
@@ -158,9 +158,10 @@ class PatientStore:
         files: Iterable[Path],
         protocol: Protocol,
         on_bytes: Callable[[int], None] | None = None,
-        relevance: Relevance | None = None,
+        relevance: Relevance | RelevanceUnion | None = None,
     ) -> IngestReport:
-        """``relevance``: the selection (service.relevance) every other path uses too."""
+        """``relevance``: the selection (service.relevance) every other path uses too (several
+        studies: the union of theirs, so the export is read and grouped once for all)."""
         wanted = relevance if relevance is not None else relevance_for(protocol, None)
         skip = _ObservationSkipper(wanted.codes)
         report = self.report
@@ -203,7 +204,9 @@ class PatientStore:
             self.report.kept += len(pending)
             pending.clear()
 
-    def _classify(self, line: bytes, name: str, wanted: Relevance) -> tuple[str, int, bytes] | None:
+    def _classify(
+        self, line: bytes, name: str, wanted: Relevance | RelevanceUnion
+    ) -> tuple[str, int, bytes] | None:
         line = line.strip()
         if not line:
             return None

@@ -3,6 +3,8 @@
 Results are appended and flushed as patients finish, so an interrupted run keeps what is
 done. ``--resume`` keeps every patient present in both results.ndjson and worklist.csv without
 an error, drops the rest (a half-written last line, failed patients) and evaluates them again.
+With several studies (rows.Layout) a patient is done only when every study's row and result
+are; the others are evaluated again for every study.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter
-from datetime import date
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,8 +21,8 @@ import orjson
 
 from service.protocol import Protocol
 from service.record import InputError
-from service.screening.report import summarise, write_report
-from service.screening.rows import ERROR_STATUS, header
+from service.screening.report import summarise, write_report, write_studies_report
+from service.screening.rows import ERROR_STATUS, Layout
 
 RESULTS = "results.ndjson"
 WORKLIST = "worklist.csv"
@@ -30,12 +33,25 @@ RUN = "run.json"
 
 def _subject_id(line: bytes) -> str | None:
     """The patient id of one result Bundle line (its ResearchSubject.individual)."""
+    return _subject(line)[1]
+
+
+def _subject(line: bytes) -> tuple[str | None, str | None]:
+    """(study canonical, patient id) of one result Bundle line (its ResearchSubject)."""
     try:
-        bundle = orjson.loads(line)
-        ref = bundle["entry"][0]["resource"]["individual"]["reference"]
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-        return None
-    return ref.removeprefix("Patient/") if isinstance(ref, str) else None
+        subject = orjson.loads(line)["entry"][0]["resource"]
+        ref = subject["individual"]["reference"]
+        study = (subject.get("study") or {}).get("reference")
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+        return None, None
+    pid = ref.removeprefix("Patient/") if isinstance(ref, str) else None
+    return (study if isinstance(study, str) else None), pid
+
+
+def _now() -> str:
+    """When the run's rows were written (each patient was evaluated during the run, as of
+    ``asOf``): what the coordinator's worklist shows as "evaluated"."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _has_rows(path: Path, header_lines: int) -> bool:
@@ -51,14 +67,30 @@ def _has_rows(path: Path, header_lines: int) -> bool:
 
 
 class OutputFolder:
-    def __init__(self, path: Path, protocol: Protocol, as_of: date | None, *, resume: bool):
+    """``protocol``: one protocol (today's files), or several (one row per patient and study,
+    a ``study`` column, a summary and report section per study)."""
+
+    def __init__(
+        self,
+        path: Path,
+        protocol: Protocol | Sequence[Protocol],
+        as_of: date | None,
+        *,
+        resume: bool,
+    ):
         self.path = path
-        self.protocol = protocol
+        self.protocols = [protocol] if isinstance(protocol, Protocol) else list(protocol)
+        if not self.protocols:
+            raise InputError("no study to screen")
+        self.protocol = self.protocols[0]
+        self.layout = Layout(self.protocols)
         self.resume = resume
         self.as_of = as_of
-        self.header = header(protocol)
+        self.header = self.layout.header
         self.counts: Counter[str] = Counter()
+        self.study_counts: dict[str, Counter[str]] = {p.id: Counter() for p in self.protocols}
         self.done: set[str] = set()
+        self._rows_of: Counter[str] = Counter()  # patient -> studies written (several)
         self._results: IO[bytes] | None = None
         self._worklist: IO[str] | None = None
         self._writer: Any = None
@@ -95,6 +127,8 @@ class OutputFolder:
             "asOf": self.as_of.isoformat(),
             "source": source,
         }
+        if self.layout.multi:
+            run["studies"] = [{"id": p.id, "version": p.version} for p in self.protocols]
         run_file.write_bytes(orjson.dumps(run, option=orjson.OPT_INDENT_2))
         carry_on = self.resume and started  # else start afresh (nothing was done yet)
         self._results = results.open("ab" if carry_on else "wb")
@@ -105,7 +139,9 @@ class OutputFolder:
         return set(self.done)
 
     def _keep_done(self, results: Path, worklist: Path) -> None:
-        rows: dict[str, list[str]] = {}
+        layout = self.layout
+        by_canonical = {p.canonical: p.id for p in self.protocols}
+        rows: dict[tuple[str, str], list[str]] = {}
         if worklist.exists():
             with worklist.open(newline="", encoding="utf-8") as f:
                 reader = csv.reader(f)
@@ -116,25 +152,30 @@ class OutputFolder:
                     )
                 for row in reader:
                     complete = len(row) == len(self.header)
-                    if complete and row[1] != ERROR_STATUS and not row[-1]:
-                        rows[row[0]] = row
-        kept_lines: list[bytes] = []
+                    if complete and row[layout.status_at] != ERROR_STATUS and not row[-1]:
+                        rows[layout.key(row)] = row
+        lines: dict[tuple[str, str], bytes] = {}
         if results.exists():
             with results.open("rb") as f:
                 for line in f:
-                    pid = _subject_id(line) if line.endswith(b"\n") else None
-                    if pid in rows and pid not in self.done:
-                        self.done.add(pid)
-                        kept_lines.append(line)
+                    canonical, pid = _subject(line) if line.endswith(b"\n") else (None, None)
+                    # one study: as before, by patient alone; several: by the subject's study
+                    study = by_canonical.get(canonical or "") if layout.multi else self.protocol.id
+                    if study is not None and pid is not None and (study, pid) in rows:
+                        lines.setdefault((study, pid), line)
+        studies = [p.id for p in self.protocols]
+        pids = dict.fromkeys(pid for _, pid in lines)
+        self.done = {pid for pid in pids if all((s, pid) in lines for s in studies)}
         tmp_results, tmp_worklist = results.with_suffix(".tmp"), worklist.with_suffix(".tmp")
-        tmp_results.write_bytes(b"".join(kept_lines))
+        tmp_results.write_bytes(b"".join(v for (_, pid), v in lines.items() if pid in self.done))
         with tmp_worklist.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(self.header)
-            for pid, row in rows.items():
+            for (study, pid), row in rows.items():
                 if pid in self.done:
                     writer.writerow(row)
-                    self.counts[row[1]] += 1
+                    self.counts[row[layout.status_at]] += 1
+                    self.study_counts[study][row[layout.status_at]] += 1
         os.replace(tmp_results, results)
         os.replace(tmp_worklist, worklist)
 
@@ -145,8 +186,14 @@ class OutputFolder:
         if bundle is not None:
             self._results.write(bundle + b"\n")
         self._writer.writerow(row)
-        self.counts[row[1]] += 1
-        self.done.add(row[0])
+        layout = self.layout
+        status = row[layout.status_at]
+        self.counts[status] += 1
+        study, pid = layout.key(row)
+        self.study_counts.setdefault(study, Counter())[status] += 1
+        self._rows_of[pid] += 1
+        if self._rows_of[pid] >= len(self.protocols):
+            self.done.add(pid)
 
     def flush(self) -> None:
         for f in (self._results, self._worklist):
@@ -167,12 +214,15 @@ class OutputFolder:
     def finish(self, extra: dict[str, Any]) -> dict[str, Any]:
         """Write summary.json and report.html from the worklist as it stands."""
         self.close()
+        if self.layout.multi:
+            return self._finish_studies(extra)
         summary = summarise(self.path / WORKLIST, self.protocol)
         summary.update(
             {
                 "protocol": self.protocol.id,
                 "protocolVersion": self.protocol.version,
                 "asOf": self.as_of.isoformat() if self.as_of else None,
+                "evaluatedAt": _now(),
                 **extra,
                 "files": {"results": RESULTS, "worklist": WORKLIST, "report": REPORT},
             }
@@ -180,6 +230,36 @@ class OutputFolder:
         self.write_summary(summary)
         return summary
 
+    def _finish_studies(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """Several studies: the run's figures, then one section (status counts, funnel,
+        criteria) per study under ``studies``, in the order they were asked for."""
+        sections = []
+        for p in self.protocols:
+            section = summarise(self.path / WORKLIST, p, study=p.id)
+            sections.append(
+                {
+                    "study": p.id,
+                    "protocolVersion": p.version,
+                    "canonical": p.canonical,
+                    "title": p.research_study.get("title", p.id),
+                    **section,
+                }
+            )
+        summary = {
+            "patients": max((s["patients"] for s in sections), default=0),
+            "rows": sum(s["patients"] for s in sections),
+            "studies": sections,
+            "asOf": self.as_of.isoformat() if self.as_of else None,
+            "evaluatedAt": _now(),
+            **extra,
+            "files": {"results": RESULTS, "worklist": WORKLIST, "report": REPORT},
+        }
+        self.write_summary(summary)
+        return summary
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         (self.path / SUMMARY).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-        write_report(self.path / REPORT, summary, self.protocol)
+        if self.layout.multi:
+            write_studies_report(self.path / REPORT, summary, self.protocols)
+        else:
+            write_report(self.path / REPORT, summary, self.protocol)

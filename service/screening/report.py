@@ -21,8 +21,9 @@ from service.screening.rows import ERROR_STATUS, criterion_columns
 STATUSES = ("eligible", "potential-candidate", "ineligible", ERROR_STATUS)
 
 
-def summarise(worklist: Path, protocol: Protocol) -> dict[str, Any]:
-    """Stream the worklist once: status counts, per-criterion counts, the funnel."""
+def summarise(worklist: Path, protocol: Protocol, study: str | None = None) -> dict[str, Any]:
+    """Stream the worklist once: status counts, per-criterion counts, the funnel (``study``:
+    only that study's rows of a several-study worklist)."""
     codes = criterion_columns(protocol)
     top = [c.code for c in protocol.top_level]
     by_status: Counter[str] = Counter()
@@ -35,6 +36,8 @@ def summarise(worklist: Path, protocol: Protocol) -> dict[str, Any]:
         index = {name: i for i, name in enumerate(head)}
         for row in reader:
             if len(row) != len(head):
+                continue
+            if study is not None and row[index["study"]] != study:
                 continue
             status = row[index["status"]]
             by_status[status] += 1
@@ -117,6 +120,50 @@ def funnel_svg(funnel: list[dict[str, Any]], total: int) -> str:
 
 def write_report(path: Path, summary: dict[str, Any], protocol: Protocol) -> None:
     esc = html.escape
+    title = protocol.research_study.get("title", protocol.id)
+    inputs = summary.get("input")
+    input_html = f"<h2>Input</h2><pre>{esc(_pretty(inputs))}</pre>" if inputs else ""
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Screening report: {esc(protocol.id)}</title>
+{_STYLE}</head><body>
+<h1>Screening report</h1>
+<p>{esc(title)} (protocol {esc(protocol.id)} version {esc(protocol.version)}), as of
+{esc(str(summary.get("asOf")))}. {summary["patients"]} patients: {summary["evaluated"]}
+evaluated, {summary["failed"]} could not be evaluated.</p>
+{_sections(summary, protocol, "h2", *_parts(summary, protocol))}
+{input_html}
+<p>Per-patient results: <code>results.ndjson</code>; worklist: <code>worklist.csv</code>.</p>
+</body></html>
+"""
+    path.write_text(page, encoding="utf-8")
+
+
+_STYLE = """<style>body{font-family:sans-serif;margin:2em;max-width:1000px}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+</style>"""
+
+
+def _sections(
+    summary: dict[str, Any],
+    protocol: Protocol,
+    h: str,
+    status_rows: str,
+    legend: str,
+    criteria_rows: str,
+) -> str:
+    """Status counts, funnel and criterion table of one study (``h``: their heading level)."""
+    head = "<tr><th>status</th><th>patients</th></tr>"
+    return f"""<{h}>By status</{h}><table>{head}{status_rows}</table>
+<{h}>Funnel</{h}><p>{legend}</p>
+{funnel_svg(summary["funnel"], summary["evaluated"])}
+<{h}>Each criterion over all evaluated patients</{h}>
+{_criteria_head(protocol)}
+{criteria_rows}</table>{_exclusions_html(summary, protocol, h)}"""
+
+
+def _parts(summary: dict[str, Any], protocol: Protocol) -> tuple[str, str, str]:
+    """(status rows, legend, criterion rows) of one study's section."""
+    esc = html.escape
     status_rows = "".join(
         f"<tr><td>{esc(s)}</td><td>{n}</td></tr>" for s, n in summary["byStatus"].items()
     )
@@ -127,30 +174,42 @@ def write_report(path: Path, summary: dict[str, Any], protocol: Protocol) -> Non
         + "</tr>"
         for code, counts in summary["criteria"].items()
     )
-    title = protocol.research_study.get("title", protocol.id)
-    inputs = summary.get("input")
-    input_html = f"<h2>Input</h2><pre>{esc(_pretty(inputs))}</pre>" if inputs else ""
     names = {"in": "still in", "open": "open (undetermined)", "excluded": "excluded (not met)"}
     legend = " ".join(
         f'<span style="color:{c}">&#9632;</span> {esc(names[k])}' for k, c in _COLOURS.items()
     )
+    return status_rows, legend, criteria_rows
+
+
+def write_studies_report(path: Path, summary: dict[str, Any], protocols: list[Protocol]) -> None:
+    """Several studies: one section (``data-study``) per study, each with its own funnel."""
+    esc = html.escape
+    by_id = {p.id: p for p in protocols}
+    sections = []
+    for section in summary["studies"]:
+        protocol = by_id[section["study"]]
+        title = protocol.research_study.get("title", protocol.id)
+        sections.append(
+            f"""<section data-study="{esc(protocol.id)}">
+<h2>{esc(title)}</h2>
+<p>Protocol {esc(protocol.id)} version {esc(protocol.version)}: {section["patients"]} patients,
+{section["evaluated"]} evaluated, {section["failed"]} could not be evaluated.</p>
+{_sections(section, protocol, "h3", *_parts(section, protocol))}
+</section>"""
+        )
+    inputs = summary.get("input")
+    input_html = f"<h2>Input</h2><pre>{esc(_pretty(inputs))}</pre>" if inputs else ""
+    ids = ", ".join(p.id for p in protocols)
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Screening report: {esc(protocol.id)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}
-</style></head><body>
+<html lang="en"><head><meta charset="utf-8"><title>Screening report: {esc(ids)}</title>
+{_STYLE}</head><body>
 <h1>Screening report</h1>
-<p>{esc(title)} (protocol {esc(protocol.id)} version {esc(protocol.version)}), as of
-{esc(str(summary.get("asOf")))}. {summary["patients"]} patients: {summary["evaluated"]}
-evaluated, {summary["failed"]} could not be evaluated.</p>
-<h2>By status</h2><table><tr><th>status</th><th>patients</th></tr>{status_rows}</table>
-<h2>Funnel</h2><p>{legend}</p>
-{funnel_svg(summary["funnel"], summary["evaluated"])}
-<h2>Each criterion over all evaluated patients</h2>
-{_criteria_head(protocol)}
-{criteria_rows}</table>{_exclusions_html(summary, protocol)}
+<p>{len(protocols)} studies ({esc(ids)}), as of {esc(str(summary.get("asOf")))}.
+{summary["patients"]} patients, one worklist row per patient and study.</p>
+{"".join(sections)}
 {input_html}
-<p>Per-patient results: <code>results.ndjson</code>; worklist: <code>worklist.csv</code>.</p>
+<p>Per-patient, per-study results: <code>results.ndjson</code>; worklist:
+<code>worklist.csv</code> (column <code>study</code>).</p>
 </body></html>
 """
     path.write_text(page, encoding="utf-8")
@@ -171,7 +230,7 @@ def _kind_cell(protocol: Protocol, code: str) -> str:
     return f"<td>{kind_of(protocol, code)}</td>" if has_exclusions(protocol) else ""
 
 
-def _exclusions_html(summary: dict[str, Any], protocol: Protocol) -> str:
+def _exclusions_html(summary: dict[str, Any], protocol: Protocol, h: str = "h2") -> str:
     """'Exclusion E3 applies: 4 patients (title)', one line per exclusion criterion."""
     lines = [
         f"<li>Exclusion {html.escape(code)} applies: {counts[Outcome.NOT_MET.value]} patients "
@@ -181,7 +240,7 @@ def _exclusions_html(summary: dict[str, Any], protocol: Protocol) -> str:
         for code, counts in summary["criteria"].items()
         if is_exclusion(protocol, code)
     ]
-    return f"\n<h2>Exclusions</h2><ul>{''.join(lines)}</ul>" if lines else ""
+    return f"\n<{h}>Exclusions</{h}><ul>{''.join(lines)}</ul>" if lines else ""
 
 
 def _pretty(value: Any) -> str:

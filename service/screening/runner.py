@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from service.clinical.dates import today
+from service.evaluation_context import relevance_for
 from service.protocol import Protocol
 from service.record import InputError
+from service.relevance import Relevance, RelevanceUnion
 from service.screening.executors import (
     DaskExecutor,
     Executor,
@@ -27,8 +29,7 @@ from service.screening.executors import (
 from service.screening.ndjson import PatientStore, ndjson_files
 from service.screening.outdir import OutputFolder
 from service.screening.progress import ScreenProgress
-from service.screening.rows import error_row
-from service.screening.work import Outcome
+from service.screening.work import Outcome, Studies
 
 BATCH_PATIENTS = 16
 BATCH_LINES = 20_000
@@ -54,6 +55,17 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
+def studies_of(
+    out: OutputFolder, protocol_path: Path
+) -> tuple[Studies, Relevance | RelevanceUnion]:
+    """What the workers load and what the export is read for: the one protocol (its path as
+    given) or, several studies in ``out``, every protocol file and the union selection."""
+    if not out.layout.multi:
+        return str(protocol_path), relevance_for(out.protocol, None)
+    paths = tuple(str(p.directory / "protocol.toml") for p in out.protocols)
+    return paths, RelevanceUnion(relevance_for(p, None) for p in out.protocols)
+
+
 def screen_ndjson(
     folder: Path,
     out: OutputFolder,
@@ -66,7 +78,8 @@ def screen_ndjson(
     on_outcome: Callable[[Outcome], None] | None = None,
     source: str | None = None,
 ) -> ScreenResult:
-    """Screen every patient of an NDJSON export folder into ``out``."""
+    """Screen every patient of an NDJSON export folder into ``out`` (several studies in
+    ``out``: each patient read, grouped and decoded once, then evaluated for each study)."""
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder")
     files = ndjson_files(folder)
@@ -84,31 +97,34 @@ def screen_ndjson(
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     spill = out.path / f".screen-spill-{os.getpid()}.sqlite"
-    executor.start(str(protocol_path))  # workers get ready while the export is read
+    studies, relevance = studies_of(out, protocol_path)
+    per_patient = len(out.protocols)
+    executor.start(studies)  # workers get ready while the export is read
     with PatientStore(spill) as store:
         try:
             progress.stage("reading export", sum(p.stat().st_size for p in files))
-            report = store.ingest(files, protocol, on_bytes=progress.advance)
+            report = store.ingest(files, protocol, on_bytes=progress.advance, relevance=relevance)
             timings["ingestSeconds"] = round(time.perf_counter() - clock, 3)
             clock = time.perf_counter()
             todo = report.patients - sum(1 for pid in store.patient_ids() if pid in done)
-            progress.stage("screening", todo)
+            progress.stage("screening", todo * per_patient)  # rows: patient x study
 
             def take(outcomes: list[Outcome]) -> None:
                 for outcome in outcomes:
                     out.add(outcome[1], outcome[2])
-                    progress.advance(1, outcome[1][1])
+                    progress.advance(1, outcome[1][out.layout.status_at])
                     if on_outcome is not None:
                         on_outcome(outcome)
                 out.flush()
 
             def failed(pids: list[str], exc: BaseException) -> None:
                 message = f"could not be evaluated ({type(exc).__name__})"
-                take([(pid, error_row(pid, message, protocol), None) for pid in pids])
+                rows = [out.layout.error(pid, message, p) for pid in pids for p in out.protocols]
+                take([(row[out.layout.patient_at], row, None) for row in rows])
 
             try:
                 batches = batched(store.patients(skip=done), BATCH_PATIENTS, BATCH_LINES)
-                run_batches(executor, str(protocol_path), as_of, batches, take, failed)
+                run_batches(executor, studies, as_of, batches, take, failed)
             except KeyboardInterrupt:
                 interrupted = True
                 executor.close(cancel=True)

@@ -21,13 +21,15 @@ from service.pipeline import evaluate_record
 from service.protocol import Protocol, load_protocol
 from service.record import InputError, record_from_resources
 from service.screening.ndjson import PatientData
-from service.screening.rows import error_row, evaluation_row
+from service.screening.rows import Layout, error_row, evaluation_row
 
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _FORMULA = ("=", "+", "@", "\t", "\r", "-")
 
 # (patient id, worklist row, result Bundle as JSON bytes or None when it failed)
 Outcome = tuple[str, list[str], bytes | None]
+# What a batch is screened against: one protocol file, or several (one row per study)
+Studies = str | tuple[str, ...]
 
 
 @cache
@@ -36,11 +38,20 @@ def protocol_at(path: str) -> Protocol:
     return load_protocol(Path(path))
 
 
-def warm_up(protocol_path: str) -> bool:
-    """Load the protocol and the UCUM registry (~0.5 s) before the first batch arrives."""
+@cache
+def layout_at(paths: tuple[str, ...]) -> Layout:
+    """The protocols of a several-study screening and their worklist columns, per process."""
+    return Layout([protocol_at(p) for p in paths])
+
+
+def warm_up(protocol_path: Studies) -> bool:
+    """Load the protocol(s) and the UCUM registry (~0.5 s) before the first batch arrives."""
     from service import units
 
-    protocol_at(protocol_path)
+    if isinstance(protocol_path, tuple):
+        layout_at(protocol_path)
+    else:
+        protocol_at(protocol_path)
     units.warm_up()
     # Long-lived objects (inherited from the parent, protocol, UCUM registry) leave the
     # collector's generations: full collections stop walking them (and, after fork, stop
@@ -50,23 +61,65 @@ def warm_up(protocol_path: str) -> bool:
     return True
 
 
-def evaluate_batch(protocol_path: str, as_of: str, batch: list[PatientData]) -> list[Outcome]:
-    protocol = protocol_at(protocol_path)
+def evaluate_batch(protocol_path: Studies, as_of: str, batch: list[PatientData]) -> list[Outcome]:
+    """One Outcome per patient (one protocol), or per patient and study (several: each
+    patient decoded once, then each study's record and evaluation, in protocol order)."""
     day = date.fromisoformat(as_of)
     with gc_paused():  # decoded resources have no cycles: as in evaluate_body
+        if isinstance(protocol_path, tuple):
+            layout = layout_at(protocol_path)
+            return [o for item in batch for o in evaluate_studies(item, layout, day)]
+        protocol = protocol_at(protocol_path)
         return [evaluate_one(item, protocol, day) for item in batch]
 
 
-def evaluate_one(item: PatientData, protocol: Protocol, day: date) -> Outcome:
+def decode_patient(item: PatientData) -> tuple[dict[str, Any], list[Any], list[Any]]:
+    """The patient's lines decoded (once per patient, whatever the number of studies)."""
+    patient = _one_patient([orjson.loads(b) for b in item.patients])
+    resources = [orjson.loads(b) for b in item.resources]
+    linked = [orjson.loads(b) for b in item.linked]
+    return patient, resources, linked
+
+
+def evaluate_studies(item: PatientData, layout: Layout, day: date) -> list[Outcome]:
+    """One Outcome per study, from one decoding of the patient's lines. A failure to decode
+    is every study's error row; a failure in one study's record is that study's alone."""
+    pid = item.patient_id
+    if not _FHIR_ID.fullmatch(pid):
+        return [evaluate_one(item, p, day, layout) for p in layout.protocols]
+    try:
+        patient, resources, linked = decode_patient(item)
+    except InputError as exc:
+        return [(pid, layout.error(pid, str(exc), p), None) for p in layout.protocols]
+    except Exception as exc:  # noqa: BLE001 - one line per patient, no data in the message
+        message = f"internal error ({type(exc).__name__})"
+        return [(pid, layout.error(pid, message, p), None) for p in layout.protocols]
+    outcomes: list[Outcome] = []
+    for protocol in layout.protocols:
+        try:
+            record = record_from_resources(patient, resources, protocol, linked_patients=linked)
+            evaluation, bundle = evaluate_record(record, protocol, day)
+        except InputError as exc:
+            outcomes.append((pid, layout.error(pid, str(exc), protocol), None))
+        except Exception as exc:  # noqa: BLE001 - one line per patient, no data in it
+            message = f"internal error ({type(exc).__name__})"
+            outcomes.append((pid, layout.error(pid, message, protocol), None))
+        else:
+            outcomes.append((pid, layout.row(evaluation, protocol), orjson.dumps(bundle)))
+    return outcomes
+
+
+def evaluate_one(
+    item: PatientData, protocol: Protocol, day: date, layout: Layout | None = None
+) -> Outcome:
     if not _FHIR_ID.fullmatch(item.patient_id):
         # Never written as is: a spreadsheet could read "=..." in the worklist as a formula.
         shown = "'" + item.patient_id[:64] if item.patient_id[:1] in _FORMULA else item.patient_id
         message = "the Patient id is not a valid FHIR id; its resources cannot be linked to it"
-        return item.patient_id, error_row(shown[:64], message, protocol), None
+        row = error_row(shown[:64], message, protocol)
+        return item.patient_id, layout.place(row, protocol) if layout else row, None
     try:
-        patient = _one_patient([orjson.loads(b) for b in item.patients])
-        resources = [orjson.loads(b) for b in item.resources]
-        linked = [orjson.loads(b) for b in item.linked]
+        patient, resources, linked = decode_patient(item)
         record = record_from_resources(patient, resources, protocol, linked_patients=linked)
         evaluation, bundle = evaluate_record(record, protocol, day)
     except InputError as exc:

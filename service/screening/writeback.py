@@ -1,9 +1,10 @@
 """Write the screening back to the FHIR server: a Group of candidates, ResearchSubjects.
 
 ``--write-group``: one Group (``actual``) of the eligible and potential candidates, with a
-stable id per protocol, replaced on every run. ``--write-results``: one ResearchSubject per
-evaluated patient and study by conditional update on an identifier (study + patient), so
-running twice updates the same resources and creates nothing new.
+stable id per protocol, replaced on every run (several studies: one Group per study).
+``--write-results``: one ResearchSubject per evaluated patient and study by conditional update
+on an identifier (study + patient), so running twice updates the same resources and creates
+nothing new.
 """
 
 from __future__ import annotations
@@ -69,12 +70,15 @@ def candidate_group(protocol: Protocol, pids: list[str], as_of: str) -> dict[str
     }
 
 
-def _rows(out: OutputFolder) -> list[tuple[str, str]]:
+def _rows(out: OutputFolder, protocol: Protocol) -> list[tuple[str, str]]:
+    """This study's evaluated rows (a several-study worklist names the study per row)."""
     with (out.path / WORKLIST).open(newline="", encoding="utf-8") as f:
         return [
             (r["patient"], r["status"])
             for r in csv.DictReader(f)
-            if r["status"] != ERROR_STATUS and not r["error"]
+            if r["status"] != ERROR_STATUS
+            and not r["error"]
+            and r.get("study", protocol.id) == protocol.id
         ]
 
 
@@ -86,7 +90,7 @@ def _check(resp: httpx.Response, what: str) -> None:
 async def write_back(
     settings: Settings, protocol: Protocol, out: OutputFolder, *, group: bool, results: bool
 ) -> dict[str, Any]:
-    rows = _rows(out)
+    rows = _rows(out, protocol)
     written: dict[str, Any] = {}
     timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
