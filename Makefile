@@ -66,10 +66,10 @@ deploy-tools: $(STAMP)  ## build the Compose and kustomize checkers into .venv/b
 	GOBIN=$(abspath $(BIN)) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 
 bench: $(STAMP)  ## benchmarks; tables in bench-results/
-	$(BIN)/eligibility bench
+	$(BIN)/python -m benchmarks
 
 bench-smoke: $(STAMP)
-	$(BIN)/eligibility bench --smoke
+	$(BIN)/python -m benchmarks --smoke
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache .ruff_cache

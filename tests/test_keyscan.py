@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.synthetic import make_patient
 from service import lean
-from service.bench.synthetic import make_patient
 from service.demo import load_demo_bundles
 from service.inputs import MAX_FULL_URL
 from service.protocol import default_protocol

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.synthetic import make_patient
 from service import lean, shapes
-from service.bench.synthetic import make_patient
 from service.demo import load_demo_bundles
 from service.pipeline import evaluate_body, evaluate_body_generic
 from service.protocol import default_protocol
