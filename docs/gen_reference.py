@@ -58,7 +58,9 @@ def field_comments(cls: type) -> dict[str, str]:
 
 def _type_name(annotation: Any) -> str:
     text = annotation.__name__ if isinstance(annotation, type) else repr(annotation)
-    text = re.sub(r"\b(?:typing|pathlib|pydantic\.types|[a-z_]+(?:\.[a-z_]+)*)\.(?=[A-Za-z])", "", text)
+    text = re.sub(
+        r"\b(?:typing|pathlib|pydantic\.types|[a-z_]+(?:\.[a-z_]+)*)\.(?=[A-Za-z])", "", text
+    )
     return text.replace("NoneType", "None")
 
 
@@ -72,10 +74,7 @@ def settings_fields() -> dict[str, Any]:
 
 
 def _default(info: Any) -> str:
-    if info.default_factory is not None:
-        value = info.default_factory()
-    else:
-        value = info.default
+    value = info.default_factory() if info.default_factory is not None else info.default
     if value is None:
         return "–"
     if isinstance(value, Path) and ROOT in value.parents:
@@ -88,7 +87,10 @@ def settings_md() -> str:
 
     prefix = Settings.model_config.get("env_prefix", "")
     comments = field_comments(Settings)
-    rows = ["| variable | type | default | meaning (from `service/settings.py`) |", "|---|---|---|---|"]
+    rows = [
+        "| variable | type | default | meaning (from `service/settings.py`) |",
+        "|---|---|---|---|",
+    ]
     for name, info in Settings.model_fields.items():
         rows.append(
             f"| `{prefix}{name.upper()}` | `{_cell(_type_name(info.annotation))}` "
@@ -112,9 +114,14 @@ def _constraints(info: Any) -> list[str]:
     for meta in info.metadata:
         kind = type(meta).__name__
         if kind == "Reads":
-            out.append({"valueset": "a ValueSet (id or canonical URL)", "criterion": "a criterion",
-                        "member": "a member criterion", "attestation_item": "a Questionnaire "
-                        "item linkId"}[meta.what])
+            out.append(
+                {
+                    "valueset": "a ValueSet (id or canonical URL)",
+                    "criterion": "a criterion",
+                    "member": "a member criterion",
+                    "attestation_item": "a Questionnaire item linkId",
+                }[meta.what]
+            )
         elif kind in ("Ge", "Gt", "Le", "Lt"):
             sign = {"Ge": "≥", "Gt": ">", "Le": "≤", "Lt": "<"}[kind]
             out.append(f"{sign} {getattr(meta, kind.lower())}")
@@ -155,21 +162,33 @@ def rule_kinds_md() -> str:
         r = rules[name]
         reads = ", ".join(sorted(r.reads)) or "–"
         out.append(
-            f"| [`{name}`](#{name}) | {_cell(_doc(r.evaluate))} | {reads} "
-            f"| `{r.params.__name__}` |"
+            f"| [`{name}`](#{name}) | {_cell(_doc(r.evaluate))} | {reads} | `{r.params.__name__}` |"
         )
     for name in sorted(rules):
         r = rules[name]
         out += ["", f"## `{name}` {{#{name}}}", "", _doc(r.evaluate) or "", ""]
-        out.append(f"Evaluator `{r.evaluate.__module__}.{r.evaluate.__name__}`; parameters "
-                   f"`{r.params.__name__}`.")
+        out.append(
+            f"Evaluator `{r.evaluate.__module__}.{r.evaluate.__name__}`; parameters "
+            f"`{r.params.__name__}`."
+        )
         if r.params.model_fields:
-            out += ["", "| parameter | type | | notes |", "|---|---|---|---|", *_param_rows(r.params)]
+            out += [
+                "",
+                "| parameter | type | | notes |",
+                "|---|---|---|---|",
+                *_param_rows(r.params),
+            ]
         else:
             out += ["", "No parameters besides `members`."]
     for model in (Quantity, QuantityRange):
-        out += ["", f"## `{model.__name__}`", "", "| field | type | | notes |", "|---|---|---|---|",
-                *_param_rows(model)]
+        out += [
+            "",
+            f"## `{model.__name__}`",
+            "",
+            "| field | type | | notes |",
+            "|---|---|---|---|",
+            *_param_rows(model),
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -197,18 +216,26 @@ def _schema_name(schema: dict[str, Any] | None) -> str:
 
 def openapi_md(doc: dict[str, Any] | None = None) -> str:
     doc = doc or openapi_document()
-    out = [f"{doc['info']['title']} {doc['info'].get('version', '')}", "",
-           "| method | path | summary | parameters | body | responses |", "|---|---|---|---|---|---|"]
+    out = [
+        f"{doc['info']['title']} {doc['info'].get('version', '')}",
+        "",
+        "| method | path | summary | parameters | body | responses |",
+        "|---|---|---|---|---|---|",
+    ]
     for path, item in doc.get("paths", {}).items():
         for method, op in item.items():
-            params = ", ".join(
-                f"`{p['name']}` ({p['in']}{', required' if p.get('required') else ''})"
-                for p in op.get("parameters", [])
-            ) or "–"
+            params = (
+                ", ".join(
+                    f"`{p['name']}` ({p['in']}{', required' if p.get('required') else ''})"
+                    for p in op.get("parameters", [])
+                )
+                or "–"
+            )
             body = op.get("requestBody", {}).get("content", {})
-            body_text = ", ".join(
-                f"`{ctype}` {_schema_name(c.get('schema'))}" for ctype, c in body.items()
-            ) or "–"
+            body_text = (
+                ", ".join(f"`{ctype}` {_schema_name(c.get('schema'))}" for ctype, c in body.items())
+                or "–"
+            )
             responses = ", ".join(sorted(op.get("responses", {})))
             summary = op.get("summary") or (op.get("description") or "").split("\n")[0]
             out.append(
@@ -260,7 +287,9 @@ def bench_targets_md() -> str:
 
     rows = ["| id | case | measures | target | how |", "|---|---|---|---|---|"]
     for t in TARGETS:
-        limit = t.limit_text if t.limit is None else f"{t.limit:g}{(' ' + t.unit) if t.unit else ''}"
+        limit = (
+            t.limit_text if t.limit is None else f"{t.limit:g}{(' ' + t.unit) if t.unit else ''}"
+        )
         op = {"<=": "≤", ">=": "≥"}[t.op]
         rows.append(
             f"| `{t.id}` | `{t.case}` | {_cell(t.measure)} | {op} {_cell(limit)} | {_cell(t.how)} |"
@@ -275,4 +304,3 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "cds-prefetch": cds_prefetch_md,
     "bench-targets": bench_targets_md,
 }
-

@@ -30,8 +30,7 @@ def _imports(path: Path, package: str) -> set[str]:
 def _module_graph(package: str) -> dict[str, set[str]]:
     folder = ROOT / package
     modules = {
-        f"{package}.{p.stem}" if p.stem != "__init__" else package: p
-        for p in folder.glob("*.py")
+        f"{package}.{p.stem}" if p.stem != "__init__" else package: p for p in folder.glob("*.py")
     }
     return {name: _imports(path, package) & set(modules) - {name} for name, path in modules.items()}
 
