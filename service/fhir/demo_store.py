@@ -24,6 +24,7 @@ import httpx
 import orjson
 
 from service.contained import member_results
+from service.errors import ServiceError
 
 DEMO_BASE_URL = "http://demo.invalid/fhir"
 FHIR_JSON = "application/fhir+json"
@@ -57,7 +58,7 @@ _PAGING = {"_count", "_offset"}
 _COMMON = _PATIENT_PARAMS | _PAGING | {"_sort"}
 
 
-class SearchError(ValueError):
+class SearchError(ServiceError, ValueError):
     """A search this store does not support; answered with HTTP 400, as HAPI would."""
 
     def __init__(self, message: str, code: str = "processing") -> None:
