@@ -374,7 +374,7 @@ DOCS = st.recursive(
 )
 
 
-def _has_duplicate(text: str) -> bool:
+def has_duplicate(text: str) -> bool:
     found = False
 
     def hook(pairs: list) -> dict:
@@ -392,8 +392,8 @@ def test_scanner_proves_only_documents_without_duplicates(text):
     body = text.encode()
     proven = lean._keyscan.proof(body)
     if proven:
-        assert not _has_duplicate(text)
-    elif not _has_duplicate(text) and b"\\" not in body and b"e400" not in body:
+        assert not has_duplicate(text)
+    elif not has_duplicate(text) and b"\\" not in body and b"e400" not in body:
         raise AssertionError(f"no duplicate, no escape, no overflow, yet unproven: {text}")
     spans = lean._keyscan.entry_spans(body)
     assert (spans is not None) == proven
