@@ -443,6 +443,10 @@ def serve(
         uvicorn.run("service.api:app", host=host, port=port, workers=workers, log_config=None)
 
 
+# The checkout `eligibility bench` looks in for benchmarks/ (an installed service has none).
+BENCHMARKS_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
 @app.command()
 def bench(
     smoke: Annotated[
@@ -457,7 +461,7 @@ def bench(
     The benchmarks live in the checkout (``benchmarks/``), not in the installed package: this
     thin entry finds them next to ``service/`` and fails with a clear message without them.
     """
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = BENCHMARKS_CHECKOUT
     if not (checkout / "benchmarks" / "__init__.py").is_file():
         raise _fail(
             "the benchmarks are not installed with the service; run them from a checkout "

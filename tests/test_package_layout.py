@@ -80,3 +80,18 @@ def test_benchmarks_are_not_installed_with_the_service() -> None:
     include = project["tool"]["setuptools"]["packages"]["find"]["include"]
     assert not any(pattern.startswith("bench") for pattern in include)
     assert (ROOT / "benchmarks" / "__init__.py").is_file()
+
+
+def test_eligibility_bench_without_the_benchmarks_folder_fails_clearly(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """An installed service has no benchmarks/: the thin entry says so, exit 2, no traceback."""
+    from typer.testing import CliRunner
+
+    from service import cli
+
+    monkeypatch.setattr(cli, "BENCHMARKS_CHECKOUT", tmp_path)
+    done = CliRunner().invoke(cli.app, ["bench", "--smoke", "--out", str(tmp_path / "out")])
+    assert done.exit_code == 2
+    assert "benchmarks are not installed with the service" in done.output
+    assert not (tmp_path / "out").exists()
