@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 PORT ?= 8000
 PIDFILE := $(VENV)/serve.pid
-.PHONY: setup demo serve serve-bg stop test lint test-hapi test-browser test-ops test-synthea bench bench-smoke deploy-tools clean
+.PHONY: setup demo serve serve-bg stop test lint test-hapi test-browser test-ops test-synthea bench bench-smoke docs typecheck deploy-tools clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -66,10 +66,22 @@ deploy-tools: $(STAMP)  ## build the Compose and kustomize checkers into .venv/b
 	GOBIN=$(abspath $(BIN)) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 
 bench: $(STAMP)  ## benchmarks; tables in bench-results/
-	$(BIN)/eligibility bench
+	$(BIN)/python -m benchmarks
 
 bench-smoke: $(STAMP)
-	$(BIN)/eligibility bench --smoke
+	$(BIN)/python -m benchmarks --smoke
+
+DOCS_STAMP := $(VENV)/.docs-$(shell sha1sum pyproject.toml | cut -c1-12)
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)  ## the manual: reference tables generated from the code, mkdocs --strict into site/
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet
+
+typecheck: $(STAMP)  ## mypy on service/ (not in CI yet: it does not pass)
+	$(BIN)/pip install --quiet -e ".[typecheck]"
+	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) bench-results .pytest_cache .ruff_cache
+	rm -rf $(VENV) bench-results site .pytest_cache .ruff_cache .mypy_cache

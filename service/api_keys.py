@@ -6,10 +6,11 @@ import hmac
 
 from fastapi import HTTPException, Request
 
+from service.errors import ConfigurationError
 from service.settings import Settings
 
 
-class UnsafeConfiguration(RuntimeError):
+class UnsafeConfiguration(ConfigurationError):
     """Settings that would expose patient data; raised at start, never at request time."""
 
 

@@ -18,13 +18,14 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import ServiceError
 from service.fhir_response import outcome
 from service.ops import metrics
 
 RETRY_AFTER_SECONDS = 1
 
 
-class BudgetExhausted(Exception):
+class BudgetExhausted(ServiceError):
     """No room in the budget within the wait (answered 503 by the middleware)."""
 
 

@@ -25,6 +25,7 @@ import httpx
 import jwt
 import orjson
 
+from service.errors import ServiceError
 from service.settings import Settings
 
 KEY_FILE = "demo_ehr_key.PUBLIC-DEMO-ONLY.json"
@@ -81,7 +82,7 @@ def fill_prefetch(
     return DemoStore(bundles).prefetch(templates, patient_id)
 
 
-class DemoEhrError(Exception):
+class DemoEhrError(ServiceError):
     """The call could not be made or was refused; ``message`` is one line for the user."""
 
     def __init__(self, message: str, upstream: bool = True) -> None:

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from service import logs
+from service.errors import ConfigurationError
 from service.record import InputError
 
 FHIR_ID_PATTERN = r"[A-Za-z0-9\-.]{1,64}"
@@ -52,10 +53,6 @@ def check_patient_selector(value: Any, where: str = "the patient id") -> str:
 def is_bearer_token(value: str) -> bool:
     """A token that can be sent as ``Authorization: Bearer <token>`` (RFC 6750 b64token)."""
     return len(value) <= MAX_TOKEN_LENGTH and bool(_B64TOKEN.fullmatch(value))
-
-
-class ConfigurationError(RuntimeError):
-    """Settings that cannot work; raised at start, never at request time."""
 
 
 def check_settings(settings: Any) -> None:

@@ -15,15 +15,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from fhir_mappings import DEFAULT_PROTOCOL
+from service.errors import ProtocolError  # re-exported: callers import it from here
 
 if TYPE_CHECKING:
     from service.relevance import Relevance
 
+
 Code = tuple[str, str]  # (system, code)
-
-
-class ProtocolError(ValueError):
-    """The protocol files are inconsistent (a bug in the data, found at load time)."""
 
 
 @dataclass(frozen=True, slots=True)

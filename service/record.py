@@ -22,6 +22,7 @@ from service.clinical.dates import parse_moment
 from service.clinical.model import Issue, Severity, SourceRef
 from service.contained import has_members, member_results
 from service.copies import identical
+from service.errors import NOT_DATA_ERRORS, InputError
 from service.protocol import Code, Protocol, ValueSet
 from service.references import (
     ReferenceIndex,
@@ -40,10 +41,6 @@ Resource = dict[str, Any]
 
 # The reference element that names the patient, per resource type we evaluate.
 SUBJECT_ELEMENT: dict[str, str] = {t: KINDS[t].subject[0] for t in EVALUATED}
-
-
-class InputError(ValueError):
-    """The input cannot be evaluated at all (not JSON, not a Bundle, no single Patient)."""
 
 
 @dataclass(slots=True)
@@ -463,6 +460,8 @@ def build_record(
             bad = None if id(resource) in fits else shape_error(resource)
             if bad is not None:
                 raise _Malformed(bad)
+        except NOT_DATA_ERRORS:
+            raise  # a protocol or site-mapping bug is not a malformed resource
         except (_Malformed, AttributeError, TypeError, KeyError, ValueError) as exc:
             # Its criteria cannot be decided: an unreadable newer result may be the one
             # that matters, so it is not simply dropped in favour of older data.

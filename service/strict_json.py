@@ -29,13 +29,15 @@ from typing import Any
 
 import orjson
 
+from service.errors import InputError
+
 _ESCAPED_COLON = re.compile(rb"\\u003[aA]")
 _KEY_NAME = re.compile(r"[A-Za-z0-9_\-.]{1,40}")
 
 JSONDecodeError = orjson.JSONDecodeError
 
 
-class DuplicateKeyError(ValueError):
+class DuplicateKeyError(InputError):
     """An object in the document names ``key`` more than once (``key`` may be None)."""
 
     def __init__(self, key: str | None) -> None:
@@ -44,7 +46,7 @@ class DuplicateKeyError(ValueError):
         super().__init__(f"ambiguous JSON: an object names {named} more than once")
 
 
-class TooDeepError(ValueError):
+class TooDeepError(InputError):
     """Nested deeper than the standard library's decoder can check."""
 
 

@@ -23,6 +23,7 @@ from functools import cache, lru_cache
 from typing import Any
 
 from fhir_mappings import UNIT_ALIASES
+from service.errors import ServiceError
 
 UCUM_SYSTEM = "http://unitsofmeasure.org"
 
@@ -32,7 +33,7 @@ _CACHE_SIZE = 4096
 _LOCK = threading.RLock()  # registry loading and slow-path parsing happen once, in one thread
 
 
-class UnitError(ValueError):
+class UnitError(ServiceError, ValueError):
     """A unit (or value) cannot be read or converted with certainty; never guessed."""
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from service.bench.synthetic import make_patient
+from benchmarks.synthetic import make_patient
 from service.demo import load_demo_bundles
 from service.pipeline import evaluate_resource
 from service.protocol import default_protocol

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.bench.fhir_server import listening_socket
+from benchmarks.fhir_server import listening_socket
 from service.fhir.demo_store import DemoStore
 
 FHIR_JSON = "application/fhir+json"

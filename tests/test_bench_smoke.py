@@ -20,11 +20,11 @@ import httpx
 import pytest
 from rich.console import Console
 
-from service.bench import report
-from service.bench.cases import BenchConfig
-from service.bench.cli import run_bench
-from service.bench.fhir_server import create_fhir_app, store_for
-from service.bench.synthetic import OTHER, make_patient
+from benchmarks import report
+from benchmarks.cases import BenchConfig
+from benchmarks.cli import run_bench
+from benchmarks.fhir_server import create_fhir_app, store_for
+from benchmarks.synthetic import OTHER, make_patient
 from service.pipeline import evaluate_body
 from service.protocol import load_protocol
 

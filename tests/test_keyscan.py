@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.synthetic import make_patient
 from service import lean
-from service.bench.synthetic import make_patient
 from service.demo import load_demo_bundles
 from service.inputs import MAX_FULL_URL
 from service.protocol import default_protocol
-from tests.test_lean_equivalence import _has_duplicate  # json with a pairs hook
+from tests.test_lean_equivalence import has_duplicate  # json with a pairs hook
 
 pytestmark = pytest.mark.skipif(not lean.available(), reason="service/_keyscan.c not built")
 
@@ -109,7 +109,7 @@ def corrupted(draw: st.DrawFn) -> bytes:
 def test_proven_documents_are_json_orjson_reads_without_duplicates(body):
     if lean._keyscan.proof(body) and lean._utf8(body):
         assert _orjson_reads(body)
-        assert not _has_duplicate(body)
+        assert not has_duplicate(body)
     plan = lean._keyscan.plan(body, CODES, MAX_FULL_URL)
     if plan is not None:
         assert lean._keyscan.proof(body)

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.synthetic import make_patient
 from service import lean, shapes
-from service.bench.synthetic import make_patient
 from service.demo import load_demo_bundles
 from service.pipeline import evaluate_body, evaluate_body_generic
 from service.protocol import default_protocol
@@ -374,7 +374,7 @@ DOCS = st.recursive(
 )
 
 
-def _has_duplicate(text: str) -> bool:
+def has_duplicate(text: str) -> bool:
     found = False
 
     def hook(pairs: list) -> dict:
@@ -392,8 +392,8 @@ def test_scanner_proves_only_documents_without_duplicates(text):
     body = text.encode()
     proven = lean._keyscan.proof(body)
     if proven:
-        assert not _has_duplicate(text)
-    elif not _has_duplicate(text) and b"\\" not in body and b"e400" not in body:
+        assert not has_duplicate(text)
+    elif not has_duplicate(text) and b"\\" not in body and b"e400" not in body:
         raise AssertionError(f"no duplicate, no escape, no overflow, yet unproven: {text}")
     spans = lean._keyscan.entry_spans(body)
     assert (spans is not None) == proven

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from service.bench.synthetic import make_patient
+from benchmarks.synthetic import make_patient
 from tests.screening_population import AS_OF, worklist
 
 PATIENTS = 300

@@ -6,7 +6,7 @@ check (service/strict_json.py) proves uniqueness from byte counts; the property 
 compares it with the standard library's pair-by-pair check on random documents built to
 contain repeated keys, escaped keys and escaped colons.
 
-Cost, measured with service/bench's synthetic generator (CPU time, medians, interleaved, on
+Cost, measured with benchmarks's synthetic generator (CPU time, medians, interleaved, on
 the shared 2-core dev machine): decoding alone, compact input (orjson-encoded, the memcmp
 path) +6.9 ms at 5,000 Observations (4.3 MB; 33.1 -> 40.0 ms) and +21.9 ms at 20,000 (17.3 MB;
 143.9 -> 165.8 ms); indented input (the byte-count path) +12.6 ms (7.6 MB) and +42.3 ms

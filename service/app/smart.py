@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 import httpx
 import jwt
 
+from service.errors import ServiceError
+
 with warnings.catch_warnings():  # Authlib's notice about its httpx backend, not about us
     import authlib.deprecate  # noqa: F401 - it installs an "always" filter when first imported
 
@@ -36,7 +38,7 @@ TIMEOUT = httpx.Timeout(8.0, connect=3.0)
 ATTESTING_TYPES = ("Practitioner", "PractitionerRole")
 
 
-class LaunchError(Exception):
+class LaunchError(ServiceError):
     """A launch that cannot go on; the message is safe to show (no token, no secret)."""
 
 

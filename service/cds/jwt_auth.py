@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from fastapi import HTTPException, Request
 
 from service import demo_ehr
+from service.errors import ServiceError
 from service.ops import metrics
 from service.settings import Settings, TrustedIssuer
 from service.state import StateStore, StoreError, StoreFull
@@ -68,7 +69,7 @@ _MAX_JWKS_BYTES = 256 * 1024
 _REQUIRED_CLAIMS = ["iss", "aud", "exp", "iat", "jti"]
 
 
-class CdsAuthError(Exception):
+class CdsAuthError(ServiceError):
     """The caller is not an authenticated CDS client. ``reason`` is safe to log (no token)."""
 
     def __init__(self, reason: str) -> None:

@@ -15,6 +15,7 @@ from service.clinical.model import (
     undetermined,
 )
 from service.clinical.rules import Context, load_all
+from service.errors import NOT_DATA_ERRORS
 from service.protocol import CriterionDef, Protocol, ProtocolError
 from service.record import PatientRecord
 
@@ -56,6 +57,8 @@ def _run(criterion: CriterionDef, ctx: Context, rules) -> CriterionResult:
         raise ProtocolError(f"{criterion.code}: no evaluator for rule {criterion.rule!r}")
     try:
         result = rule.evaluate(criterion, ctx)
+    except NOT_DATA_ERRORS:
+        raise  # a bug of the protocol or the set-up: never passed off as unreadable data
     except (AttributeError, TypeError, KeyError, ValueError, IndexError) as exc:
         # Input shapes are checked when the record is built; this is the last line of
         # defence: one criterion becomes undetermined, never the whole evaluation a 500.

@@ -5,7 +5,7 @@ prefixes, ``questionnaire``, ``status``, ``_sort``, ``_count`` and ``link[next]`
 ``_offset``, GET or POST ``{type}/_search``) that the service exercises the same client code
 paths as against HAPI, paging included. Unknown search parameters and malformed dates get a
 400, as on HAPI, so a bad query fails here first. The benchmark serves the same store over
-loopback HTTP (service/bench/fhir_server.py), so there is one search implementation.
+loopback HTTP (benchmarks/fhir_server.py), so there is one search implementation.
 
 Resources are indexed by type and patient, and a search's matches are kept (bounded LRU) so
 walking its pages does not redo the search: the benchmark's patients hold 20,000 Observations.
@@ -24,6 +24,7 @@ import httpx
 import orjson
 
 from service.contained import member_results
+from service.errors import ServiceError
 
 DEMO_BASE_URL = "http://demo.invalid/fhir"
 FHIR_JSON = "application/fhir+json"
@@ -63,7 +64,7 @@ _PAGING = {"_count", "_offset"}
 _COMMON = _PATIENT_PARAMS | _PAGING | {"_sort", "_include"}
 
 
-class SearchError(ValueError):
+class SearchError(ServiceError, ValueError):
     """A search this store does not support; answered with HTTP 400, as HAPI would."""
 
     def __init__(self, message: str, code: str = "processing") -> None:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from service.errors import ConfigurationError, ServiceError
+from service.errors import UpstreamError as ServiceUpstreamError
 
-class FhirError(Exception):
+
+class FhirError(ServiceError):
     """Base: ``http_status`` is what our API answers; ``issue_code`` feeds OperationOutcome."""
 
     http_status: int = 502
@@ -35,14 +38,14 @@ class PatientNotFound(FhirError):
     issue_code = "not-found"
 
 
-class UpstreamAuthError(FhirError):
+class UpstreamAuthError(FhirError, ServiceUpstreamError):
     """The FHIR server (or its token endpoint) refused our credentials: 401/403."""
 
     http_status = 502
     issue_code = "security"
 
 
-class UpstreamError(FhirError):
+class UpstreamError(FhirError, ServiceUpstreamError):
     """The FHIR server failed or answered something we cannot use."""
 
     http_status = 502
@@ -54,14 +57,14 @@ class SearchRefused(UpstreamError):
     e.g. a modifier it does not implement. A query with a fallback is then asked again."""
 
 
-class DeadlineExceeded(FhirError):
+class DeadlineExceeded(FhirError, ServiceUpstreamError):
     """The evaluation's overall deadline ran out before the data was complete."""
 
     http_status = 504
     issue_code = "timeout"
 
 
-class FhirConfigError(FhirError):
+class FhirConfigError(FhirError, ConfigurationError):
     """Our own FHIR access settings are unusable (missing key, wrong key type, ...)."""
 
     http_status = 500

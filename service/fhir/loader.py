@@ -13,10 +13,12 @@ from typing import Any
 
 import httpx
 
+from service.errors import UpstreamError
+
 FHIR_JSON = "application/fhir+json"
 
 
-class LoadError(RuntimeError):
+class LoadError(UpstreamError, RuntimeError):
     pass
 
 

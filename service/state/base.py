@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from service.errors import UpstreamError
 
-class StoreError(Exception):
+
+class StoreError(UpstreamError):
     """The store could not answer (unreachable, locked, full). Callers decide to fail open
     (rate limits, card suppression) or closed (JWT replay)."""
 

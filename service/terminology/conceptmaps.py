@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from service.errors import ConfigurationError
+
 Code = tuple[str, str]  # (system, code), as service.protocol.Code
 
 UCUM_SYSTEM = "http://unitsofmeasure.org"
@@ -28,7 +30,7 @@ EQUIVALENCES = frozenset(
 )  # fmt: skip
 
 
-class SiteMappingError(ValueError):
+class SiteMappingError(ConfigurationError, ValueError):
     """A site mapping file cannot be used (a start-up error, with the file named)."""
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from service.errors import InputError
 from service.protocol import Protocol
 from service.terminology import runtime
 from service.terminology.conceptmaps import UCUM_SYSTEM, Code
@@ -31,7 +32,7 @@ TARGET_FOR = {"Observation": "http://loinc.org", "Condition": "http://snomed.inf
 UNIT_SOURCE = "urn:site:unit-strings"
 
 
-class ReportInputError(ValueError):
+class ReportInputError(InputError):
     """The report's input cannot be read (one error line on the CLI)."""
 
 

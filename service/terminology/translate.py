@@ -18,12 +18,13 @@ from typing import Any
 
 import httpx
 
+from service.errors import UpstreamError
 from service.terminology.conceptmaps import Code, Mapping, MapSource
 
 log = logging.getLogger("service.terminology")
 
 
-class TranslateError(Exception):
+class TranslateError(UpstreamError):
     """One $translate call failed; args[0] says how, without URLs or codes (for the note)."""
 
 

@@ -26,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from service.errors import InputError
 from service.terminology.conceptmaps import EQUIVALENCES
 
 VOCABULARY_SYSTEMS = {
@@ -47,7 +48,7 @@ _EQUIVALENCE = {
 REQUIRED = ("sourceCode", "sourceName", "mappingStatus", "conceptId")
 
 
-class UsagiError(ValueError):
+class UsagiError(InputError):
     """The Usagi file cannot be imported (one error line on the CLI)."""
 
 

@@ -1,6 +1,6 @@
 """Peak RSS of one evaluation, or of json.loads alone, in a fresh interpreter.
 
-``python -m service.bench.memory {engine|json|orjson} FILE YYYY-MM-DD`` imports the same modules
+``python -m benchmarks.memory {engine|json|orjson} FILE YYYY-MM-DD`` imports the same modules
 in both modes (so both start from the same baseline), records the RSS as the baseline,
 reads the Bundle, does the work once and prints the numbers as JSON (KiB).
 

@@ -5,7 +5,7 @@ same search code the service uses when no FHIR base is set (reads, GET and POST 
 ``link[next]`` paging, a search's matches cached across its pages), so the benchmark measures
 our fan-out, paging and evaluation rather than a database.
 
-Run it as ``python -m service.bench.fhir_server --data BUNDLE.json --latency-ms 50``: it binds
+Run it as ``python -m benchmarks.fhir_server --data BUNDLE.json --latency-ms 50``: it binds
 127.0.0.1 on a free port and prints ``PORT <n>`` on stdout once it listens.
 """
 

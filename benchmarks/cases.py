@@ -38,11 +38,12 @@ from typing import Any
 import httpx
 import orjson
 
-from service.bench.app_server import BARE_PATH, bench_settings, build_app
-from service.bench.fhir_server import store_for
-from service.bench.procs import spawned_server
-from service.bench.stats import interleaved, summary
-from service.bench.synthetic import BASE_URL, make_patient
+from benchmarks import child_env
+from benchmarks.app_server import BARE_PATH, bench_settings, build_app
+from benchmarks.fhir_server import store_for
+from benchmarks.procs import spawned_server
+from benchmarks.stats import interleaved, summary
+from benchmarks.synthetic import BASE_URL, make_patient
 from service.fhir.demo_store import DemoStore
 from service.gc_pause import gc_paused
 from service.pipeline import evaluate_body, evaluate_fetched
@@ -387,7 +388,7 @@ def pull(
         args += ["--data", str(ws.file(n))]
     progress("starting the loopback FHIR server")
     with spawned_server(
-        "service.bench.fhir_server",
+        "benchmarks.fhir_server",
         args,
         ready_path="/fhir/metadata",
         log_file=log_dir / "fhir-server.log",
@@ -498,7 +499,7 @@ def http_throughput(
     body = ws.body(cfg.http_obs)
     progress("starting the service under uvicorn")
     with spawned_server(
-        "service.bench.app_server", [], ready_path="/healthz", log_file=log_dir / "app-server.log"
+        "benchmarks.app_server", [], ready_path="/healthz", log_file=log_dir / "app-server.log"
     ) as origin:
         rows = asyncio.run(_http_rows(cfg, origin, body, progress))
     return {
@@ -588,11 +589,12 @@ def cds_hooks(cfg: BenchConfig, protocol: Protocol, ws: Workspace) -> dict[str, 
 
 def _rss(mode: str, path: Path, day: date) -> dict[str, int]:
     done = subprocess.run(
-        [sys.executable, "-m", "service.bench.memory", mode, str(path), day.isoformat()],
+        [sys.executable, "-m", "benchmarks.memory", mode, str(path), day.isoformat()],
         capture_output=True,
         text=True,
         timeout=600,
         check=True,
+        env=child_env(),
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
 

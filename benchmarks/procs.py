@@ -6,7 +6,6 @@ share one GIL: on a 2-core machine each gets a core, as client and server would 
 
 from __future__ import annotations
 
-import os
 import selectors
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from benchmarks import child_env
 
 
 class ServerStartError(RuntimeError):
@@ -63,7 +64,7 @@ def spawned_server(
     """Run ``python -m module args``; yield ``http://127.0.0.1:<port>`` once ``ready_path``
     answers; terminate the process (and only it) on exit."""
     log = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = child_env(PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", module, *args]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     try:

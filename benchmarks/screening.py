@@ -1,4 +1,4 @@
-"""Screening benchmarks, as ratios measured in one run (``python -m service.bench.screening``).
+"""Screening benchmarks, as ratios measured in one run (``python -m benchmarks.screening``).
 
 * throughput: NDJSON screening (ingest + grouping + evaluation + output) against the
   engine alone (``evaluate_body`` + ``orjson.dumps`` of each patient's Bundle, one process);
@@ -26,7 +26,9 @@ from typing import Any
 
 import orjson
 
-from service.bench.synthetic import make_patient
+from benchmarks import child_env
+from benchmarks.synthetic import make_patient
+from benchmarks.targets import judged
 from service.pipeline import evaluate_body
 from service.protocol import load_protocol
 from service.settings import get_settings
@@ -84,7 +86,7 @@ def peak_rss(src: Path, out: Path, anchor: date) -> dict[str, int]:
     shutil.rmtree(out, ignore_errors=True)
     code = (
         "import sys, json\n"
-        "from service.bench.screening import _measure_child\n"
+        "from benchmarks.screening import _measure_child\n"
         "print(json.dumps(_measure_child(sys.argv[1], sys.argv[2], sys.argv[3])))\n"
     )
     done = subprocess.run(
@@ -92,6 +94,7 @@ def peak_rss(src: Path, out: Path, anchor: date) -> dict[str, int]:
         check=True,
         capture_output=True,
         text=True,
+        env=child_env(),
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -119,7 +122,7 @@ def _measure_child(src: str, out: str, day: str) -> dict[str, int]:
 def search_vs_replay(
     patients: int, anchor: date, latency_ms: float, work: Path
 ) -> dict[str, float]:
-    from service.bench.fhir_server import listening_socket  # noqa: F401 - same server module
+    from benchmarks.fhir_server import listening_socket  # noqa: F401 - same server module
     from service.fhir.client import close_clients
     from service.pipeline import evaluate_from_server
     from service.screening.outdir import OutputFolder
@@ -131,10 +134,10 @@ def search_vs_replay(
         path = work / f"s{n:05d}.json"
         path.write_bytes(data.body)
         files.append(path)
-    args = [sys.executable, "-m", "service.bench.fhir_server", "--latency-ms", str(latency_ms)]
+    args = [sys.executable, "-m", "benchmarks.fhir_server", "--latency-ms", str(latency_ms)]
     for path in files:
         args += ["--data", str(path)]
-    server = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=child_env())
     try:
         line = server.stdout.readline() if server.stdout else ""
         port = int(line.split()[1])
@@ -231,37 +234,27 @@ def measure(smoke: bool, progress: Callable[[str], None] = lambda _: None) -> di
 
 def targets(case: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's screening targets, for the bench report."""
-    from service.bench.report import _target
-
     t, m, s = case["throughput"], case["memory"], case["search_vs_replay"]
     return [
-        _target(
+        judged(
             "screen_throughput",
             f"NDJSON screening (2 workers) / engine-only rate, {t['patients']:,} patients",
             t["ratio_2_workers"],
-            ">=",
-            0.8,
         ),
-        _target(
+        judged(
             "screen_scaling",
             "screening evaluation phase, 2 workers / 1",
             t["evaluate_phase_speedup_2_vs_1"],
-            ">=",
-            1.7,
         ),
-        _target(
+        judged(
             "screen_memory",
             f"screening peak RSS at {m['large']:,} / {m['small']:,} patients",
             m["peak_ratio"],
-            "<=",
-            1.2,
         ),
-        _target(
+        judged(
             "screen_search",
             f"search-driven / replay wall time, {s['patients']} patients",
             s["ratio"],
-            "<=",
-            1.3,
         ),
     ]
 

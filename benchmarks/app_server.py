@@ -4,7 +4,7 @@
 a fixed small document, so the benchmark can compare $eligibility with the cost of the same
 server, middleware and body transfer doing no evaluation at all.
 
-Run it as ``python -m service.bench.app_server``: uvicorn on 127.0.0.1, free port, printed as
+Run it as ``python -m benchmarks.app_server``: uvicorn on 127.0.0.1, free port, printed as
 ``PORT <n>``; CDS Hooks client authentication is off (benchmark only).
 """
 
@@ -48,7 +48,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
 
 def main() -> None:
-    from service.bench.fhir_server import listening_socket, serve
+    from benchmarks.fhir_server import listening_socket, serve
 
     sock = listening_socket()
     serve(build_app(), sock, log_config=None)  # as ``eligibility serve`` runs it

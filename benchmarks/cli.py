@@ -1,6 +1,6 @@
 """``eligibility bench [--smoke] [--out DIR]``: run every case, print the table, write JSON.
 
-Wire into the main CLI with ``app.command("bench")(bench)``; ``python -m service.bench``
+Wire into the main CLI with ``app.command("bench")(bench)``; ``python -m benchmarks``
 runs the same command on its own.
 """
 
@@ -19,8 +19,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from service.bench import cases, report, screening
-from service.bench.cases import BenchConfig
+from benchmarks import cases, report, screening
+from benchmarks.cases import BenchConfig
 
 DEFAULT_OUT = Path("bench-results")
 NOTES = [

@@ -11,22 +11,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import screening
+from benchmarks.targets import judged
+
 Results = dict[str, Any]
-
-
-def _target(
-    tid: str, description: str, measured: float | None, op: str, limit: float, unit: str = ""
-) -> dict[str, Any]:
-    ok = measured is not None and (measured <= limit if op == "<=" else measured >= limit)
-    return {
-        "id": tid,
-        "description": description,
-        "measured": measured,
-        "op": op,
-        "limit": limit,
-        "unit": unit,
-        "pass": ok,
-    }
 
 
 def targets(results: Results) -> list[dict[str, Any]]:
@@ -47,103 +35,79 @@ def _all_targets(results: Results) -> list[dict[str, Any]]:
     rows = cases["engine_vs_json"]["rows"]
     mid, large = rows[-2], rows[-1]
     out = [
-        _target(
+        judged(
             "engine_json_mid",
             f"engine / json.loads at N={mid['n']:,}",
             mid["engine_over_json"],
-            "<=",
-            2.0,
         ),
-        _target(
+        judged(
             "engine_json_large",
             f"engine / json.loads at N={large['n']:,}",
             large["engine_over_json"],
-            "<=",
-            2.5,
         ),
-        _target(
+        judged(
             "engine_orjson_mid",
             f"engine / orjson.loads (GC paused) at N={mid['n']:,}",
             mid["engine_over_orjson"],
-            "<=",
-            1.0,
         ),
-        _target(
+        judged(
             "engine_orjson_large",
             f"engine / orjson.loads (GC paused) at N={large['n']:,}",
             large["engine_over_orjson"],
-            "<=",
-            1.0,
         ),
-        _target(
+        judged(
             "naive_engine_mid",
             f"fhir.resources / engine at N={mid['n']:,}",
             mid["naive_over_engine"],
-            ">=",
-            10.0,
         ),
-        _target(
+        judged(
             "growth",
             f"engine time N={cases['growth']['to_n']:,} / N={cases['growth']['from_n']:,}",
             cases["growth"]["engine_growth"],
-            "<=",
-            4.4,
         ),
     ]
     for row in cases["pull"]["rows"]:
         out.append(
-            _target(
+            judged(
                 _pull_id(row),
                 f"pull wall at N={row['n']:,} ({row['search']}) <= 1.3 x slowest query + 20 ms",
                 row["wall"]["median"],
-                "<=",
-                row["bound_ms"],
-                "ms",
+                family="pull_{n}_{search}",
+                limit=row["bound_ms"],
             )
         )
     http_rows = {r["concurrency"]: r for r in cases["http"]["rows"]}
     c8 = http_rows.get(8) or cases["http"]["rows"][-1]
     out.append(
-        _target(
+        judged(
             "http_c8",
             f"$eligibility / bare req/s at concurrency {c8['concurrency']}",
             c8["rps_ratio"],
-            ">=",
-            0.7,
         )
     )
     out.append(
-        _target(
+        judged(
             "cds_p95",
             f"CDS patient-view p95 ({cases['cds']['observations']} obs)",
             cases["cds"]["latency"]["p95"],
-            "<=",
-            10.0,
-            "ms",
         )
     )
     out.append(
-        _target(
+        judged(
             "memory",
             f"peak RSS (net) engine / json.loads at N={cases['memory']['n']:,}",
             cases["memory"]["net_ratio"],
-            "<=",
-            2.0,
         )
     )
     out.append(
-        _target(
+        judged(
             "memory_orjson",
             f"peak RSS (net) engine / orjson.loads at N={cases['memory']['n']:,}",
             cases["memory"]["net_ratio_orjson"],
-            "<=",
-            0.6,
         )
     )
     if "screening" in cases:
-        from service.bench.screening import targets as screening_targets
-
-        out.extend(screening_targets(cases["screening"]))
+        out.extend(screening.targets(cases["screening"]))
     return out
 
 
@@ -328,9 +292,7 @@ def _rows(results: Results) -> list[list[str]]:
         ]
     )
     if "screening" in cases:
-        from service.bench.screening import rows as screening_rows
-
-        rows.extend(screening_rows(cases["screening"], by_id, _check, _x))
+        rows.extend(screening.rows(cases["screening"], by_id, _check, _x))
     return rows
 
 

@@ -1,0 +1,5 @@
+"""``python -m benchmarks [--smoke] [--out DIR]``."""
+
+from benchmarks.cli import app
+
+app()

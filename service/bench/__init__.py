@@ -1,1 +1,0 @@
-"""``eligibility bench``: synthetic data, each case measured next to its floor, JSON results."""
