@@ -267,11 +267,11 @@ def test_screen_operation_takes_study_and_records_each_answer(tmp_path, two_stud
             assert stored.source == "screening"
 
 
-def test_candidate_searches_are_the_union_each_distinct_one_once(tmp_path, two_studies):
-    from service.screening.server import _candidate_searches
+def testcandidate_searches_are_the_union_each_distinct_one_once(tmp_path, two_studies):
+    from service.screening.server import candidate_searches
 
     seed, second = two_studies
-    same = _candidate_searches([seed, second])
+    same = candidate_searches([seed, second])
     assert len(same) == 1  # the same ValueSet: one search for both
     other = second_protocol(tmp_path / "other")
     edit_toml(
@@ -281,10 +281,10 @@ def test_candidate_searches_are_the_union_each_distinct_one_once(tmp_path, two_s
     )
     edit_toml(other, 'id = "second-trial"', 'id = "third-trial"')
     third = load_protocol(other / "protocol.toml")
-    searches = _candidate_searches([seed, third, second])
+    searches = candidate_searches([seed, third, second])
     urls = [url for found in searches.values() for url in found]
     assert len(searches) == 2 and len(urls) == len(set(urls)) == 2
     alone = load_protocol(other / "protocol.toml")
     alone.general.pop("screening_condition_valueset")
     with pytest.raises(InputError, match="screening_condition_valueset"):
-        _candidate_searches([alone])
+        candidate_searches([alone])

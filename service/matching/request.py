@@ -17,7 +17,7 @@ from service.record import InputError
 SEARCH_PARAMETERS = ("zipCode", "travelRadius", "phase", "recruitmentStatus", "includeIneligible")
 
 
-class MatchRequestError(ValueError):
+class MatchRequestError(InputError):
     """The body is not a patient Bundle (the reference service's 400)."""
 
 

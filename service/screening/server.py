@@ -101,7 +101,7 @@ async def _candidates(
             refs = await _condition_subjects(client, token_param(valueset.codes))
             source = {"conditionValueSet": valueset.url, "conditions": len(refs)}
         else:
-            searches = _candidate_searches(protocol)
+            searches = candidate_searches(protocol)
             refs, counts = [], {}
             for param, urls in searches.items():
                 found = await _condition_subjects(client, param)
@@ -137,7 +137,7 @@ async def _condition_subjects(client: Any, codes: str) -> list[Any]:
     ]
 
 
-def _candidate_searches(protocols: list[Protocol]) -> dict[str, list[str]]:
+def candidate_searches(protocols: list[Protocol]) -> dict[str, list[str]]:
     """The studies' candidate searches (code parameter -> ValueSet urls), each distinct one
     once; a study without a screening ValueSet is screened over the others' candidates."""
     searches: dict[str, list[str]] = {}
