@@ -85,6 +85,12 @@ class _Case:
         )
 
     def read(self, dated: Dated, target: str, molar, plausible) -> Reading | Unusable:
+        if plausible and plausible["unit"] != target:  # said in the protocol's unit
+            low, high = (
+                units.convert(plausible[k], plausible["unit"], target, molar)
+                for k in ("low", "high")
+            )
+            plausible = {"low": low, "high": high, "unit": target}
         spec = {"molar_mass_g_per_mol": molar, "plausible": plausible}
         reading = read_quantity(dated, spec, target, self.ctx, self.issues)
         if isinstance(reading, Reading) and reading.comparator:
