@@ -20,7 +20,9 @@ def ago(days: int) -> date:
     return AS_OF - timedelta(days=days)
 
 
-def run(protocol: Protocol, code: str, *resources: dict, who: dict | None = None) -> CriterionResult:
+def run(
+    protocol: Protocol, code: str, *resources: dict, who: dict | None = None
+) -> CriterionResult:
     """Evaluate one criterion on a valid R4 Bundle of ``who`` (default: an adult, no gender)."""
     data = bundle(who or patient(), *resources)
     Bundle.model_validate(data)  # test data is valid R4

@@ -52,7 +52,11 @@ def test_egfr_above_max_is_not_met(protocol):
 
 @pytest.mark.parametrize(
     ("gender", "words"),
-    [("unknown", "recorded as 'unknown'"), ("other", "recorded as 'other'"), (None, "not recorded")],
+    [
+        ("unknown", "recorded as 'unknown'"),
+        ("other", "recorded as 'other'"),
+        (None, "not recorded"),
+    ],
 )
 def test_sex_the_formula_cannot_use_is_undetermined_in_words(protocol, gender, words):
     who = patient("1966-06-01", **({"gender": gender} if gender else {}))
@@ -139,7 +143,7 @@ def test_reported_and_computed_on_different_sides_are_undetermined(protocol):
 
 def test_unusable_reported_value_leaves_it_undetermined(protocol):
     bad = egfr(60)
-    bad["valueQuantity"] = quantity(60, "mL/min/1.73m2", system=None)  # not UCUM: unreadable
+    bad["valueQuantity"] = quantity(60, "mL/min/BSA", system=None)  # not readable
     r = run(protocol, "C1", creatinine(1.0), bad, who=FEMALE_60)
     assert r.outcome is Outcome.UNDETERMINED and "cannot decide" in r.reason
 
@@ -215,3 +219,10 @@ def test_parameter_errors_are_load_errors(tmp_path, old, new, words):
 
 def test_as_of_constant_is_the_builders():
     assert AS_OF.isoformat() == "2026-11-20"
+
+
+def test_egfr_unit_as_labs_write_it_is_read(protocol):
+    rep = egfr(60)
+    rep["valueQuantity"] = quantity(60, "mL/min/1.73m2", system=None)
+    r = run(protocol, "C1", rep, who=FEMALE_60)
+    assert r.outcome is Outcome.MET and "mL/min/1.73 m²" in r.reason
