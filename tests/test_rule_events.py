@@ -188,3 +188,8 @@ def test_parameter_errors_are_load_errors(tmp_path, old, new, words):
     edit_toml(folder, old, new)
     with pytest.raises(ProtocolError, match=words):
         load_protocol(folder)
+
+
+def test_an_older_certain_event_cannot_decide_for_a_newer_doubtful_one(protocol):
+    r = run(protocol, "T1", hsct(str(ago(400))), hsct("2026-08"))
+    assert r.outcome is Outcome.UNDETERMINED and "1 older record(s) cannot decide" in r.reason
