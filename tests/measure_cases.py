@@ -20,6 +20,10 @@ def ago(days: int) -> date:
     return AS_OF - timedelta(days=days)
 
 
+TEN_DAYS_AGO = ago(10)
+FIVE_DAYS_AGO = ago(5)
+
+
 def run(
     protocol: Protocol, code: str, *resources: dict, who: dict | None = None
 ) -> CriterionResult:
@@ -32,17 +36,17 @@ def run(
     return found[0]
 
 
-def creatinine(value: float, unit: str = "mg/dL", day: date | str = ago(10), **kw) -> dict:
+def creatinine(value: float, unit: str = "mg/dL", day: date | str = TEN_DAYS_AGO, **kw) -> dict:
     return lab("2160-0" if unit == "mg/dL" else "14682-9", value, unit, day, **kw)
 
 
-def weight(value: float, unit: str = "kg", day: date | str = ago(5), **kw) -> dict:
+def weight(value: float, unit: str = "kg", day: date | str = FIVE_DAYS_AGO, **kw) -> dict:
     return lab("29463-7", value, unit, day, **kw)
 
 
-def egfr(value: float, day: date | str = ago(10), code: str = "98979-8", **kw) -> dict:
+def egfr(value: float, day: date | str = TEN_DAYS_AGO, code: str = "98979-8", **kw) -> dict:
     return lab(code, value, "mL/min/{1.73_m2}", day, **kw)
 
 
-def uacr(value: float, unit: str = "mg/g", day: date | str = ago(10), **kw) -> dict:
+def uacr(value: float, unit: str = "mg/g", day: date | str = TEN_DAYS_AGO, **kw) -> dict:
     return lab("9318-7" if unit == "mg/g" else "14958-3", value, unit, day, **kw)

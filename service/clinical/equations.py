@@ -34,13 +34,7 @@ def ckd_epi_2021(scr_mg_dl: float, age_years: float, sex: Sex) -> float:
     _positive(scr_mg_dl=scr_mg_dl, age_years=age_years)
     kappa, alpha, factor = _CKD_EPI[sex]
     ratio = scr_mg_dl / kappa
-    return (
-        142.0
-        * min(ratio, 1.0) ** alpha
-        * max(ratio, 1.0) ** -1.200
-        * 0.9938**age_years
-        * factor
-    )
+    return 142.0 * min(ratio, 1.0) ** alpha * max(ratio, 1.0) ** -1.200 * 0.9938**age_years * factor
 
 
 def cockcroft_gault(scr_mg_dl: float, age_years: float, weight_kg: float, sex: Sex) -> float:
