@@ -34,7 +34,7 @@ def test_egfr_met_names_every_input_its_date_and_the_formula(protocol):
     cr = creatinine(1.0)
     r = run(protocol, "C1", cr, who=FEMALE_60)
     assert r.outcome is Outcome.MET
-    assert "eGFR 64.5 mL/min/1.73 m²" in r.reason or "eGFR 64.5 " in r.reason
+    assert "eGFR 64.5 mL/min/1.73 m² computed by CKD-EPI 2021" in r.reason
     assert "CKD-EPI 2021" in r.reason and "female" in r.reason and "age 60" in r.reason
     assert f"Observation/{cr['id']}" in r.reason and str(ago(10)) in r.reason
     assert f"Observation/{cr['id']}" in refs(r) and "Patient/p1" in refs(r)
@@ -226,3 +226,19 @@ def test_egfr_unit_as_labs_write_it_is_read(protocol):
     rep["valueQuantity"] = quantity(60, "mL/min/1.73m2", system=None)
     r = run(protocol, "C1", rep, who=FEMALE_60)
     assert r.outcome is Outcome.MET and "mL/min/1.73 m²" in r.reason
+
+
+def test_a_truncated_search_of_any_input_leaves_a_met_unconfirmed(protocol):
+    from fhir.resources.R4B.bundle import Bundle
+
+    from service.clinical.engine import evaluate
+    from service.record import record_from_bundle
+    from tests.builders import bundle
+
+    data = bundle(MALE_60, creatinine(1.0), weight(70))
+    Bundle.model_validate(data)
+    for feed in ("creatinine", "body-weight"):
+        record = record_from_bundle(data, protocol)
+        record.truncated = frozenset({feed})
+        r = next(x for x in evaluate(record, protocol, AS_OF).results if x.code == "C2")
+        assert r.outcome is Outcome.UNDETERMINED and "truncated" in r.reason

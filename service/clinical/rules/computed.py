@@ -43,7 +43,7 @@ from service.clinical.rules import Context, rule
 from service.clinical.rules.age import age_on
 from service.clinical.rules.labs import Reading, _fmt, read_quantity
 from service.clinical.rules.params import ComputedValueParams
-from service.clinical.rules.ranges import bounds_text, in_bounds, shown
+from service.clinical.rules.ranges import bounds_text, in_bounds, judged, shown
 from service.protocol import CriterionDef
 
 ADULT_YEARS = 18  # both equations were derived in adults
@@ -119,7 +119,8 @@ class _Case:
                 what="body weight",
             ) or undetermined(
                 self.criterion.code,
-                f"no body weight in the window for {p.equation}",
+                f"no body weight in the window: {self.name} by Cockcroft-Gault needs one "
+                f"(serum creatinine {shown(reading)} on {dated.shown})",
                 [],
                 self.needs("weight_observation_valueset", "a body weight"),
             )
@@ -193,8 +194,8 @@ class _Case:
                 [DataRequirement("Patient", None, "a full Patient.birthDate")],
             )
         if verdicts == {True}:
-            return met(code, f"{base}: within {self.wanted}", evidence)
-        return not_met(code, f"{base}: not within {self.wanted}", evidence)
+            return met(code, f"{base}: {judged(self.p, True)}", evidence)
+        return not_met(code, f"{base}: {judged(self.p, False)}", evidence)
 
     def equation(self, scr: float, age: int, sex, weight: float | None) -> float:
         if self.p.equation == "ckd-epi-2021":
@@ -235,9 +236,9 @@ class _Case:
             base = f"reported {self.name} {shown(reading)} on {dated.shown} ({ref.reference})"
             verdict = in_bounds(reading.value, reading.comparator, p)
             if verdict is True:
-                return met(self.criterion.code, f"{base}: within {self.wanted}", [ref])
+                return met(self.criterion.code, f"{base}: {judged(self.p, True)}", [ref])
             if verdict is False:
-                return not_met(self.criterion.code, f"{base}: not within {self.wanted}", [ref])
+                return not_met(self.criterion.code, f"{base}: {judged(self.p, False)}", [ref])
             return undetermined(
                 self.criterion.code,
                 f"{base}: the reported bound cannot tell whether it is within {self.wanted}",

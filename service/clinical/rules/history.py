@@ -30,7 +30,7 @@ from service.clinical.observations import Dated, _context_only, _data_absent, ca
 from service.clinical.rules import Context, rule
 from service.clinical.rules.labs import Reading, read_quantity
 from service.clinical.rules.params import DocumentedBeforeParams
-from service.clinical.rules.ranges import bounds_text, in_bounds, shown
+from service.clinical.rules.ranges import bounds_text, in_bounds, judged, shown
 from service.protocol import CriterionDef
 
 
@@ -74,7 +74,7 @@ def documented_before(criterion: CriterionDef, ctx: Context) -> CriterionResult:
         verdict = in_bounds(reading.value, reading.comparator, p)
         said = f"{name} {shown(reading)}"
         if verdict is False:
-            failing.append((dated, _line(ctx, dated, f"{said}, not within {wanted}")))
+            failing.append((dated, _line(ctx, dated, f"{said}, {judged(p, False)}")))
         elif verdict is None:
             doubtful.append((dated, _line(ctx, dated, f"{said}: the bound cannot decide")))
         elif not old_enough:
@@ -83,7 +83,7 @@ def documented_before(criterion: CriterionDef, ctx: Context) -> CriterionResult:
         elif dated.partly:
             doubtful.append((dated, _line(ctx, dated, f"{said}, but {dated.partly}")))
         else:
-            qualifying.append((dated, _line(ctx, dated, f"{said}, within {wanted}")))
+            qualifying.append((dated, _line(ctx, dated, f"{said}, {judged(p, True)}")))
     result = _decide(criterion, ctx, (qualifying, doubtful, failing), cutoff, needs)
     result.issues[:0] = issues
     return result

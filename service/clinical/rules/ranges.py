@@ -53,6 +53,13 @@ def bounds_text(bounds: Bounds) -> str:
     return f"{'<' if bounds.max_exclusive else '≤'} {_fmt(high.value)} {unit}"
 
 
+def judged(bounds: Bounds, inside: bool) -> str:
+    """'within 25–75 mL/min/1.73 m² (inclusive)' / 'not ≥ 60 mL/min', for reasons."""
+    wanted = bounds_text(bounds)
+    two = bounds.min is not None and bounds.max is not None
+    return f"{'' if inside else 'not '}{'within ' if two else ''}{wanted}"
+
+
 def shown(reading: Reading) -> str:
     return f"{reading.shown} ({reading.converted})" if reading.converted else reading.shown
 
@@ -71,9 +78,9 @@ def lab_range(criterion: CriterionDef, ctx: Context) -> CriterionResult:
         )
         verdict = in_bounds(reading.value, reading.comparator, p)
         if verdict is True:
-            return met(criterion.code, f"{base}: within {wanted}", evidence)
+            return met(criterion.code, f"{base}: {judged(p, True)}", evidence)
         if verdict is False:
-            return not_met(criterion.code, f"{base}: not within {wanted}", evidence)
+            return not_met(criterion.code, f"{base}: {judged(p, False)}", evidence)
         return undetermined(
             criterion.code,
             f"{base}: the reported bound cannot tell whether it is within {wanted}",
