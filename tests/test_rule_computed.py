@@ -242,3 +242,13 @@ def test_a_truncated_search_of_any_input_leaves_a_met_unconfirmed(protocol):
         record.truncated = frozenset({feed})
         r = next(x for x in evaluate(record, protocol, AS_OF).results if x.code == "C2")
         assert r.outcome is Outcome.UNDETERMINED and "truncated" in r.reason
+
+
+def test_a_clearance_in_ml_per_min_is_not_read_as_an_egfr(protocol):
+    # UCUM ignores annotations, so mL/min converts 1:1 to mL/min/{1.73_m2}; clinically an
+    # absolute clearance is not an eGFR normalised to 1.73 m² (fails on the code without
+    # the annotation check: it was read as 60 and met)
+    rep = egfr(60)
+    rep["valueQuantity"] = quantity(60, "mL/min")
+    r = run(protocol, "C1", rep, who=FEMALE_60)
+    assert r.outcome is Outcome.UNDETERMINED and "names a different quantity" in r.reason

@@ -43,7 +43,7 @@ from service.clinical.rules import Context, rule
 from service.clinical.rules.age import age_on
 from service.clinical.rules.labs import Reading, _fmt, read_quantity
 from service.clinical.rules.params import ComputedValueParams
-from service.clinical.rules.ranges import bounds_text, in_bounds, judged, shown
+from service.clinical.rules.ranges import annotation_mismatch, bounds_text, in_bounds, judged, shown
 from service.protocol import CriterionDef
 
 ADULT_YEARS = 18  # both equations were derived in adults
@@ -229,6 +229,9 @@ class _Case:
         plausible = p.reported_plausible.model_dump() if p.reported_plausible else None
 
         def judge(dated: Dated) -> Judged:
+            mismatch = annotation_mismatch(dated, target)
+            if mismatch:
+                return Unusable(mismatch)
             reading = read_quantity(dated, {"plausible": plausible}, target, self.ctx, self.issues)
             if isinstance(reading, Unusable):
                 return reading

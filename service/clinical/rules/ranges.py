@@ -9,6 +9,8 @@ compare a number with a range (computed values, documented history).
 
 from __future__ import annotations
 
+import re
+
 from service import units
 from service.clinical.model import CriterionResult, met, not_met, undetermined
 from service.clinical.observations import Dated, origin, satisfies
@@ -16,6 +18,29 @@ from service.clinical.rules import Context, rule
 from service.clinical.rules.labs import Reading, _fmt, _latest, _requirement
 from service.clinical.rules.params import Bounds, LabRangeParams
 from service.protocol import CriterionDef
+
+_ANNOTATION = re.compile(r"\{[^}]*\}")
+
+
+def annotation_mismatch(dated: Dated, target: str) -> str | None:
+    """Why a result's unit means another quantity than ``target``, if it does.
+
+    UCUM ignores annotations when converting, so ``mL/min`` converts 1:1 to
+    ``mL/min/{1.73_m2}``; but an eGFR normalised to body surface and an absolute clearance
+    are different quantities. When the protocol's unit carries an annotation, the result's
+    unit must carry the same ones.
+    """
+    wanted = set(_ANNOTATION.findall(target))
+    if not wanted:
+        return None
+    quantity = dated.item.get("valueQuantity")
+    unit = units.unit_of(quantity) if isinstance(quantity, dict) else None
+    if unit is None or set(_ANNOTATION.findall(unit)) == wanted:
+        return None  # no unit: read_quantity says so
+    return (
+        f"reported in {unit}, not {units.describe(target)}: the annotation "
+        f"{', '.join(sorted(wanted))} names a different quantity, so it is not converted"
+    )
 
 
 def in_bounds(value: float, comparator: str | None, bounds: Bounds) -> bool | None:
@@ -72,6 +97,15 @@ def lab_range(criterion: CriterionDef, ctx: Context) -> CriterionResult:
 
     def decide(dated: Dated, reading: Reading) -> CriterionResult:
         evidence = [ctx.record.ref(dated.resource)]
+        mismatch = annotation_mismatch(dated, p.unit)
+        if mismatch:
+            return undetermined(
+                criterion.code,
+                f"the most recent {p.analyte or criterion.title} result on {dated.shown} "
+                f"cannot be used: {mismatch}",
+                evidence,
+                [_requirement(criterion, ctx)],
+            )
         base = (
             f"{p.analyte or criterion.title} {shown(reading)} on {dated.shown}"
             f"{origin(ctx.record, dated)}"
