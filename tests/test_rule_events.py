@@ -193,3 +193,14 @@ def test_parameter_errors_are_load_errors(tmp_path, old, new, words):
 def test_an_older_certain_event_cannot_decide_for_a_newer_doubtful_one(protocol):
     r = run(protocol, "T1", hsct(str(ago(400))), hsct("2026-08"))
     assert r.outcome is Outcome.UNDETERMINED and "1 older record(s) cannot decide" in r.reason
+
+
+def test_a_condition_with_only_a_recorded_date_happened_on_or_before_it(protocol):
+    recorded = mi(None)
+    recorded["recordedDate"] = str(ago(10))
+    # recorded 10 days ago: the MI itself may be older than 12 weeks, so it cannot exclude
+    r = run(protocol, "E4", recorded)
+    assert r.outcome is Outcome.UNDETERMINED and "on or before" in r.reason
+    old = mi(None)
+    old["recordedDate"] = str(ago(100))  # recorded before the window: certainly before it
+    assert run(protocol, "E4", old).outcome is Outcome.MET

@@ -6,7 +6,8 @@ it may have happened, so it is doubtful; any other status, e.g. not-done or
 entered-in-error, is not counted); a Condition whose verificationStatus is not refuted or
 entered-in-error (anything but confirmed, when recorded, is doubtful), whatever its
 clinicalStatus (a resolved myocardial infarction still happened). Its time is onset /
-performed (a partial date, an age or a Period cover every day they may mean).
+performed (a partial date, an age or a Period cover every day they may mean); a Condition
+with no onset happened on or before its recordedDate (any day up to it).
 
 * ``at_least_days`` (inclusion, "≥ 100 days after allogeneic HSCT"): the newest event decides
   (with every event that cannot be ordered before it). Met when it is certainly at least N
@@ -46,6 +47,7 @@ from service.clinical.timing import (
     Placement,
     When,
     clinical_time,
+    element_time,
     not_followed,
     place,
 )
@@ -83,8 +85,20 @@ def _procedure(ctx: Context, proc: Resource, vs: ValueSet) -> tuple[Event | None
     return None, f"{line}; status {status})"
 
 
+def _event_time(cond: Resource, birth: object) -> When:
+    """The onset; without one, any day up to the recorded date (an event is recorded on or
+    after the day it happened, so recordedDate alone never places it inside a window)."""
+    onset = element_time(cond, "onset[x]", birth)
+    if onset is not None:
+        return onset
+    recorded = clinical_time(cond, birth)
+    if recorded.unknown:
+        return recorded
+    return When(None, recorded.latest, f"on or before {recorded.text} (recorded; no onset)")
+
+
 def _condition(ctx: Context, cond: Resource, vs: ValueSet) -> tuple[Event | None, str | None]:
-    when = clinical_time(cond, ctx.record.patient.get("birthDate"))
+    when = _event_time(cond, ctx.record.patient.get("birthDate"))
     line = f"{ctx.record.ref(cond).reference} {_label(cond, vs)} (dated {when.text}"
     verification = {c for _, c in codings(cond.get("verificationStatus"))}
     if verification & _NEVER:
