@@ -252,3 +252,13 @@ def test_a_clearance_in_ml_per_min_is_not_read_as_an_egfr(protocol):
     rep["valueQuantity"] = quantity(60, "mL/min")
     r = run(protocol, "C1", rep, who=FEMALE_60)
     assert r.outcome is Outcome.UNDETERMINED and "names a different quantity" in r.reason
+
+
+def test_same_day_creatinines_that_agree_share_one_weight_reading(protocol):
+    late = weight(70)
+    late["status"] = "preliminary"  # warned about once, not once per creatinine
+    r = run(
+        protocol, "C2", creatinine(1.0), creatinine(1.01), weight(70, day=ago(6)), late, who=MALE_60
+    )
+    assert r.outcome is Outcome.MET and "agree" in r.reason
+    assert sum("preliminary" in i.message for i in r.issues) == 1

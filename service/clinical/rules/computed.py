@@ -72,6 +72,7 @@ class _Case:
         self.issues: list[Issue] = []
         self.name = _NAMES[self.p.equation]
         self.wanted = bounds_text(self.p)
+        self.weights: list[Dated] | None = None
 
     def needs(self, key: str, what: str) -> list[DataRequirement]:
         vs = self.ctx.protocol.valueset(getattr(self.p, key))
@@ -109,10 +110,12 @@ class _Case:
                 return reading
             if p.weight_observation_valueset is None:
                 return self.decide(_Inputs((dated, reading), None))
+            if self.weights is None:  # once, however many creatinines share the newest day
+                self.weights = self.candidates("weight_observation_valueset")
             return newest_verdict(
                 self.criterion.code,
                 self.ctx.record,
-                self.candidates("weight_observation_valueset"),
+                self.weights,
                 lambda w: self.judge_weight((dated, reading), w),
                 needs=self.needs("weight_observation_valueset", "a body weight"),
                 issues=self.issues,
