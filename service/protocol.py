@@ -271,7 +271,7 @@ def _criterion(path: Path, code: str, spec: dict[str, Any]) -> CriterionDef:
         known = ", ".join(sorted(load_all()))
         raise ProtocolError(f"{where} key 'rule': no rule {rule_name!r} (known: {known})")
     try:
-        typed = rule.params.model_validate(spec)
+        typed = rule.params.model_validate(spec, context={"kind": kind})
     except ValidationError as exc:
         raise ProtocolError(f"{where} " + "; ".join(describe_error(exc))) from None
     # Criteria a parameter names as members (a conditional's applies_when / then) are

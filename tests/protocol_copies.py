@@ -269,6 +269,119 @@ _MEDICATION_VALUESETS = {
 }
 
 
+# -- a seed copy with computed values, ranges, history and time since an event ------------
+
+LOINC = "http://loinc.org"
+REPORTED_EGFR_CODES = [  # eGFR Observations a lab may send (CKD-EPI 2021 first)
+    (
+        "98979-8",
+        "Glomerular filtration rate/1.73 sq M.predicted [Volume Rate/Area] by CKD-EPI 2021",
+    ),
+    ("62238-1", "Glomerular filtration rate/1.73 sq M.predicted by CKD-EPI"),
+    ("33914-3", "Glomerular filtration rate/1.73 sq M.predicted by MDRD"),
+    ("48642-3", "GFR/1.73 sq M.predicted among non-blacks"),
+    ("48643-1", "GFR/1.73 sq M.predicted among blacks"),
+    ("50044-7", "GFR/1.73 sq M.predicted among females"),
+    ("69405-9", "GFR/1.73 sq M.predicted"),
+    ("88293-6", "GFR/1.73 sq M.predicted among blacks by CKD-EPI"),
+    ("88294-4", "GFR/1.73 sq M.predicted among non-blacks by CKD-EPI"),
+]
+
+_MEASURES_TOML = """
+
+[criteria.C1]
+title = "eGFR 25-75 mL/min/1.73 m2 (CKD-EPI 2021)"
+rule = "computed_value"
+equation = "ckd-epi-2021"
+creatinine_observation_valueset = "creatinine"
+molar_mass_g_per_mol = 113.12
+creatinine_plausible = { low = 5, high = 3000, unit = "umol/L" }
+reported_observation_valueset = "egfr-reported"
+min = { value = 25, unit = "mL/min/{1.73_m2}" }
+max = { value = 75, unit = "mL/min/{1.73_m2}" }
+window_days = 30
+
+[criteria.C2]
+title = "Creatinine clearance >= 60 mL/min (Cockcroft-Gault)"
+rule = "computed_value"
+equation = "cockcroft-gault"
+creatinine_observation_valueset = "creatinine"
+molar_mass_g_per_mol = 113.12
+weight_observation_valueset = "body-weight"
+weight_plausible = { low = 20, high = 400, unit = "kg" }
+min = { value = 60, unit = "mL/min" }
+window_days = 30
+
+[criteria.R1]
+title = "UACR 200-5000 mg/g"
+analyte = "UACR"
+rule = "lab_range"
+observation_valueset = "uacr"
+molar_mass_g_per_mol = 113.12
+min = { value = 200, unit = "mg/g" }
+max = { value = 5000, unit = "mg/g" }
+window_days = 30
+
+[criteria.H1]
+title = "Albuminuria (UACR >= 30 mg/g) documented 90 days or more before"
+analyte = "UACR"
+rule = "documented_before"
+observation_valueset = "uacr"
+molar_mass_g_per_mol = 113.12
+min = { value = 30, unit = "mg/g" }
+min_days_before = 90
+window_days = 730
+
+[criteria.T1]
+title = "At least 100 days after allogeneic HSCT"
+rule = "time_since_event"
+event = "allogeneic HSCT"
+procedure_valueset = "allo-hsct"
+at_least_days = 100
+
+[criteria.E3]
+title = "MI, unstable angina, stroke or TIA within 12 weeks"
+kind = "exclusion"
+rule = "time_since_event"
+event = "myocardial infarction, unstable angina, stroke or TIA"
+condition_valueset = "cardiovascular-event"
+procedure_valueset = "coronary-revascularisation"
+within_days = 84
+attestation_item = "E3"
+
+[criteria.E4]
+title = "MI within 12 weeks (absence in the record clears)"
+kind = "exclusion"
+rule = "time_since_event"
+event = "myocardial infarction"
+condition_valueset = "myocardial-infarction"
+within_days = 84
+absence_in_record_clears = true
+"""
+
+_MEASURE_VALUESETS = {
+    "egfr-reported": [(LOINC, code, display) for code, display in REPORTED_EGFR_CODES],
+    "body-weight": [(LOINC, "29463-7", "Body weight"), (LOINC, "3141-9", "Body weight Measured")],
+    "uacr": [
+        (LOINC, "9318-7", "Albumin/Creatinine [Mass Ratio] in Urine"),
+        (LOINC, "14959-1", "Microalbumin/Creatinine [Mass Ratio] in Urine"),
+        (LOINC, "14958-3", "Microalbumin/Creatinine [Molar ratio] in Urine"),
+    ],
+    "allo-hsct": [
+        (SNOMED, "425843001", "Allogeneic peripheral blood stem cell transplant"),
+        (SNOMED, "58390007", "Allogeneic bone marrow transplantation"),
+    ],
+    "cardiovascular-event": [
+        (SNOMED, "22298006", "Myocardial infarction"),
+        (SNOMED, "4557003", "Preinfarction syndrome (unstable angina)"),
+        (SNOMED, "230690007", "Cerebrovascular accident"),
+        (SNOMED, "266257000", "Transient ischemic attack"),
+    ],
+    "coronary-revascularisation": [(SNOMED, "415070008", "Percutaneous coronary intervention")],
+    "myocardial-infarction": _VALUESETS["myocardial-infarction"],
+}
+
+
 def extend_seed(
     dest: Path,
     toml: str,
@@ -309,3 +422,17 @@ def medication_protocol(dest: Path) -> Path:
     for 28 days, gaps up to 7 days) and D1 (two distinct TKIs)."""
     items = {"W1": "No blinatumomab in the last 28 days (investigator)"}
     return extend_seed(dest, _MEDICATION_TOML, _MEDICATION_VALUESETS, items)
+
+
+def measures_protocol(dest: Path) -> Path:
+    """The seed folder plus computed values C1 (eGFR 25-75, reported eGFR may decide) and C2
+    (CrCl >= 60), range R1 (UACR 200-5000 mg/g), history H1 (UACR >= 30 mg/g 90 days before),
+    time since event T1 (>= 100 days after allo-HSCT) and exclusions E3 (cardiovascular event
+    within 12 weeks, attestation clears) and E4 (MI within 12 weeks, absence clears)."""
+    return extend_seed(
+        dest,
+        _MEASURES_TOML,
+        _MEASURE_VALUESETS,
+        {"E3": "None of: MI, unstable angina, stroke or TIA within 12 weeks (investigator)"},
+        kinds={"E3": "exclusion", "E4": "exclusion"},
+    )

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 
 @dataclass(frozen=True)
@@ -270,6 +270,105 @@ class DistinctAgentsParams(RuleParams):
     min_agents: int = Field(ge=1)
     within_days: WindowDays  # only exposures that may fall in this look-back (None: all)
     absence_in_record_clears: bool = False  # fewer recorded is "not met" (record complete)
+
+
+class Bounds(RuleParams):
+    """``min`` and/or ``max`` in one UCUM unit, each inclusive unless ``*_exclusive``."""
+
+    min: Quantity | None = None
+    max: Quantity | None = None
+    min_exclusive: bool = False
+    max_exclusive: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Bounds:
+        if self.min is None and self.max is None:
+            raise ValueError("at least one of min and max is required")
+        if self.min is not None and self.max is not None:
+            if self.min.unit != self.max.unit:
+                raise ValueError("min and max must be in the same unit")
+            if self.min.value > self.max.value:
+                raise ValueError("min is above max")
+        return self
+
+    @property
+    def unit(self) -> str:
+        """The unit results are converted to before they are compared."""
+        return (self.min or self.max).unit  # type: ignore[union-attr]
+
+
+class LabRangeParams(Bounds):
+    """One result between ``min`` and ``max`` (the newest in the window decides)."""
+
+    analyte: str | None = None
+    observation_valueset: ValueSetRef
+    plausible: QuantityRange | None = None
+    molar_mass_g_per_mol: float | None = Field(default=None, gt=0)
+    window_days: WindowDays
+
+
+class DocumentedBeforeParams(LabRangeParams):
+    """A qualifying result dated certainly at least ``min_days_before`` days before as-of.
+
+    ``window_days`` (optional) is how far back a result may be; None is all history.
+    """
+
+    min_days_before: int = Field(ge=1)
+
+
+class ComputedValueParams(Bounds):
+    """A value computed by a named equation from the newest usable inputs in the window."""
+
+    equation: Literal["ckd-epi-2021", "cockcroft-gault"]
+    creatinine_observation_valueset: ValueSetRef
+    molar_mass_g_per_mol: float = Field(gt=0)  # creatinine's, to read µmol/L as mg/dL
+    creatinine_plausible: QuantityRange | None = None
+    weight_observation_valueset: OptionalValueSetRef = None  # Cockcroft-Gault only
+    weight_plausible: QuantityRange | None = None
+    # a reported value (an eGFR Observation) that may decide too; it must agree
+    reported_observation_valueset: OptionalValueSetRef = None
+    reported_plausible: QuantityRange | None = None
+    window_days: WindowDays
+
+    @model_validator(mode="after")
+    def _weight(self) -> ComputedValueParams:
+        if self.equation == "cockcroft-gault" and self.weight_observation_valueset is None:
+            raise ValueError("cockcroft-gault needs weight_observation_valueset")
+        if self.equation != "cockcroft-gault" and self.weight_observation_valueset is not None:
+            raise ValueError(f"{self.equation} reads no weight_observation_valueset")
+        return self
+
+
+class TimeSinceEventParams(RuleParams):
+    """Days since a Procedure or Condition of a ValueSet.
+
+    ``at_least_days``: the newest event is certainly at least N days before as-of (an
+    inclusion). ``within_days``: an event in the last N days; an exclusion then reads it as
+    the excluding finding, with the evidence-of-absence semantics of ``condition_absent``.
+    """
+
+    event: str  # how reasons name the event ("allogeneic HSCT")
+    procedure_valueset: OptionalValueSetRef = None
+    condition_valueset: OptionalValueSetRef = None
+    at_least_days: int | None = Field(default=None, ge=0)
+    within_days: int | None = Field(default=None, ge=0)
+    attestation_item: OptionalAttestationItem = None  # exclusion: "yes" = none of these
+    absence_in_record_clears: bool = False
+
+    @model_validator(mode="after")
+    def _one_bound(self, info: ValidationInfo) -> TimeSinceEventParams:
+        if self.procedure_valueset is None and self.condition_valueset is None:
+            raise ValueError("procedure_valueset or condition_valueset is required")
+        if (self.at_least_days is None) == (self.within_days is None):
+            raise ValueError("exactly one of at_least_days and within_days is required")
+        kind = (info.context or {}).get("kind", "inclusion")
+        if kind == "exclusion" and self.at_least_days is not None:
+            raise ValueError("an exclusion reads within_days (the excluding recent event)")
+        if kind == "inclusion" and (self.attestation_item or self.absence_in_record_clears):
+            raise ValueError(
+                "attestation_item and absence_in_record_clears clear an exclusion only"
+            )
+        return self
 
 
 def describe_error(exc: Any) -> list[str]:
