@@ -7,6 +7,7 @@ import uuid
 from datetime import date
 
 import httpx
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -264,3 +265,15 @@ def test_missing_prefetch_is_fetched_once_for_every_study(client, folders, monke
     ]
     distinct = {(q.resource_type, q.params) for plan in plans for q in plan}
     assert len(sent) == len(distinct) < sum(map(len, plans))
+
+
+@pytest.mark.parametrize("sid", [PORTFOLIO_SERVICE_ID, f"{SEED_ID}-screening"])
+def test_a_body_that_names_a_key_twice_is_refused_on_the_fast_decoder_too(client, sid):
+    body = orjson.dumps(call("demo-eligible", {}))
+    twice = body.replace(b'"patientId":', b'"patientId":"demo-potential","patientId":', 1)
+    url = f"http://testserver/cds-services/{sid}"
+    headers = {**_auth(url), "content-type": "application/json"}
+    r = client.post(url, content=twice, headers=headers)
+    assert r.status_code == 400 and "more than once" in r.json()["issue"][0]["diagnostics"]
+    r = client.post(url, content=body[:-1], headers=headers)
+    assert r.status_code == 400 and "not JSON" in r.json()["issue"][0]["diagnostics"]

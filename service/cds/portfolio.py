@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from service.cds.cards import _md, patient_view_cards, trial_name
@@ -37,9 +38,26 @@ class PrefetchPlan:
     templates: dict[str, str]  # advertised key -> template, each template once
     keys: list[dict[str, str]]  # per study (in order): its query key -> advertised key
 
+    def queries(self, n: int) -> dict[str, tuple[str, str]]:
+        """Study ``n``'s query keys -> (advertised key, resource type)."""
+        return {
+            own: (shared, _resource_type(self.templates[shared]))
+            for own, shared in self.keys[n].items()
+        }
+
+
+def _resource_type(template: str) -> str:
+    return template.split("?", 1)[0].split("/", 1)[0]
+
 
 def prefetch_plan(relevances: Sequence[Relevance]) -> PrefetchPlan:
-    """The union of the studies' prefetch templates, no key and no template twice."""
+    """The union of the studies' prefetch templates, no key and no template twice (computed
+    once per set of selections: every CDS call of the portfolio service reads it)."""
+    return _plan(tuple(relevances))
+
+
+@lru_cache(maxsize=32)
+def _plan(relevances: tuple[Relevance, ...]) -> PrefetchPlan:
     templates: dict[str, str] = {}
     by_template: dict[str, str] = {}
     keys: list[dict[str, str]] = []

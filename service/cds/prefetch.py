@@ -88,21 +88,27 @@ def ehr_client(call: PatientViewRequest, settings: Settings) -> Any:
 
 
 def from_prefetch(
-    call: PatientViewRequest, relevance: Relevance, keys: dict[str, str] | None = None
+    call: PatientViewRequest,
+    relevance: Relevance,
+    queries: dict[str, tuple[str, str]] | None = None,
 ) -> tuple[Resolved, set[str]]:
     """What the prefetch holds for ``relevance``'s queries, and the query keys still to fetch.
-    ``keys``: query key -> the prefetch key it was advertised under (several studies share
-    one set of templates); default the query's own key. Without ``fhirServer``, what cannot
-    be fetched is set in ``Resolved.missing`` (and linked records hold every feed open)."""
+    ``queries``: query key -> (the prefetch key it was advertised under, resource type), for
+    several studies sharing one set of templates (service.cds.portfolio); default each
+    query under its own key. Without ``fhirServer``, what cannot be fetched is set in
+    ``Resolved.missing`` (and linked records hold every feed open)."""
     from service.fhir.queries import plan_queries
 
     patient_id = call.context.patientId
+    if queries is None:
+        plan = plan_queries(relevance.protocol, patient_id, None, relevance)
+        queries = {q.key: (q.key, q.resource_type) for q in plan}
     prefetch = call.prefetch or {}
     resolved = Resolved(server_base=call.fhirServer)
     need: set[str] = set()
-    for query in plan_queries(relevance.protocol, patient_id, None, relevance):
-        value = prefetch.get(keys.get(query.key, query.key) if keys else query.key)
-        if query.resource_type == "Patient":
+    for key, (advertised, resource_type) in queries.items():
+        value = prefetch.get(advertised)
+        if resource_type == "Patient":
             if (
                 isinstance(value, dict)
                 and value.get("resourceType") == "Patient"
@@ -110,11 +116,11 @@ def from_prefetch(
             ):
                 resolved.patient = value
             else:
-                need.add(query.key)
+                need.add(key)
             continue
         resources = _usable_search(value)
         if resources is None:
-            need.add(query.key)
+            need.add(key)
         else:
             resolved.resources.extend(resources)
 

@@ -8,11 +8,12 @@ from collections import Counter
 from datetime import date
 from typing import Any, TypeVar
 
+import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from service import entry_cap, logs, strict_json
+from service import entry_cap, lean, logs, strict_json
 from service.cds.cards import patient_view_cards, trial_name
 from service.cds.jwt_auth import require_cds_client
 from service.cds.models import FeedbackRequest, PatientViewRequest
@@ -123,7 +124,12 @@ async def _body(request: Request) -> Any:
     settings = request.app.state.settings
     raw = await read_body(request, settings.max_body_bytes)
     entry_cap.check(raw, settings.max_bundle_entries)  # prefetch Bundles: 413 before decoding
-    try:
+    if lean.unique_keys(raw):  # the C proof of unique keys, as $eligibility's lean decoder
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise HTTPException(400, "the request body is not JSON") from None
+    try:  # unsure or refused: the generic decoder, whose answer (and message) is the one
         return strict_json.loads(raw)
     except strict_json.DuplicateKeyError as exc:
         raise HTTPException(400, f"the request body is {exc}") from None
@@ -192,9 +198,7 @@ async def _portfolio_cards(
     study that shows one; an override hides only its own study's card."""
     contexts = contexts_for(protocols)
     plan = prefetch_plan([c.relevance for c in contexts])
-    parts = [
-        from_prefetch(call, c.relevance, keys) for c, keys in zip(contexts, plan.keys, strict=True)
-    ]
+    parts = [from_prefetch(call, c.relevance, plan.queries(n)) for n, c in enumerate(contexts)]
     missing = {plan.keys[n][k] for n, (r, _) in enumerate(parts) for k in r.missing}
     if missing:
         return _incomplete(missing)
