@@ -272,8 +272,8 @@ def test_a_body_that_names_a_key_twice_is_refused_on_the_fast_decoder_too(client
     body = orjson.dumps(call("demo-eligible", {}))
     twice = body.replace(b'"patientId":', b'"patientId":"demo-potential","patientId":', 1)
     url = f"http://testserver/cds-services/{sid}"
-    headers = {**_auth(url), "content-type": "application/json"}
-    r = client.post(url, content=twice, headers=headers)
+    ctype = {"content-type": "application/json"}
+    r = client.post(url, content=twice, headers={**_auth(url), **ctype})
     assert r.status_code == 400 and "more than once" in r.json()["issue"][0]["diagnostics"]
-    r = client.post(url, content=body[:-1], headers=headers)
+    r = client.post(url, content=body[:-1], headers={**_auth(url), **ctype})
     assert r.status_code == 400 and "not JSON" in r.json()["issue"][0]["diagnostics"]
