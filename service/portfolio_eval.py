@@ -36,8 +36,9 @@ from service.pipeline import (
     evaluate_body,
     evaluate_fetched_off_loop,
     evaluate_from_server,
-    evaluate_resource,
+    evaluate_unwrapped,
     parse_json,
+    unwrap_parameters,
 )
 from service.protocol import Protocol
 from service.settings import Settings
@@ -94,13 +95,19 @@ def evaluate_body_portfolio(
         if resource is None:
             entry_cap.check(body, max_entries)
             resource = parse_json(body)
+        bundle, param_as_of, param_patient = unwrap_parameters(resource)  # checked once
         answers = []
         for context in contexts:
-            evaluation, bundle = evaluate_resource(
-                resource, context.protocol, as_of=as_of, patient_id=patient_id, context=context
+            evaluation, result = evaluate_unwrapped(
+                bundle,
+                context.protocol,
+                as_of or param_as_of,
+                patient_id or param_patient,
+                patient_id,
+                context,
             )
-            answers.append(StudyAnswer(context.protocol, evaluation, bundle))
-        del resource
+            answers.append(StudyAnswer(context.protocol, evaluation, result))
+        del resource, bundle
         return answers
 
 
