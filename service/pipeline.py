@@ -198,9 +198,11 @@ def evaluate_unwrapped(
     patient: str | None,
     patient_id: str | None = None,
     context: EvaluationContext | None = None,
+    fits: set[int] | None = None,
 ) -> tuple[Evaluation, dict[str, Any]]:
     """``evaluate_resource`` after ``unwrap_parameters`` (several studies unwrap once):
-    ``patient`` is the Patient to evaluate, ``patient_id`` the caller's own selector."""
+    ``patient`` is the Patient to evaluate, ``patient_id`` the caller's own selector,
+    ``fits`` the resources known to fit their shape (service.record.bundle_fits)."""
     context = context if context is not None else EvaluationContext.current(protocol)
     if patient_id is not None:
         logs.register_request_secret(patient_id)
@@ -209,7 +211,7 @@ def evaluate_unwrapped(
     if context.site is not None:  # site terminology, before evaluation
         resources = terminology.bundle_resources(bundle)
         mappings = terminology.table_for_sync(resources, protocol, context.site)
-    record = record_from_bundle(bundle, protocol, patient, mappings, context.relevance)
+    record = record_from_bundle(bundle, protocol, patient, mappings, context.relevance, fits)
     return evaluate_record(record, protocol, as_of, context)
 
 

@@ -41,6 +41,7 @@ from service.pipeline import (
     unwrap_parameters,
 )
 from service.protocol import Protocol
+from service.record import bundle_fits
 from service.settings import Settings
 from service.terminology import runtime as terminology
 
@@ -96,6 +97,7 @@ def evaluate_body_portfolio(
             entry_cap.check(body, max_entries)
             resource = parse_json(body)
         bundle, param_as_of, param_patient = unwrap_parameters(resource)  # checked once
+        fits = bundle_fits(bundle)  # the shape proof, once for every study
         answers = []
         for context in contexts:
             evaluation, result = evaluate_unwrapped(
@@ -105,6 +107,7 @@ def evaluate_body_portfolio(
                 patient_id or param_patient,
                 patient_id,
                 context,
+                fits,
             )
             answers.append(StudyAnswer(context.protocol, evaluation, result))
         del resource, bundle
