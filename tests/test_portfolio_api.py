@@ -250,3 +250,21 @@ def test_every_answer_is_recorded_per_study(both):
     assert seed is not None and other is not None
     assert (seed.source, seed.status) == ("api", "eligible")
     assert other.status == "ineligible" and "I7" in other.failed_criteria
+
+
+def test_a_malformed_result_reads_the_same_in_the_portfolio_as_alone(both, seed_alone):
+    """The shape proof is shared between the studies: a misfit is still found per study."""
+    data = orjson.loads(orjson.dumps(DEMO["demo-eligible"]))
+    platelets = next(
+        e["resource"]
+        for e in data["entry"]
+        if e["resource"]["resourceType"] == "Observation"
+        and any(c.get("code") == "777-3" for c in e["resource"]["code"]["coding"])
+    )
+    platelets["valueQuantity"]["value"] = "many"  # a string where a number belongs
+    body = orjson.dumps(data)
+    alone = normalise(_post(seed_alone, body).json())
+    part = _parts(_post(both, body).json())[0]
+    assert normalise({"entry": part})["entry"] == alone["entry"]
+    statuses = [e["resource"]["status"] for e in part if "status" in e["resource"]]
+    assert statuses[0] == "potential-candidate"  # not eligible on an unreadable newest count
