@@ -21,10 +21,10 @@ so the output is exactly theirs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from service import entry_cap, lean
 from service.clinical.dates import today
@@ -47,6 +47,8 @@ from service.terminology import runtime as terminology
 
 if TYPE_CHECKING:
     from service.fhir.client import SearchResult
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -169,14 +171,30 @@ async def fetch_portfolio(
     from service.fhir.fetch import fetch_patient
 
     shared = SharedQueries(client)
-    return list(
-        await asyncio.gather(
-            *(
-                fetch_patient(shared, c.protocol, patient_id, day, relevance=c.relevance)
-                for c in contexts
-            )
-        )
+    return await all_or_none(
+        [
+            fetch_patient(shared, c.protocol, patient_id, day, relevance=c.relevance)
+            for c in contexts
+        ]
     )
+
+
+async def all_or_none(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run the studies' fetches together; one failure cancels the rest and is raised (the
+    most specific FhirError, as service.fhir.fetch does): no study is answered on data
+    another study's fetch found incomplete."""
+    from service.fhir.errors import FhirError
+    from service.fhir.fetch import _pick
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(c) for c in coros]
+    except BaseExceptionGroup as group:
+        fhir_errors, others = group.split(FhirError)
+        if fhir_errors is None or others is not None:
+            raise
+        raise _pick(fhir_errors.exceptions) from None
+    return [task.result() for task in tasks]
 
 
 async def evaluate_portfolio_from_server(

@@ -268,3 +268,34 @@ def test_a_malformed_result_reads_the_same_in_the_portfolio_as_alone(both, seed_
     assert normalise({"entry": part})["entry"] == alone["entry"]
     statuses = [e["resource"]["status"] for e in part if "status" in e["resource"]]
     assert statuses[0] == "potential-candidate"  # not eligible on an unreadable newest count
+
+
+def test_unknown_patient_in_pull_mode_is_one_404_for_every_study(both):
+    r = both.get("/Patient/nobody-here/$eligibility")
+    assert r.status_code == 404
+    assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_cli_evaluates_every_study_from_one_decode(second, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from service.settings import get_settings
+
+    calls: list[int] = []
+    real = lean.lean_bundle
+    monkeypatch.setattr(lean, "lean_bundle", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setenv(
+        "ELIGIBILITY_PROTOCOL_DIRS", orjson.dumps([str(SEED_DIR), str(second)]).decode()
+    )
+    get_settings.cache_clear()
+    try:
+        f = tmp_path / "in.json"
+        f.write_bytes(orjson.dumps(DEMO["demo-eligible"]))
+        done = CliRunner().invoke(app, ["evaluate", "--bundle", str(f), "--format", "summary"])
+    finally:
+        get_settings.cache_clear()
+    assert done.exit_code == 0, done.output
+    assert len(calls) == 1
+    summaries = [line for line in done.stdout.splitlines() if line.startswith("Patient/")]
+    assert [s.split(": ")[1].split(" ")[0] for s in summaries] == ["eligible", "ineligible"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from datetime import date
@@ -28,7 +27,7 @@ from service.ops.audit import audited, note_context
 from service.ops.caller import jwt_caller
 from service.ops.ratelimit import rate_limited
 from service.pipeline import evaluate_fetched_off_loop
-from service.portfolio_eval import SharedQueries, contexts_for
+from service.portfolio_eval import SharedQueries, all_or_none, contexts_for
 from service.protocol import Protocol
 from service.results.recording import record_answers
 from service.settings import Settings
@@ -210,8 +209,8 @@ async def _portfolio_cards(
     if fetching:
         async with ehr_client(call, settings) as client:
             shared = SharedQueries(client)  # a search two studies need is sent once
-            await asyncio.gather(
-                *(fetch_missing(shared, call, c.relevance, need, r, day) for c, r, need in fetching)
+            await all_or_none(
+                [fetch_missing(shared, call, c.relevance, need, r, day) for c, r, need in fetching]
             )
     answers = []
     for context, (resolved, _) in zip(contexts, parts, strict=True):
