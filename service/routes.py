@@ -144,6 +144,7 @@ def _by_id(resources: list[dict[str, Any]], resource_id: str) -> FhirResponse:
 async def research_studies(request: Request) -> FhirResponse:
     """Every loaded study, as a searchset (``identifier`` carries its registry numbers)."""
     studies = [p.research_study for p in _portfolio(request)]
+    base = (request.app.state.settings.public_base_url or str(request.base_url)).rstrip("/")
     return FhirResponse(
         {
             "resourceType": "Bundle",
@@ -151,7 +152,7 @@ async def research_studies(request: Request) -> FhirResponse:
             "total": len(studies),
             "entry": [
                 {
-                    "fullUrl": f"{str(request.base_url).rstrip('/')}/ResearchStudy/{s['id']}",
+                    "fullUrl": f"{base}/ResearchStudy/{s['id']}",
                     "resource": s,
                     "search": {"mode": "match"},
                 }
