@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -30,8 +31,10 @@ from service.inputs import validation_message
 from service.matching.router import router as matching_router
 from service.ops import metrics
 from service.ops import wiring as ops_wiring
-from service.protocol import ProtocolError, load_protocol
+from service.portfolio import Portfolio, configured_paths, load_portfolio
+from service.protocol import Protocol, ProtocolError, load_protocol
 from service.record import InputError
+from service.results import open_result_store
 from service.routes import router as fhir_router
 from service.screening.http import router as screen_router
 from service.settings import Settings, get_settings
@@ -64,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await ops_wiring.startup(app)
         yield
         await ops_wiring.shutdown(app)
+        await app.state.results.aclose()
         await app.state.cds_authenticator.aclose()
         await close_clients()
 
@@ -74,7 +78,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs",
     )
     app.state.settings = settings
-    app.state.protocol = load_protocol(settings.protocol_path)
+    # Every loaded study (``study`` on $eligibility, CDS Hooks, GET /ResearchStudy); the
+    # single-trial surfaces keep reading app.state.protocol (ELIGIBILITY_PROTOCOL_PATH).
+    app.state.portfolio = load_configured_portfolio(settings)
+    app.state.protocol = _single_protocol(app.state.portfolio, settings)
+    app.state.results = open_result_store(settings)  # the latest answer per patient and study
     configure_terminology(settings)  # site ConceptMaps: a bad file stops the start (issue 10)
     # Innermost middleware: a refused body is still counted, logged and given a request id.
     app.state.body_budget = ByteBudget(settings.max_decoding_bytes)
@@ -168,6 +176,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(matching_router)  # POST /getClinicalTrial (service.matching)
     logs.set_route_resolver(_route_resolver(app))
     return app
+
+
+def load_configured_portfolio(settings: Settings) -> Portfolio:
+    """The studies this service answers for (as ``eligibility evaluate --study`` loads them)."""
+    return load_portfolio(configured_paths(settings.protocol_dirs, settings.protocol_path))
+
+
+def _single_protocol(portfolio: Portfolio, settings: Settings) -> Protocol:
+    """The protocol at ``protocol_path``: the portfolio's own object when it holds it."""
+    wanted = Path(settings.protocol_path)
+    wanted = (wanted.parent if wanted.name == "protocol.toml" else wanted).resolve()
+    for protocol in portfolio:
+        if Path(protocol.directory).resolve() == wanted:
+            return protocol
+    return load_protocol(settings.protocol_path)
 
 
 def _register_request_secrets(request: Request) -> None:

@@ -25,7 +25,12 @@ from service import logs
 from service.clinical.evaluation import Evaluation
 from service.fhir.errors import FhirError
 from service.inputs import ConfigurationError, check_settings
-from service.pipeline import evaluate_body, evaluate_from_server, parse_as_of
+from service.pipeline import evaluate_from_server, parse_as_of
+from service.portfolio_eval import (
+    StudyAnswer,
+    evaluate_body_portfolio,
+    evaluate_portfolio_from_server,
+)
 from service.protocol import Protocol, ProtocolError, load_protocol
 from service.record import InputError
 from service.screening.command import screen
@@ -101,15 +106,11 @@ def _studies(names: list[str] | None) -> list[Protocol]:
     """The protocols ``--study`` names (id, canonical or registry number); default: all of
     ELIGIBILITY_PROTOCOL_DIRS, or every folder under fhir_mappings/, or an explicitly set
     ELIGIBILITY_PROTOCOL_PATH alone."""
-    from fhir_mappings import DEFAULT_PROTOCOL
-    from service.portfolio import load_portfolio
+    from service.portfolio import configured_paths, load_portfolio
 
     settings = get_settings()
-    paths = settings.protocol_dirs or None
-    if paths is None and Path(settings.protocol_path) != DEFAULT_PROTOCOL:
-        paths = [settings.protocol_path]
     try:
-        portfolio = load_portfolio(paths)
+        portfolio = load_portfolio(configured_paths(settings.protocol_dirs, settings.protocol_path))
     except (OSError, ProtocolError, KeyError, ValueError) as exc:
         raise _fail(f"cannot load the trial protocol: {exc}", 1) from None
     try:
@@ -208,34 +209,41 @@ def evaluate(
             raise _fail(f"cannot read {bundle}: {exc.strerror}") from None
     elif not patient:
         raise _fail("--patient is required with --fhir-base")
-    answers = [_evaluate_one(p, body, fhir_base, patient, day) for p in protocols]
+    answers = _evaluate_all(protocols, body, fhir_base, patient, day)
     if len(answers) == 1 or format is OutputFormat.summary:
-        for i, (protocol, (evaluation, result)) in enumerate(zip(protocols, answers, strict=True)):
+        for i, answer in enumerate(answers):
             if i:
                 print()
-            _print(evaluation, result, protocol, format)
+            _print(answer.evaluation, answer.bundle, answer.protocol, format)
         return
     collection = {
         "resourceType": "Bundle",
         "type": "collection",
-        "entry": [{"resource": result} for _, result in answers],
+        "entry": [{"resource": answer.bundle} for answer in answers],
     }
     sys.stdout.buffer.write(orjson.dumps(collection, option=orjson.OPT_INDENT_2) + b"\n")
 
 
-def _evaluate_one(
-    protocol: Protocol, body: bytes, fhir_base: str | None, patient: str | None, day: date | None
-) -> tuple[Evaluation, dict]:
-    """One protocol's evaluation, from the Bundle body or pulled from the FHIR server."""
+def _evaluate_all(
+    protocols: list[Protocol],
+    body: bytes,
+    fhir_base: str | None,
+    patient: str | None,
+    day: date | None,
+) -> list[StudyAnswer]:
+    """Every protocol's evaluation in one pass (service.portfolio_eval): the Bundle decoded
+    once, or the union of the protocols' queries pulled from the FHIR server once."""
     if fhir_base is None:
         try:
             limit = get_settings().max_bundle_entries  # as the HTTP API (README: Limits)
-            return evaluate_body(body, protocol, as_of=day, patient_id=patient, max_entries=limit)
+            return evaluate_body_portfolio(
+                body, protocols, as_of=day, patient_id=patient, max_entries=limit
+            )
         except InputError as exc:
             raise _fail(str(exc)) from None
     try:
         settings = get_settings().model_copy(update={"fhir_base_url": fhir_base})
-        return asyncio.run(evaluate_from_server(settings, protocol, patient or "", day))
+        return asyncio.run(evaluate_portfolio_from_server(settings, protocols, patient or "", day))
     except FhirError as exc:
         raise _fail(exc.message, EXIT_UPSTREAM if exc.http_status >= 500 else 2) from None
     except InputError as exc:

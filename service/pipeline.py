@@ -185,8 +185,25 @@ def evaluate_resource(
     context: EvaluationContext | None = None,
 ) -> tuple[Evaluation, dict[str, Any]]:
     """A decoded Bundle (or Parameters) in, the evaluation and its result Bundle out."""
-    context = context if context is not None else EvaluationContext.current(protocol)
     bundle, param_as_of, param_patient = unwrap_parameters(resource)
+    return evaluate_unwrapped(
+        bundle, protocol, as_of or param_as_of, patient_id or param_patient, patient_id, context
+    )
+
+
+def evaluate_unwrapped(
+    bundle: Any,
+    protocol: TrialProtocol,
+    as_of: date | None,
+    patient: str | None,
+    patient_id: str | None = None,
+    context: EvaluationContext | None = None,
+    fits: set[int] | None = None,
+) -> tuple[Evaluation, dict[str, Any]]:
+    """``evaluate_resource`` after ``unwrap_parameters`` (several studies unwrap once):
+    ``patient`` is the Patient to evaluate, ``patient_id`` the caller's own selector,
+    ``fits`` the resources known to fit their shape (service.record.bundle_fits)."""
+    context = context if context is not None else EvaluationContext.current(protocol)
     if patient_id is not None:
         logs.register_request_secret(patient_id)
         check_patient_selector(patient_id)
@@ -194,10 +211,8 @@ def evaluate_resource(
     if context.site is not None:  # site terminology, before evaluation
         resources = terminology.bundle_resources(bundle)
         mappings = terminology.table_for_sync(resources, protocol, context.site)
-    record = record_from_bundle(
-        bundle, protocol, patient_id or param_patient, mappings, context.relevance
-    )
-    return evaluate_record(record, protocol, as_of or param_as_of, context)
+    record = record_from_bundle(bundle, protocol, patient, mappings, context.relevance, fits)
+    return evaluate_record(record, protocol, as_of, context)
 
 
 class FetchedData(Protocol):

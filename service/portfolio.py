@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from fhir_mappings import MAPPINGS_DIR, protocol_files
+from fhir_mappings import DEFAULT_PROTOCOL, MAPPINGS_DIR, protocol_files
 from service.protocol import Protocol, ProtocolError, load_protocol
 
 
@@ -65,3 +65,14 @@ def load_portfolio(paths: Iterable[Path] | None = None, base: Path = MAPPINGS_DI
     if not files:
         raise ProtocolError(f"no protocol.toml in any folder under {base}")
     return Portfolio(load_protocol(f) for f in files)
+
+
+def configured_paths(protocol_dirs: Iterable[Path], protocol_path: Path) -> list[Path] | None:
+    """The protocol folders the settings name: ``protocol_dirs``; else an explicitly set
+    ``protocol_path`` alone; else None (every folder under fhir_mappings/)."""
+    paths = list(protocol_dirs)
+    if paths:
+        return paths
+    if Path(protocol_path) != DEFAULT_PROTOCOL:
+        return [Path(protocol_path)]
+    return None

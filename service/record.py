@@ -235,7 +235,9 @@ def record_from_bundle(
     patient_id: str | None = None,
     mappings: MappingTable | None = None,
     relevance: Relevance | None = None,
+    fits: set[int] | None = None,
 ) -> PatientRecord:
+    """``fits``: ``bundle_fits(bundle)`` when several protocols read one Bundle."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         kind = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
         raise InputError(f"expected a FHIR Bundle, got {kind!r}")
@@ -256,7 +258,20 @@ def record_from_bundle(
         patients=patients,
         mappings=mappings,
         relevance=relevance,
+        fits=fits,
     )
+
+
+def bundle_fits(bundle: Any) -> set[int]:
+    """The ids of the Bundle's resources (contained members too) known to fit their shape,
+    found once for several protocols' records (service.portfolio_eval); a resource not in
+    it is checked on its own, as always."""
+    try:
+        entries = _with_members(_iter_entries(bundle, []))
+    except Exception:  # noqa: BLE001 - the record builder then meets it and says what is wrong
+        return set()
+    read = {*SUBJECT_ELEMENT, *MEDICATION_TYPES}  # what any protocol's record may read
+    return fitting(e.resource for e in entries if e.resource["resourceType"] in read)
 
 
 def _baseless(entry: Entry) -> bool:
@@ -372,6 +387,7 @@ def build_record(
     patients: Iterable[Entry] = (),
     mappings: MappingTable | None = None,
     relevance: Relevance | None = None,
+    fits: set[int] | None = None,
 ) -> PatientRecord:
     """``mappings``: the site's terminology (service.terminology), None when it has none.
     ``relevance``: the evaluation's selection (service.relevance; default the protocol's).
@@ -421,7 +437,8 @@ def build_record(
 
     entries = _with_members(entries)
     # Most resources fit their shape: prove that per type in one call, check the rest singly.
-    fits = fitting(e.resource for e in entries if e.resource["resourceType"] in subjects)
+    if fits is None:
+        fits = fitting(e.resource for e in entries if e.resource["resourceType"] in subjects)
     kept: dict[tuple[str, str], tuple[Resource, list[Code], str | None]] = {}
     site: dict[int, Recoded] = {}  # site terminology: how a kept resource was recoded
     unreadable: set[str] = set()

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     cds_jwt_leeway_seconds: int = 30
     cds_jwks_cache_seconds: int = 300
     cds_show_ineligible: bool = False
+    # Several studies (trials-screening): at most this many cards, the last one linking to
+    # the patient's page for the others ("and K more trials"); 0: no limit.
+    cds_max_cards: int = 3
     cds_eligible_indicator: Literal["info", "warning"] = "warning"
 
     # -- web app (/app/): review page, attestation, SMART App Launch ---------

@@ -9,7 +9,9 @@ from typing import Any
 from service.cds.models import PatientViewRequest
 from service.clinical.model import Issue, Severity
 from service.evaluation_context import EvaluationContext
+from service.fhir.fetch import follows_links
 from service.protocol import Protocol
+from service.relevance import Relevance
 from service.settings import Settings
 
 
@@ -61,17 +63,52 @@ def _usable_search(value: Any) -> list[dict[str, Any]] | None:
 async def resolve_prefetch(
     call: PatientViewRequest, protocol: Protocol, settings: Settings, day: date
 ) -> Resolved:
-    from service.fhir.queries import plan_queries
-
     # the same selection as the evaluation and every other path (service.relevance)
     relevance = EvaluationContext.current(protocol).relevance
+    resolved, need = from_prefetch(call, relevance)
+    if call.fhirServer is None or not (need or follows_links(resolved.patient)):
+        return resolved  # complete, or what is missing is in ``Resolved.missing``
+
+    # The EHR named this server: only its own token may be sent there, never ours.
+    async with ehr_client(call, settings) as client:
+        await fetch_missing(client, call, relevance, need, resolved, day)
+    return resolved
+
+
+def ehr_client(call: PatientViewRequest, settings: Settings) -> Any:
+    """A client for the EHR's ``fhirServer`` with the EHR's token only (never ours)."""
+    from service.fhir.client import client_for
+
+    token = (
+        call.fhirAuthorization.access_token.get_secret_value() if call.fhirAuthorization else None
+    )
+    return client_for(
+        settings, bearer_token=token, base_url=call.fhirServer, service_credentials=False
+    )
+
+
+def from_prefetch(
+    call: PatientViewRequest,
+    relevance: Relevance,
+    queries: dict[str, tuple[str, str]] | None = None,
+) -> tuple[Resolved, set[str]]:
+    """What the prefetch holds for ``relevance``'s queries, and the query keys still to fetch.
+    ``queries``: query key -> (the prefetch key it was advertised under, resource type), for
+    several studies sharing one set of templates (service.cds.portfolio); default each
+    query under its own key. Without ``fhirServer``, what cannot be fetched is set in
+    ``Resolved.missing`` (and linked records hold every feed open)."""
+    from service.fhir.queries import plan_queries
+
     patient_id = call.context.patientId
+    if queries is None:
+        plan = plan_queries(relevance.protocol, patient_id, None, relevance)
+        queries = {q.key: (q.key, q.resource_type) for q in plan}
     prefetch = call.prefetch or {}
     resolved = Resolved(server_base=call.fhirServer)
     need: set[str] = set()
-    for query in plan_queries(protocol, patient_id, None, relevance):
-        value = prefetch.get(query.key)
-        if query.resource_type == "Patient":
+    for key, (advertised, resource_type) in queries.items():
+        value = prefetch.get(advertised)
+        if resource_type == "Patient":
             if (
                 isinstance(value, dict)
                 and value.get("resourceType") == "Patient"
@@ -79,21 +116,17 @@ async def resolve_prefetch(
             ):
                 resolved.patient = value
             else:
-                need.add(query.key)
+                need.add(key)
             continue
         resources = _usable_search(value)
         if resources is None:
-            need.add(query.key)
+            need.add(key)
         else:
             resolved.resources.extend(resources)
 
-    from service.fhir.fetch import follows_links
-
     # A prefetch holds one record's data; records the Patient links to must be searched.
     linked = follows_links(resolved.patient)
-    if not need and not linked:
-        return resolved
-    if call.fhirServer is None:
+    if (need or linked) and call.fhirServer is None:
         resolved.missing = need
         if linked and not need:
             resolved.truncated = frozenset(relevance.all_feeds())
@@ -105,31 +138,32 @@ async def resolve_prefetch(
                     "without fhirServer their data cannot be read",
                 )
             )
-        return resolved
+    return resolved, need
 
-    from service.fhir.client import client_for
+
+async def fetch_missing(
+    client: Any,
+    call: PatientViewRequest,
+    relevance: Relevance,
+    need: set[str],
+    resolved: Resolved,
+    day: date,
+) -> None:
+    """Fetch the keys the prefetch lacked (and linked records' data) into ``resolved``."""
     from service.fhir.fetch import fetch_patient
 
-    token = (
-        call.fhirAuthorization.access_token.get_secret_value() if call.fhirAuthorization else None
+    fetched = await fetch_patient(
+        client,
+        relevance.protocol,
+        call.context.patientId,
+        day,
+        only=need,
+        links_of=resolved.patient or None,
+        relevance=relevance,
     )
-    # The EHR named this server: only its own token may be sent there, never ours.
-    async with client_for(
-        settings, bearer_token=token, base_url=call.fhirServer, service_credentials=False
-    ) as client:
-        fetched = await fetch_patient(
-            client,
-            protocol,
-            patient_id,
-            day,
-            only=need,
-            links_of=resolved.patient or None,
-            relevance=relevance,
-        )
     if fetched.patient:
         resolved.patient = fetched.patient
     resolved.resources.extend(fetched.resources)
     resolved.linked_patients = fetched.linked_patients
     resolved.issues.extend(fetched.issues)
     resolved.truncated = fetched.truncated
-    return resolved

@@ -54,8 +54,14 @@ def result_hash(evaluation: Evaluation) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _patient_key(caller: Caller, fhir_server: str | None, patient_reference: str) -> str:
+def _patient_key(
+    caller: Caller, fhir_server: str | None, patient_reference: str, study: str | None = None
+) -> str:
+    """Whose card: client, server and patient, and the study (an override hides only that
+    study's card; ``None``: the key as before studies were told apart)."""
     raw = f"{caller.id}\0{(fhir_server or '').rstrip('/')}\0{patient_reference}"
+    if study is not None:
+        raw += f"\0{study}"
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -71,12 +77,14 @@ class CardLifecycle:
         evaluation: Evaluation,
         caller: Caller,
         fhir_server: str | None,
+        study: str | None = None,
     ) -> dict[str, Any]:
-        """Hide the cards when an override still holds; else remember them for feedback."""
+        """Hide the cards when an override still holds; else remember them for feedback.
+        ``study``: the study the cards are for (its override is its own)."""
         cards = response.get("cards") or []
         if not cards:
             return response
-        patient = _patient_key(caller, fhir_server, evaluation.patient_reference)
+        patient = _patient_key(caller, fhir_server, evaluation.patient_reference, study)
         current = result_hash(evaluation)
         try:
             overridden = await self._store.get(f"cds:hide:{patient}")
