@@ -195,3 +195,18 @@ def test_backend_choice_follows_the_state_store(tmp_path: Path) -> None:
     )
     redis_store = open_result_store(Settings(**base, redis_url="redis://x:6379/0"))
     assert isinstance(redis_store, RedisResultStore)
+
+
+async def test_record_many_is_record_for_each(store) -> None:
+    await store.record(result("p1", "s1", "potential-candidate", 5, open_criteria=("I5",)))
+    batch = [
+        result("p1", "s1", "eligible", 9),  # newer: a change
+        result("p2", "s1", "ineligible", 1),  # first answer
+        result("p3", "s1", "eligible", 1),
+    ]
+    assert await store.record_many(batch) == 3
+    changed = await store.latest("p1", "s1")
+    assert changed.change == "potential-candidate -> eligible; resolved: I5"
+    await store.record_many([result("p1", "s1", "ineligible", 2)])  # older: ignored
+    assert (await store.latest("p1", "s1")).status == "eligible"
+    assert (await store.query(study_ids=["s1"]))[1] == 3

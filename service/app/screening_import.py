@@ -103,6 +103,4 @@ def read_run(folder: Path, portfolio: Portfolio, default: Protocol) -> Screening
 
 async def import_run(store: ResultStore, run: ScreeningRun) -> int:
     """Record the run's results (older ones than those stored are ignored by the store)."""
-    for result in run.results:
-        await store.record(result)
-    return len(run.results)
+    return await store.record_many(run.results)

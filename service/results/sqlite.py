@@ -93,37 +93,46 @@ class SQLiteResultStore(ResultStore):
     async def _call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         return await asyncio.to_thread(self._run, fn)
 
-    async def record(self, result: StudyResult) -> StudyResult:
-        def op(conn: sqlite3.Connection) -> StudyResult:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute(
-                    "SELECT data FROM study_results WHERE patient_id = ? AND study_id = ?",
-                    result.key,
-                ).fetchone()
-                old = None if row is None else codec.loads(row[0])
-                if old is not None and old.evaluated_at > result.evaluated_at:
-                    conn.execute("COMMIT")
-                    return old
-                stored = with_change(result, old)
-                conn.execute(
-                    _UPSERT,
-                    (
-                        stored.patient_id,
-                        stored.study_id,
-                        stored.status,
-                        codec.timestamp(stored),
-                        len(stored.open_criteria),
-                        codec.dumps(stored),
-                    ),
-                )
-                conn.execute("COMMIT")
-                return stored
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+    @staticmethod
+    def _record_one(conn: sqlite3.Connection, result: StudyResult) -> StudyResult:
+        """Inside a transaction: keep the newer of stored and given, marking a change."""
+        row = conn.execute(
+            "SELECT data FROM study_results WHERE patient_id = ? AND study_id = ?", result.key
+        ).fetchone()
+        old = None if row is None else codec.loads(row[0])
+        if old is not None and old.evaluated_at > result.evaluated_at:
+            return old
+        stored = with_change(result, old)
+        conn.execute(
+            _UPSERT,
+            (
+                stored.patient_id,
+                stored.study_id,
+                stored.status,
+                codec.timestamp(stored),
+                len(stored.open_criteria),
+                codec.dumps(stored),
+            ),
+        )
+        return stored
 
-        return await self._call(op)
+    def _transaction(self, conn: sqlite3.Connection, results: Sequence[StudyResult]) -> list:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            stored = [self._record_one(conn, r) for r in results]
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return stored
+
+    async def record(self, result: StudyResult) -> StudyResult:
+        (stored,) = await self._call(lambda conn: self._transaction(conn, [result]))
+        return stored
+
+    async def record_many(self, results: Sequence[StudyResult]) -> int:
+        await self._call(lambda conn: self._transaction(conn, list(results)))
+        return len(results)
 
     async def latest(self, patient_id: str, study_id: str) -> StudyResult | None:
         def op(conn: sqlite3.Connection) -> StudyResult | None:

@@ -27,6 +27,13 @@ class ResultStore(ABC):
         """Store ``result`` as the latest for its key unless a newer one is stored; return it
         as stored, with ``previous_status`` / ``change`` set when its status changed."""
 
+    async def record_many(self, results: Sequence[StudyResult]) -> int:
+        """Record each of ``results`` as ``record`` does (a screening run's thousands of rows:
+        backends may do it in one transaction); returns how many were given."""
+        for result in results:
+            await self.record(result)
+        return len(results)
+
     @abstractmethod
     async def latest(self, patient_id: str, study_id: str) -> StudyResult | None: ...
 

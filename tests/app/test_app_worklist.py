@@ -138,11 +138,11 @@ def test_sorting_by_patient_open_count_and_status(client) -> None:
 def test_paging_serves_thousands_of_rows_a_page_at_a_time(client) -> None:
     client.get("/app/")  # the screening run and the demo patients first
     at = datetime(2026, 11, 19, 8, 0, tzinfo=UTC)
-    for n in range(1500):
-        _record(
-            client,
-            StudyResult(f"bulk-{n:04d}", SECOND_ID, "potential-candidate", at, "2026-11-19", "api"),
-        )
+    bulk = [
+        StudyResult(f"bulk-{n:04d}", SECOND_ID, "potential-candidate", at, "2026-11-19", "api")
+        for n in range(1500)
+    ]
+    assert asyncio.run(_store(client).record_many(bulk)) == 1500
     page = client.get("/app/", params={"study": SECOND_ID, "sort": "patient", "size": 200})
     assert re.search(r'data-total="(\d+)"', page.text).group(1) == str(1500 + 6)
     seen: list[str] = []
