@@ -178,11 +178,12 @@ def _page(
     status: int = 200,
     session: Session | None = None,
     protocol: Protocol | None = None,
+    trial: str | None = None,
 ) -> Response:
     protocol = protocol or _protocol(request)
     settings = _settings(request)
     body = _TEMPLATES.get_template(template).render(
-        trial=trial_name(protocol),
+        trial=trial or trial_name(protocol),
         study_id=protocol.id,
         # links keep ``?study=`` when the page was asked for a study (else the single-trial
         # page's links stay as they were)
@@ -420,6 +421,7 @@ async def index(request: Request) -> Response:
             "standalone": _standalone_iss(settings),
         },
         session=session,
+        trial=f"{len(_portfolio(request))} studies" if len(_portfolio(request)) > 1 else None,
     )
 
 
@@ -516,6 +518,7 @@ async def patient_studies(request: Request, patient_id: str) -> Response:
             "can_attest": _can_attest(session),
         },
         session=session,
+        trial=f"{len(studies)} studies" if len(studies) > 1 else None,
     )
 
 

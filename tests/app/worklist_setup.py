@@ -28,6 +28,12 @@ def two_studies(tmp: Path) -> list[Path]:
         q["url"] = SECOND_QUESTIONNAIRE
 
     edit_json(second / "Questionnaire-cd19-cart-rr-ball-attestation.json", own_questionnaire)
+
+    def own_name(study: dict) -> None:  # told apart on the page by its name, not only its id
+        study["title"] = "Second trial (a test copy of the seed criteria)"
+        study["extension"] = [e for e in study["extension"] if "label" not in e["url"].lower()]
+
+    edit_json(second / "ResearchStudy-cd19-cart-rr-ball.json", own_name)
     return [SEED_DIR, second]
 
 
