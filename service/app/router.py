@@ -76,7 +76,8 @@ class AppState:
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     static: dict[str, bytes] = field(default_factory=dict)
     portfolio: Portfolio | None = None
-    imported: tuple[str, tuple[int, int]] | None = None  # the screening run last imported
+    # the screening run last imported ((folder, fingerprint), what the page says about it)
+    imported: tuple[tuple[str, tuple[int, int]], dict[str, Any]] | None = None
     import_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -468,22 +469,24 @@ async def _import_screening(request: Request) -> dict[str, Any] | None:
     if mark is None:
         return {"folder": str(folder), "missing": True}
     async with state.import_lock:
+        if state.imported is not None and state.imported[0] == (str(folder), mark):
+            return state.imported[1]  # this run is in the store already
         try:
             run = await asyncio.to_thread(read_run, folder, _portfolio(request), _protocol(request))
-            if state.imported != (str(folder), mark):
-                await import_run(_results(request), run)
-                state.imported = (str(folder), mark)
+            await import_run(_results(request), run)
         except (OSError, ValueError, StoreError) as exc:
             log.warning("screening run not read", extra={"error_type": type(exc).__name__})
             return {"folder": str(folder), "unreadable": True}
-    return {
-        "folder": str(folder),
-        "evaluated_at": run.evaluated_at.strftime("%Y-%m-%d %H:%M %Z"),
-        "as_of": run.as_of,
-        "rows": len(run.results),
-        "errors": run.errors,
-        "unknown": sorted(run.unknown_studies),
-    }
+        summary = {
+            "folder": str(folder),
+            "evaluated_at": run.evaluated_at.strftime("%Y-%m-%d %H:%M %Z"),
+            "as_of": run.as_of,
+            "rows": len(run.results),
+            "errors": run.errors,
+            "unknown": sorted(run.unknown_studies),
+        }
+        state.imported = ((str(folder), mark), summary)
+    return summary
 
 
 @router.get("/patients/{patient_id}/studies")

@@ -278,3 +278,17 @@ def test_one_study_loaded_keeps_the_single_trial_pages(tmp_path) -> None:
         page = client.get("/app/patients/demo-potential").text
         assert 'data-action="all-studies"' not in page
         assert 'href="/app/patients/demo-potential/attest"' in page
+
+
+def test_a_missing_or_unreadable_screening_run_is_said_not_fatal(client, tmp_path) -> None:
+    client.app.state.settings.app_screening_output_dir = tmp_path / "not-there"
+    page = client.get("/app/")
+    assert page.status_code == 200 and "No screening run in" in page.text
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "worklist.csv").write_bytes(b"patient,status\nx,eligible\n")
+    (broken / "run.json").write_bytes(b"{not json")
+    client.app.state.settings.app_screening_output_dir = broken
+    page = client.get("/app/")
+    assert page.status_code == 200 and "could not be read" in page.text
+    assert worklist_rows(page.text)  # the results since are still listed
