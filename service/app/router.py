@@ -67,6 +67,9 @@ _TEMPLATES = jinja2.Environment(
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
+# Per-study values every page gets from _page; a template rendered without them (one study,
+# no study asked for) reads as the single-trial page it was.
+_TEMPLATES.globals.update(study_id="", study_query="", several_studies=False)
 
 
 @dataclass
