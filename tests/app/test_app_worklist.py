@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,6 +14,7 @@ from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from service.clinical.model import Outcome
 from service.protocol import load_protocol
 from service.results import StudyResult
+from service.results.redis_store import RedisResultStore
 from tests.app.helpers import demo_client, hidden, status
 from tests.app.worklist_setup import (
     SECOND_ID,
@@ -292,3 +294,42 @@ def test_a_missing_or_unreadable_screening_run_is_said_not_fatal(client, tmp_pat
     page = client.get("/app/")
     assert page.status_code == 200 and "could not be read" in page.text
     assert worklist_rows(page.text)  # the results since are still listed
+
+
+@pytest.mark.multiprocess
+def test_the_worklist_on_the_redis_result_store(run) -> None:
+    """The same worklist with results in a real redis-server (deploy/redis/run-tests)."""
+    from tests.ops_support import redis_url
+
+    out, dirs = run
+    prefix = f"test-worklist-{uuid.uuid4().hex}:"
+    with demo_client(
+        protocol_dirs=dirs,
+        app_screening_output_dir=out,
+        redis_url=redis_url(),
+        state_key_prefix=prefix,
+    ) as client:
+        try:
+            page = client.get("/app/", params={"study": SEED_ID, "sort": "patient", "size": 5})
+            assert isinstance(_store(client), RedisResultStore)
+            total = int(re.search(r'data-total="(\d+)"', page.text).group(1))
+            assert total == len(csv_rows(out)) + 6  # the screened and the demo patients
+            seen = []
+            for n in range(1, -(-total // 5) + 1):
+                html = client.get(
+                    "/app/", params={"study": SEED_ID, "sort": "patient", "size": 5, "page": n}
+                ).text
+                seen.extend(r["patient"] for r in worklist_rows(html))
+            assert seen == sorted(set(seen)) and len(seen) == total
+        finally:
+            _clear_redis(redis_url(), prefix)
+
+
+def _clear_redis(url: str, prefix: str) -> None:
+    """The test's keys (results, and the state store's under the same prefix) only."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(match=prefix + "*", count=500):
+        client.delete(key)
+    client.close()
