@@ -333,3 +333,27 @@ def _clear_redis(url: str, prefix: str) -> None:
     for key in client.scan_iter(match=prefix + "*", count=500):
         client.delete(key)
     client.close()
+
+
+def test_enrolment_is_per_study(client) -> None:
+    """demo-eligible's attestation answers the seed's Questionnaire: eligible there, still a
+    potential candidate in the second study, so only the seed study can enrol it."""
+    assert _row_status(client, "demo-eligible") == {
+        SEED_ID: "eligible",
+        SECOND_ID: "potential-candidate",
+    }
+    page = client.get("/app/patients/demo-eligible", params={"study": SEED_ID}).text
+    assert f'action="/app/patients/demo-eligible/enrol?study={SEED_ID}"' in page
+    token = hidden(page, "csrf_token")
+    refused = client.post(
+        f"/app/patients/demo-eligible/enrol?study={SECOND_ID}", data={"csrf_token": token}
+    )
+    assert refused.status_code == 409
+    done = client.post(
+        f"/app/patients/demo-eligible/enrol?study={SEED_ID}", data={"csrf_token": token}
+    )
+    assert done.status_code == 200 and 'data-enrolment="on-study"' in done.text
+    (subject,) = client.app.state.web_app.demo.written("ResearchSubject")
+    assert subject["study"]["reference"] == f"ResearchStudy/{SEED_ID}"
+    second = client.get("/app/patients/demo-eligible", params={"study": SECOND_ID}).text
+    assert "data-enrolment=" not in second  # the seed's enrolment is not the second study's
