@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     app_session_idle_minutes: int = 30
     app_session_max_hours: int = 8
     app_cookie_secure: bool | None = None  # None: Secure when the request came over https
+    # The coordinator's worklist (issue 21, 3): the latest `eligibility screen --out` folder
+    # (worklist.csv, summary.json, run.json) and the ResultStore of answers given since.
+    app_screening_output_dir: Path | None = None
+    app_worklist_page_size: int = 50
+    # ResultStore: "auto" is redis when REDIS_URL is set, else sqlite (in the private state dir).
+    results_backend: Literal["auto", "memory", "sqlite", "redis"] = "auto"
+    results_sqlite_path: Path | None = None  # default: <tmp>/cart-eligibility-<uid>/results
 
     # -- operations: state store, rate limits, CDS feedback, audit (issue 11) ----
     # Backend for the JWT replay cache, rate-limit counters and CDS feedback: "auto" picks

@@ -9,6 +9,7 @@ datum in a URL is the patient id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import uuid
@@ -16,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+from urllib.parse import urlencode
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -24,8 +26,11 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from service.app import attestation as att
 from service.app import smart
 from service.app.fhir_access import Evaluated, FhirAccess
+from service.app.screening_import import fingerprint, import_run, read_run
 from service.app.sessions import Session, SessionStore, check_csrf
+from service.app.studies import app_portfolio, resolve
 from service.app.view import review_view
+from service.app.worklist import WorklistError, load_worklist, parse_query
 from service.cds.cards import trial_name
 from service.clinical.dates import today
 from service.clinical.evaluation import SubjectStatus
@@ -33,8 +38,11 @@ from service.fhir.demo_layer import DemoLayer, shared_demo_layer
 from service.fhir.demo_store import DEMO_BASE_URL
 from service.fhir.errors import FhirError, UpstreamAuthError
 from service.fhir.queries import check_id
+from service.portfolio import Portfolio
 from service.protocol import Protocol
+from service.results import ResultStore, open_result_store, summarise
 from service.settings import Settings
+from service.state.base import StoreError
 
 log = logging.getLogger("service.app")
 router = APIRouter()  # mounted under /app by service.app
@@ -59,6 +67,9 @@ _TEMPLATES = jinja2.Environment(
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )
+# Per-study values every page gets from _page; a template rendered without them (one study,
+# no study asked for) reads as the single-trial page it was.
+_TEMPLATES.globals.update(study_id="", study_query="", several_studies=False)
 
 
 @dataclass
@@ -67,6 +78,10 @@ class AppState:
     demo: DemoLayer
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     static: dict[str, bytes] = field(default_factory=dict)
+    portfolio: Portfolio | None = None
+    # the screening run last imported ((folder, fingerprint), what the page says about it)
+    imported: tuple[tuple[str, tuple[int, int]], dict[str, Any]] | None = None
+    import_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def _state(request: Request) -> AppState:
@@ -93,6 +108,43 @@ def _settings(request: Request) -> Settings:
 
 def _protocol(request: Request) -> Protocol:
     return request.app.state.protocol
+
+
+def _portfolio(request: Request) -> Portfolio:
+    """The studies the app shows (the single-trial protocol first), loaded once."""
+    state = _state(request)
+    if state.portfolio is None:
+        state.portfolio = app_portfolio(_protocol(request), _settings(request))
+    return state.portfolio
+
+
+def _results(request: Request) -> ResultStore:
+    """The ResultStore on ``app.state.result_store`` (shared with the API, CDS and
+    subscriptions when they set it first), opened from the settings otherwise."""
+    store = getattr(request.app.state, "result_store", None)
+    if store is None:
+        store = open_result_store(_settings(request))
+        request.app.state.result_store = store
+    return store
+
+
+def _study(request: Request, session: Session | None) -> Protocol:
+    """The study ``?study=`` names; without it the one the EHR launched us for (when loaded),
+    else the single-trial protocol. An unknown name is a 404 page."""
+    name = request.query_params.get("study")
+    default = _protocol(request)
+    launched = (session.app_context or {}).get("study") if session else None
+    if not name and isinstance(launched, str) and launched:
+        with contextlib.suppress(KeyError):  # not loaded here: the warning says so
+            default = _portfolio(request).get(launched.split("|")[0])
+    try:
+        return resolve(_portfolio(request), name, default)
+    except KeyError as exc:
+        raise _Answer(_error(request, 404, "Unknown study", str(exc.args[0]), session)) from None
+
+
+def _study_query(protocol: Protocol) -> str:
+    return "?" + urlencode({"study": protocol.id})
 
 
 def demo_mode(settings: Settings) -> bool:
@@ -129,11 +181,18 @@ def _page(
     *,
     status: int = 200,
     session: Session | None = None,
+    protocol: Protocol | None = None,
+    trial: str | None = None,
 ) -> Response:
-    protocol = _protocol(request)
+    protocol = protocol or _protocol(request)
     settings = _settings(request)
     body = _TEMPLATES.get_template(template).render(
-        trial=trial_name(protocol),
+        trial=trial or trial_name(protocol),
+        study_id=protocol.id,
+        # links keep ``?study=`` when the page was asked for a study (else the single-trial
+        # page's links stay as they were)
+        study_query=_study_query(protocol) if "study" in request.query_params else "",
+        several_studies=len(_portfolio(request)) > 1,
         study_title=protocol.research_study.get("title", protocol.id),
         demo=demo_mode(settings),
         session=session,
@@ -252,9 +311,12 @@ def _authorise(request: Request, patient_id: str) -> Session:
     return session
 
 
-async def _evaluate(request: Request, session: Session, patient_id: str) -> Evaluated:
+async def _evaluate(
+    request: Request, session: Session, patient_id: str, protocol: Protocol | None = None
+) -> Evaluated:
+    protocol = protocol or _protocol(request)
     try:
-        found = await _access(request, session).evaluate(_protocol(request), patient_id, today())
+        found = await _access(request, session).evaluate(protocol, patient_id, today())
     except UpstreamAuthError:
         if session.demo:
             raise
@@ -271,7 +333,17 @@ async def _evaluate(request: Request, session: Session, patient_id: str) -> Eval
     except FhirError as exc:
         title = "Patient not found" if exc.http_status == 404 else "Could not evaluate"
         raise _Answer(_error(request, exc.http_status, title, exc.message, session)) from None
+    await _record(request, found, protocol)
     return found
+
+
+async def _record(request: Request, found: Evaluated, protocol: Protocol) -> None:
+    """The app's answer joins the worklist (source "app"); a store that is down costs the
+    worklist one row, never the page."""
+    try:
+        await _results(request).record(summarise(found.evaluation, protocol.id, "app"))
+    except StoreError as exc:
+        log.warning("result not recorded", extra={"error_type": type(exc).__name__})
 
 
 async def _read_form(request: Request) -> dict[str, Any] | None:
@@ -317,48 +389,163 @@ async def _checked_form(request: Request, session: Session) -> dict[str, Any]:
 
 # -- pages ---------------------------------------------------------------------------------------
 @router.get("/")
+@_answers_early
 async def index(request: Request) -> Response:
+    """The coordinator's worklist (and, in demo mode, the demo patients to open)."""
     settings = _settings(request)
     session = _session(request)
     if session is not None and not session.demo and session.patient:
         return _redirect(request, f"/app/patients/{session.patient}", session)
-    patients: list[dict[str, str]] = []
-    if session is not None and session.demo:
-        access = _access(request, session)
-        protocol = _protocol(request)
-        for pid in _state(request).demo.patients():
-            try:
-                found = await access.evaluate(protocol, pid, today())
-            except FhirError:
-                continue
-            view = review_view(found, protocol)
-            patients.append(
-                {
-                    "id": pid,
-                    "name": view.patient_name,
-                    "status": view.status,
-                    "status_text": view.status_text,
-                }
+    patients: list[dict[str, Any]] = []
+    worklist = None
+    screening = None
+    if session is not None and session.signed_in:
+        if session.demo:
+            patients = await _demo_patients(request, session)
+        try:
+            query = parse_query(
+                _multi(request), _portfolio(request), settings.app_worklist_page_size
+            )
+        except WorklistError as exc:
+            return _error(request, 400, "Bad worklist query", str(exc), session)
+        screening = await _import_screening(request)
+        try:
+            worklist = await load_worklist(_results(request), _portfolio(request), query)
+        except StoreError:
+            return _error(
+                request, 503, "Worklist unavailable", "The result store does not answer.", session
             )
     return _page(
         request,
         "index.html",
-        {"patients": patients, "standalone": _standalone_iss(settings)},
+        {
+            "patients": patients,
+            "worklist": worklist,
+            "screening": screening,
+            "standalone": _standalone_iss(settings),
+        },
         session=session,
+        trial=f"{len(_portfolio(request))} studies" if len(_portfolio(request)) > 1 else None,
     )
+
+
+def _multi(request: Request) -> dict[str, list[str]]:
+    params: dict[str, list[str]] = {}
+    for key, value in request.query_params.multi_items():
+        params.setdefault(key, []).append(value)
+    return params
+
+
+async def _demo_patients(request: Request, session: Session) -> list[dict[str, Any]]:
+    """Each demo patient against every study (recorded: the worklist lists them too)."""
+    access = _access(request, session)
+    primary = _protocol(request)
+    patients = []
+    for pid in _state(request).demo.patients():
+        row: dict[str, Any] = {"id": pid, "studies": []}
+        for protocol in _portfolio(request):
+            try:
+                found = await access.evaluate(protocol, pid, today())
+            except FhirError:
+                continue
+            await _record(request, found, protocol)
+            view = review_view(found, protocol)
+            if protocol is primary:
+                row.update(name=view.patient_name, status=view.status)
+                row["status_text"] = view.status_text
+            row["studies"].append(
+                {"id": protocol.id, "name": trial_name(protocol), "status": view.status}
+            )
+        if "status" in row:
+            patients.append(row)
+    return patients
+
+
+async def _import_screening(request: Request) -> dict[str, Any] | None:
+    """Bring the latest screening run into the ResultStore once per run (a new run is a new
+    worklist file); returns what the page says about it."""
+    folder = _settings(request).app_screening_output_dir
+    if folder is None:
+        return None
+    state = _state(request)
+    mark = fingerprint(folder)
+    if mark is None:
+        return {"folder": str(folder), "missing": True}
+    async with state.import_lock:
+        if state.imported is not None and state.imported[0] == (str(folder), mark):
+            return state.imported[1]  # this run is in the store already
+        try:
+            run = await asyncio.to_thread(read_run, folder, _portfolio(request), _protocol(request))
+            await import_run(_results(request), run)
+        except (OSError, ValueError, StoreError) as exc:
+            log.warning("screening run not read", extra={"error_type": type(exc).__name__})
+            return {"folder": str(folder), "unreadable": True}
+        summary = {
+            "folder": str(folder),
+            "evaluated_at": run.evaluated_at.strftime("%Y-%m-%d %H:%M %Z"),
+            "as_of": run.as_of,
+            "rows": len(run.results),
+            "errors": run.errors,
+            "unknown": sorted(run.unknown_studies),
+        }
+        state.imported = ((str(folder), mark), summary)
+    return summary
+
+
+@router.get("/patients/{patient_id}/studies")
+@_answers_early
+async def patient_studies(request: Request, patient_id: str) -> Response:
+    """Every loaded study side by side for one patient: status and what is still open."""
+    session = _authorise(request, patient_id)
+    studies = []
+    name = patient_id
+    for protocol in _portfolio(request):
+        found = await _evaluate(request, session, patient_id, protocol)
+        view = review_view(found, protocol)
+        name = view.patient_name
+        stored = await _stored(request, patient_id, protocol.id)
+        studies.append(
+            {
+                "id": protocol.id,
+                "name": trial_name(protocol),
+                "title": protocol.research_study.get("title", protocol.id),
+                "view": view,
+                "query": _study_query(protocol),
+                "change": stored.change if stored else None,
+            }
+        )
+    return _page(
+        request,
+        "patient.html",
+        {
+            "patient_id": patient_id,
+            "patient_name": name,
+            "studies": studies,
+            "can_attest": _can_attest(session),
+        },
+        session=session,
+        trial=f"{len(studies)} studies" if len(studies) > 1 else None,
+    )
+
+
+async def _stored(request: Request, patient_id: str, study_id: str) -> Any:
+    try:
+        return await _results(request).latest(patient_id, study_id)
+    except StoreError:
+        return None
 
 
 @router.get("/patients/{patient_id}")
 @_answers_early
 async def review(request: Request, patient_id: str) -> Response:
     session = _authorise(request, patient_id)
-    found = await _evaluate(request, session, patient_id)
-    protocol = _protocol(request)
+    protocol = _study(request, session)
+    found = await _evaluate(request, session, patient_id, protocol)
     view = review_view(found, protocol)
     enrolment = None
     if _enrolment_on(_settings(request)):
         try:
-            enrolment = await _enrolment(request, session, patient_id)
+            enrolment = await _enrolment(request, session, patient_id, protocol)
         except FhirError:
             enrolment = {"error": "The enrolment record could not be read."}
     return _page(
@@ -373,6 +560,7 @@ async def review(request: Request, patient_id: str) -> Response:
             "study_context": _study_context_warning(session, protocol),
         },
         session=session,
+        protocol=protocol,
     )
 
 
@@ -396,9 +584,10 @@ async def attestation_form(request: Request, patient_id: str) -> Response:
     session = _authorise(request, patient_id)
     if not _can_attest(session):
         return _not_investigator(request, session)
-    found = await _evaluate(request, session, patient_id)
-    form = att.build_form(_protocol(request), found.evaluation)
-    return _form_page(request, session, patient_id, found, form, {}, None)
+    protocol = _study(request, session)
+    found = await _evaluate(request, session, patient_id, protocol)
+    form = att.build_form(protocol, found.evaluation)
+    return _form_page(request, session, patient_id, found, form, {}, None, protocol)
 
 
 def _form_page(
@@ -409,10 +598,11 @@ def _form_page(
     form: att.FormModel,
     posted: dict[str, Any],
     submission: att.Submission | None,
+    protocol: Protocol,
     *,
     status: int = 200,
 ) -> Response:
-    view = review_view(found, _protocol(request))
+    view = review_view(found, protocol)
     return _page(
         request,
         "attest.html",
@@ -426,6 +616,7 @@ def _form_page(
         },
         status=status,
         session=session,
+        protocol=protocol,
     )
 
 
@@ -446,6 +637,7 @@ async def submit_attestation(request: Request, patient_id: str) -> Response:
     data = await _checked_form(request, session)
     if not _can_attest(session):
         return _not_investigator(request, session)
+    protocol = _study(request, session)
     submission_id = data.get("submission_id")
     if not att.valid_submission_id(submission_id):
         return _error(request, 400, "Bad form", "The form has no valid submission key.", session)
@@ -455,24 +647,34 @@ async def submit_attestation(request: Request, patient_id: str) -> Response:
     lock = locks.setdefault(submission_id, asyncio.Lock())
     try:
         async with lock:  # a double click waits for the first request, then sees its result
-            return await _save_attestation(request, session, patient_id, data, submission_id)
+            return await _save_attestation(
+                request, session, patient_id, data, submission_id, protocol
+            )
     finally:
         if not lock.locked():
             locks.pop(submission_id, None)
 
 
 async def _save_attestation(
-    request: Request, session: Session, patient_id: str, data: dict[str, Any], submission_id: str
+    request: Request,
+    session: Session,
+    patient_id: str,
+    data: dict[str, Any],
+    submission_id: str,
+    protocol: Protocol,
 ) -> Response:
-    """Write the response once per submission key, then show the new result."""
+    """Write the response (to this study's Questionnaire) once per submission key, then show
+    the study's new result."""
+    back = _review_url(request, patient_id, protocol)
     if submission_id in session.submissions:
-        return _redirect(request, f"/app/patients/{patient_id}", session)
-    found = await _evaluate(request, session, patient_id)
-    protocol = _protocol(request)
+        return _redirect(request, back, session)
+    found = await _evaluate(request, session, patient_id, protocol)
     form = att.build_form(protocol, found.evaluation)
     submission = att.read_submission(form, data)
     if submission.errors:
-        return _form_page(request, session, patient_id, found, form, data, submission, status=422)
+        return _form_page(
+            request, session, patient_id, found, form, data, submission, protocol, status=422
+        )
     response = att.questionnaire_response(
         protocol,
         form,
@@ -495,7 +697,14 @@ async def _save_attestation(
     answers = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in submission.answers.items())
     session.flash.append(f"Attestation saved ({answers}) as {ref}. The result below is new.")
     log.info("attestation saved", extra={"items": len(submission.answers)})
-    return _redirect(request, f"/app/patients/{patient_id}", session)
+    return _redirect(request, back, session)
+
+
+def _review_url(request: Request, patient_id: str, protocol: Protocol) -> str:
+    """The review page of ``protocol`` (the address without ``study`` when it was asked so)."""
+    if "study" not in request.query_params:
+        return f"/app/patients/{patient_id}"
+    return f"/app/patients/{patient_id}{_study_query(protocol)}"
 
 
 def _author(session: Session) -> dict[str, str]:
@@ -514,8 +723,9 @@ def _subject_identifier(protocol: Protocol, patient_id: str) -> str:
     return f"{protocol.canonical}/research-subject|{patient_id}"
 
 
-async def _enrolment(request: Request, session: Session, patient_id: str) -> dict | None:
-    protocol = _protocol(request)
+async def _enrolment(
+    request: Request, session: Session, patient_id: str, protocol: Protocol
+) -> dict | None:
     found = await _access(request, session).find(
         "ResearchSubject", _subject_identifier(protocol, patient_id)
     )
@@ -538,7 +748,8 @@ async def enrol(request: Request, patient_id: str) -> Response:
         return _error(request, 404, "Enrolment is off", "Enrolment is not enabled.", session)
     if not _can_attest(session):
         return _not_investigator(request, session)
-    found = await _evaluate(request, session, patient_id)
+    protocol = _study(request, session)
+    found = await _evaluate(request, session, patient_id, protocol)
     if found.evaluation.status is not SubjectStatus.ELIGIBLE:
         return _error(
             request,
@@ -548,7 +759,6 @@ async def enrol(request: Request, patient_id: str) -> Response:
             f"{found.evaluation.status.value}.",
             session,
         )
-    protocol = _protocol(request)
     identifier = _subject_identifier(protocol, patient_id)
     system, _, value = identifier.partition("|")
     study = protocol.research_study
@@ -569,7 +779,7 @@ async def enrol(request: Request, patient_id: str) -> Response:
     except FhirError as exc:
         return _error(request, exc.http_status, "Enrolment not saved", exc.message, session)
     session.flash.append(f"Enrolment recorded as ResearchSubject/{stored['id']}.")
-    return _redirect(request, f"/app/patients/{patient_id}", session)
+    return _redirect(request, _review_url(request, patient_id, protocol), session)
 
 
 # -- SMART App Launch ----------------------------------------------------------------------------
