@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await ops_wiring.startup(app)
         yield
         await ops_wiring.shutdown(app)
-        await app.state.results.aclose()
+        await app.state.result_store.aclose()
         await app.state.cds_authenticator.aclose()
         await close_clients()
 
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # single-trial surfaces keep reading app.state.protocol (ELIGIBILITY_PROTOCOL_PATH).
     app.state.portfolio = load_configured_portfolio(settings)
     app.state.protocol = _single_protocol(app.state.portfolio, settings)
-    app.state.results = open_result_store(settings)  # the latest answer per patient and study
+    app.state.result_store = open_result_store(settings)  # the latest answer per patient and study
     configure_terminology(settings)  # site ConceptMaps: a bad file stops the start (issue 10)
     # Innermost middleware: a refused body is still counted, logged and given a request id.
     app.state.body_budget = ByteBudget(settings.max_decoding_bytes)

@@ -217,7 +217,7 @@ def test_override_hides_only_that_studys_card(client):
 
 def test_every_study_is_recorded_with_source_cds(client):
     _cards(client, "demo-potential")
-    store = client.app.state.results
+    store = client.app.state.result_store
     import asyncio
 
     async def rows():

@@ -241,7 +241,7 @@ def test_every_answer_is_recorded_per_study(both):
     assert r.status_code == 200
     r = _post(both, orjson.dumps(DEMO["demo-eligible"]))
     assert r.status_code == 200
-    store = both.app.state.results
+    store = both.app.state.result_store
 
     async def rows():
         return [await store.latest("demo-eligible", s) for s in (SEED_ID, SECOND_ID)]

@@ -40,7 +40,7 @@ from service.fhir.errors import FhirError, UpstreamAuthError
 from service.fhir.queries import check_id
 from service.portfolio import Portfolio
 from service.protocol import Protocol
-from service.results import ResultStore, open_result_store, summarise
+from service.results import ResultStore, app_result_store, summarise
 from service.settings import Settings
 from service.state.base import StoreError
 
@@ -121,11 +121,7 @@ def _portfolio(request: Request) -> Portfolio:
 def _results(request: Request) -> ResultStore:
     """The ResultStore on ``app.state.result_store`` (shared with the API, CDS and
     subscriptions when they set it first), opened from the settings otherwise."""
-    store = getattr(request.app.state, "result_store", None)
-    if store is None:
-        store = open_result_store(_settings(request))
-        request.app.state.result_store = store
-    return store
+    return app_result_store(request.app)
 
 
 def _study(request: Request, session: Session | None) -> Protocol:

@@ -6,6 +6,18 @@ change of status is detected here, once (see :meth:`ResultStore.record`).
 """
 
 from service.results.model import StudyResult, summarise
-from service.results.store import MemoryResultStore, ResultStore, open_result_store
+from service.results.store import (
+    MemoryResultStore,
+    ResultStore,
+    app_result_store,
+    open_result_store,
+)
 
-__all__ = ["MemoryResultStore", "ResultStore", "StudyResult", "open_result_store", "summarise"]
+__all__ = [
+    "MemoryResultStore",
+    "ResultStore",
+    "StudyResult",
+    "app_result_store",
+    "open_result_store",
+    "summarise",
+]

@@ -20,8 +20,8 @@ log = logging.getLogger("service.results")
 async def record_answers(
     app: Any, answers: Iterable[tuple[Protocol, Evaluation]], source: str
 ) -> None:
-    """``summarise`` each (protocol, evaluation) and record it in ``app.state.results``."""
-    store = getattr(app.state, "results", None)
+    """``summarise`` each (protocol, evaluation) and record it in ``app.state.result_store``."""
+    store = getattr(app.state, "result_store", None)
     if store is None:
         return
     for protocol, evaluation in answers:

@@ -10,6 +10,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from service.results.codec import timestamp
 from service.results.model import StudyResult, with_change
@@ -167,3 +168,12 @@ def open_result_store(settings: Settings) -> ResultStore:
 
         return SQLiteResultStore(results_sqlite_path(settings))
     return MemoryResultStore()
+
+
+def app_result_store(app: Any) -> ResultStore:
+    """The one ResultStore of an app (``app.state.result_store``: the API opens it at start;
+    opened from the app's settings on first use when nothing did yet)."""
+    store = getattr(app.state, "result_store", None)
+    if store is None:
+        store = app.state.result_store = open_result_store(app.state.settings)
+    return store

@@ -35,7 +35,7 @@ from service.fhir_response import outcome, read_body
 from service.pipeline import parse_as_of
 from service.protocol import Protocol, ProtocolError
 from service.record import InputError
-from service.results import ResultStore, open_result_store
+from service.results import ResultStore, app_result_store
 from service.results import summarise as study_result
 from service.screening.outdir import REPORT, RESULTS, SUMMARY, WORKLIST, OutputFolder
 from service.screening.progress import ScreenProgress
@@ -132,11 +132,8 @@ def _study_name(param: dict[str, Any]) -> str:
 
 
 def result_store(app: Any) -> ResultStore:
-    """The app's ResultStore (made on first use when nothing configured one yet)."""
-    store = getattr(app.state, "result_store", None)
-    if store is None:
-        store = app.state.result_store = open_result_store(app.state.settings)
-    return store
+    """The app's ResultStore (service.results.app_result_store)."""
+    return app_result_store(app)
 
 
 def _recorder(store: ResultStore, loop: asyncio.AbstractEventLoop) -> Any:
