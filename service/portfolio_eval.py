@@ -184,7 +184,7 @@ async def all_or_none(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
     most specific FhirError, as service.fhir.fetch does): no study is answered on data
     another study's fetch found incomplete."""
     from service.fhir.errors import FhirError
-    from service.fhir.fetch import _pick
+    from service.fhir.fetch import most_specific_error
 
     try:
         async with asyncio.TaskGroup() as tg:
@@ -193,7 +193,7 @@ async def all_or_none(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
         fhir_errors, others = group.split(FhirError)
         if fhir_errors is None or others is not None:
             raise
-        raise _pick(fhir_errors.exceptions) from None
+        raise most_specific_error(fhir_errors.exceptions) from None
     return [task.result() for task in tasks]
 
 

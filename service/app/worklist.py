@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 from service.app.view import STATUS_TEXT
 from service.cds.cards import trial_name
 from service.clinical.evaluation import SubjectStatus
+from service.errors import InputError
 from service.portfolio import Portfolio
 from service.protocol import Protocol
 from service.results import ResultStore, StudyResult
@@ -25,7 +26,7 @@ STATUSES = [s.value for s in SubjectStatus]
 MAX_SIZE = 500
 
 
-class WorklistError(ValueError):
+class WorklistError(InputError):
     """A query parameter the worklist cannot use (the page says which)."""
 
 

@@ -156,7 +156,7 @@ def _summary(evaluation: Evaluation, protocol: Protocol) -> str:
             return _fit("Not eligible for ", name, counts)
 
 
-def _md(text: str) -> str:
+def markdown_line(text: str) -> str:
     """Plain text made safe for GitHub Markdown: one line, markup characters escaped."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", _one_line(text))
 
@@ -170,18 +170,18 @@ def _display(protocol: Protocol, code: str) -> str:
 
 def _criterion_lines(result: CriterionResult, protocol: Protocol, depth: int) -> list[str]:
     indent = "  " * depth
-    title = _md(_display(protocol, result.code))
+    title = markdown_line(_display(protocol, result.code))
     if is_exclusion(protocol, result.code) and result.outcome is Outcome.NOT_MET:
         # "not met" on an exclusion reads the wrong way round: say that it applies.
-        line = f"{indent}- **Exclusion {_md(result.code)} applies** — {title}"
+        line = f"{indent}- **Exclusion {markdown_line(result.code)} applies** — {title}"
     elif is_exclusion(protocol, result.code):
-        line = (
-            f"{indent}- **{EXCLUSION_TEXT[result.outcome]}** — exclusion {_md(result.code)} {title}"
-        )
+        line = f"{indent}- **{EXCLUSION_TEXT[result.outcome]}** — exclusion {markdown_line(result.code)} {title}"
     else:
-        line = f"{indent}- **{OUTCOME_TEXT[result.outcome]}** — {_md(result.code)} {title}"
+        line = (
+            f"{indent}- **{OUTCOME_TEXT[result.outcome]}** — {markdown_line(result.code)} {title}"
+        )
     if result.reason:
-        line += f": {_md(result.reason)}"
+        line += f": {markdown_line(result.reason)}"
     lines = [line]
     for member in result.members:
         lines.extend(_criterion_lines(member, protocol, depth + 1))
@@ -196,7 +196,7 @@ def _detail(evaluation: Evaluation, protocol: Protocol) -> str:
     )
     title = protocol.research_study.get("title") or trial_name(protocol)
     lines = [
-        f"**{_md(title)}**",
+        f"**{markdown_line(title)}**",
         "",
         f"Automated screening as of {evaluation.as_of.isoformat()}: "
         f"{_STATUS_TEXT[status]} ({counts}).",
@@ -207,7 +207,7 @@ def _detail(evaluation: Evaluation, protocol: Protocol) -> str:
     notes = [issue.message for issue in evaluation.issues if issue.message]
     if notes:
         lines += ["", "Data notes:", ""]
-        lines += [f"- {_md(note)}" for note in notes]
+        lines += [f"- {markdown_line(note)}" for note in notes]
     lines += [
         "",
         "_Screening aid only: eligibility must be confirmed by the study investigator._",

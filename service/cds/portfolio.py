@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from service.cds.cards import _md, patient_view_cards, trial_name
+from service.cds.cards import markdown_line, patient_view_cards, trial_name
 from service.clinical.evaluation import Evaluation, SubjectStatus
 from service.clinical.model import CriterionResult, Outcome
 from service.criterion_kind import is_exclusion
@@ -144,7 +144,7 @@ def study_card(
     if not cards:
         return None
     card = cards[0]
-    card["detail"] = f"{_md(missing_line(evaluation, protocol))}\n\n{card['detail']}"
+    card["detail"] = f"{markdown_line(missing_line(evaluation, protocol))}\n\n{card['detail']}"
     link = review_link(evaluation, protocol, settings, service_base_url)
     if link.get("type") != "smart":
         link["type"] = "absolute"

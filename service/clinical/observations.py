@@ -292,7 +292,7 @@ def _partly(dated: Dated) -> Unusable | None:
     return Unusable(dated.partly) if dated.partly else None
 
 
-def _data_absent(record: PatientRecord, dated: Dated, issues: list[Issue]) -> Unusable | None:
+def data_absent(record: PatientRecord, dated: Dated, issues: list[Issue]) -> Unusable | None:
     """A result with ``dataAbsentReason`` is never read, even when it also has a value."""
     item = dated.item
     if item.get("dataAbsentReason") is None:
@@ -306,7 +306,7 @@ def _data_absent(record: PatientRecord, dated: Dated, issues: list[Issue]) -> Un
     return Unusable(why)
 
 
-def _context_only(dated: Dated) -> Unusable | None:
+def context_only(dated: Dated) -> Unusable | None:
     """A result coded only more broadly than the criterion: evidence, never a verdict."""
     vs = dated.context
     if vs is None:
@@ -417,7 +417,7 @@ def newest_verdict(
         return None
     group = newest_group(candidates)
     judged = [
-        (d, _context_only(d) or _partly(d) or _data_absent(record, d, issues) or judge(d))
+        (d, context_only(d) or _partly(d) or data_absent(record, d, issues) or judge(d))
         for d in group
     ]
     older = len(candidates) - len(group)

@@ -143,7 +143,7 @@ async def fetch_patient(
         fhir_errors, others = group.split(FhirError)
         if fhir_errors is None or others is not None:
             raise
-        raise _pick(fhir_errors.exceptions) from None
+        raise most_specific_error(fhir_errors.exceptions) from None
 
     patient: dict[str, Any] = {}
     resources: list[dict[str, Any]] = []
@@ -214,7 +214,7 @@ def linked_ids(patient: dict[str, Any], base_url: str) -> list[str]:
     return found
 
 
-def _pick(errors: tuple[BaseException, ...]) -> BaseException:
+def most_specific_error(errors: tuple[BaseException, ...]) -> BaseException:
     flat: list[BaseException] = []
     for e in errors:
         flat.extend(e.exceptions if isinstance(e, BaseExceptionGroup) else [e])

@@ -40,7 +40,7 @@ def two_studies(tmp: Path) -> list[Path]:
 def screening_run(tmp: Path, synthetic: int = 4) -> Path:
     """``eligibility screen`` (the real command) over synthetic patients and one without ALL;
     returns its output folder."""
-    from service.bench.synthetic import make_patient
+    from benchmarks.synthetic import make_patient
 
     bundles = {}
     for n in range(synthetic):

@@ -41,7 +41,7 @@ from service.clinical.observations import (
 )
 from service.clinical.rules import Context, rule
 from service.clinical.rules.age import age_on
-from service.clinical.rules.labs import Reading, _fmt, read_quantity
+from service.clinical.rules.labs import Reading, format_number, read_quantity
 from service.clinical.rules.params import ComputedValueParams
 from service.clinical.rules.ranges import annotation_mismatch, bounds_text, in_bounds, judged, shown
 from service.protocol import CriterionDef
@@ -183,7 +183,7 @@ class _Case:
             weight = inputs.weight[1].value if inputs.weight else None
             values.append(self.equation(scr.value, age, gender, weight))
         verdicts = {in_bounds(v, None, self.p) for v in values}
-        value_text = " to ".join(f"{_fmt(v)}" for v in sorted(values))
+        value_text = " to ".join(f"{format_number(v)}" for v in sorted(values))
         unit = units.describe(_UNITS[self.p.equation])
         base = (
             f"{self.name} {value_text} {unit} computed by {_FORMULAS[self.p.equation]}, from {said}"

@@ -26,7 +26,7 @@ from service.clinical.model import (
     not_met,
     undetermined,
 )
-from service.clinical.observations import Dated, _context_only, _data_absent, candidate_observations
+from service.clinical.observations import Dated, candidate_observations, context_only, data_absent
 from service.clinical.rules import Context, rule
 from service.clinical.rules.labs import Reading, read_quantity
 from service.clinical.rules.params import DocumentedBeforeParams
@@ -66,7 +66,7 @@ def documented_before(criterion: CriterionDef, ctx: Context) -> CriterionResult:
         if when.earliest is not None and when.earliest > cutoff:
             continue  # certainly too recent to count
         old_enough = when.latest is not None and when.latest <= cutoff
-        skip = _context_only(dated) or _data_absent(ctx.record, dated, issues)
+        skip = context_only(dated) or data_absent(ctx.record, dated, issues)
         reading = skip or read_quantity(dated, criterion.params, p.unit, ctx, issues)
         if not isinstance(reading, Reading):
             doubtful.append((dated, _line(ctx, dated, reading.why)))

@@ -51,7 +51,7 @@ class Reading:
     converted: str  # in the protocol's unit, e.g. "42.8 µmol/L"; "" when no conversion
 
 
-def _fmt(value: float) -> str:
+def format_number(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
@@ -115,19 +115,19 @@ def read_quantity(
         high = units.convert(plausible["high"], plausible["unit"], target)
         if not low <= converted <= high:
             why = (
-                f"implausible value {_as_reported(quantity)} ({_fmt(converted)} "
+                f"implausible value {_as_reported(quantity)} ({format_number(converted)} "
                 f"{units.describe(target)}; plausible {plausible['low']}–{plausible['high']} "
                 f"{units.describe(plausible['unit'])}): probably a unit error"
             )
             issues.append(Issue(Severity.WARNING, "value", f"{why}; result ignored", ref))
             return Unusable(why)
     converted_text = (
-        "" if _is_target(unit, target) else f"{_fmt(converted)} {units.describe(target)}"
+        "" if _is_target(unit, target) else f"{format_number(converted)} {units.describe(target)}"
     )
     return Reading(converted, quantity.get("comparator"), _as_reported(quantity), converted_text)
 
 
-def _requirement(criterion: CriterionDef, ctx: Context) -> DataRequirement:
+def lab_requirement(criterion: CriterionDef, ctx: Context) -> DataRequirement:
     vs = ctx.protocol.valueset(criterion.params["observation_valueset"])
     window = criterion.params.get("window_days")
     return DataRequirement(
@@ -146,7 +146,7 @@ def _no_result(criterion: CriterionDef, ctx: Context, window: int | None) -> Cri
         why = f"no result in the last {window} days; the most recent is from {older[0].shown}"
     else:
         why = "no result found"
-    return undetermined(criterion.code, why, needs=[_requirement(criterion, ctx)])
+    return undetermined(criterion.code, why, needs=[lab_requirement(criterion, ctx)])
 
 
 def _decide(
@@ -173,7 +173,7 @@ def _decide(
         criterion.code,
         f"{base}: the reported bound cannot decide {_SYMBOL[op]} {threshold_text}",
         evidence,
-        [_requirement(criterion, ctx)],
+        [lab_requirement(criterion, ctx)],
     )
 
 
@@ -184,7 +184,7 @@ def _candidates(criterion: CriterionDef, ctx: Context, issues: list[Issue]) -> l
     return candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, window, issues, context)
 
 
-def _latest(
+def newest_lab_verdict(
     criterion: CriterionDef,
     ctx: Context,
     target: str,
@@ -206,7 +206,7 @@ def _latest(
         _candidates(criterion, ctx, issues),
         judge,
         what=criterion.params.get("analyte", criterion.title),
-        needs=[_requirement(criterion, ctx)],
+        needs=[lab_requirement(criterion, ctx)],
         issues=issues,
     ) or _no_result(criterion, ctx, criterion.params.get("window_days"))
     result.issues.extend(issues)
@@ -223,7 +223,7 @@ def lab_threshold(criterion: CriterionDef, ctx: Context) -> CriterionResult:
     def decide(dated: Dated, reading: Reading) -> CriterionResult:
         return _decide(criterion, ctx, dated, reading, p["comparator"], threshold, threshold_text)
 
-    return _latest(criterion, ctx, target, decide)
+    return newest_lab_verdict(criterion, ctx, target, decide)
 
 
 @rule("lab_uln_multiple", params=LabUlnMultipleParams)
@@ -242,17 +242,15 @@ def lab_uln_multiple(criterion: CriterionDef, ctx: Context) -> CriterionResult:
                 f"{p.get('analyte', criterion.title)} {reading.shown} on {dated.shown}"
                 f"{origin(ctx.record, dated)}: {source}",
                 [ctx.record.ref(dated.resource)],
-                [_requirement(criterion, ctx)],
+                [lab_requirement(criterion, ctx)],
             )
         limit = float(p["max_uln_multiple"]) * uln
         unit = units.describe(target)
-        threshold_text = (
-            f"{p['max_uln_multiple']} × ULN {_fmt(uln)} {unit} = {_fmt(limit)} {unit} ({source})"
-        )
+        threshold_text = f"{p['max_uln_multiple']} × ULN {format_number(uln)} {unit} = {format_number(limit)} {unit} ({source})"
         return _decide(criterion, ctx, dated, reading, "<=", limit, threshold_text)
 
     uln_issues: list[Issue] = []
-    result = _latest(criterion, ctx, target, decide)
+    result = newest_lab_verdict(criterion, ctx, target, decide)
     result.issues.extend(uln_issues)
     return result
 
@@ -300,8 +298,8 @@ def _upper_limit(
         <= units.convert(plausible["high"], plausible["unit"], target)
     ):
         why = (
-            f"the result's upper limit of normal {_fmt(found.value)} {units.describe(target)} "
-            "is implausible, so the result cannot be judged"
+            f"the result's upper limit of normal {format_number(found.value)} "
+            f"{units.describe(target)} is implausible, so the result cannot be judged"
         )
         issues.append(Issue(Severity.WARNING, "value", why, ref))
         return None, why

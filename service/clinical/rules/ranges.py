@@ -15,7 +15,7 @@ from service import units
 from service.clinical.model import CriterionResult, met, not_met, undetermined
 from service.clinical.observations import Dated, origin, satisfies
 from service.clinical.rules import Context, rule
-from service.clinical.rules.labs import Reading, _fmt, _latest, _requirement
+from service.clinical.rules.labs import Reading, format_number, lab_requirement, newest_lab_verdict
 from service.clinical.rules.params import Bounds, LabRangeParams
 from service.protocol import CriterionDef
 
@@ -68,14 +68,14 @@ def bounds_text(bounds: Bounds) -> str:
     low, high = bounds.min, bounds.max
     if low is not None and high is not None:
         if not bounds.min_exclusive and not bounds.max_exclusive:
-            return f"{_fmt(low.value)}–{_fmt(high.value)} {unit} (inclusive)"
+            return f"{format_number(low.value)}–{format_number(high.value)} {unit} (inclusive)"
         lo = ">" if bounds.min_exclusive else "≥"
         hi = "<" if bounds.max_exclusive else "≤"
-        return f"{lo} {_fmt(low.value)} and {hi} {_fmt(high.value)} {unit}"
+        return f"{lo} {format_number(low.value)} and {hi} {format_number(high.value)} {unit}"
     if low is not None:
-        return f"{'>' if bounds.min_exclusive else '≥'} {_fmt(low.value)} {unit}"
+        return f"{'>' if bounds.min_exclusive else '≥'} {format_number(low.value)} {unit}"
     assert high is not None
-    return f"{'<' if bounds.max_exclusive else '≤'} {_fmt(high.value)} {unit}"
+    return f"{'<' if bounds.max_exclusive else '≤'} {format_number(high.value)} {unit}"
 
 
 def judged(bounds: Bounds, inside: bool) -> str:
@@ -104,7 +104,7 @@ def lab_range(criterion: CriterionDef, ctx: Context) -> CriterionResult:
                 f"the most recent {p.analyte or criterion.title} result on {dated.shown} "
                 f"cannot be used: {mismatch}",
                 evidence,
-                [_requirement(criterion, ctx)],
+                [lab_requirement(criterion, ctx)],
             )
         base = (
             f"{p.analyte or criterion.title} {shown(reading)} on {dated.shown}"
@@ -119,7 +119,7 @@ def lab_range(criterion: CriterionDef, ctx: Context) -> CriterionResult:
             criterion.code,
             f"{base}: the reported bound cannot tell whether it is within {wanted}",
             evidence,
-            [_requirement(criterion, ctx)],
+            [lab_requirement(criterion, ctx)],
         )
 
-    return _latest(criterion, ctx, p.unit, decide)
+    return newest_lab_verdict(criterion, ctx, p.unit, decide)
