@@ -175,7 +175,8 @@ def _criterion_lines(result: CriterionResult, protocol: Protocol, depth: int) ->
         # "not met" on an exclusion reads the wrong way round: say that it applies.
         line = f"{indent}- **Exclusion {markdown_line(result.code)} applies** — {title}"
     elif is_exclusion(protocol, result.code):
-        line = f"{indent}- **{EXCLUSION_TEXT[result.outcome]}** — exclusion {markdown_line(result.code)} {title}"
+        said = EXCLUSION_TEXT[result.outcome]
+        line = f"{indent}- **{said}** — exclusion {markdown_line(result.code)} {title}"
     else:
         line = (
             f"{indent}- **{OUTCOME_TEXT[result.outcome]}** — {markdown_line(result.code)} {title}"

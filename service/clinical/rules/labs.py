@@ -246,7 +246,10 @@ def lab_uln_multiple(criterion: CriterionDef, ctx: Context) -> CriterionResult:
             )
         limit = float(p["max_uln_multiple"]) * uln
         unit = units.describe(target)
-        threshold_text = f"{p['max_uln_multiple']} × ULN {format_number(uln)} {unit} = {format_number(limit)} {unit} ({source})"
+        uln_text, limit_text = format_number(uln), format_number(limit)
+        threshold_text = (
+            f"{p['max_uln_multiple']} × ULN {uln_text} {unit} = {limit_text} {unit} ({source})"
+        )
         return _decide(criterion, ctx, dated, reading, "<=", limit, threshold_text)
 
     uln_issues: list[Issue] = []
