@@ -132,6 +132,34 @@ def test_partial_prefetch_fetches_only_missing_keys(client):
     assert all(c.request.headers["authorization"] == "Bearer opaque-token-123" for c in route.calls)
 
 
+def test_a_fetched_lab_key_reads_results_with_no_time_as_its_template_would(client):
+    """Issue 19 §4: the prefetch template has no date filter, the fetch of a missing key has;
+    a failing count with no time (it may be the newest) must be read on both paths."""
+    bundles = load_demo_bundles()
+    undated = {
+        "resourceType": "Observation",
+        "id": "undated-platelets",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "777-3"}]},
+        "subject": {"reference": "Patient/demo-eligible"},
+        "valueQuantity": {"value": 5, "unit": "10*9/L", "system": "http://unitsofmeasure.org",
+                          "code": "10*9/L"},
+    }  # fmt: skip
+    bundles["demo-eligible"]["entry"].append({"resource": undated})
+    store = DemoStore(bundles, base_url=EHR, default_page_size=500, max_page_size=500)
+    prefetch = full_prefetch("demo-eligible")
+    del prefetch["labs"]
+    with respx.mock(assert_all_mocked=True) as mock:
+        mock.route(host="ehr.example.org").mock(side_effect=store.handle)
+        r = client.post(
+            f"/cds-services/{SID}", json=call("demo-eligible", prefetch, fhirServer=EHR)
+        )
+    assert r.status_code == 200, r.text
+    summary = r.json()["cards"][0]["summary"]
+    assert not summary.startswith("Meets all 12"), summary
+    assert "undated-platelets" in r.text or "I7" in r.text
+
+
 def test_prefetch_holding_an_operation_outcome_is_fetched(client):
     prefetch = full_prefetch("demo-eligible")
     prefetch["conditions"] = {

@@ -151,7 +151,16 @@ async def fetch_missing(
 ) -> None:
     """Fetch the keys the prefetch lacked (and linked records' data) into ``resolved``."""
     from service.fhir.fetch import fetch_patient
+    from service.fhir.queries import plan_queries
 
+    # Fetched with the evaluation date, a lab search filters by date, and a result with no
+    # time is then found only by the plan's search for undated results: ask it too, so the
+    # fetched keys read what their prefetch template (no date filter) would have.
+    plan = {
+        q.key: q for q in plan_queries(relevance.protocol, call.context.patientId, day, relevance)
+    }
+    if "undated" in plan and any("date" in dict(plan[k].params) for k in need if k in plan):
+        need = need | {"undated"}
     fetched = await fetch_patient(
         client,
         relevance.protocol,
