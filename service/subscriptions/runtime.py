@@ -16,6 +16,7 @@ from service.results import ResultStore, open_result_store
 from service.settings import Settings
 from service.subscriptions import subscribe
 from service.subscriptions.criteria import criteria_for, subscribed_types
+from service.subscriptions.evaluate import EvaluatePatient, evaluate_patient
 from service.subscriptions.ledger import Ledger
 from service.subscriptions.server import FhirServer
 from service.subscriptions.worker import SubscriptionWorker
@@ -69,7 +70,13 @@ class Runtime:
         }
 
 
-def build(settings: Settings, store: Any, results: ResultStore, audit: Any) -> Runtime:
+def build(
+    settings: Settings,
+    store: Any,
+    results: ResultStore,
+    audit: Any,
+    evaluate: EvaluatePatient = evaluate_patient,
+) -> Runtime:
     if not settings.fhir_base_url or settings.subscription_secret is None:
         raise ValueError(
             "SUBSCRIPTION_ENDPOINT needs ELIGIBILITY_FHIR_BASE_URL and "
@@ -86,6 +93,7 @@ def build(settings: Settings, store: Any, results: ResultStore, audit: Any) -> R
         types=subscribed_types(criteria),
         server=server,
         audit=audit,
+        evaluate=evaluate,
     )
     endpoint = (settings.subscription_endpoint or "").rstrip("/")
     return Runtime(settings, worker, server, endpoint, criteria)
@@ -97,7 +105,9 @@ async def start(app: FastAPI) -> None:
         return
     results = getattr(app.state, "results", None) or open_result_store(settings)
     app.state.results = results
-    runtime = build(settings, app.state.store, results, app.state.audit_sink)
+    # app.state.subscription_evaluate: another evaluation core (e.g. one fetch for every study)
+    evaluate = getattr(app.state, "subscription_evaluate", None) or evaluate_patient
+    runtime = build(settings, app.state.store, results, app.state.audit_sink, evaluate)
     app.state.subscriptions = runtime
     runtime.worker.start()
     runtime.task = asyncio.get_running_loop().create_task(runtime.subscribe())
