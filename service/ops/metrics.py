@@ -131,6 +131,7 @@ class MetricsMiddleware:
             HTTP_REQUESTS.labels(**labels).inc()
             HTTP_LATENCY.labels(**labels).observe(time.perf_counter() - started)
 
+
 # -- continuous screening (FHIR Subscriptions, service/subscriptions/) ----------------------
 SUBSCRIPTION_NOTIFICATIONS = Counter(
     "eligibility_subscription_notifications_total",

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from service.evaluation_context import current_relevance
 from service.fhir.queries import token_param
 from service.protocol import Code, Protocol
-from service.evaluation_context import current_relevance
 from service.resource_kinds import KINDS
 
 # HAPI stores Subscription.criteria in a column of limited width; long code lists are split.
@@ -35,9 +35,7 @@ def _split(rtype: str, param: str, codes: frozenset[Code], limit: int) -> list[s
     return out
 
 
-def criteria_for(
-    protocols: Iterable[Protocol], limit: int = MAX_CRITERIA_LENGTH
-) -> list[str]:
+def criteria_for(protocols: Iterable[Protocol], limit: int = MAX_CRITERIA_LENGTH) -> list[str]:
     """Every criterion the loaded protocols need, each once, in a stable order."""
     obs_codes: set[Code] = set()
     report_codes: set[Code] = set()

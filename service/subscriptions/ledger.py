@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 
 from service.state.base import StateStore, StoreError
@@ -39,7 +40,5 @@ class Ledger:
     async def release(self, changes: list[Change]) -> None:
         """Forget claims whose evaluation failed, so the catch-up evaluates them again."""
         for change in changes:
-            try:
+            with contextlib.suppress(StoreError):
                 await self.store.delete(SEEN_PREFIX + change.key)
-            except StoreError:
-                pass

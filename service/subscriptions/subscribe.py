@@ -90,7 +90,9 @@ async def ensure(
         elif _same(first, wanted):
             done["kept"].append(first["id"])
         else:
-            await server.request("PUT", f"Subscription/{first['id']}", {**wanted, "id": first["id"]})
+            await server.request(
+                "PUT", f"Subscription/{first['id']}", {**wanted, "id": first["id"]}
+            )
             done["updated"].append(first["id"])
     for stale in by_criteria.values():  # criteria no loaded protocol needs any more
         for sub in stale:

@@ -200,7 +200,9 @@ class SubscriptionWorker:
         now = datetime.now(UTC)
         for change in changes:
             if change.changed_at is not None:
-                metrics.SUBSCRIPTION_LAG.observe(max(0.0, (now - change.changed_at).total_seconds()))
+                metrics.SUBSCRIPTION_LAG.observe(
+                    max(0.0, (now - change.changed_at).total_seconds())
+                )
         return True
 
     # -- catch-up ------------------------------------------------------------------------
@@ -267,9 +269,7 @@ class SubscriptionWorker:
         return {
             "queued": self.queue.qsize(),
             "pending_patients": len(self._runs),
-            "oldest_pending_change": min(self._hold.values()).isoformat()
-            if self._hold
-            else None,
+            "oldest_pending_change": min(self._hold.values()).isoformat() if self._hold else None,
             "accepted": self.stats.accepted,
             "dropped": self.stats.dropped,
             "duplicates": self.stats.duplicates,
@@ -280,4 +280,3 @@ class SubscriptionWorker:
             "last_catchup": self.stats.last_catchup,
             "last_catchup_error": self.stats.last_catchup_error,
         }
-
