@@ -144,7 +144,7 @@ class Settings(BaseSettings):
     # Shared secret the FHIR server sends in the subscription header (channel.header).
     subscription_secret: SecretStr | None = None
     subscription_header: str = "X-Eligibility-Subscription-Secret"
-    subscription_debounce_seconds: float = 3.0  # one evaluation per patient per this long
+    subscription_debounce_seconds: float = 1.0  # one evaluation per patient per this long
     subscription_queue_size: int = 10_000  # notifications waiting; more: left to the catch-up
     subscription_max_pending_patients: int = 5_000  # patients waiting for their evaluation
     subscription_concurrency: int = 4  # patients evaluated at once

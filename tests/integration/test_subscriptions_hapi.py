@@ -27,7 +27,9 @@ import uvicorn
 from service.api import create_app
 from service.results import MemoryResultStore
 from service.settings import Settings
+from service.subscriptions import subscribe
 from service.subscriptions.evaluate import evaluate_patient
+from service.subscriptions.server import FhirServer
 
 HAPI = (os.environ.get("HAPI_BASE_URL") or "").rstrip("/")
 pytestmark = [
@@ -48,8 +50,11 @@ def _free_port() -> int:
 class Service:
     """Our service with continuous screening on, in a background thread."""
 
-    def __init__(self, port: int, state: Path, results: MemoryResultStore, **extra) -> None:
+    def __init__(
+        self, port: int, state: Path, results: MemoryResultStore, keep: bool = False, **extra
+    ) -> None:
         self.port = port
+        self.keep = keep  # leave our Subscriptions on HAPI (an outage: HAPI keeps trying)
         self.url = f"http://127.0.0.1:{port}"
         options = {
             "subscription_debounce_seconds": 1.0,
@@ -95,6 +100,15 @@ class Service:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+        if not self.keep:  # no Subscription to a closed port is left for other tests
+            asyncio.run(self._unsubscribe())
+
+    async def _unsubscribe(self) -> None:
+        server = FhirServer(HAPI, httpx.AsyncClient(timeout=30))
+        try:
+            await subscribe.remove(server, f"{self.url}/subscription/notify")
+        finally:
+            await server.aclose()
 
     @property
     def worker(self):
@@ -268,7 +282,7 @@ def test_an_outage_is_caught_up_exactly_once(state, tmp_path):
                 f"{HAPI}/Patient/{pid}",
                 json={"resourceType": "Patient", "id": pid, "birthDate": "1980-01-01"},
             ).raise_for_status()
-    with Service(port, state, results):
+    with Service(port, state, results, keep=True):
         time.sleep(2)  # the watermark is set at the first start
     written = {}
     with _http() as http:  # our service is down: HAPI cannot deliver these
