@@ -415,3 +415,41 @@ async def test_paging_never_follows_a_next_link_off_the_base():
     with pytest.raises(ServerError, match="away from the FHIR base"):
         async for _ in server.pages("Observation", {}):
             pass
+
+
+# -- the command ----------------------------------------------------------------------------
+def test_subscribe_command_refuses_incomplete_settings(monkeypatch):
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from service.settings import get_settings
+
+    for name in ("FHIR_BASE_URL", "SUBSCRIPTION_ENDPOINT", "SUBSCRIPTION_SECRET"):
+        monkeypatch.delenv(f"ELIGIBILITY_{name}", raising=False)
+    get_settings.cache_clear()
+    runner = CliRunner()
+    try:
+        no_endpoint = runner.invoke(app, ["subscribe", "--fhir-base", BASE])
+        assert no_endpoint.exit_code == 2 and "--endpoint" in no_endpoint.output
+        no_secret = runner.invoke(app, ["subscribe", "--fhir-base", BASE, "--endpoint", ENDPOINT])
+        assert no_secret.exit_code == 2 and "SUBSCRIPTION_SECRET" in no_secret.output
+    finally:
+        get_settings.cache_clear()
+
+
+async def test_a_catch_up_over_several_types_is_one_evaluation_per_patient():
+    fake, evaluate = FakeFhir(page_size=2), Evaluations()
+    w = worker(MemoryStore(), evaluate, fake, subscription_debounce_seconds=0.0)
+    w.types = ["Observation", "Patient"]
+    w.start(catch_up=False)
+    try:
+        await w.catch_up()
+        t0 = _ms(await w.ledger.watermark() + timedelta(seconds=1))
+        for i in range(3):
+            fake.put(observation("p1", f"o{i}"), updated=_stamp(t0 + timedelta(seconds=i)))
+        fake.put({"resourceType": "Patient", "id": "p1"}, updated=_stamp(t0))
+        assert await w.catch_up() == 4  # two pages of Observations, then the Patient
+        await w.idle()
+        assert evaluate.calls == {"p1": 1}
+    finally:
+        await w.stop()

@@ -115,6 +115,18 @@ def _settings(base: str, port: int, **extra: Any) -> Settings:
     )
 
 
+def _settle(worker: Any, quiet: float = 3.0, timeout: float = 300) -> None:
+    """Until nothing has been queued or pending for ``quiet`` seconds."""
+    deadline, calm_since = time.monotonic() + timeout, time.monotonic()
+    while time.monotonic() < deadline:
+        st = worker.status()
+        if st["queued"] or st["pending_patients"]:
+            calm_since = time.monotonic()
+        elif time.monotonic() - calm_since >= quiet:
+            return
+        time.sleep(0.2)
+
+
 def measure_lag(base: str, changes: int) -> dict[str, float]:
     from service.api import create_app
     from service.subscriptions import subscribe
@@ -143,7 +155,7 @@ def measure_lag(base: str, changes: int) -> dict[str, float]:
     accepted: dict[str, float] = {}
     with httpx.Client(timeout=30, headers={"Content-Type": "application/fhir+json"}) as http:
         pids = _patients(http, base, changes)
-        time.sleep(3)  # the Patients' own notifications pass first
+        _settle(runtime.worker)  # the Patients' own notifications pass first
         for pid in pids:
             answer = http.post(
                 f"{base}/Observation", json=_observation(pid, 150, datetime.now(UTC))
@@ -193,7 +205,7 @@ def measure_catchup(base: str, missed: int, patients: int) -> dict[str, float]:
     from service.subscriptions.server import FhirServer
     from service.subscriptions.worker import SubscriptionWorker
 
-    settings = _settings(base, 9, subscription_debounce_seconds=0.0)
+    settings = _settings(base, 9)
     protocols = load_portfolio().protocols
     with httpx.Client(timeout=60, headers={"Content-Type": "application/fhir+json"}) as http:
         pids = _patients(http, base, patients)
@@ -246,6 +258,7 @@ def measure_catchup(base: str, missed: int, patients: int) -> dict[str, float]:
         "missed_changes": missed,
         "patients": patients,
         "evaluations": evaluations,
+        "catchup_seconds": round(elapsed, 1),
         "catchup_rate_per_s": round(rate, 1),
         "screening_rate_per_s": round(screen_rate, 1),
         "ratio": round(rate / screen_rate, 2),

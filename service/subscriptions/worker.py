@@ -82,6 +82,10 @@ class SubscriptionWorker:
         self._wake = asyncio.Event()  # a ping or a dropped notification: catch up now
         self._tasks: list[asyncio.Task[None]] = []
         self._catchup_lock = asyncio.Lock()
+        # cleared while a catch-up is still reading: a patient's changes from several types
+        # (pages) wait for the whole read, so they make one evaluation, not one per type
+        self._read_done = asyncio.Event()
+        self._read_done.set()
 
     # -- intake --------------------------------------------------------------------------
     def offer(self, change: Change) -> bool:
@@ -160,6 +164,7 @@ class SubscriptionWorker:
         try:
             while True:
                 await asyncio.sleep(self.debounce)
+                await self._catch_up_read()
                 changes = self._batches.pop(pid, [])
                 async with self._sem:
                     ok = await self._evaluate(pid, changes)
@@ -171,6 +176,15 @@ class SubscriptionWorker:
             self._runs.pop(pid, None)
             async with self._room:
                 self._room.notify_all()
+
+    async def _catch_up_read(self) -> None:
+        """Wait while a catch-up is reading, unless the pending patients fill the room (the
+        catch-up then waits for room itself: evaluating is how room is made)."""
+        limit = self.settings.subscription_max_pending_patients
+        while not self._read_done.is_set() and len(self._runs) < limit:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self._read_done.wait()
 
     async def _evaluate(self, pid: str, changes: list[Change]) -> bool:
         try:
@@ -242,7 +256,19 @@ class SubscriptionWorker:
             await self.ledger.set_watermark(datetime.now(UTC))
             return 0
         since = mark - timedelta(seconds=self.settings.subscription_catchup_overlap_seconds)
-        newest = mark
+        self._read_done.clear()
+        try:
+            newest, seen = await self._read(since, mark)
+            await self.queue.join()  # every change admitted is now claimed and held (or done)
+        finally:
+            self._read_done.set()
+        if self._hold:
+            newest = min(newest, min(self._hold.values()) - _EPSILON)
+        await self.ledger.set_watermark(newest)
+        return seen
+
+    async def _read(self, since: datetime, newest: datetime) -> tuple[datetime, int]:
+        assert self.server is not None
         seen = 0
         for rtype in self.types:
             params: dict[str, Any] = {
@@ -259,11 +285,7 @@ class SubscriptionWorker:
                     await self.admit(change)
                     if change.changed_at is not None and change.changed_at > newest:
                         newest = change.changed_at
-        await self.queue.join()  # every change admitted is now claimed and held (or done)
-        if self._hold:
-            newest = min(newest, min(self._hold.values()) - _EPSILON)
-        await self.ledger.set_watermark(newest)
-        return seen
+        return newest, seen
 
     def status(self) -> dict[str, Any]:
         return {
