@@ -3,6 +3,7 @@ create / read / update / delete, ``_tag`` and ``_lastUpdated=gt`` searches, pagi
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import datetime
 from types import SimpleNamespace
@@ -22,9 +23,14 @@ class FakeFhir:
         self.writes: list[tuple[str, str]] = []  # (method, path) of every write
         self.page_size = page_size
         self._ids = itertools.count(1)
+        self.delay = 0.0  # seconds per answer (a server that takes its time)
 
     def server(self) -> FhirServer:
-        return FhirServer(BASE, httpx.AsyncClient(transport=httpx.MockTransport(self.handle)))
+        async def answer(request: httpx.Request) -> httpx.Response:
+            await asyncio.sleep(self.delay)
+            return self.handle(request)
+
+        return FhirServer(BASE, httpx.AsyncClient(transport=httpx.MockTransport(answer)))
 
     def put(self, resource: dict[str, Any], version: str = "1", updated: str | None = None):
         meta = {"versionId": version, **({"lastUpdated": updated} if updated else {})}

@@ -441,6 +441,7 @@ async def test_a_catch_up_over_several_types_is_one_evaluation_per_patient():
     fake, evaluate = FakeFhir(page_size=2), Evaluations()
     w = worker(MemoryStore(), evaluate, fake, subscription_debounce_seconds=0.0)
     w.types = ["Observation", "Patient"]
+    fake.delay = 0.05  # pages take time: evaluations may start before the read ends
     w.start(catch_up=False)
     try:
         await w.catch_up()
