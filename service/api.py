@@ -38,6 +38,8 @@ from service.results import open_result_store
 from service.routes import router as fhir_router
 from service.screening.http import router as screen_router
 from service.settings import Settings, get_settings
+from service.subscriptions import receiver as subscription_receiver
+from service.subscriptions import runtime as subscription_runtime
 from service.terminology.runtime import configure_from as configure_terminology
 
 log = logging.getLogger("service.api")
@@ -65,7 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if app.state.cds_authenticator.demo_client_trusted:
             log.warning("CDS Hooks demo mode: trusting the PUBLIC demo EHR key (cds-demo)")
         await ops_wiring.startup(app)
+        await subscription_runtime.start(app)  # continuous screening, when configured
         yield
+        await subscription_runtime.stop(app)
         await ops_wiring.shutdown(app)
         await app.state.result_store.aclose()
         await app.state.cds_authenticator.aclose()
@@ -174,6 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web_app_router)
     app.include_router(screen_router)
     app.include_router(matching_router)  # POST /getClinicalTrial (service.matching)
+    app.include_router(subscription_receiver.router)
     logs.set_route_resolver(_route_resolver(app))
     return app
 

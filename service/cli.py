@@ -35,6 +35,7 @@ from service.protocol import Protocol, ProtocolError, load_protocol
 from service.record import InputError
 from service.screening.command import screen
 from service.settings import get_settings
+from service.subscriptions.command import subscribe
 from service.summary import render_summary
 
 EXIT_BAD_INPUT = 2
@@ -375,6 +376,7 @@ def load_demo(
 
 
 app.command("screen")(screen)
+app.command("subscribe")(subscribe)
 
 protocol_app = typer.Typer(
     no_args_is_help=True, help="Tools for whoever writes a protocol folder (check, show)."

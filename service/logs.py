@@ -344,7 +344,7 @@ class _LastResort(logging.StreamHandler):
 
 def register_settings_secrets(settings: Any) -> None:
     """The service's own credentials from its settings (tokens, API keys)."""
-    for name in ("fhir_token", "api_keys"):
+    for name in ("fhir_token", "api_keys", "subscription_secret"):
         value = getattr(settings, name, None)
         for item in value if isinstance(value, list) else [value]:
             secret = item.get_secret_value() if hasattr(item, "get_secret_value") else item

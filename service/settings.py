@@ -147,6 +147,24 @@ class Settings(BaseSettings):
     terminology_cache_seconds: float = 3600.0
     terminology_concurrency: int = 8  # $translate calls in parallel
 
+    # -- continuous screening: FHIR Subscriptions (issue 22; service/subscriptions/) ------
+    # Our receiver's URL as the FHIR server reaches it ({public base}/subscription/notify);
+    # set: `eligibility serve` subscribes at start and runs the worker and the catch-up.
+    subscription_endpoint: str | None = None
+    # Shared secret the FHIR server sends in the subscription header (channel.header).
+    subscription_secret: SecretStr | None = None
+    subscription_header: str = "X-Eligibility-Subscription-Secret"
+    subscription_debounce_seconds: float = 1.0  # one evaluation per patient per this long
+    subscription_queue_size: int = 10_000  # notifications waiting; more: left to the catch-up
+    subscription_max_pending_patients: int = 5_000  # patients waiting for their evaluation
+    subscription_concurrency: int = 4  # patients evaluated at once
+    subscription_catchup_seconds: float = 60.0  # catch-up period (_lastUpdated > watermark)
+    subscription_catchup_overlap_seconds: float = 30.0  # re-read this much before the mark
+    subscription_seen_days: float = 14.0  # how long processed versions are remembered
+    subscription_activation_timeout: float = 60.0  # wait for `active` (HAPI: a schedule)
+    subscription_tasks_enabled: bool = False  # write a FHIR Task on a status change
+    subscription_task_role: str = "clinical research coordinator"
+
 
 @cache
 def get_settings() -> Settings:

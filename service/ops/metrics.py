@@ -130,3 +130,33 @@ class MetricsMiddleware:
             labels = {"method": method, "route": route, "status": str(status)}
             HTTP_REQUESTS.labels(**labels).inc()
             HTTP_LATENCY.labels(**labels).observe(time.perf_counter() - started)
+
+
+# -- continuous screening (FHIR Subscriptions, service/subscriptions/) ----------------------
+SUBSCRIPTION_NOTIFICATIONS = Counter(
+    "eligibility_subscription_notifications_total",
+    "Subscription notifications: accepted, ping, refused (bad secret), dropped (queue full)",
+    ["outcome"],
+)
+SUBSCRIPTION_EVALUATIONS = Counter(
+    "eligibility_subscription_evaluations_total",
+    "Patients re-evaluated after a change (every study each), by outcome",
+    ["outcome"],
+)
+SUBSCRIPTION_DUPLICATES = Counter(
+    "eligibility_subscription_duplicate_changes_total",
+    "Changes seen again (same resource version) and not evaluated again",
+)
+SUBSCRIPTION_STATUS_CHANGES = Counter(
+    "eligibility_subscription_status_changes_total",
+    "A patient's status for a study changed",
+    ["study", "previous", "status"],
+)
+SUBSCRIPTION_LAG = Histogram(
+    "eligibility_subscription_lag_seconds",
+    "From the change (meta.lastUpdated) to the stored result",
+    buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300, 1800),
+)
+SUBSCRIPTION_CATCHUPS = Counter(
+    "eligibility_subscription_catchup_runs_total", "Catch-up searches run", ["outcome"]
+)

@@ -26,6 +26,8 @@ public class HapiProperties {
 	private boolean daoSchedulingEnabled = true;
 	/** Bulk Data $export (system, Patient and Group level); off unless configured, as in HAPI. */
 	private boolean bulkExportEnabled = false;
+	/** R4 Subscriptions (hapi.fhir.subscription.*, as in the JPA starter). */
+	private Subscription subscription = new Subscription();
 	/** Fixed base URL for links (e.g. behind a proxy); empty means derive from the request. */
 	private String serverAddress = "";
 
@@ -147,5 +149,46 @@ public class HapiProperties {
 
 	public void setBulkExportEnabled(boolean value) {
 		bulkExportEnabled = value;
+	}
+
+	public Subscription getSubscription() {
+		return subscription;
+	}
+
+	public void setSubscription(Subscription value) {
+		subscription = value;
+	}
+
+	/** hapi.fhir.subscription.*: off unless configured, as in HAPI. */
+	public static class Subscription {
+		private boolean resthookEnabled = false;
+		/** How often HAPI's scheduled jobs activate subscriptions and submit changes. */
+		private long pollingIntervalMs = 5_000;
+		/** Submit a change for matching at once rather than on the next scheduled pass. */
+		private boolean immediatelyQueued = false;
+
+		public boolean isResthookEnabled() {
+			return resthookEnabled;
+		}
+
+		public void setResthookEnabled(boolean value) {
+			resthookEnabled = value;
+		}
+
+		public long getPollingIntervalMs() {
+			return pollingIntervalMs;
+		}
+
+		public void setPollingIntervalMs(long value) {
+			pollingIntervalMs = value;
+		}
+
+		public boolean isImmediatelyQueued() {
+			return immediatelyQueued;
+		}
+
+		public void setImmediatelyQueued(boolean value) {
+			immediatelyQueued = value;
+		}
 	}
 }

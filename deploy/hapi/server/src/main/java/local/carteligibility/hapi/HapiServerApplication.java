@@ -6,6 +6,9 @@ import ca.uhn.fhir.jpa.batch2.JpaBatch2Config;
 import ca.uhn.fhir.jpa.config.HapiJpaConfig;
 import ca.uhn.fhir.jpa.config.r4.JpaR4Config;
 import ca.uhn.fhir.jpa.subscription.channel.config.SubscriptionChannelConfig;
+import ca.uhn.fhir.jpa.subscription.match.config.SubscriptionProcessorConfig;
+import ca.uhn.fhir.jpa.subscription.submit.config.SubscriptionSubmitterConfig;
+import ca.uhn.fhir.jpa.topic.SubscriptionTopicConfig;
 import org.springframework.boot.SpringApplication;
 import org.springframework.boot.autoconfigure.SpringBootApplication;
 import org.springframework.boot.autoconfigure.elasticsearch.ElasticsearchRestClientAutoConfiguration;
@@ -37,8 +40,14 @@ import org.springframework.context.annotation.Import;
 	JpaBatch2Config.class,
 	Batch2JobsConfig.class,
 	ThreadPoolFactoryConfig.class,
-	// In-JVM message broker that batch2 jobs (reindex, expunge) use; no subscriptions are enabled.
-	SubscriptionChannelConfig.class
+	// In-JVM message broker that batch2 jobs (reindex, expunge) and subscriptions use.
+	SubscriptionChannelConfig.class,
+	// R4 Subscriptions (as the JPA starter wires them): validation and matching of changes
+	// (submitter), delivery (processor); which channel types run is a SubscriptionSettings
+	// choice (hapi.fhir.subscription.resthook_enabled, JpaServerConfig).
+	SubscriptionSubmitterConfig.class,
+	SubscriptionProcessorConfig.class,
+	SubscriptionTopicConfig.class
 })
 public class HapiServerApplication {
 

@@ -12,6 +12,7 @@ import ca.uhn.fhir.jpa.model.entity.StorageSettings;
 import ca.uhn.fhir.jpa.provider.JpaCapabilityStatementProvider;
 import ca.uhn.fhir.jpa.provider.JpaSystemProvider;
 import ca.uhn.fhir.jpa.search.DatabaseBackedPagingProvider;
+import ca.uhn.fhir.jpa.subscription.match.deliver.email.IEmailSender;
 import ca.uhn.fhir.rest.api.EncodingEnum;
 import ca.uhn.fhir.rest.server.HardcodedServerAddressStrategy;
 import ca.uhn.fhir.rest.server.IncomingRequestAddressStrategy;
@@ -70,8 +71,27 @@ public class JpaServerConfig {
 	}
 
 	@Bean
-	public SubscriptionSettings subscriptionSettings() {
-		return new SubscriptionSettings();
+	public SubscriptionSettings subscriptionSettings(HapiProperties props) {
+		SubscriptionSettings s = new SubscriptionSettings();
+		HapiProperties.Subscription sub = props.getSubscription();
+		if (sub.isResthookEnabled()) {
+			// As the JPA starter does for hapi.fhir.subscription.resthook_enabled.
+			s.addSupportedSubscriptionType(
+					org.hl7.fhir.dstu2.model.Subscription.SubscriptionChannelType.RESTHOOK);
+		}
+		// Our receiver listens on 127.0.0.1 in tests: any http(s) endpoint is allowed.
+		s.setRestHookEndpointUrlValidationRegex("^https?://.+$");
+		s.setSubscriptionIntervalInMs(sub.getPollingIntervalMs());
+		s.setSubscriptionChangeQueuedImmediately(sub.isImmediatelyQueued());
+		return s;
+	}
+
+	/** Delivery needs an e-mail sender bean even with only rest-hook enabled: one that refuses. */
+	@Bean
+	public IEmailSender emailSender() {
+		return details -> {
+			throw new UnsupportedOperationException("email subscriptions are not enabled");
+		};
 	}
 
 	@Primary
