@@ -236,7 +236,7 @@ def _evaluate_all(
     once, or the union of the protocols' queries pulled from the FHIR server once."""
     if fhir_base is None:
         try:
-            limit = get_settings().max_bundle_entries  # as the HTTP API (README: Limits)
+            limit = get_settings().max_bundle_entries  # as the HTTP API (manual: Limits)
             return evaluate_body_portfolio(
                 body, protocols, as_of=day, patient_id=patient, max_entries=limit
             )

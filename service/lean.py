@@ -12,7 +12,7 @@ C scanner (``service/_keyscan.c``, about 1.2 GB/s with SSE2) does three things a
 2. Unique keys, for every object of the document (skipped entries too): each object's
    member names are compared as bytes; a name with a backslash (an escape could spell
    another name) makes it unsure. jiter's ``catch_duplicate_keys`` was measured first: it
-   builds the whole document and cost 1.4-1.6x orjson.loads on its own (README, Performance).
+   builds the whole document and cost 1.4-1.6x orjson.loads on its own (manual: lean decoder).
 3. The plan: which elements of the top-level ``entry`` array to decode, by following the few
    paths that decide (``resource.resourceType``, ``resource.code.coding[].code``,
    ``resource.component[].code.coding[].code``, ``fullUrl``). An entry is left out only when

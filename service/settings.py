@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     # empty: every folder under fhir_mappings/ that holds a protocol.toml.
     protocol_dirs: list[Path] = Field(default_factory=list)
     max_body_bytes: int = 20 * 1024 * 1024
-    # Bounded work per request (issue 19, 6; README "Limits"): a body whose Bundles hold more
+    # Bounded work per request (issue 19, 6; manual "Limits"): a body whose Bundles hold more
     # entries is refused with 413 before decoding; the body bytes read and decoded at once,
     # all requests together, stay within max_decoding_bytes (a request that does not fit
     # waits up to body_budget_wait_seconds, then gets 503 with Retry-After).

@@ -1,4 +1,5 @@
-"""The manual's shell and HTTP examples, extracted from ``docs/`` and run against a real service.
+"""The manual's shell and HTTP examples, extracted from ``docs/`` and the front page
+(``README.md``), and run against a real service.
 
 Convention (``docs/development/docs.md``): every fenced ``bash`` and ``http`` block runs. An
 HTML comment on the line before a block changes that: ``<!-- not-run: why -->`` (illustrative
@@ -24,6 +25,7 @@ from tests.ops_support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+README = ROOT / "README.md"
 RUN_LANGS = ("bash", "http")
 DEMO_ORIGIN = "127.0.0.1:8000"  # the address the docs write; replaced by the test server's
 HAPI_BASE = "http://127.0.0.1:8090/fhir"  # the docs' HAPI base; replaced by HAPI_BASE_URL
@@ -33,7 +35,7 @@ _MARK = re.compile(r"^<!--\s*(not-run|needs|expect)\s*(?::\s*(.*?))?\s*-->\s*$")
 
 @dataclass(frozen=True)
 class Example:
-    page: str  # relative to docs/
+    page: str  # relative to docs/, or README.md (the front page)
     line: int  # of the opening fence
     lang: str
     code: str
@@ -78,11 +80,10 @@ def extract(text: str, page: str) -> list[Example]:
 
 
 def all_examples() -> list[Example]:
-    return [
-        example
-        for path in sorted(DOCS.rglob("*.md"))
-        for example in extract(path.read_text(), str(path.relative_to(DOCS)))
-    ]
+    """The manual's examples, then the front page's: its commands must work when pasted too."""
+    pages = [(path, str(path.relative_to(DOCS))) for path in sorted(DOCS.rglob("*.md"))]
+    pages.append((README, "README.md"))
+    return [example for path, page in pages for example in extract(path.read_text(), page)]
 
 
 # -- running them --------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def test_demo_export_writes_bundles_dated_as_of_today(tmp_path):
     assert written == sorted(load_demo_bundles())
     exported = orjson.loads((tmp_path / "out" / "demo-stale-labs.json").read_bytes())
     assert exported == load_demo_bundles(today())["demo-stale-labs"]
-    # posting an exported file today gives the README's result
+    # posting an exported file today gives the result in the manual's demo table (Getting started)
     check = runner.invoke(
         app,
         [

@@ -1,5 +1,5 @@
 """The ``searchset`` answer: the matching studies with ``search.score`` and, beyond the peers,
-every criterion's result on each ResearchStudy (README: Trial-matching API).
+every criterion's result on each ResearchStudy (manual: integrators/get-clinical-trial.md).
 
 Score (in [0, 1]): 1.0 eligible; a potential candidate ``max(0.01, 0.5 * met / total)`` over
 the top-level criteria (never 0: 0 means ineligible; below 0.5: some criterion is still

@@ -1,4 +1,4 @@
-"""``POST /getClinicalTrial`` (README: Trial-matching API). Same API keys as ``$eligibility``.
+"""``POST /getClinicalTrial`` (manual: get-clinical-trial). Same API keys as ``$eligibility``.
 
 Errors keep the reference service's shape on this route: 400 ``{"error": "..."}``.
 """

@@ -86,7 +86,7 @@ def screen(
     """Screen a population: which patients could be candidates, and what is missing for each.
 
     Several studies are screened in one pass over the data: each patient is read, grouped and
-    decoded once, then evaluated for each study (README: Screening several studies)."""
+    decoded once, then evaluated for each study (manual: integrators/screening.md)."""
     settings = get_settings()
     try:
         protocols = choose_studies(settings, study)
