@@ -88,7 +88,9 @@ def ndjson_files(folder: Path) -> list[Path]:
 
 
 def _open(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+    if path.name.endswith(".gz"):
+        return gzip.GzipFile(path, "rb")  # what gzip.open(path, "rb") returns
+    return path.open("rb")
 
 
 def patient_of(resource: dict[str, Any]) -> tuple[str | None, str | None]:
