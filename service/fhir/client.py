@@ -408,7 +408,11 @@ class FhirClient:
     async def reachable(self, timeout: float) -> bool:
         """One ``GET metadata`` within ``timeout``, no retries, no credentials: does the server
         answer at all (any status below 500) through this client's connection pool?"""
-        extra = {"fhir_resource": "CapabilityStatement", "fhir_params": [], "fhir_query": None}
+        extra: dict[str, Any] = {
+            "fhir_resource": "CapabilityStatement",
+            "fhir_params": [],
+            "fhir_query": None,
+        }
         url = self._base.join("metadata")
         try:
             # httpx's own timeouts (pool included: a stuck pool is then replaced) fire first.
@@ -588,7 +592,7 @@ class FhirClient:
             headers["Content-Type"] = content_type
         log_extra = {"fhir_resource": resource_type, "fhir_params": list(names), "fhir_query": key}
 
-        def backoff(exc: Exception) -> bool | float:
+        def backoff(exc: BaseException) -> bool | float:
             if isinstance(exc, _Retryable):
                 if exc.retry_after is None:
                     return True

@@ -225,7 +225,8 @@ def plan_for(relevance: Relevance, patient: str, as_of: date | None) -> list[Que
             (str(KINDS["DiagnosticReport"].patient_param), patient),
             ("code", token_param(relevance.report_codes)),
         )
-        queries.append(Query("reports", "DiagnosticReport", reports, frozenset({"DiagnosticReport"})))
+        feeds = frozenset({"DiagnosticReport"})
+        queries.append(Query("reports", "DiagnosticReport", reports, feeds))
     return queries
 
 

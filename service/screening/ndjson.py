@@ -13,13 +13,14 @@ patients) or a patient absent from the export is counted and reported, never gue
 from __future__ import annotations
 
 import gzip
+import io
 import re
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
@@ -87,10 +88,8 @@ def ndjson_files(folder: Path) -> list[Path]:
     return sorted(files)
 
 
-def _open(path: Path) -> IO[bytes]:
-    if path.name.endswith(".gz"):
-        return gzip.GzipFile(path, "rb")  # what gzip.open(path, "rb") returns
-    return path.open("rb")
+def _open(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
 
 
 def patient_of(resource: dict[str, Any]) -> tuple[str | None, str | None]:

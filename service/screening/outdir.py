@@ -121,7 +121,7 @@ class OutputFolder:
             self.as_of = default_as_of
         if self.resume and started:
             self._keep_done(results, worklist)
-        run = {
+        run: dict[str, object] = {
             "protocol": self.protocol.id,
             "protocolVersion": self.protocol.version,
             "asOf": self.as_of.isoformat(),

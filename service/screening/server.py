@@ -90,7 +90,9 @@ async def _candidates(
         refs: list[Any] = []
         if group is not None:
             body = await client.read("Group", check_id(group), key="group")
-            members = body.get("member") if isinstance(body.get("member"), list) else []
+            members = body.get("member")
+            if not isinstance(members, list):
+                members = []
             for m in members:
                 if isinstance(m, dict) and m.get("inactive") is not True:
                     entity = m.get("entity")
