@@ -338,7 +338,7 @@ class _LastResort(logging.StreamHandler):
         logging.Handler.__init__(self, logging.WARNING)
 
     @property
-    def stream(self) -> Any:  # type: ignore[override]
+    def stream(self) -> Any:  # type: ignore[override]  # a property: sys.stderr as it is now
         return sys.stderr
 
 

@@ -147,7 +147,8 @@ def observation_groups(protocol: Protocol) -> list[ObservationGroup]:
             key = f"{key}{gid}"  # a clash between derived names: disambiguate, still stable
         used.add(key)
         spans = [windows[v] for v in vs_ids]
-        window = None if any(w is None for w in spans) else max(spans)  # type: ignore[type-var]
+        known = [w for w in spans if w is not None]
+        window = max(known) if len(known) == len(spans) else None  # None: one has no window
         result.append(ObservationGroup(key, tuple(vs_ids), window))
     return result
 

@@ -305,7 +305,7 @@ def _search_driven(
     interrupted = False
     try:
         interrupted = not asyncio.run(
-            _evaluate_all(settings, todo, out.as_of, out, concurrency, progress, on_result)  # type: ignore[arg-type]
+            _evaluate_all(settings, todo, out.day, out, concurrency, progress, on_result)
         )
     except KeyboardInterrupt:
         interrupted = True
