@@ -206,7 +206,7 @@ def engine_vs_json(
         reps = cfg.reps.get(n, 5)
         single = n > cfg.naive_single_above
         progress(f"engine vs json.loads (GC on, paused), orjson.loads, N={n}: {reps} runs each")
-        timed = {
+        timed: dict[str, Callable[[], Any]] = {
             "engine": engine,
             "json_loads": floor,
             "json_loads_gc_paused": floor_gc_paused,

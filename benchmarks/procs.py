@@ -81,5 +81,5 @@ def spawned_server(
             proc.wait(timeout=10)
         if proc.stdout:
             proc.stdout.close()
-        if log is not subprocess.DEVNULL:
+        if not isinstance(log, int):  # a file we opened, not subprocess.DEVNULL
             log.close()

@@ -19,7 +19,12 @@ from typer.core import TyperGroup
 try:  # typer >= 0.20 carries its own copy of click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 except ImportError:  # pragma: no cover - older typer on click
-    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+    # The same classes, from click itself: mypy types the two copies as distinct.
+    from click.exceptions import (  # type: ignore[assignment]
+        ClickException,
+        NoArgsIsHelpError,
+        UsageError,
+    )
 
 from service import logs
 from service.clinical.evaluation import Evaluation
@@ -339,7 +344,7 @@ def _print_cards(cards: list[dict]) -> None:
         console.print("no cards (the service shows none for an ineligible patient)")
         return
     for card in cards:
-        body = [Markdown(card.get("detail") or "")]
+        body: list[Markdown | Text] = [Markdown(card.get("detail") or "")]
         for suggestion in card.get("suggestions") or []:
             body.append(Markdown(f"**suggestion:** {suggestion.get('label', '')}"))
         for link in card.get("links") or []:

@@ -21,7 +21,7 @@ from service.record import InputError
 try:  # the compiled scanner (service/_keyscan.c); without it the count follows the decode
     from service import _keyscan
 except ImportError:  # pragma: no cover - a build without a C compiler
-    _keyscan = None
+    _keyscan = None  # type: ignore[assignment]  # the stub types the module; None = not built
 
 DEFAULT_MAX_ENTRIES = 200_000
 

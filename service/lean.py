@@ -44,7 +44,7 @@ from service.protocol import Protocol
 try:  # a C extension (service/_keyscan.c), built by pip when a compiler is there
     from service import _keyscan
 except ImportError:  # pragma: no cover - then every body takes the generic path
-    _keyscan = None
+    _keyscan = None  # type: ignore[assignment]  # the stub types the module; None = not built
 
 
 class LeanBundle(dict):

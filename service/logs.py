@@ -283,7 +283,7 @@ class JsonFormatter(OrjsonFormatter):
     because a handler may be attached without the root's Scrubber in front of it.
     """
 
-    converter = time.gmtime
+    converter = staticmethod(time.gmtime)  # what Formatter's class attribute does, spelled out
 
     def __init__(self) -> None:
         super().__init__(
@@ -338,7 +338,7 @@ class _LastResort(logging.StreamHandler):
         logging.Handler.__init__(self, logging.WARNING)
 
     @property
-    def stream(self) -> Any:  # type: ignore[override]
+    def stream(self) -> Any:  # type: ignore[override]  # a property: sys.stderr as it is now
         return sys.stderr
 
 
@@ -347,7 +347,8 @@ def register_settings_secrets(settings: Any) -> None:
     for name in ("fhir_token", "api_keys", "subscription_secret"):
         value = getattr(settings, name, None)
         for item in value if isinstance(value, list) else [value]:
-            secret = item.get_secret_value() if hasattr(item, "get_secret_value") else item
+            reveal = getattr(item, "get_secret_value", None)  # SecretStr, or a plain string
+            secret = reveal() if callable(reveal) else item
             register_secret(secret if isinstance(secret, str) else None)
 
 

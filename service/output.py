@@ -131,7 +131,7 @@ def result_bundle(evaluation: Evaluation, protocol: Protocol) -> dict[str, Any]:
     if needs:
         guidance["dataRequirement"] = needs
 
-    provenance = {
+    provenance: dict[str, Any] = {
         "resourceType": "Provenance",
         "target": [{"reference": urn} for urn in criterion_urns],
         "recorded": recorded,

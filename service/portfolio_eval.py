@@ -132,6 +132,10 @@ class SharedQueries:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
+    @property
+    def base_url(self) -> str:
+        return self._client.base_url
+
     async def _once(self, key: tuple[Any, ...], make: Any) -> Any:
         task = self._pending.get(key)
         if task is None:

@@ -805,11 +805,11 @@ class _Identity:
                 self.our_resources.add(id(target))
             message = f"resources of {label}, merged into this patient (Patient.link replaces)"
             warn(Issue(Severity.INFORMATION, "informational", message, label))
-            why = self._not_plain_merge(target, label)
-            if why is not None:
+            not_plain = self._not_plain_merge(target, label)
+            if not_plain is not None:
                 for feed in relevance.all_feeds():
-                    record.held.setdefault(feed, why)
-                warn(Issue(Severity.WARNING, "business-rule", why, label))
+                    record.held.setdefault(feed, not_plain)
+                warn(Issue(Severity.WARNING, "business-rule", not_plain, label))
         elif kind in ("seealso", "refer"):
             self.linked |= keys or set()
             if target is not None:

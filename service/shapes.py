@@ -8,6 +8,7 @@ resource that breaks one is skipped with a warning instead of failing a rule hal
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from types import GenericAlias
 from typing import Any
 
 import msgspec
@@ -22,6 +23,13 @@ Check = Callable[[Any], str | None]  # None when fine, else the path (relative) 
 _MISSING = object()
 
 
+def _set_spec(check: Check, spec: Any) -> None:
+    """Attach the msgspec type to a check (read back with ``getattr(check, "spec", None)``)."""
+    # A function attribute: Callable has no ``spec`` in its type, and a wrapper class would
+    # cost a call per element on the walk that names the wrong path.
+    check.spec = spec  # type: ignore[attr-defined]
+
+
 def _type(*kinds: type) -> Check:
     reject_bool = bool not in kinds  # JSON true is not a number
 
@@ -30,7 +38,7 @@ def _type(*kinds: type) -> Check:
             return None
         return ""
 
-    check.spec = kinds[0] if len(kinds) == 1 else kinds[0] | kinds[1]  # type: ignore[attr-defined]
+    _set_spec(check, kinds[0] if len(kinds) == 1 else kinds[0] | kinds[1])
     return check
 
 
@@ -50,11 +58,11 @@ def _obj(**fields: Check) -> Check:
 
     specs = [getattr(c, "spec", None) for _, c in items]
     if all(spec is not None for spec in specs):
-        fields = [
+        struct_fields = [
             (n, spec | msgspec.UnsetType, msgspec.UNSET)
             for (n, _), spec in zip(items, specs, strict=True)
         ]
-        check.spec = msgspec.defstruct("Shape", fields, gc=False)  # type: ignore[attr-defined]
+        _set_spec(check, msgspec.defstruct("Shape", struct_fields, gc=False))
     return check
 
 
@@ -68,8 +76,9 @@ def _list(item: Check) -> Check:
                 return f"[{i}]{bad}"
         return None
 
-    if getattr(item, "spec", None) is not None:
-        check.spec = list[item.spec]  # type: ignore[attr-defined]
+    item_spec = getattr(item, "spec", None)
+    if item_spec is not None:
+        _set_spec(check, GenericAlias(list, item_spec))  # list[item_spec], built at run time
     return check
 
 
@@ -196,7 +205,7 @@ RESOURCE_SHAPES: dict[str, Check] = {
 
 
 _FITS = {rtype: getattr(check, "spec", None) for rtype, check in RESOURCE_SHAPES.items()}
-_FITS_ALL = {rtype: list[spec] for rtype, spec in _FITS.items() if spec is not None}
+_FITS_ALL = {rtype: GenericAlias(list, spec) for rtype, spec in _FITS.items() if spec is not None}
 
 
 def fitting(resources: Iterable[dict[str, Any]]) -> set[int]:

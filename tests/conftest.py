@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from service.fhir.demo_layer import shared_demo_layer
+
+# The result store's default SQLite file is shared by every run on a machine: give this run
+# its own, so answers recorded by another run (or a developer's server) never leak into a test.
+os.environ.setdefault(
+    "ELIGIBILITY_RESULTS_SQLITE_PATH",
+    os.path.join(tempfile.mkdtemp(prefix="eligibility-test-results-"), "results.sqlite"),
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

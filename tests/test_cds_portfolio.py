@@ -81,7 +81,14 @@ def _settings(folders, **extra) -> Settings:
 
 @pytest.fixture()
 def client(folders, tmp_path):
-    app = create_app(_settings(folders, state_sqlite_path=tmp_path / "s.sqlite3"))
+    # Both stores in this test's folder: the default results file is shared by every run here.
+    app = create_app(
+        _settings(
+            folders,
+            state_sqlite_path=tmp_path / "s.sqlite3",
+            results_sqlite_path=tmp_path / "r.sqlite3",
+        )
+    )
     with TestClient(app) as c:
         yield c
 

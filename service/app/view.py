@@ -226,6 +226,9 @@ def evidence_label(ref: SourceRef, resource: dict[str, Any] | None) -> str:
     return f"{kind}: {', '.join(parts)}" if parts else kind
 
 
+_YES_NO: dict[Any, str] = {True: "Yes", False: "No"}  # any JSON value may be looked up
+
+
 def patient_name(patient: dict[str, Any]) -> str:
     for name in patient.get("name") or ():
         if not isinstance(name, dict):
@@ -233,8 +236,8 @@ def patient_name(patient: dict[str, Any]) -> str:
         if isinstance(name.get("text"), str) and name["text"].strip():
             return name["text"].strip()
         given = [g for g in name.get("given") or () if isinstance(g, str)]
-        family = name.get("family") if isinstance(name.get("family"), str) else ""
-        full = " ".join([*given, family]).strip()
+        family = name.get("family")
+        full = " ".join([*given, family if isinstance(family, str) else ""]).strip()
         if full:
             return full
     return "(name not recorded)"
@@ -270,7 +273,9 @@ def attestation_records(
             continue
         if str(qr.get("questionnaire", "")).split("|")[0] != url:
             continue
-        author = qr.get("author") if isinstance(qr.get("author"), dict) else {}
+        author = qr.get("author")
+        if not isinstance(author, dict):
+            author = {}
         reference = f"QuestionnaireResponse/{qr.get('id')}"
         record = AttestationRecord(
             reference=reference,
@@ -284,7 +289,7 @@ def attestation_records(
             values = [a.get("valueBoolean") for a in answers if isinstance(a, dict)]
             if not values:
                 continue
-            shown = {True: "Yes", False: "No"}.get(values[0], "(not yes/no)")
+            shown = _YES_NO.get(values[0], "(not yes/no)")
             record.answers.append(
                 AttestationAnswer(
                     item=str(item.get("linkId")),

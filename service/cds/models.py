@@ -141,6 +141,8 @@ class PatientViewContext(BaseModel):
 
 class PatientViewRequest(CdsServiceRequest):
     hook: Literal["patient-view"]
+    # Narrows the base's context for this hook (pydantic validates it as this model); mypy
+    # reads a narrower type on a mutable field as an unsafe override.
     context: PatientViewContext  # type: ignore[assignment]
 
 

@@ -21,7 +21,7 @@ from service.cds.prefetch import ehr_client, fetch_missing, from_prefetch, resol
 from service.clinical.dates import today
 from service.evaluation_context import EvaluationContext
 from service.fhir.fetch import follows_links
-from service.fhir_response import outcome, read_body
+from service.fhir_response import FhirResponse, outcome, read_body
 from service.inputs import validation_message
 from service.ops.audit import audited, note_context
 from service.ops.caller import jwt_caller
@@ -177,7 +177,7 @@ async def call_service(sid: str, request: Request):
     return _json(cards)
 
 
-def _incomplete(missing: set[str]) -> JSONResponse:
+def _incomplete(missing: set[str]) -> FhirResponse:
     return outcome(
         412,
         "required",
@@ -192,7 +192,7 @@ async def _portfolio_cards(
     settings: Settings,
     day: date,
     base: str,
-) -> JSONResponse:
+) -> JSONResponse | FhirResponse:
     """Every study from one prefetch (what is missing fetched once for all), a card per
     study that shows one; an override hides only its own study's card."""
     contexts = contexts_for(protocols)

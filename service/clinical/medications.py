@@ -216,8 +216,9 @@ def _request_time(resource: Resource) -> tuple[When, When | None, str]:
         end = None if any(e is None for e in ends) else max(ends, key=_latest_key)
         return start, end, "dosage bounds"
     dispense = resource.get("dispenseRequest")
-    validity = dispense.get("validityPeriod") if isinstance(dispense, dict) else None
-    found = _period_bounds(validity)
+    if not isinstance(dispense, dict):
+        dispense = {}
+    found = _period_bounds(dispense.get("validityPeriod"))
     if found is not None:
         start, end = found
         supply = _duration_days(dispense.get("expectedSupplyDuration"))

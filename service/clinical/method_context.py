@@ -12,7 +12,7 @@ procedure of another kind) wins over any supporting link: the result stays evide
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from service.protocol import ValueSet
 from service.record import Resource, codings
@@ -53,10 +53,12 @@ def _part_of(obs: Resource, record: PatientRecord) -> list[Resource]:
     return found
 
 
-def from_procedure(obs: Resource, record: PatientRecord, valueset: ValueSet) -> str | None | bool:
+def from_procedure(
+    obs: Resource, record: PatientRecord, valueset: ValueSet
+) -> str | None | Literal[False]:
     """The method from a Procedure ``obs`` is ``partOf``, in words; None when there is none;
     False when it is part of a Procedure of another kind (a contradiction)."""
-    said = None
+    said: str | None = None
     for procedure in _part_of(obs, record):
         label = _label(procedure, valueset)
         if label is None:

@@ -272,9 +272,9 @@ def not_followed(items: list[Any], when: Callable[[Any], When]) -> list[Any]:
 
     group = [i for i, t in zip(items, times, strict=True) if not followed(t)]
     # Mixed zones can make the day/time comparison cyclic; then keep the whole newest day.
-    return group or [
-        i for i, t in zip(items, times, strict=True) if t.latest is None or t.latest >= top
-    ]
+    if group or top is None:  # no start known anywhere: nothing was followed by a start
+        return group or list(items)
+    return [i for i, t in zip(items, times, strict=True) if t.latest is None or t.latest >= top]
 
 
 def newest_first_key(when: When) -> tuple[date, date, float]:

@@ -29,7 +29,7 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import urlencode, urljoin
 
 import httpx
@@ -63,8 +63,18 @@ log = logging.getLogger("service.fhir")
 if logging.getLogger("httpx").level == logging.NOTSET:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
+
+class QueryLog(TypedDict):
+    """The log fields that name a FHIR query: its type, parameter names and key, never values
+    (parameters carry patient ids)."""
+
+    fhir_resource: str
+    fhir_params: list[str]
+    fhir_query: str | None
+
+
 # The query being retried in this task, for the retry log line (contextvars: one per query).
-_retrying: contextvars.ContextVar[tuple[str, dict[str, Any]] | None] = contextvars.ContextVar(
+_retrying: contextvars.ContextVar[tuple[str, QueryLog] | None] = contextvars.ContextVar(
     "fhir_retrying", default=None
 )
 
@@ -77,7 +87,9 @@ def _log_retry(details: stamina.instrumentation.RetryDetails) -> None:
         reason = f"HTTP {cause.status}"
     else:
         reason = type(cause.__cause__ or cause).__name__  # the httpx error, not our wrapper
-    what, extra = _retrying.get() or (details.name, {})
+    query = _retrying.get()
+    what = details.name if query is None else query[0]
+    extra: dict[str, object] = {} if query is None else dict(query[1])
     log.info(
         "FHIR retry %d of the %s in %.2f s (%s)",
         details.retry_num,
@@ -408,7 +420,7 @@ class FhirClient:
     async def reachable(self, timeout: float) -> bool:
         """One ``GET metadata`` within ``timeout``, no retries, no credentials: does the server
         answer at all (any status below 500) through this client's connection pool?"""
-        extra = {"fhir_resource": "CapabilityStatement", "fhir_params": [], "fhir_query": None}
+        extra = QueryLog(fhir_resource="CapabilityStatement", fhir_params=[], fhir_query=None)
         url = self._base.join("metadata")
         try:
             # httpx's own timeouts (pool included: a stuck pool is then replaced) fire first.
@@ -586,9 +598,9 @@ class FhirClient:
         headers = {"Accept": ACCEPT}
         if content_type:
             headers["Content-Type"] = content_type
-        log_extra = {"fhir_resource": resource_type, "fhir_params": list(names), "fhir_query": key}
+        log_extra = QueryLog(fhir_resource=resource_type, fhir_params=list(names), fhir_query=key)
 
-        def backoff(exc: Exception) -> bool | float:
+        def backoff(exc: BaseException) -> bool | float:
             if isinstance(exc, _Retryable):
                 if exc.retry_after is None:
                     return True
@@ -658,7 +670,7 @@ class FhirClient:
         headers: dict[str, str],
         content: bytes | None,
         what: str,
-        log_extra: dict[str, Any],
+        log_extra: QueryLog,
         *,
         timeout: float | None = None,
         log_level: int = logging.INFO,

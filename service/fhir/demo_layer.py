@@ -34,8 +34,9 @@ def _identifier_matches(resource: dict[str, Any], token: str) -> bool:
         system, value = "", token
     found = resource.get("identifier")
     for ident in found if isinstance(found, list) else [found]:
-        same = isinstance(ident, dict) and ident.get("value") == value
-        if same and (not system or ident.get("system") == system):
+        if not isinstance(ident, dict) or ident.get("value") != value:
+            continue
+        if not system or ident.get("system") == system:
             return True
     return False
 

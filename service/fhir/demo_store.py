@@ -446,10 +446,10 @@ class DemoStore:
 
         if not sort_key:
             return candidates
-        elem = date_params.get(sort_key.lstrip("-"))
-        if elem is None:
+        sort_elem = date_params.get(sort_key.lstrip("-"))
+        if sort_elem is None:
             raise SearchError(f"Cannot sort on {sort_key.lstrip('-')}")
-        spans = [(r, self._range(r, elem)) for r in candidates]
+        spans = [(r, self._range(r, sort_elem)) for r in candidates]
         dated = sorted(
             ((r, s) for r, s in spans if s), key=lambda x: x[1][0], reverse=sort_key[0] == "-"
         )

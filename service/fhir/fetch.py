@@ -18,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
+from typing import Protocol as Interface
 
 from service.clinical.model import Issue, Severity
 from service.evaluation_context import current_relevance
-from service.fhir.client import FhirClient, SearchResult
+from service.fhir.client import SearchResult
 from service.fhir.errors import FhirError, InvalidPatientId, PatientNotFound, SearchRefused
 from service.fhir.queries import Query, check_id, plan_queries
 from service.protocol import Protocol
@@ -35,7 +37,21 @@ from service.relevance import Relevance
 FOLLOWED_LINKS = ("replaces", "seealso", "refer")
 MAX_LINKED_RECORDS = 4
 
-__all__ = ["FetchResult", "fetch_patient"]
+__all__ = ["FetchResult", "PatientSource", "fetch_patient"]
+
+
+class PatientSource(Interface):
+    """What a fetch needs of its client: a FhirClient, or one shared by several protocols'
+    fetches (service.portfolio_eval.SharedQueries)."""
+
+    @property
+    def base_url(self) -> str: ...
+
+    async def read(self, resource_type: str, id: str, *, key: str | None = None) -> dict: ...
+
+    async def search(
+        self, query: Query | tuple[str, Sequence[tuple[str, str]]]
+    ) -> SearchResult: ...
 
 
 @dataclass
@@ -54,7 +70,7 @@ _PRIORITY = (PatientNotFound,)
 
 
 async def fetch_patient(
-    client: FhirClient,
+    client: PatientSource,
     protocol: Protocol,
     patient_id: str,
     as_of: date,
@@ -149,8 +165,9 @@ async def fetch_patient(
     resources: list[dict[str, Any]] = []
     copies: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for q in queries:
-        if q.read:
-            patient = tasks[q.key].result()
+        found = tasks[q.key].result()
+        if q.read and isinstance(found, dict):  # a read's task gives the resource itself
+            patient = found
     outcomes = [(q, tasks[q.key].result()) for q in searches]
     outcomes += [(q, task.result()) for q, task in linked]
     linked_patients: list[dict[str, Any]] = []

@@ -147,7 +147,8 @@ def observation_groups(protocol: Protocol) -> list[ObservationGroup]:
             key = f"{key}{gid}"  # a clash between derived names: disambiguate, still stable
         used.add(key)
         spans = [windows[v] for v in vs_ids]
-        window = None if any(w is None for w in spans) else max(spans)  # type: ignore[type-var]
+        known = [w for w in spans if w is not None]
+        window = max(known) if len(known) == len(spans) else None  # None: one has no window
         result.append(ObservationGroup(key, tuple(vs_ids), window))
     return result
 
@@ -208,8 +209,8 @@ def plan_for(relevance: Relevance, patient: str, as_of: date | None) -> list[Que
         # Local codes only a terminology server can translate cannot be searched by code:
         # one unfiltered search (a superset is safe) feeds every Observation criterion.
         feeds = frozenset(protocol.observation_valuesets())
-        params = (("patient", patient), ("_sort", "-date"))
-        queries.append(Query("siteCodes", "Observation", params, feeds))
+        every = (("patient", patient), ("_sort", "-date"))
+        queries.append(Query("siteCodes", "Observation", every, feeds))
     for rtype in relevance.types:
         kind = KINDS[rtype]
         if rtype == "Observation" or kind.search_key is None or kind.patient_param is None:
@@ -221,10 +222,12 @@ def plan_for(relevance: Relevance, patient: str, as_of: date | None) -> list[Que
             whole += (("_include", kind.include),)
         queries.append(Query(kind.search_key, rtype, whole, frozenset({rtype})))
     if relevance.report_codes:  # a result may take its method from these reports
-        params = ((str(KINDS["DiagnosticReport"].patient_param), patient),)
-        params += (("code", token_param(relevance.report_codes)),)
+        reports = (
+            (str(KINDS["DiagnosticReport"].patient_param), patient),
+            ("code", token_param(relevance.report_codes)),
+        )
         feeds = frozenset({"DiagnosticReport"})
-        queries.append(Query("reports", "DiagnosticReport", params, feeds))
+        queries.append(Query("reports", "DiagnosticReport", reports, feeds))
     return queries
 
 

@@ -35,7 +35,7 @@ async def api_caller(request: Request, _: Annotated[None, Depends(require_api_ke
     address = _address(request)
     caller = Caller("anonymous", f"addr:{address}", address=address)
     if request.app.state.settings.api_keys:
-        _, _, presented = request.headers.get("authorization", "").partition(" ")
+        presented = request.headers.get("authorization", "").partition(" ")[2]
         kid = key_id(presented.strip())
         caller = Caller("api-key", kid, key_id=kid, address=address)
     request.state.caller = caller

@@ -17,6 +17,7 @@ from service.results import codec
 from service.results.model import StudyResult, with_change
 from service.results.store import ResultStore, select_page
 from service.state.base import StoreError
+from service.state.redis_store import reply_text
 
 
 class RedisResultStore(ResultStore):
@@ -105,7 +106,7 @@ class RedisResultStore(ResultStore):
             studies = (
                 list(study_ids)
                 if study_ids is not None
-                else sorted(await client.smembers(self._studies))
+                else sorted(reply_text(s) for s in await client.smembers(self._studies))
             )
             keys: list[str] = []
             for study in studies:
@@ -113,7 +114,7 @@ class RedisResultStore(ResultStore):
                     keys.append(self._hash(patient_id, study))
                 else:
                     members = await client.zrange(self._index(study), 0, -1)
-                    keys.extend(self._hash(p, study) for p in members)
+                    keys.extend(self._hash(reply_text(p), study) for p in members)
             texts: list[str | None] = []
             if keys:
                 async with client.pipeline(transaction=False) as pipe:

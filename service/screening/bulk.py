@@ -108,7 +108,8 @@ class Session:
     ) -> tuple[httpx.URL, bool]:
         path = f"Group/{check_id(group)}/$export" if group else "Patient/$export"
         for with_filter in (True, False):
-            url = self.base.join(path).copy_merge_params(export_params(protocol, with_filter))
+            params = tuple(export_params(protocol, with_filter))  # a tuple: httpx's param types
+            url = self.base.join(path).copy_merge_params(params)
             resp = await self.send("GET", url, FHIR_JSON, Prefer="respond-async")
             if resp.status_code == 202:
                 location = resp.headers.get("content-location")

@@ -13,13 +13,14 @@ patients) or a patient absent from the export is counted and reported, never gue
 from __future__ import annotations
 
 import gzip
+import io
 import re
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
@@ -87,7 +88,7 @@ def ndjson_files(folder: Path) -> list[Path]:
     return sorted(files)
 
 
-def _open(path: Path) -> IO[bytes]:
+def _open(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
 
 

@@ -95,6 +95,13 @@ class OutputFolder:
         self._worklist: IO[str] | None = None
         self._writer: Any = None
 
+    @property
+    def day(self) -> date:
+        """The run's as-of day, known once ``open`` has run (a resumed run keeps its own)."""
+        if self.as_of is None:
+            raise RuntimeError("the output folder is not open yet")
+        return self.as_of
+
     # -- start -----------------------------------------------------------------------------
     def open(self, source: str, default_as_of: date) -> set[str]:
         """Prepare the folder; returns the patients already done (resume)."""
@@ -121,7 +128,7 @@ class OutputFolder:
             self.as_of = default_as_of
         if self.resume and started:
             self._keep_done(results, worklist)
-        run = {
+        run: dict[str, object] = {
             "protocol": self.protocol.id,
             "protocolVersion": self.protocol.version,
             "asOf": self.as_of.isoformat(),

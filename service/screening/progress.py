@@ -11,6 +11,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
 )
@@ -43,7 +44,7 @@ class ScreenProgress:
             console=console,
             disable=not (enabled and console.is_terminal),
         )
-        self._task: int | None = None
+        self._task: TaskID | None = None
         self.stage_name = ""
         self.total: float | None = None
         self.completed = 0.0

@@ -27,9 +27,9 @@ def summarise(worklist: Path, protocol: Protocol, study: str | None = None) -> d
     codes = criterion_columns(protocol)
     top = [c.code for c in protocol.top_level]
     by_status: Counter[str] = Counter()
-    per_code = {c: Counter() for c in codes}
-    excluded = Counter()
-    left_open = Counter()
+    per_code: dict[str, Counter[str]] = {c: Counter() for c in codes}
+    excluded: Counter[str] = Counter()
+    left_open: Counter[str] = Counter()
     with worklist.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         head = next(reader, None) or []

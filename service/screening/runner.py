@@ -92,7 +92,7 @@ def screen_ndjson(
     except BaseException:
         executor.close(cancel=True)
         raise
-    as_of = out.as_of.isoformat()  # type: ignore[union-attr]
+    as_of = out.day.isoformat()
     interrupted = False
     timings: dict[str, float] = {}
     clock = time.perf_counter()

@@ -90,7 +90,9 @@ async def _candidates(
         refs: list[Any] = []
         if group is not None:
             body = await client.read("Group", check_id(group), key="group")
-            members = body.get("member") if isinstance(body.get("member"), list) else []
+            members = body.get("member")
+            if not isinstance(members, list):
+                members = []
             for m in members:
                 if isinstance(m, dict) and m.get("inactive") is not True:
                     entity = m.get("entity")
@@ -303,7 +305,7 @@ def _search_driven(
     interrupted = False
     try:
         interrupted = not asyncio.run(
-            _evaluate_all(settings, todo, out.as_of, out, concurrency, progress, on_result)  # type: ignore[arg-type]
+            _evaluate_all(settings, todo, out.day, out, concurrency, progress, on_result)
         )
     except KeyboardInterrupt:
         interrupted = True

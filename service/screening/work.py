@@ -135,8 +135,9 @@ def _one_patient(versions: list[dict[str, Any]]) -> dict[str, Any]:
     distinct = list({orjson.dumps(v, option=orjson.OPT_SORT_KEYS): v for v in versions}.values())
     if len(distinct) == 1:
         return distinct[0]
-    stamps = [(v.get("meta") or {}).get("lastUpdated") for v in distinct]
-    if all(isinstance(s, str) for s in stamps) and len(set(stamps)) == len(stamps):
+    found = [(v.get("meta") or {}).get("lastUpdated") for v in distinct]
+    stamps = [s for s in found if isinstance(s, str)]
+    if len(stamps) == len(found) and len(set(stamps)) == len(stamps):
         return distinct[max(range(len(distinct)), key=lambda i: stamps[i])]
     raise InputError(
         f"the export holds {len(distinct)} different versions of this Patient and no way "

@@ -16,6 +16,16 @@ from redis.exceptions import RedisError
 from service.state.base import StateStore, StoreError
 
 
+def reply_text(value: object) -> str:
+    """A Redis reply as text. The clients here decode replies (``decode_responses=True``), but
+    redis-py types them as bytes or str: this proves it, and names a reply that is neither."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode()
+    raise StoreError(f"redis: unexpected reply type {type(value).__name__}")
+
+
 class RedisStore(StateStore):
     backend = "redis"
 
@@ -50,9 +60,10 @@ class RedisStore(StateStore):
 
     async def get(self, key: str) -> str | None:
         try:
-            return await self._redis().get(self._k(key))
+            value = await self._redis().get(self._k(key))
         except RedisError as exc:
             raise StoreError(f"redis state store: {type(exc).__name__}") from None
+        return None if value is None else reply_text(value)
 
     async def put(self, key: str, value: str, ttl: float) -> None:
         try:

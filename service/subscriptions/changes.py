@@ -64,7 +64,8 @@ def change_of(resource: Any) -> Change | None:
     rtype, rid = resource.get("resourceType"), resource.get("id")
     if not isinstance(rtype, str) or not isinstance(rid, str) or not is_fhir_id(rid):
         return None
-    meta = resource.get("meta") if isinstance(resource.get("meta"), dict) else {}
+    found = resource.get("meta")
+    meta: dict[str, Any] = found if isinstance(found, dict) else {}
     version = meta.get("versionId") or meta.get("lastUpdated")
     if not isinstance(version, str) or not version:
         body = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)

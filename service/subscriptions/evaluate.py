@@ -30,7 +30,8 @@ EvaluatePatient = Callable[[Settings, Sequence[Protocol], str], Awaitable[list[S
 def versions_of(patient: dict[str, Any], resources: list[dict[str, Any]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for res in [patient, *resources]:
-        meta = res.get("meta") if isinstance(res.get("meta"), dict) else {}
+        found = res.get("meta")
+        meta: dict[str, Any] = found if isinstance(found, dict) else {}
         version = meta.get("versionId") or meta.get("lastUpdated")
         if res.get("resourceType") and res.get("id") and isinstance(version, str):
             out[f"{res['resourceType']}/{res['id']}"] = version

@@ -145,7 +145,8 @@ def conceptmap_mappings(resource: dict[str, Any]) -> list[Mapping]:
     return found
 
 
-def _resources(path: Path) -> list[dict[str, Any]]:
+def _resources(path: Path) -> list[Any]:
+    """The file's resources as found (a Bundle's entries unwrapped): the caller checks each."""
     try:
         data = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:

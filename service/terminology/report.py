@@ -222,9 +222,9 @@ def build_report(resources: list[Resource], protocol: Protocol) -> Report:
             quantity = item.get("valueQuantity") if rtype == "Observation" else None
             unit = _unit(quantity)
             if unit is not None and builtin_reading(unit) is None and unit not in site_units:
-                row = units.setdefault(unit, UnitRow(unit))
-                row.count += 1
-                row.codes.update(c for c, _ in codes[:1])
+                unit_row = units.setdefault(unit, UnitRow(unit))
+                unit_row.count += 1
+                unit_row.codes.update(c for c, _ in codes[:1])
             if any(covers(c) for c, _ in codes):
                 any_covered = True
                 continue

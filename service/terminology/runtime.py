@@ -176,7 +176,7 @@ async def table_for(
     """One evaluation's mapping table (pull mode: the translations run in parallel);
     ``site``: the evaluation's terminology (service.evaluation_context)."""
     table, term, unknown = _needs_translation(resources, protocol, site)
-    if term is None:
+    if term is None or term.translator is None:  # _needs_translation: term has a translator
         return table
     translated, failed = await term.translator.translate(unknown)
     return MappingTable.of(term.site, translated, failed)
@@ -187,7 +187,7 @@ def table_for_sync(
 ) -> MappingTable | None:
     """``table_for`` for synchronous callers (bundle mode)."""
     table, term, unknown = _needs_translation(resources, protocol, site)
-    if term is None:
+    if term is None or term.translator is None:
         return table
     translated, failed = term.translator.translate_sync(unknown)
     return MappingTable.of(term.site, translated, failed)

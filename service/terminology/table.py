@@ -129,8 +129,8 @@ def recode(resource: Resource, table: MappingTable, wanted: frozenset[Code] | No
         if where == "code":
             copy["code"] = _with_codings(resource.get("code"), ms)
         else:
-            if copy.get("component") is components:
-                copy["component"] = list(components)
+            if copy.get("component") is components:  # copied once, on the first part mapped
+                copy["component"] = list(resource["component"])
             part = copy["component"][where]
             copy["component"][where] = {**part, "code": _with_codings(part.get("code"), ms)}
     matched = list(dict.fromkeys(m.target for m in used if m.target is not None))

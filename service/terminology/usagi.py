@@ -100,7 +100,9 @@ def usagi_to_conceptmap(
         names.setdefault(code, row.get("sourceName") or "")
     groups: dict[str, list[dict[str, Any]]] = {}
     for code, targets in per_code.items():
-        mapped = [(t, system) for t, system in targets if system is not None]
+        mapped: list[tuple[dict[str, Any], str | None]] = [
+            (t, system) for t, system in targets if system is not None
+        ]
         if mapped:  # an approved target makes the row's other candidates irrelevant
             targets = mapped
         by_system: dict[str, list[dict[str, Any]]] = {}

@@ -530,10 +530,16 @@ def _sort_consents(criterion: CriterionDef, ctx: Context) -> _Consents:
     return found
 
 
+def _provision(consent: Resource) -> dict[str, Any]:
+    """The Consent's provision; {} when it is missing or not an object (read as absent)."""
+    found = consent.get("provision")
+    return found if isinstance(found, dict) else {}
+
+
 def _sort_consent(c: Resource, signed: When, ctx: Context, found: _Consents) -> None:
     ref = ctx.record.ref(c).reference
     status = c.get("status")
-    provision = c.get("provision") if isinstance(c.get("provision"), dict) else {}
+    provision = _provision(c)
     if status == "rejected" or (status == "active" and _denies(provision)):
         found.refused.append((signed, c))
     elif status == "active" and signed.latest is not None and signed.latest > ctx.as_of:
@@ -686,7 +692,7 @@ def _refusals_text(ctx: Context, refused: list[Dated]) -> str:
     items = []
     for day, r in refused:
         details = [] if day.unknown else [day.text]
-        provision = r.get("provision") if isinstance(r.get("provision"), dict) else {}
+        provision = _provision(r)
         if r.get("status") == "active" and provision.get("type") != "deny":
             details.append("a nested provision denies")
         shown = f" ({'; '.join(details)})" if details else ""

@@ -228,7 +228,7 @@ class _Case:
         p = self.p
         if p.reported_observation_valueset is None:
             return None
-        target = (p.min or p.max).unit  # type: ignore[union-attr]
+        target = p.unit
         plausible = p.reported_plausible.model_dump() if p.reported_plausible else None
 
         def judge(dated: Dated) -> Judged:

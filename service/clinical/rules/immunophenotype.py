@@ -26,6 +26,7 @@ from service.clinical.model import (
     undetermined,
 )
 from service.clinical.observations import (
+    Broader,
     Dated,
     Judged,
     Unusable,
@@ -164,7 +165,7 @@ def _no_result(
     vs: ValueSet,
     window: int | None,
     need: DataRequirement,
-    context: ValueSet | None,
+    context: Broader | None,
 ) -> CriterionResult:
     """Nothing in the window: say when the most recent result (if any) was."""
     older = candidate_observations(ctx.record, ctx.protocol, vs, ctx.as_of, None, [], context)

@@ -294,7 +294,10 @@ class Bounds(RuleParams):
     @property
     def unit(self) -> str:
         """The unit results are converted to before they are compared."""
-        return (self.min or self.max).unit  # type: ignore[union-attr]
+        bound = self.min if self.min is not None else self.max
+        if bound is None:  # pragma: no cover - the model validator requires min or max
+            raise ValueError("at least one of min and max is required")
+        return bound.unit
 
 
 class LabRangeParams(Bounds):

@@ -29,6 +29,7 @@ import calendar
 from dataclasses import dataclass, field
 from datetime import date
 from enum import IntEnum
+from typing import Generic, TypeGuard, TypeVar
 
 from service.clinical.model import (
     CriterionResult,
@@ -76,28 +77,36 @@ class Kind(IntEnum):
 STATUS_KINDS = (Kind.RELAPSE, Kind.REFRACTORY, Kind.OTHER_STATUS, Kind.REMISSION)
 
 
+Day = TypeVar("Day", bound=date | None, covariant=True)
+
+
 @dataclass(frozen=True, slots=True)
-class Event:
-    day: date | None
+class Event(Generic[Day]):
+    """``Event[date]`` on the dated timeline; ``Event[date | None]`` before it is sorted."""
+
+    day: Day
     kind: Kind
     what: str  # the detail: code and source, for the reason
     resource: Resource
     from_observation: bool = False
 
-    def sort_key(self) -> tuple[date, int]:
-        assert self.day is not None
+    def sort_key(self: Event[date]) -> tuple[date, int]:
         return (self.day, int(self.kind))
+
+
+def _is_dated(event: Event[date | None]) -> TypeGuard[Event[date]]:
+    return event.day is not None
 
 
 @dataclass
 class Timeline:
-    dated: list[Event]
+    dated: list[Event[date]]
     undated: list[Event]
     has_diagnosis: bool
     disease: str  # how reasons name the disease: the protocol's word, e.g. "ALL"
     unplaced: list[Event] = field(default_factory=list)  # focus not tied to a disease Condition
 
-    def of(self, *kinds: Kind) -> list[Event]:
+    def of(self, *kinds: Kind) -> list[Event[date]]:
         return [e for e in self.dated if e.kind in kinds]
 
     def undated_of(self, *kinds: Kind) -> list[Event]:
@@ -354,7 +363,7 @@ def build_timeline(criterion: CriterionDef, ctx: Context, issues: list[Issue]) -
     _observation_events(criterion, ctx, events, unplaced, issues)
     _procedure_events(criterion, ctx, events)
     events = _place_condition_relapses(events)
-    dated = sorted((e for e in events if e.day is not None), key=Event.sort_key)
+    dated = sorted(filter(_is_dated, events), key=Event.sort_key)
     undated = [e for e in events if e.day is None]
     return Timeline(dated, undated, has_diagnosis, criterion.params["disease"], unplaced)
 
@@ -376,12 +385,12 @@ def _refractory(t: Timeline) -> Ground | None:
     return Ground(f"refractory disease on {first.day} ({first.what})", tuple(found))
 
 
-def relapse_episodes(t: Timeline) -> tuple[list[list[Event]], list[Event]]:
+def relapse_episodes(t: Timeline) -> tuple[list[list[Event[date]]], list[Event[date]]]:
     """(episodes, separating remissions): dated relapse events not separated by a documented
     remission are one episode. Undated relapses are left out: they cannot be placed. A
     remission on the same day as a relapse separates nothing: which came first is unknown."""
-    episodes: list[list[Event]] = []
-    between: list[Event] = []
+    episodes: list[list[Event[date]]] = []
+    between: list[Event[date]] = []
     in_relapse = False
     ambiguous = set(t.same_day_relapse_and_remission())
     for e in t.of(Kind.RELAPSE, Kind.REMISSION):

@@ -1,0 +1,13 @@
+"""Types of the C scanner (service/_keyscan.c): mypy cannot read a compiled module."""
+
+from _typeshed import ReadableBuffer as Buffer
+
+class TooManyEntries(ValueError):
+    """More entry elements than ``plan``'s ``max_entries``."""
+
+def proof(buffer: Buffer, /) -> bool: ...
+def entry_spans(buffer: Buffer, /) -> list[int] | None: ...
+def plan(
+    buffer: Buffer, codes: tuple[bytes, ...], max_full_url: int, max_entries: int = -1, /
+) -> list[int] | None: ...
+def entry_count(buffer: Buffer, stop: int, /) -> int: ...
