@@ -264,8 +264,9 @@ def test_missing_prefetch_is_fetched_once_for_every_study(client, folders, monke
     assert [_study(c) for c in r.json()["cards"]] == [_study(c) for c in with_prefetch]
     assert sent and len(sent) == len(set(sent))
     relevances = [c.relevance for c in contexts_for(list(load_portfolio(folders)))]
-    # what a missing prefetch is fetched with: the prefetch keys' searches, dated
-    keys = [set(r.prefetch_templates()) for r in relevances]
+    # what a missing prefetch is fetched with: the prefetch keys' searches, dated, and the
+    # search for undated results that dated lab searches need (service.cds.prefetch)
+    keys = [set(r.prefetch_templates()) | {"undated"} for r in relevances]
     plans = [
         [q for q in r.queries("demo-eligible", date.today()) if q.key in own]
         for r, own in zip(relevances, keys, strict=True)

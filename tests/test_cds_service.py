@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 import uuid
 
@@ -135,7 +136,7 @@ def test_partial_prefetch_fetches_only_missing_keys(client):
 def test_a_fetched_lab_key_reads_results_with_no_time_as_its_template_would(client):
     """Issue 19 §4: the prefetch template has no date filter, the fetch of a missing key has;
     a failing count with no time (it may be the newest) must be read on both paths."""
-    bundles = load_demo_bundles()
+    bundles = copy.deepcopy(load_demo_bundles())  # the loader's dicts are shared: never edit them
     undated = {
         "resourceType": "Observation",
         "id": "undated-platelets",
