@@ -269,6 +269,8 @@ def screen_portfolio(smoke: bool, used: Used, work: Path, progress: Any) -> dict
         "workers": 1,
         "rounds": rounds,
         "protocols": used.describe(used.three),
+        "wall_one": summary([x["wall"] for x in one], "s"),
+        "wall_three": summary([x["wall"] for x in three], "s"),
         "one": {k: statistics.median(x[k] for x in one) for k in one[0]},
         "three": {k: statistics.median(x[k] for x in three) for k in three[0]},
         "round_ratios": ratios,
