@@ -540,7 +540,7 @@ def _logs_to_null() -> Iterator[None]:
             root.setLevel(level)
 
 
-async def _cds_calls(
+async def time_cds_calls(
     cfg: BenchConfig, body: bytes, path: str, settings: Any = None
 ) -> tuple[list[float], dict]:
     app = build_app(settings)
@@ -580,7 +580,7 @@ def cds_hooks(cfg: BenchConfig, protocol: Protocol, ws: Workspace) -> dict[str, 
     }
     body = orjson.dumps(request)
     path = f"/cds-services/{service_id(protocol)}"
-    latencies, answer = asyncio.run(_cds_calls(cfg, body, path))
+    latencies, answer = asyncio.run(time_cds_calls(cfg, body, path))
     return {
         "transport": "in-process httpx.ASGITransport (service cost, no network)",
         "observations": n,

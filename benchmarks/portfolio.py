@@ -193,7 +193,7 @@ def new_protocols_engine(
 
 def cds_portfolio(cfg: Any, used: Used, ws: Any) -> dict[str, Any]:
     from benchmarks.app_server import bench_settings
-    from benchmarks.cases import _cds_calls
+    from benchmarks.cases import time_cds_calls
     from benchmarks.fhir_server import store_for
     from benchmarks.synthetic import BASE_URL
     from service.cds.portfolio import PORTFOLIO_SERVICE_ID, prefetch_plan
@@ -214,7 +214,7 @@ def cds_portfolio(cfg: Any, used: Used, ws: Any) -> dict[str, Any]:
         update={"protocol_dirs": [p.directory for p in used.three]}
     )
     path = f"/cds-services/{PORTFOLIO_SERVICE_ID}"
-    latencies, answer = asyncio.run(_cds_calls(cfg, body, path, settings))
+    latencies, answer = asyncio.run(time_cds_calls(cfg, body, path, settings))
     return {
         "transport": "in-process httpx.ASGITransport (service cost, no network)",
         "observations": n,

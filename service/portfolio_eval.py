@@ -99,7 +99,7 @@ def evaluate_body_portfolio(
             entry_cap.check(body, max_entries)
             resource = parse_json(body)
         bundle, param_as_of, param_patient = unwrap_parameters(resource)  # checked once
-        prepared = _prepared(bundle)  # the entries walked once for every study
+        prepared = shared_walk(bundle)  # the entries walked once for every study
         fits = bundle_fits(bundle, prepared)  # the shape proof, once for every study
         answers = []
         for context in contexts:
@@ -118,7 +118,7 @@ def evaluate_body_portfolio(
         return answers
 
 
-def _prepared(bundle: Any) -> PreparedBundle | None:
+def shared_walk(bundle: Any) -> PreparedBundle | None:
     """The Bundle walked once; None when the walk fails, so each study's record builder
     meets the problem itself and reports it exactly as it does alone."""
     try:

@@ -140,7 +140,7 @@ def test_the_shared_walk_changes_no_answer_and_copies_the_walks_warnings(tmp_pat
     monkeypatch.setattr(portfolio_eval, "prepare_bundle", counting)
     shared = portfolio_eval.evaluate_body_portfolio(body, used.three, as_of=AS_OF)
     assert len(walks) == 1
-    monkeypatch.setattr(portfolio_eval, "_prepared", lambda bundle: None)
+    monkeypatch.setattr(portfolio_eval, "shared_walk", lambda bundle: None)
     walked_each = portfolio_eval.evaluate_body_portfolio(body, used.three, as_of=AS_OF)
     assert len(walks) == 1  # the old path: each study walks the entries itself
     for a, b in zip(shared, walked_each, strict=True):
@@ -155,6 +155,6 @@ def test_the_shared_walk_changes_no_answer_and_copies_the_walks_warnings(tmp_pat
 def test_a_bundle_the_walk_cannot_read_is_left_to_each_studys_record_builder():
     """No shared walk then: the first study's record builder raises what it raises alone."""
     not_a_bundle = {"resourceType": "Parameters"}
-    assert portfolio_eval._prepared(not_a_bundle) is None
+    assert portfolio_eval.shared_walk(not_a_bundle) is None
     with pytest.raises(record.InputError, match="expected a FHIR Bundle"):
         record.record_from_bundle(not_a_bundle, default_protocol())
