@@ -81,7 +81,13 @@ def _settings(folders, **extra) -> Settings:
 
 @pytest.fixture()
 def client(folders, tmp_path):
-    app = create_app(_settings(folders, state_sqlite_path=tmp_path / "s.sqlite3"))
+    app = create_app(
+        _settings(
+            folders,
+            state_sqlite_path=tmp_path / "s.sqlite3",
+            results_sqlite_path=tmp_path / "r.sqlite3",  # not the shared default in /tmp
+        )
+    )
     with TestClient(app) as c:
         yield c
 
