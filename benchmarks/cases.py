@@ -79,6 +79,8 @@ class BenchConfig:
     memory_n: int
     memory_reps: int
     seed: int = 1
+    portfolio_obs: int = 5_000  # portfolio_3/10 and new_protocols_engine
+    portfolio_reps: int = 12
 
     @classmethod
     def full(cls) -> BenchConfig:
@@ -131,6 +133,8 @@ class BenchConfig:
             cds_warmup=2,
             memory_n=200,
             memory_reps=1,
+            portfolio_obs=200,
+            portfolio_reps=3,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -536,8 +540,10 @@ def _logs_to_null() -> Iterator[None]:
             root.setLevel(level)
 
 
-async def _cds_calls(cfg: BenchConfig, body: bytes, path: str) -> tuple[list[float], dict]:
-    app = build_app()
+async def time_cds_calls(
+    cfg: BenchConfig, body: bytes, path: str, settings: Any = None
+) -> tuple[list[float], dict]:
+    app = build_app(settings)
     transport = httpx.ASGITransport(app=app)
     latencies: list[float] = []
     headers = {"content-type": "application/json"}
@@ -574,7 +580,7 @@ def cds_hooks(cfg: BenchConfig, protocol: Protocol, ws: Workspace) -> dict[str, 
     }
     body = orjson.dumps(request)
     path = f"/cds-services/{service_id(protocol)}"
-    latencies, answer = asyncio.run(_cds_calls(cfg, body, path))
+    latencies, answer = asyncio.run(time_cds_calls(cfg, body, path))
     return {
         "transport": "in-process httpx.ASGITransport (service cost, no network)",
         "observations": n,

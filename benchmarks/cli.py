@@ -11,6 +11,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -19,8 +20,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from benchmarks import cases, report, screening
+from benchmarks import cases, portfolio, report, screening
 from benchmarks.cases import BenchConfig
+from benchmarks.portfolio import CASES as PORTFOLIO_CASES
 
 DEFAULT_OUT = Path("bench-results")
 NOTES = [
@@ -74,10 +76,39 @@ def _commit() -> str | None:
     return done.stdout.strip() or None
 
 
+CASES = (
+    "engine_vs_json",
+    "pull",
+    "http",
+    "cds",
+    "memory",
+    "screening",
+    *PORTFOLIO_CASES,
+)
+ALIASES = {"portfolio": PORTFOLIO_CASES}  # --only portfolio: every issue-21 case
+
+
+def chosen_cases(only: list[str] | None) -> tuple[str, ...]:
+    """The cases ``--only`` names (aliases expanded), in run order; every case when none."""
+    if not only:
+        return CASES
+    names: set[str] = set()
+    for item in only:
+        for name in filter(None, (n.strip() for n in item.split(","))):
+            if name not in CASES and name not in ALIASES:
+                known = ", ".join([*CASES, *ALIASES])
+                raise typer.BadParameter(f"no case {name!r} (known: {known})", param_hint="--only")
+            names.update(ALIASES.get(name, (name,)))
+    return tuple(c for c in CASES if c in names)
+
+
 def run_bench(
-    config: BenchConfig, out_dir: Path = DEFAULT_OUT, console: Console | None = None
+    config: BenchConfig,
+    out_dir: Path = DEFAULT_OUT,
+    console: Console | None = None,
+    only: tuple[str, ...] = CASES,
 ) -> tuple[dict[str, Any], Path]:
-    """Run every case; return the results and the path of the JSON written."""
+    """Run the ``only`` cases (every case by default); return the results and the JSON path."""
     from service import units
     from service.lean import available as lean_available
     from service.protocol import load_protocol
@@ -98,21 +129,25 @@ def run_bench(
     log_dir = out_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
+    results_cases: dict[str, Any] = {}
     with cases.workspace(config.seed) as ws:
         progress(f"generating synthetic patients (anchor {ws.anchor})")
-        for n in {*config.sizes, *config.pull_sizes, config.http_obs, config.cds_obs}:
-            ws.file(n)
-        case1 = cases.engine_vs_json(config, protocol, ws, progress)
-        results_cases = {
-            "engine_vs_json": case1,
-            "growth": cases.growth(case1),
-            "pull": cases.pull(config, protocol, ws, progress, log_dir),
-            "http": cases.http_throughput(config, ws, progress, log_dir),
-        }
-        progress(f"CDS Hooks patient-view: {config.cds_calls} calls")
-        results_cases["cds"] = cases.cds_hooks(config, protocol, ws)
-        results_cases["memory"] = cases.memory(config, ws, progress)
-        results_cases["screening"] = screening.measure(config.smoke, progress)
+        if "engine_vs_json" in only:
+            case1 = cases.engine_vs_json(config, protocol, ws, progress)
+            results_cases["engine_vs_json"] = case1
+            results_cases["growth"] = cases.growth(case1)
+        if "pull" in only:
+            results_cases["pull"] = cases.pull(config, protocol, ws, progress, log_dir)
+        if "http" in only:
+            results_cases["http"] = cases.http_throughput(config, ws, progress, log_dir)
+        if "cds" in only:
+            progress(f"CDS Hooks patient-view: {config.cds_calls} calls")
+            results_cases["cds"] = cases.cds_hooks(config, protocol, ws)
+        if "memory" in only:
+            results_cases["memory"] = cases.memory(config, ws, progress)
+        if "screening" in only:
+            results_cases["screening"] = screening.measure(config.smoke, progress)
+        results_cases |= portfolio_cases(config, ws, only, progress)
         anchor = ws.anchor.isoformat()
 
     results: dict[str, Any] = {
@@ -130,6 +165,7 @@ def run_bench(
             "versions": _versions(),
             # False: service/_keyscan.c was not built, every body took the generic path
             "lean_decoder": lean_available(),
+            "cases_run": list(only),
             "config": config.as_dict(),
             "notes": NOTES,
         },
@@ -146,14 +182,54 @@ def run_bench(
     return results, json_path
 
 
+def portfolio_cases(
+    config: BenchConfig, ws: cases.Workspace, only: tuple[str, ...], progress: Any
+) -> dict[str, Any]:
+    """The issue-21 cases among ``only``: several trials against the seed alone."""
+    wanted = [c for c in PORTFOLIO_CASES if c in only]
+    if not wanted:
+        return {}
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="eligibility-bench-portfolio-") as tmp:
+        used = portfolio.protocols_for(Path(tmp) / "protocols")
+        n, reps = config.portfolio_obs, config.portfolio_reps
+        if "portfolio_engine" in wanted:
+            progress(f"portfolio: seed alone, 3 and 10 protocols, N={n}: {reps} runs each")
+            out["portfolio_engine"] = portfolio.portfolio_engine(
+                ws.body(n), n, used, ws.anchor, reps, config.warmup
+            )
+        if "new_protocols_engine" in wanted:
+            progress(f"portfolio: each of the three alone, N={n}: {reps} runs each")
+            out["new_protocols_engine"] = portfolio.new_protocols_engine(
+                ws.body(n), n, used, ws.anchor, reps, config.warmup
+            )
+        if "cds_portfolio" in wanted:
+            progress(f"CDS Hooks patient-view, 3 protocols: {config.cds_calls} calls")
+            out["cds_portfolio"] = portfolio.cds_portfolio(config, used, ws)
+        if "screen_portfolio" in wanted:
+            out["screen_portfolio"] = portfolio.screen_portfolio(
+                config.smoke, used, Path(tmp) / "screen", progress
+            )
+    return out
+
+
 def bench(
     smoke: Annotated[
         bool, typer.Option("--smoke", help="tiny sizes, few runs: exercises every case (CI)")
     ] = False,
     out: Annotated[Path, typer.Option(help="folder for the JSON and text results")] = DEFAULT_OUT,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only",
+            help="run only these cases (repeatable or comma-separated; 'portfolio' = the "
+            f"issue-21 cases): {', '.join(CASES)}",
+        ),
+    ] = None,
 ) -> None:
     """Benchmark the engine, pull mode, HTTP API, CDS Hooks and memory against their floors."""
-    run_bench(BenchConfig.quick() if smoke else BenchConfig.full(), out)
+    config = BenchConfig.quick() if smoke else BenchConfig.full()
+    run_bench(config, out, only=chosen_cases(only))
 
 
 app = typer.Typer(add_completion=False)

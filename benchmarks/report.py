@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import screening
+from benchmarks import portfolio, screening
 from benchmarks.targets import judged
 
 Results = dict[str, Any]
@@ -31,10 +31,62 @@ def targets(results: Results) -> list[dict[str, Any]]:
 
 
 def _all_targets(results: Results) -> list[dict[str, Any]]:
+    """Every target of the cases this run measured (``--only`` runs a few)."""
     cases = results["cases"]
+    out = _engine_targets(cases) if "engine_vs_json" in cases else []
+    for row in cases.get("pull", {}).get("rows", []):
+        out.append(
+            judged(
+                _pull_id(row),
+                f"pull wall at N={row['n']:,} ({row['search']}) <= 1.3 x slowest query + 20 ms",
+                row["wall"]["median"],
+                family="pull_{n}_{search}",
+                limit=row["bound_ms"],
+            )
+        )
+    if "http" in cases:
+        http_rows = {r["concurrency"]: r for r in cases["http"]["rows"]}
+        c8 = http_rows.get(8) or cases["http"]["rows"][-1]
+        out.append(
+            judged(
+                "http_c8",
+                f"$eligibility / bare req/s at concurrency {c8['concurrency']}",
+                c8["rps_ratio"],
+            )
+        )
+    if "cds" in cases:
+        out.append(
+            judged(
+                "cds_p95",
+                f"CDS patient-view p95 ({cases['cds']['observations']} obs)",
+                cases["cds"]["latency"]["p95"],
+            )
+        )
+    if "memory" in cases:
+        out.append(
+            judged(
+                "memory",
+                f"peak RSS (net) engine / json.loads at N={cases['memory']['n']:,}",
+                cases["memory"]["net_ratio"],
+            )
+        )
+        out.append(
+            judged(
+                "memory_orjson",
+                f"peak RSS (net) engine / orjson.loads at N={cases['memory']['n']:,}",
+                cases["memory"]["net_ratio_orjson"],
+            )
+        )
+    if "screening" in cases:
+        out.extend(screening.targets(cases["screening"]))
+    out.extend(portfolio.targets(cases))
+    return out
+
+
+def _engine_targets(cases: dict[str, Any]) -> list[dict[str, Any]]:
     rows = cases["engine_vs_json"]["rows"]
     mid, large = rows[-2], rows[-1]
-    out = [
+    return [
         judged(
             "engine_json_mid",
             f"engine / json.loads at N={mid['n']:,}",
@@ -66,49 +118,6 @@ def _all_targets(results: Results) -> list[dict[str, Any]]:
             cases["growth"]["engine_growth"],
         ),
     ]
-    for row in cases["pull"]["rows"]:
-        out.append(
-            judged(
-                _pull_id(row),
-                f"pull wall at N={row['n']:,} ({row['search']}) <= 1.3 x slowest query + 20 ms",
-                row["wall"]["median"],
-                family="pull_{n}_{search}",
-                limit=row["bound_ms"],
-            )
-        )
-    http_rows = {r["concurrency"]: r for r in cases["http"]["rows"]}
-    c8 = http_rows.get(8) or cases["http"]["rows"][-1]
-    out.append(
-        judged(
-            "http_c8",
-            f"$eligibility / bare req/s at concurrency {c8['concurrency']}",
-            c8["rps_ratio"],
-        )
-    )
-    out.append(
-        judged(
-            "cds_p95",
-            f"CDS patient-view p95 ({cases['cds']['observations']} obs)",
-            cases["cds"]["latency"]["p95"],
-        )
-    )
-    out.append(
-        judged(
-            "memory",
-            f"peak RSS (net) engine / json.loads at N={cases['memory']['n']:,}",
-            cases["memory"]["net_ratio"],
-        )
-    )
-    out.append(
-        judged(
-            "memory_orjson",
-            f"peak RSS (net) engine / orjson.loads at N={cases['memory']['n']:,}",
-            cases["memory"]["net_ratio_orjson"],
-        )
-    )
-    if "screening" in cases:
-        out.extend(screening.targets(cases["screening"]))
-    return out
 
 
 def _pull_id(row: dict[str, Any]) -> str:
@@ -150,8 +159,89 @@ def _check(t: dict[str, Any] | None) -> tuple[str, str]:
 
 
 def _rows(results: Results) -> list[list[str]]:
+    """The table's lines for the cases this run measured (``--only`` runs a few)."""
     cases = results["cases"]
     by_id = {t["id"]: t for t in results["targets"]}
+    rows: list[list[str]] = []
+    if "engine_vs_json" in cases:
+        rows.extend(_engine_rows(cases, by_id))
+    for r in cases.get("pull", {}).get("rows", []):
+        rows.append(
+            [
+                "3 pull",
+                f"N={r['n']:,}, {r['latency_ms']:g} ms/request, "
+                f"{r['http_requests']:g} requests ({r['search']})",
+                _ms(r["wall"]["median"]),
+                _spread(r["wall"]),
+                f"slowest query {_ms(r['slowest_query']['median'])}"
+                f" (request {_ms(r['slowest_request']['median'])})",
+                _x(r["wall_over_slowest_query"]),
+                *_check(by_id[_pull_id(r)]),
+            ]
+        )
+    for r in cases.get("http", {}).get("rows", []):
+        e, b = r["eligibility"], r["bare"]
+        t = by_id["http_c8"] if r["concurrency"] == 8 else None
+        rows.append(
+            [
+                "4 HTTP",
+                f"$eligibility c={r['concurrency']} ({e['requests']} req, {e['errors']} err)",
+                f"{e['rps']:,.1f} req/s",
+                f"p50 {_ms(e['latency']['median'])}, p95 {_ms(e['latency']['p95'])}",
+                f"bare {b['rps']:,.1f} req/s (p95 {_ms(b['latency']['p95'])})"
+                + _round_ratios(r.get("round_ratios")),
+                _x(r["rps_ratio"]),
+                *_check(t),
+            ]
+        )
+    if "cds" in cases:
+        c = cases["cds"]
+        rows.append(
+            [
+                "5 CDS",
+                f"patient-view, {c['observations']} obs, {c['latency']['n']} calls",
+                f"p50 {_ms(c['latency']['median'])}",
+                f"p95 {_ms(c['latency']['p95'])}, max {_ms(c['latency']['max'])}",
+                "in-process ASGI",
+                "",
+                *_check(by_id["cds_p95"]),
+            ]
+        )
+    if "memory" in cases:
+        m = cases["memory"]
+        mib = 1024
+        rows.append(
+            [
+                "6 memory",
+                f"peak RSS N={m['n']:,}, net (raw)",
+                f"{m['engine']['net_kb']['median'] / mib:,.1f} MiB "
+                f"({m['engine']['peak_kb']['median'] / mib:,.1f})",
+                f"baseline {m['engine']['baseline_kb']['median'] / mib:,.1f} MiB",
+                f"json.loads {m['json_loads']['net_kb']['median'] / mib:,.1f} MiB "
+                f"({m['json_loads']['peak_kb']['median'] / mib:,.1f})",
+                f"{_x(m['net_ratio'])} ({_x(m['raw_ratio'])})",
+                *_check(by_id["memory"]),
+            ]
+        )
+        rows.append(
+            [
+                "",
+                "  same engine peak vs orjson.loads, net",
+                "",
+                "",
+                f"orjson.loads {m['orjson_loads']['net_kb']['median'] / mib:,.1f} MiB "
+                f"({m['orjson_loads']['peak_kb']['median'] / mib:,.1f})",
+                _x(m["net_ratio_orjson"]),
+                *_check(by_id["memory_orjson"]),
+            ]
+        )
+    if "screening" in cases:
+        rows.extend(screening.rows(cases["screening"], by_id, _check, _x))
+    rows.extend(portfolio.rows(cases, by_id, _check, _x, _ms))
+    return rows
+
+
+def _engine_rows(cases: dict[str, Any], by_id: dict[str, Any]) -> list[list[str]]:
     e_rows = cases["engine_vs_json"]["rows"]
     mid_n, large_n = e_rows[-2]["n"], e_rows[-1]["n"]
     rows: list[list[str]] = []
@@ -223,76 +313,6 @@ def _rows(results: Results) -> list[list[str]]:
             *_check(by_id["growth"]),
         ]
     )
-    for r in cases["pull"]["rows"]:
-        rows.append(
-            [
-                "3 pull",
-                f"N={r['n']:,}, {r['latency_ms']:g} ms/request, "
-                f"{r['http_requests']:g} requests ({r['search']})",
-                _ms(r["wall"]["median"]),
-                _spread(r["wall"]),
-                f"slowest query {_ms(r['slowest_query']['median'])}"
-                f" (request {_ms(r['slowest_request']['median'])})",
-                _x(r["wall_over_slowest_query"]),
-                *_check(by_id[_pull_id(r)]),
-            ]
-        )
-    for r in cases["http"]["rows"]:
-        e, b = r["eligibility"], r["bare"]
-        t = by_id["http_c8"] if r["concurrency"] == 8 else None
-        rows.append(
-            [
-                "4 HTTP",
-                f"$eligibility c={r['concurrency']} ({e['requests']} req, {e['errors']} err)",
-                f"{e['rps']:,.1f} req/s",
-                f"p50 {_ms(e['latency']['median'])}, p95 {_ms(e['latency']['p95'])}",
-                f"bare {b['rps']:,.1f} req/s (p95 {_ms(b['latency']['p95'])})"
-                + _round_ratios(r.get("round_ratios")),
-                _x(r["rps_ratio"]),
-                *_check(t),
-            ]
-        )
-    c = cases["cds"]
-    rows.append(
-        [
-            "5 CDS",
-            f"patient-view, {c['observations']} obs, {c['latency']['n']} calls",
-            f"p50 {_ms(c['latency']['median'])}",
-            f"p95 {_ms(c['latency']['p95'])}, max {_ms(c['latency']['max'])}",
-            "in-process ASGI",
-            "",
-            *_check(by_id["cds_p95"]),
-        ]
-    )
-    m = cases["memory"]
-    mib = 1024
-    rows.append(
-        [
-            "6 memory",
-            f"peak RSS N={m['n']:,}, net (raw)",
-            f"{m['engine']['net_kb']['median'] / mib:,.1f} MiB "
-            f"({m['engine']['peak_kb']['median'] / mib:,.1f})",
-            f"baseline {m['engine']['baseline_kb']['median'] / mib:,.1f} MiB",
-            f"json.loads {m['json_loads']['net_kb']['median'] / mib:,.1f} MiB "
-            f"({m['json_loads']['peak_kb']['median'] / mib:,.1f})",
-            f"{_x(m['net_ratio'])} ({_x(m['raw_ratio'])})",
-            *_check(by_id["memory"]),
-        ]
-    )
-    rows.append(
-        [
-            "",
-            "  same engine peak vs orjson.loads, net",
-            "",
-            "",
-            f"orjson.loads {m['orjson_loads']['net_kb']['median'] / mib:,.1f} MiB "
-            f"({m['orjson_loads']['peak_kb']['median'] / mib:,.1f})",
-            _x(m["net_ratio_orjson"]),
-            *_check(by_id["memory_orjson"]),
-        ]
-    )
-    if "screening" in cases:
-        rows.extend(screening.rows(cases["screening"], by_id, _check, _x))
     return rows
 
 

@@ -23,7 +23,13 @@ from service.inputs import brief, check_bundle, check_patient_selector, json_typ
 from service.ops.audit import evaluation_done
 from service.output import result_bundle
 from service.protocol import Protocol as TrialProtocol
-from service.record import InputError, PatientRecord, record_from_bundle, record_from_resources
+from service.record import (
+    InputError,
+    PatientRecord,
+    PreparedBundle,
+    record_from_bundle,
+    record_from_resources,
+)
 from service.settings import Settings
 from service.terminology import runtime as terminology
 from service.terminology.evidence import annotate as annotate_mappings
@@ -199,10 +205,12 @@ def evaluate_unwrapped(
     patient_id: str | None = None,
     context: EvaluationContext | None = None,
     fits: set[int] | None = None,
+    prepared: PreparedBundle | None = None,
 ) -> tuple[Evaluation, dict[str, Any]]:
     """``evaluate_resource`` after ``unwrap_parameters`` (several studies unwrap once):
     ``patient`` is the Patient to evaluate, ``patient_id`` the caller's own selector,
-    ``fits`` the resources known to fit their shape (service.record.bundle_fits)."""
+    ``fits`` the resources known to fit their shape (service.record.bundle_fits),
+    ``prepared`` the Bundle's entries walked once (service.record.prepare_bundle)."""
     context = context if context is not None else EvaluationContext.current(protocol)
     if patient_id is not None:
         logs.register_request_secret(patient_id)
@@ -211,7 +219,9 @@ def evaluate_unwrapped(
     if context.site is not None:  # site terminology, before evaluation
         resources = terminology.bundle_resources(bundle)
         mappings = terminology.table_for_sync(resources, protocol, context.site)
-    record = record_from_bundle(bundle, protocol, patient, mappings, context.relevance, fits)
+    record = record_from_bundle(
+        bundle, protocol, patient, mappings, context.relevance, fits, prepared
+    )
     return evaluate_record(record, protocol, as_of, context)
 
 

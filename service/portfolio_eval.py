@@ -41,7 +41,7 @@ from service.pipeline import (
     unwrap_parameters,
 )
 from service.protocol import Protocol
-from service.record import bundle_fits
+from service.record import PreparedBundle, bundle_fits, prepare_bundle
 from service.settings import Settings
 from service.terminology import runtime as terminology
 
@@ -99,7 +99,8 @@ def evaluate_body_portfolio(
             entry_cap.check(body, max_entries)
             resource = parse_json(body)
         bundle, param_as_of, param_patient = unwrap_parameters(resource)  # checked once
-        fits = bundle_fits(bundle)  # the shape proof, once for every study
+        prepared = shared_walk(bundle)  # the entries walked once for every study
+        fits = bundle_fits(bundle, prepared)  # the shape proof, once for every study
         answers = []
         for context in contexts:
             evaluation, result = evaluate_unwrapped(
@@ -110,10 +111,20 @@ def evaluate_body_portfolio(
                 patient_id,
                 context,
                 fits,
+                prepared,
             )
             answers.append(StudyAnswer(context.protocol, evaluation, result))
-        del resource, bundle
+        del resource, bundle, prepared
         return answers
+
+
+def shared_walk(bundle: Any) -> PreparedBundle | None:
+    """The Bundle walked once; None when the walk fails, so each study's record builder
+    meets the problem itself and reports it exactly as it does alone."""
+    try:
+        return prepare_bundle(bundle)
+    except Exception:  # noqa: BLE001 - re-raised by the first study's record builder
+        return None
 
 
 class SharedQueries:

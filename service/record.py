@@ -229,6 +229,32 @@ def _survivors(patients: list[Entry]) -> list[Entry]:
     return kept or patients
 
 
+@dataclass(frozen=True)
+class PreparedBundle:
+    """A Bundle's entries walked once for several protocols' records (service.portfolio_eval):
+    the walk is the same for every protocol, only what each record keeps differs."""
+
+    entries: list[Entry]  # as _iter_entries yields them
+    issues: tuple[Issue, ...]  # the walk's own warnings (entries without a resource)
+    named: frozenset[str]  # identities of entries that hold a nested Bundle
+    members: list[Entry]  # ``entries`` with contained hasMember results (_with_members)
+
+
+def _check_bundle(bundle: Any) -> None:
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        kind = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
+        raise InputError(f"expected a FHIR Bundle, got {kind!r}")
+
+
+def prepare_bundle(bundle: Any) -> PreparedBundle:
+    """Walk a Bundle once; the same errors as ``record_from_bundle`` would raise."""
+    _check_bundle(bundle)
+    issues: list[Issue] = []
+    named: set[str] = set()
+    entries = list(_iter_entries(bundle, issues, named))
+    return PreparedBundle(entries, tuple(issues), frozenset(named), _with_members(entries))
+
+
 def record_from_bundle(
     bundle: Any,
     protocol: Protocol,
@@ -236,14 +262,19 @@ def record_from_bundle(
     mappings: MappingTable | None = None,
     relevance: Relevance | None = None,
     fits: set[int] | None = None,
+    prepared: PreparedBundle | None = None,
 ) -> PatientRecord:
-    """``fits``: ``bundle_fits(bundle)`` when several protocols read one Bundle."""
-    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-        kind = bundle.get("resourceType") if isinstance(bundle, dict) else type(bundle).__name__
-        raise InputError(f"expected a FHIR Bundle, got {kind!r}")
-    issues: list[Issue] = []
-    named: set[str] = set()
-    entries = list(_iter_entries(bundle, issues, named))
+    """``fits``: ``bundle_fits(bundle)`` and ``prepared``: ``prepare_bundle(bundle)`` when
+    several protocols read one Bundle (each record then gets its own copy of the issues)."""
+    if prepared is None:
+        _check_bundle(bundle)
+        issues: list[Issue] = []
+        named: set[str] = set()
+        entries = list(_iter_entries(bundle, issues, named))
+        members = None
+    else:
+        issues, named = list(prepared.issues), set(prepared.named)
+        entries, members = prepared.entries, prepared.members
     patients = [e for e in entries if e.resource["resourceType"] == "Patient"]
     server = _one_server(bundle, entries, named) if any(map(_baseless, patients)) else None
     patients = _distinct(patients, server)
@@ -259,17 +290,21 @@ def record_from_bundle(
         mappings=mappings,
         relevance=relevance,
         fits=fits,
+        members=members,
     )
 
 
-def bundle_fits(bundle: Any) -> set[int]:
+def bundle_fits(bundle: Any, prepared: PreparedBundle | None = None) -> set[int]:
     """The ids of the Bundle's resources (contained members too) known to fit their shape,
     found once for several protocols' records (service.portfolio_eval); a resource not in
     it is checked on its own, as always."""
-    try:
-        entries = _with_members(_iter_entries(bundle, []))
-    except Exception:  # noqa: BLE001 - the record builder then meets it and says what is wrong
-        return set()
+    if prepared is not None:
+        entries = prepared.members
+    else:
+        try:
+            entries = _with_members(_iter_entries(bundle, []))
+        except Exception:  # noqa: BLE001 - the record builder meets it and says what is wrong
+            return set()
     read = {*SUBJECT_ELEMENT, *MEDICATION_TYPES}  # what any protocol's record may read
     return fitting(e.resource for e in entries if e.resource["resourceType"] in read)
 
@@ -388,8 +423,10 @@ def build_record(
     mappings: MappingTable | None = None,
     relevance: Relevance | None = None,
     fits: set[int] | None = None,
+    members: list[Entry] | None = None,
 ) -> PatientRecord:
-    """``mappings``: the site's terminology (service.terminology), None when it has none.
+    """``members``: ``_with_members(entries)`` when already built (PreparedBundle).
+    ``mappings``: the site's terminology (service.terminology), None when it has none.
     ``relevance``: the evaluation's selection (service.relevance; default the protocol's).
     ``server_base``: the FHIR server the data came from (pull mode, CDS Hooks); in bundle
     mode the Patient's own RESTful fullUrl names it, if it has one. ``patients``: every
@@ -435,7 +472,7 @@ def build_record(
     )
     counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
-    entries = _with_members(entries)
+    entries = _with_members(entries) if members is None else members
     # Most resources fit their shape: prove that per type in one call, check the rest singly.
     if fits is None:
         fits = fitting(e.resource for e in entries if e.resource["resourceType"] in subjects)

@@ -29,7 +29,19 @@ from service.pipeline import evaluate_body
 from service.protocol import load_protocol
 
 AS_OF = date(2026, 11, 20)
-CASES = ("engine_vs_json", "growth", "pull", "http", "cds", "memory", "screening")
+CASES = (
+    "engine_vs_json",
+    "growth",
+    "pull",
+    "http",
+    "cds",
+    "memory",
+    "screening",
+    "portfolio_engine",
+    "new_protocols_engine",
+    "cds_portfolio",
+    "screen_portfolio",
+)
 
 
 def _number(value: Any) -> bool:
@@ -104,6 +116,8 @@ def test_smoke_reports_every_target(smoke_report: tuple[dict, Path]) -> None:
     assert {"engine_json_mid", "engine_json_large", "naive_engine_mid", "growth"} <= ids
     assert {"http_c8", "cds_p95", "memory"} <= ids
     assert {"engine_orjson_mid", "engine_orjson_large", "memory_orjson"} <= ids
+    assert {"portfolio_3", "portfolio_10", "new_protocols_engine"} <= ids
+    assert {"cds_p95_portfolio", "screen_portfolio"} <= ids
     assert any(i.startswith("pull_") for i in ids)
     # Smoke sizes cannot reach the targets: no verdict is printed or stored, only "n/a".
     assert all(t["pass"] is None for t in targets)
