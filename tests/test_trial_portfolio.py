@@ -23,6 +23,8 @@ def _own_results(monkeypatch):
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
 IDS = ["cd19-cart-rr-ball", "dapa-ckd", "zuma3-brexu-cel-rr-ball"]
 
 
