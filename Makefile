@@ -54,7 +54,7 @@ SYNTHEA_OUT ?= $(HOME)/.cache/cart-eligibility/synthea-population
 # types no criterion reads are left out to keep generation and screening short.
 SYNTHEA_CKD_OUT ?= $(HOME)/.cache/cart-eligibility/synthea-ckd
 SYNTHEA_CKD_PATIENTS ?= 200
-SYNTHEA_CKD_SKIP ?= Claim,ExplanationOfBenefit,Provenance,DocumentReference,ImagingStudy,SupplyDelivery,Device,CareTeam,CarePlan
+SYNTHEA_CKD_SKIP ?= Claim,ExplanationOfBenefit,Provenance,DocumentReference,DiagnosticReport,ImagingStudy,SupplyDelivery,Device,CareTeam,CarePlan
 test-synthea: $(STAMP)  ## screen Synthea populations: B-ALL (40, custom module), DAPA-CKD (200); Java 17 + Maven
 	deploy/synthea/generate $(SYNTHEA_OUT) 40 1
 	SYNTHEA_NDJSON=$(SYNTHEA_OUT)/fhir $(BIN)/pytest -q tests/integration/test_screening_synthea.py

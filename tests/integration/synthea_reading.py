@@ -70,10 +70,10 @@ def results(observations: list[Resource], codes: set[tuple[str, str]]) -> list[R
             continue
         q = obs.get("valueQuantity") or {}
         when = obs.get("effectiveDateTime")
-        if "value" not in q or not when or q.get("comparator"):
-            continue
+        assert "value" in q and when and not q.get("comparator"), f"extend the hand reading: {obs}"
         moment = datetime.fromisoformat(when)
-        out.append(Result(obs, moment, date.fromisoformat(when[:10]), float(q["value"]), q.get("code") or q.get("unit", "")))
+        unit = q.get("code") or q.get("unit", "")
+        out.append(Result(obs, moment, date.fromisoformat(when[:10]), float(q["value"]), unit))
     return sorted(out, key=lambda r: r.moment, reverse=True)
 
 

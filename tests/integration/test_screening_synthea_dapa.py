@@ -43,6 +43,7 @@ SNOMED = "http://snomed.info/sct"
 SYNTHEA_CREATININE = (LOINC, "38483-4")  # Creatinine [Mass/volume] in Blood, mg/dL
 SYNTHEA_EGFR = (LOINC, "33914-3")  # GFR/1.73 sq M.predicted by MDRD, mL/min/{1.73_m2}
 SYNTHEA_UACR = (LOINC, "14959-1")  # Microalbumin/Creatinine [Mass Ratio] in Urine, mg/g
+SYNTHEA_LISINOPRIL = ("http://www.nlm.nih.gov/research/umls/rxnorm", "314076")  # 10 MG tablet
 CKD_CONDITIONS = {
     (SNOMED, c) for c in ("431855005", "431856006", "433144002", "431857002", "46177005")
 }
@@ -81,7 +82,7 @@ def screening(tmp_path_factory, protocol):
     summary = orjson.loads((out / "summary.json").read_bytes())
     if REPORT:
         shutil.copyfile(out / "summary.json", REPORT)
-    return summary, worklist(out / "worklist.csv")
+    return summary, worklist(out / "worklist.csv"), out / "results.ndjson"
 
 
 def _criterion(protocol: Protocol, which: str) -> CriterionDef:
@@ -95,8 +96,10 @@ def _criterion(protocol: Protocol, which: str) -> CriterionDef:
         return _only(
             protocol,
             "UACR range",
-            lambda c: c.rule == "lab_range"
-            and SYNTHEA_UACR in protocol.valueset(c.typed.observation_valueset).codes,
+            lambda c: (
+                c.rule == "lab_range"
+                and SYNTHEA_UACR in protocol.valueset(c.typed.observation_valueset).codes
+            ),
         )
     return _only(protocol, "ACE-i/ARB therapy", lambda c: c.rule == "required_therapy")
 
@@ -105,7 +108,7 @@ def _criterion(protocol: Protocol, which: str) -> CriterionDef:
 
 
 def test_population_has_ckd_and_the_summary_shows_candidates(protocol, export, screening):
-    summary, rows = screening
+    summary, rows, _ = screening
     assert len(export) >= MIN_PATIENTS
     assert set(rows) == set(export), "every patient of the export has one worklist row"
     assert summary["failed"] == 0 and all(r["error"] == "" for r in rows.values())
@@ -144,6 +147,8 @@ def test_the_protocol_reads_the_codes_synthea_writes(protocol):
     assert SYNTHEA_CREATININE in protocol.valueset(egfr.creatinine_observation_valueset).codes
     assert egfr.reported_observation_valueset is not None
     assert SYNTHEA_EGFR in protocol.valueset(egfr.reported_observation_valueset).codes
+    therapy = _criterion(protocol, "acei").typed
+    assert SYNTHEA_LISINOPRIL in protocol.valueset(therapy.medication_valueset).codes
 
 
 # -- hand checks ---------------------------------------------------------------------------
@@ -162,9 +167,7 @@ def _hand_egfr(patient: dict, observations: list[dict], c: CriterionDef, p: Prot
     newest = raw.newest_in_window(raw.results(observations, creat_codes), AS_OF, t.window_days)
     if newest:
         values = [
-            raw.egfr_ckd_epi_2021(
-                raw.creatinine_mg_dl(r), raw.whole_years(born, r.day), female
-            )
+            raw.egfr_ckd_epi_2021(raw.creatinine_mg_dl(r), raw.whole_years(born, r.day), female)
             for r in newest
         ]
         computed = raw.tri([low <= v <= high for v in values])
@@ -172,12 +175,14 @@ def _hand_egfr(patient: dict, observations: list[dict], c: CriterionDef, p: Prot
     egfr_codes = set(p.valueset(t.reported_observation_valueset).codes)
     newest = raw.newest_in_window(raw.results(observations, egfr_codes), AS_OF, t.window_days)
     if newest:
-        reported = raw.tri([low <= r.value <= high for r in newest])
+        # Synthea writes some MDRD eGFRs in mL/min: not per 1.73 m², so not comparable.
+        per_area = all(r.unit == "mL/min/{1.73_m2}" for r in newest)
+        reported = raw.tri([low <= r.value <= high for r in newest]) if per_area else "undetermined"
     return raw.combine(computed, reported)
 
 
 def test_egfr_by_hand_matches_every_answer(protocol, export, screening):
-    _, rows = screening
+    _, rows, _ = screening
     c = _criterion(protocol, "egfr")
     assert (c.typed.min.value, c.typed.max.value) == (25, 75), "DAPA-CKD: eGFR 25-75"
     seen: Counter[str] = Counter()
@@ -189,16 +194,14 @@ def test_egfr_by_hand_matches_every_answer(protocol, export, screening):
 
 
 def test_uacr_by_hand_matches_every_answer(protocol, export, screening):
-    _, rows = screening
+    _, rows, _ = screening
     c = _criterion(protocol, "uacr")
     t = c.typed
     assert (t.min.value, t.max.value, t.unit) == (200, 5000, "mg/g"), "DAPA-CKD: 200-5000 mg/g"
     codes = set(protocol.valueset(t.observation_valueset).codes)
     seen: Counter[str] = Counter()
     for pid, res in sorted(export.items()):
-        newest = raw.newest_in_window(
-            raw.results(res["Observation"], codes), AS_OF, t.window_days
-        )
+        newest = raw.newest_in_window(raw.results(res["Observation"], codes), AS_OF, t.window_days)
         expected = raw.tri([200 <= raw.uacr_mg_g(r) <= 5000 for r in newest])
         assert rows[pid][c.code] == expected, (pid, rows[pid][c.code], expected)
         seen[expected] += 1
@@ -208,7 +211,7 @@ def test_uacr_by_hand_matches_every_answer(protocol, export, screening):
 def test_ace_inhibitor_or_arb_by_hand(protocol, export, screening):
     """Met exactly when an active order began at least ``min_days`` before; never met without
     an order in the ValueSet; no order at all is not evidence of no therapy (undetermined)."""
-    _, rows = screening
+    _, rows, _ = screening
     c = _criterion(protocol, "acei")
     t = c.typed
     since = AS_OF - timedelta(days=t.min_days)
@@ -230,3 +233,34 @@ def test_ace_inhibitor_or_arb_by_hand(protocol, export, screening):
             assert answer != "met", (pid, answer, found)
         seen["running" if running else "ordered" if found else "none"] += 1
     assert seen["running"] and seen["none"], f"the hand check saw no contrast: {seen}"
+
+
+def test_a_sample_of_egfr_reasons_shows_the_hand_computed_value(protocol, export, screening):
+    """Five patients with a creatinine in the window: the result Bundle names that newest
+    creatinine and the eGFR computed here by hand, to the three digits the reason shows."""
+    _, rows, results = screening
+    c = _criterion(protocol, "egfr")
+    t = c.typed
+    codes = set(protocol.valueset(t.creatinine_observation_valueset).codes)
+    bundles = {}
+    for line in results.read_bytes().splitlines():
+        bundle = orjson.loads(line)
+        subject = bundle["entry"][0]["resource"]["individual"]["reference"]
+        bundles[subject.removeprefix("Patient/")] = line.decode()
+    checked = 0
+    for pid, res in sorted(export.items()):
+        newest = raw.newest_in_window(raw.results(res["Observation"], codes), AS_OF, t.window_days)
+        if len(newest) != 1:
+            continue
+        (scr,) = newest
+        patient = res["Patient"][0]
+        age = raw.whole_years(date.fromisoformat(patient["birthDate"]), scr.day)
+        value = raw.egfr_ckd_epi_2021(scr.value, age, patient["gender"] == "female")
+        text = bundles[pid]
+        assert f"eGFR {value:.3g} mL/min/1.73 m² computed by CKD-EPI 2021" in text, pid
+        assert f"Observation/{scr.resource['id']}" in text, pid
+        assert f"{patient['gender']}, age {age}" in text, pid
+        checked += 1
+        if checked == 5:
+            break
+    assert checked == 5, f"only {checked} patients with one newest creatinine in the window"
