@@ -263,11 +263,21 @@ def demo(
         ),
     ] = None,
     site_mappings: SiteMappingsOption = None,
+    study: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--study",
+            help="Protocol id, ResearchStudy canonical or registry number (repeatable; "
+            "default every protocol)",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate the bundled demo patients (dated as of today) and print their summaries.
 
     Each patient is pulled through the FHIR client from the built-in demo store, the same
-    path ``GET /Patient/{id}/$eligibility`` takes when no FHIR server is configured.
+    path ``GET /Patient/{id}/$eligibility`` takes when no FHIR server is configured. With one
+    study the output is that study's summaries; with several, a patient x trial matrix
+    (``--format fhir``: one collection Bundle of result Bundles per patient).
     """
     from service.clinical.dates import today
     from service.demo import load_demo_bundles
@@ -285,7 +295,12 @@ def demo(
         print(f"dated as of {day.isoformat()}: post them today (or pass --as-of {day})")
         return
 
-    protocol = _protocol()
+    protocols = _studies(study)
+    if len(protocols) > 1:
+        _site_terminology(site_mappings)
+        _demo_matrix(protocols, format)
+        return
+    protocol = protocols[0]
     _site_terminology(site_mappings)
     settings = get_settings().model_copy(update={"fhir_base_url": None})
 
@@ -298,6 +313,32 @@ def demo(
     for evaluation, result in asyncio.run(run_all()):
         _print(evaluation, result, protocol, format)
         print()
+
+
+def _demo_matrix(protocols: list[Protocol], fmt: OutputFormat) -> None:
+    """Every demo patient against every study, each patient pulled once for all of them."""
+    from service.demo import load_demo_bundles
+    from service.demo_matrix import render_matrix
+
+    settings = get_settings().model_copy(update={"fhir_base_url": None})
+
+    async def run_all() -> list[tuple[str, list[StudyAnswer]]]:
+        return [
+            (pid, await evaluate_portfolio_from_server(settings, protocols, pid, None))
+            for pid in load_demo_bundles()
+        ]
+
+    rows = asyncio.run(run_all())
+    if fmt is OutputFormat.fhir:
+        for _, answers in rows:
+            collection = {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"resource": answer.bundle} for answer in answers],
+            }
+            sys.stdout.buffer.write(orjson.dumps(collection, option=orjson.OPT_INDENT_2) + b"\n")
+        return
+    render_matrix(rows, _console())
 
 
 @app.command("cds-demo")

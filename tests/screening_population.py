@@ -38,9 +38,21 @@ def no_leukemia_bundle(pid: str = "no-leukemia") -> dict[str, Any]:
     }
 
 
+# The seed trial's six demo patients (the other demo patients are written for ZUMA-3 and
+# DAPA-CKD; the seed-trial screening tests count these six).
+SEED_DEMO_PATIENTS = (
+    "demo-eligible",
+    "demo-ineligible",
+    "demo-pediatric",
+    "demo-potential",
+    "demo-stale-labs",
+    "demo-us-units",
+)
+
+
 def population(synthetic: int = 3, on: date = AS_OF) -> dict[str, dict[str, Any]]:
     """Patient id -> collection Bundle: the six demo patients, synthetic ones, one without ALL."""
-    bundles = dict(load_demo_bundles(on))
+    bundles = {k: v for k, v in load_demo_bundles(on).items() if k in SEED_DEMO_PATIENTS}
     for n in range(synthetic):
         data = make_patient(60 + 10 * n, anchor=on, seed=n, patient_id=f"synth-{n}")
         bundles[data.patient_id] = data.bundle

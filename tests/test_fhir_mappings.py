@@ -65,7 +65,9 @@ def _vs_codes(valueset: dict[str, Any]) -> set[Code]:
 
 
 def _all_valueset_codes() -> set[Code]:
-    return set().union(*(_vs_codes(v) for v in _valuesets().values()))
+    """Every protocol's ValueSets: the demo patients are written for all three trials."""
+    every = map(_load, MAPPINGS_DIR.glob("*/ValueSet-*.json"))
+    return set().union(*(_vs_codes(v) for v in every))
 
 
 def _walk_concepts(concepts: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -125,7 +127,7 @@ def test_expected_files_exist() -> None:
     study = PROTOCOL_TOML["study"]
     for key in ("research_study", "criteria_codesystem", "result_codesystem", "questionnaire"):
         assert (STUDY_DIR / study[key]).is_file(), study[key]
-    assert len(DEMO_FILES) == 6
+    assert len(DEMO_FILES) == 10  # six for the seed trial, two each for ZUMA-3 and DAPA-CKD
 
 
 @pytest.mark.parametrize("path", FHIR_FILES, ids=lambda p: p.name)
@@ -139,7 +141,11 @@ def test_resource_metadata(path: Path) -> None:
     resource = _load(path)
     rtype = resource["resourceType"]
     assert path.name == f"{rtype}-{resource['id']}.json"
-    assert resource["status"] == "active"
+    if rtype == "ResearchStudy":  # the study's own status: ZUMA-3 and DAPA-CKD are completed
+        assert resource["status"] in ("active", "completed")
+        assert resource["status"] == "active" or "cd19" not in resource["id"]
+    else:
+        assert resource["status"] == "active"
     assert resource.get("title")
     canonical = f"{BASE}/{rtype}/{resource['id']}"
     if rtype == "ResearchStudy":

@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 
 from benchmarks.synthetic import make_patient
+from tests.protocol_copies import SEED_DIR
 from tests.screening_population import AS_OF, worklist
 
 PATIENTS = 300
@@ -25,6 +26,10 @@ def _export(folder: Path) -> None:
             data = make_patient(100, anchor=AS_OF, seed=n, patient_id=f"p{n:04d}")
             for resource in data.resources:
                 f.write(orjson.dumps(resource) + b"\n")
+
+
+# The child process does not see tests/conftest.py: name the seed trial, as written for it.
+SEED_ONLY = {**os.environ, "ELIGIBILITY_PROTOCOL_DIRS": orjson.dumps([str(SEED_DIR)]).decode()}
 
 
 def _command(src: Path, out: Path, *extra: str) -> list[str]:
@@ -44,7 +49,11 @@ def test_ctrl_c_keeps_finished_patients_and_resume_completes(tmp_path):
     _export(src)
     # Its own process group, so the signal reaches the pool's workers too, as Ctrl-C would.
     proc = subprocess.Popen(
-        _command(src, out), stderr=subprocess.PIPE, text=True, start_new_session=True
+        _command(src, out),
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=SEED_ONLY,
     )
     deadline = time.monotonic() + 120
     while _rows(out / "worklist.csv") < 2 and time.monotonic() < deadline:
@@ -57,7 +66,9 @@ def test_ctrl_c_keeps_finished_patients_and_resume_completes(tmp_path):
     done = worklist(out / "worklist.csv")
     assert 0 < len(done) < PATIENTS
 
-    resumed = subprocess.run(_command(src, out, "--resume"), capture_output=True, text=True)
+    resumed = subprocess.run(
+        _command(src, out, "--resume"), capture_output=True, text=True, env=SEED_ONLY
+    )
     assert resumed.returncode == 0, resumed.stderr
     rows = worklist(out / "worklist.csv")
     assert len(rows) == PATIENTS

@@ -17,6 +17,11 @@ EXPECTED = {
     "demo-us-units": "eligible",
     "demo-stale-labs": "potential-candidate",
     "demo-pediatric": "ineligible",
+    # written for ZUMA-3 and DAPA-CKD; their answers for the seed trial
+    "demo-zuma3-eligible": "eligible",
+    "demo-zuma3-potential": "potential-candidate",
+    "demo-ckd-eligible": "ineligible",
+    "demo-ckd-potential": "ineligible",
 }
 
 
