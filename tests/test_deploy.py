@@ -37,6 +37,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from service.demo import demo_files
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
@@ -316,7 +318,7 @@ def test_compose_loader_command_loads_the_demo_patients(tmp_path):
     finally:
         server.shutdown()
     assert done.returncode == 0, done.stderr
-    assert len(_FhirStub.received) == 6
+    assert len(_FhirStub.received) == len(demo_files())  # one transaction per demo patient
     assert all(b["type"] == "transaction" for b in _FhirStub.received)
 
 
