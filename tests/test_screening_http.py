@@ -57,7 +57,11 @@ def test_kick_off_poll_and_download_the_worklist(client):
     assert rows["demo-eligible"]["status"] == "eligible"
     assert rows["demo-pediatric"]["blocking"] == "I1"
     summary = client.get(links["summary"], headers=AUTH).json()
-    assert summary["byStatus"]["eligible"] == 2
+    # demo-eligible, demo-us-units, and demo-zuma3-eligible (ZUMA-3's demo patient has the
+    # seed's eligible history); the DAPA-CKD demo patients have no ALL: not candidates
+    assert summary["byStatus"]["eligible"] == 3
+    assert rows["demo-zuma3-eligible"]["status"] == "eligible"
+    assert "demo-ckd-eligible" not in rows
 
 
 def test_kick_off_needs_respond_async_a_known_study_and_a_key(client):

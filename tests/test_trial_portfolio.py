@@ -12,6 +12,19 @@ from service.portfolio import load_portfolio
 from tests.trial_paths import DAPA_DIR, ZUMA3_DIR
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _own_results(monkeypatch):
+    """The demo records its answers; keep them out of the default (shared) result store."""
+    from service.settings import get_settings
+
+    monkeypatch.setenv("ELIGIBILITY_RESULTS_BACKEND", "memory")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
 IDS = ["cd19-cart-rr-ball", "dapa-ckd", "zuma3-brexu-cel-rr-ball"]
 
 
