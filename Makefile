@@ -50,9 +50,18 @@ test-ops: $(STAMP)  ## state store, rate limits, replay: real redis-server and u
 	deploy/redis/run-tests
 
 SYNTHEA_OUT ?= $(HOME)/.cache/cart-eligibility/synthea-population
-test-synthea: $(STAMP)  ## screen a Synthea population (40 patients, custom B-ALL module; Java 17 + Maven)
+# DAPA-CKD: 200 adults aged 40-85 (stock modules: CKD, diabetes, hypertension), seed 2; resource
+# types no criterion reads are left out to keep generation and screening short.
+SYNTHEA_CKD_OUT ?= $(HOME)/.cache/cart-eligibility/synthea-ckd
+SYNTHEA_CKD_PATIENTS ?= 200
+SYNTHEA_CKD_SKIP ?= Claim,ExplanationOfBenefit,Provenance,DocumentReference,DiagnosticReport,ImagingStudy,SupplyDelivery,Device,CareTeam,CarePlan
+test-synthea: $(STAMP)  ## screen Synthea populations: B-ALL (40, custom module), DAPA-CKD (200); Java 17 + Maven
 	deploy/synthea/generate $(SYNTHEA_OUT) 40 1
 	SYNTHEA_NDJSON=$(SYNTHEA_OUT)/fhir $(BIN)/pytest -q tests/integration/test_screening_synthea.py
+	SYNTHEA_LOCAL_MODULES=0 SYNTHEA_EXCLUDED_RESOURCES=$(SYNTHEA_CKD_SKIP) \
+		deploy/synthea/generate $(SYNTHEA_CKD_OUT) $(SYNTHEA_CKD_PATIENTS) 2 40-85
+	SYNTHEA_CKD_NDJSON=$(SYNTHEA_CKD_OUT)/fhir SYNTHEA_CKD_REPORT=$(SYNTHEA_CKD_OUT)/dapa-summary.json \
+		$(BIN)/pytest -q -s tests/integration/test_screening_synthea_dapa.py
 
 test-browser: $(STAMP)  ## the web app in headless Chromium (Debian's chromium; installs it if missing)
 	deploy/browser/setup
