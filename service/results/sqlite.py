@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from service.results import codec
 from service.results.model import StudyResult, with_change
 from service.results.store import SORT_KEYS, ResultStore
 from service.state.base import StoreError
+from service.state.sqlite import connect_wal
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS study_results ("
@@ -56,32 +56,8 @@ class SQLiteResultStore(ResultStore):
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
-            )
-            try:
-                self._enable_wal(conn)
-                conn.execute("PRAGMA synchronous=NORMAL")
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-            except sqlite3.Error:
-                conn.close()
-                raise
-            self._conn = conn
+            self._conn = connect_wal(self.path, self._timeout, _SCHEMA)
         return self._conn
-
-    def _enable_wal(self, conn: sqlite3.Connection) -> None:
-        """As service.state.sqlite: two processes creating the file at once wait, not fail."""
-        deadline = time.monotonic() + self._timeout
-        while True:
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.005)
 
     def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         with self._lock:

@@ -12,7 +12,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,36 @@ _INCR = (
 _PURGE_EVERY = 500  # writes between sweeps of expired rows
 
 
+def connect_wal(path: Path, timeout: float, schema: Sequence[str]) -> sqlite3.Connection:
+    """One autocommit connection to ``path`` in WAL mode with ``schema`` applied (every
+    SQLite store of the service opens its file this way)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        _enable_wal(conn, timeout)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        for statement in schema:
+            conn.execute(statement)
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch to WAL. On a new file, two processes doing this at once get "database is
+    locked" at once: SQLite does not call the busy handler here, so wait as it would."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+
+
 class SQLiteStore(StateStore):
     backend = "sqlite"
 
@@ -56,32 +86,8 @@ class SQLiteStore(StateStore):
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
-            )
-            try:
-                self._enable_wal(conn)
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute(_SCHEMA)
-            except sqlite3.Error:
-                conn.close()
-                raise
-            self._conn = conn
+            self._conn = connect_wal(self.path, self._timeout, (_SCHEMA,))
         return self._conn
-
-    def _enable_wal(self, conn: sqlite3.Connection) -> None:
-        """Switch to WAL. On a new file, two processes doing this at once get "database is
-        locked" at once: SQLite does not call the busy handler here, so wait as it would."""
-        deadline = time.monotonic() + self._timeout
-        while True:
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.005)
 
     def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         with self._lock:
