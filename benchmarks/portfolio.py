@@ -174,12 +174,14 @@ def new_protocols_engine(
     )
     seed = used.three[0]
     seed_ms = statistics.median(samples[seed.id])
-    rows = []
+    rows: list[dict[str, Any]] = []
+    ratios: list[float] = []
     for p, meta in zip(used.three[1:], used.describe(used.three)[1:], strict=True):
-        row = {**meta, "engine": summary(samples[p.id])}
-        row["ratio"] = _ratio(row["engine"]["median"], seed_ms)
-        rows.append(row)
-    ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
+        engine_ms = summary(samples[p.id])
+        ratio = _ratio(engine_ms["median"], seed_ms)
+        rows.append({**meta, "engine": engine_ms, "ratio": ratio})
+        if ratio is not None:
+            ratios.append(ratio)
     return {
         "observations": n,
         "seed": summary(samples[seed.id]),
