@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 
@@ -14,10 +16,10 @@ from service.fhir.demo_layer import shared_demo_layer
 
 # The result store's default SQLite file is shared by every run on a machine: give this run
 # its own, so answers recorded by another run (or a developer's server) never leak into a test.
-os.environ.setdefault(
-    "ELIGIBILITY_RESULTS_SQLITE_PATH",
-    os.path.join(tempfile.mkdtemp(prefix="eligibility-test-results-"), "results.sqlite"),
-)
+if "ELIGIBILITY_RESULTS_SQLITE_PATH" not in os.environ:
+    _RESULTS_DIR = tempfile.mkdtemp(prefix="eligibility-test-results-")
+    atexit.register(shutil.rmtree, _RESULTS_DIR, ignore_errors=True)
+    os.environ["ELIGIBILITY_RESULTS_SQLITE_PATH"] = os.path.join(_RESULTS_DIR, "results.sqlite")
 
 
 SEED_PROTOCOL = fhir_mappings.DEFAULT_PROTOCOL
