@@ -22,6 +22,8 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+import fhir_mappings
+from service import portfolio
 from service.cli import app
 from service.portfolio import load_portfolio
 from service.protocol import CriterionDef, Protocol
@@ -50,6 +52,15 @@ CKD_CONDITIONS = {
 
 
 # -- the screening (once for the module) ----------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _every_protocol():
+    """The product's real default (every folder under fhir_mappings/), not the suite's seed
+    alone (tests/conftest.py): DAPA-CKD must be found by its registry number."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(portfolio, "protocol_files", fhir_mappings.protocol_files)
+        yield
 
 
 def _protocol() -> Protocol:
