@@ -1,8 +1,9 @@
 """Several trials at once (issue 21): each measured next to the seed trial alone, same run.
 
-* ``portfolio_engine``: one patient's Bundle through ``evaluate_body_portfolio`` (decoded
-  once, one record and evaluation per study) for 3 and 10 protocols, against
-  ``evaluate_body`` with the seed alone; rotating rounds (``stats.interleaved``);
+* ``portfolio_engine``: one patient's Bundle through ``evaluate_body_portfolio_json`` (decoded
+  once, Observations grouped once, one record and evaluation per study, the answer encoded)
+  for 3 and 10 protocols, against ``evaluate_body_json`` with the seed alone (each is what
+  ``POST /$eligibility`` runs); rotating rounds (``stats.interleaved``);
 * ``new_protocols_engine``: each non-seed protocol of the three alone against the seed alone;
 * ``cds_portfolio``: the portfolio CDS service (one card per study) with the three protocols;
 * ``screen_portfolio``: NDJSON screening of the three protocols in one pass against the seed
@@ -30,7 +31,7 @@ import orjson
 
 from benchmarks.stats import interleaved, summary
 from fhir_mappings import DEFAULT_PROTOCOL, MAPPINGS_DIR, protocol_files
-from service.portfolio_eval import combined_bundle, evaluate_body_portfolio
+from service.portfolio_eval import evaluate_body_portfolio, evaluate_body_portfolio_json
 from service.protocol import Protocol, load_protocol
 
 CASES = ("portfolio_engine", "new_protocols_engine", "cds_portfolio", "screen_portfolio")
@@ -121,16 +122,17 @@ def _ratio(a: float, b: float) -> float | None:
 def portfolio_engine(
     body: bytes, n: int, used: Used, day: date, reps: int, warmup: int
 ) -> dict[str, Any]:
+    from service.pipeline import evaluate_body_json
+
     seed = used.three[0]
 
+    # Each side as ``POST /$eligibility`` runs it: the answer encoded inside the pause.
     def alone() -> bytes:
-        return orjson.dumps(evaluate_body_portfolio(body, [seed], as_of=day)[0].bundle)
+        return evaluate_body_json(body, seed, as_of=day)[1]
 
     def several(protocols: list[Protocol]) -> Any:
         def run() -> bytes:
-            return orjson.dumps(
-                combined_bundle(evaluate_body_portfolio(body, protocols, as_of=day))
-            )
+            return evaluate_body_portfolio_json(body, protocols, as_of=day)[1]
 
         return run
 

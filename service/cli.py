@@ -33,6 +33,7 @@ from service.inputs import ConfigurationError, check_settings
 from service.pipeline import evaluate_from_server, parse_as_of
 from service.portfolio_eval import (
     StudyAnswer,
+    combined_bundle,
     evaluate_body_portfolio,
     evaluate_portfolio_from_server,
 )
@@ -200,7 +201,8 @@ def evaluate(
     """Evaluate one patient against every criterion of each chosen protocol.
 
     With one protocol the output is that protocol's result; with several, the FHIR output is
-    a collection Bundle holding one result Bundle per protocol (summaries follow each other).
+    the one Bundle ``POST /$eligibility`` answers (each study's ResearchSubject, criterion
+    Observations, GuidanceResponse and Provenance; summaries follow each other).
     """
     protocols = _studies(study)
     _site_terminology(site_mappings)
@@ -222,12 +224,9 @@ def evaluate(
                 print()
             _print(answer.evaluation, answer.bundle, answer.protocol, format)
         return
-    collection = {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [{"resource": answer.bundle} for answer in answers],
-    }
-    sys.stdout.buffer.write(orjson.dumps(collection, option=orjson.OPT_INDENT_2) + b"\n")
+    # the Bundle POST /$eligibility answers for these studies, byte for byte the same shape
+    combined = combined_bundle(answers)
+    sys.stdout.buffer.write(orjson.dumps(combined, option=orjson.OPT_INDENT_2) + b"\n")
 
 
 def _evaluate_all(

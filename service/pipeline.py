@@ -27,6 +27,7 @@ from service.record import (
     InputError,
     PatientRecord,
     PreparedBundle,
+    SharedObservations,
     record_from_bundle,
     record_from_resources,
 )
@@ -112,13 +113,25 @@ def evaluate_record(
     as_of: date | None,
     context: EvaluationContext | None = None,
 ) -> tuple[Evaluation, dict[str, Any]]:
+    with gc_paused():
+        evaluation = assess_record(record, protocol, as_of, context)
+        return evaluation, result_bundle(evaluation, protocol)
+
+
+def assess_record(
+    record: PatientRecord,
+    protocol: TrialProtocol,
+    as_of: date | None,
+    context: EvaluationContext | None = None,
+) -> Evaluation:
+    """``evaluate_record`` without the result Bundle (CDS Hooks cards need none)."""
     context = context if context is not None else EvaluationContext.current(protocol)
     with gc_paused():
         evaluation = evaluate(record, protocol, as_of or today())
         if (site := context.site) is not None:  # name site mappings in the notes
             annotate_mappings(evaluation, record, site.site.units if site.site else None)
         evaluation_done(evaluation)  # metrics, and the request's audit event
-        return evaluation, result_bundle(evaluation, protocol)
+        return evaluation
 
 
 def evaluate_body(
@@ -206,11 +219,13 @@ def evaluate_unwrapped(
     context: EvaluationContext | None = None,
     fits: set[int] | None = None,
     prepared: PreparedBundle | None = None,
+    shared: SharedObservations | None = None,
 ) -> tuple[Evaluation, dict[str, Any]]:
     """``evaluate_resource`` after ``unwrap_parameters`` (several studies unwrap once):
     ``patient`` is the Patient to evaluate, ``patient_id`` the caller's own selector,
     ``fits`` the resources known to fit their shape (service.record.bundle_fits),
-    ``prepared`` the Bundle's entries walked once (service.record.prepare_bundle)."""
+    ``prepared`` the Bundle's entries walked once (service.record.prepare_bundle),
+    ``shared`` their Observations grouped once (service.record.SharedObservations)."""
     context = context if context is not None else EvaluationContext.current(protocol)
     if patient_id is not None:
         logs.register_request_secret(patient_id)
@@ -220,7 +235,7 @@ def evaluate_unwrapped(
         resources = terminology.bundle_resources(bundle)
         mappings = terminology.table_for_sync(resources, protocol, context.site)
     record = record_from_bundle(
-        bundle, protocol, patient, mappings, context.relevance, fits, prepared
+        bundle, protocol, patient, mappings, context.relevance, fits, prepared, shared
     )
     return evaluate_record(record, protocol, as_of, context)
 
@@ -247,10 +262,22 @@ def evaluate_fetched(
     context: EvaluationContext | None = None,
 ) -> tuple[Evaluation, dict[str, Any]]:
     context = context if context is not None else EvaluationContext.current(protocol)
+    record = record_from_fetched(data, protocol, mappings, context)
+    return evaluate_record(record, protocol, as_of, context)
+
+
+def record_from_fetched(
+    data: FetchedData,
+    protocol: TrialProtocol,
+    mappings: MappingTable | None,
+    context: EvaluationContext,
+    fits: set[int] | None = None,
+) -> PatientRecord:
+    """The record of fetched data (``fits``: resources already known to fit their shape)."""
     if mappings is _TO_BUILD:
         site = context.site
         mappings = terminology.table_for_sync(data.resources, protocol, site) if site else None
-    record = record_from_resources(
+    return record_from_resources(
         data.patient,
         data.resources,
         protocol,
@@ -260,8 +287,28 @@ def evaluate_fetched(
         linked_patients=getattr(data, "linked_patients", ()),
         mappings=mappings,
         relevance=context.relevance,
+        fits=fits,
     )
-    return evaluate_record(record, protocol, as_of, context)
+
+
+async def assess_fetched_off_loop(
+    data: FetchedData,
+    protocol: TrialProtocol,
+    as_of: date,
+    context: EvaluationContext,
+    fits: set[int] | None = None,
+) -> Evaluation:
+    """The evaluation of fetched data without its result Bundle (CDS Hooks cards), off the
+    event loop when large; ``fits`` as in ``record_from_fetched``."""
+    mappings = await terminology.table_for(data.resources, protocol, context.site)
+
+    def run() -> Evaluation:
+        record = record_from_fetched(data, protocol, mappings, context, fits)
+        return assess_record(record, protocol, as_of, context)
+
+    if len(data.resources) <= INLINE_RESOURCES:
+        return run()
+    return await asyncio.to_thread(run)
 
 
 async def evaluate_from_server(

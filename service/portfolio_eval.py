@@ -9,7 +9,10 @@ answer it gets alone (tests/test_portfolio_api.py checks it):
   own selection reads, exactly as the generic path does for a single protocol);
 * each protocol builds its own record from the decoded resources: the record's bookkeeping
   (which ValueSets a malformed or cut resource leaves open) is per protocol, so sharing one
-  record would let one protocol's ValueSets hold another's criteria open;
+  record would let one protocol's ValueSets hold another's criteria open. What does not
+  depend on the protocol is shared: the Observations are grouped by code once
+  (service.record.SharedObservations) and the criteria of every study read one set of
+  per-ValueSet results (service.clinical.observations);
 * in pull mode every protocol plans its own queries, and identical queries (same type and
   parameters) are sent once (``SharedQueries``): the requests are the union of what the
   studies need, with no query sent twice.
@@ -26,6 +29,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import orjson
+
 from service import entry_cap, lean
 from service.clinical.dates import today
 from service.clinical.evaluation import Evaluation
@@ -40,8 +45,8 @@ from service.pipeline import (
     parse_json,
     unwrap_parameters,
 )
-from service.protocol import Protocol
-from service.record import PreparedBundle, bundle_fits, prepare_bundle
+from service.protocol import Code, Protocol
+from service.record import PreparedBundle, SharedObservations, bundle_fits, prepare_bundle
 from service.settings import Settings
 from service.terminology import runtime as terminology
 
@@ -74,6 +79,11 @@ def union_lean_codes(contexts: Sequence[EvaluationContext]) -> tuple[bytes, ...]
     return tuple(sorted(codes))
 
 
+def union_protocol_codes(contexts: Sequence[EvaluationContext]) -> frozenset[Code]:
+    """Every Observation code any of the protocols' criteria reads."""
+    return frozenset().union(*(c.relevance.protocol_codes for c in contexts))
+
+
 def evaluate_body_portfolio(
     body: bytes | str,
     protocols: Sequence[Protocol],
@@ -101,6 +111,11 @@ def evaluate_body_portfolio(
         bundle, param_as_of, param_patient = unwrap_parameters(resource)  # checked once
         prepared = shared_walk(bundle)  # the entries walked once for every study
         fits = bundle_fits(bundle, prepared)  # the shape proof, once for every study
+        shared = (  # the Observations grouped once for every study
+            SharedObservations(prepared.members, union_protocol_codes(contexts), fits)
+            if prepared is not None
+            else None
+        )
         answers = []
         for context in contexts:
             evaluation, result = evaluate_unwrapped(
@@ -112,10 +127,24 @@ def evaluate_body_portfolio(
                 context,
                 fits,
                 prepared,
+                shared,
             )
             answers.append(StudyAnswer(context.protocol, evaluation, result))
         del resource, bundle, prepared
         return answers
+
+
+def evaluate_body_portfolio_json(
+    body: bytes | str, protocols: Sequence[Protocol], **options: Any
+) -> tuple[list[tuple[Protocol, Evaluation]], bytes]:
+    """``evaluate_body_portfolio`` with the result Bundle encoded (the HTTP answer): encoded
+    and freed inside the collector's pause, as ``evaluate_body_json`` does for one study."""
+    with gc_paused():
+        answers = evaluate_body_portfolio(body, protocols, **options)
+        encoded = orjson.dumps(combined_bundle(answers))
+        done = [(a.protocol, a.evaluation) for a in answers]
+        del answers
+        return done, encoded
 
 
 def shared_walk(bundle: Any) -> PreparedBundle | None:

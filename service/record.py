@@ -32,7 +32,7 @@ from service.references import (
     referenced_type,
     resource_keys,
 )
-from service.relevance import Relevance
+from service.relevance import Relevance, result_codes_in
 from service.resource_kinds import EVALUATED, KINDS, MEDICATION_TYPES
 from service.shapes import fitting, shape_error
 from service.terminology.table import MappingTable, Recoded, recode
@@ -78,15 +78,21 @@ class PatientRecord:
     mapped: dict[str, Recoded] = field(default_factory=dict, repr=False)
     evidence_only: dict[int, ValueSet] = field(default_factory=dict, repr=False)
     _refs: dict[int, SourceRef] = field(default_factory=dict, repr=False)
+    _names: dict[int, str] = field(default_factory=dict, repr=False)  # SharedObservations'
     # service.clinical.observations: per ValueSet, its Observations with their result parts
     # and day (read by several criteria); checked against the ValueSet and ``observations``.
     _by_valueset: dict[int, tuple[Any, ...]] = field(default_factory=dict, repr=False)
+    # Several studies reading one patient's data (SharedObservations): their ValueSets'
+    # results, shared while ``observations`` is the one built from the shared groups.
+    shared_facts: dict[Any, Any] | None = field(default=None, repr=False)
+    shared_view: dict[Code, list[Resource]] | None = field(default=None, repr=False)
 
     def observations_in(self, valueset: ValueSet) -> list[Resource]:
         """Observations coded with any code of ``valueset``, each once."""
         seen: set[int] = set()
         found: list[Resource] = []
-        for code in valueset.codes:
+        # in code order, not the set's: equal ValueSets of two protocols list one order
+        for code in sorted(valueset.codes):
             for obs in self.observations.get(code, ()):
                 if id(obs) not in seen:
                     seen.add(id(obs))
@@ -94,7 +100,10 @@ class PatientRecord:
         return found
 
     def ref(self, resource: Resource) -> SourceRef:
-        return self._refs[id(resource)]
+        found = self._refs.get(id(resource))
+        if found is None:  # an Observation of shared groups, named when first cited
+            found = self._refs[id(resource)] = SourceRef(self._names[id(resource)], "Observation")
+        return found
 
     @property
     def patient_ref(self) -> SourceRef:
@@ -238,6 +247,96 @@ class PreparedBundle:
     issues: tuple[Issue, ...]  # the walk's own warnings (entries without a resource)
     named: frozenset[str]  # identities of entries that hold a nested Bundle
     members: list[Entry]  # ``entries`` with contained hasMember results (_with_members)
+    patients: list[Entry]  # the Patient entries of ``entries``
+
+
+class SharedObservations:
+    """One patient's Observations grouped once for every study that reads them.
+
+    Several studies evaluating one patient (service.portfolio_eval, multi-study screening)
+    would each walk the same Observations: read their codes, check whose they are, check
+    their shape, name them. None of that depends on the study. Here it is done once, for
+    the union of the studies' codes; each study's record then takes the groups of its own
+    codes, and its criteria share the results they read (``facts``, keyed by ValueSet codes).
+
+    Grouping is exact only for regular data: every Observation with a wanted code readable,
+    this patient's, of a fitting shape, named, and present once. Anything else (a malformed
+    or foreign result, two copies of one) makes ``groups`` None and every study builds its
+    record the ordinary way, which words each problem for its own criteria.
+    """
+
+    def __init__(self, entries: list[Entry], codes: frozenset[Code], fits: set[int] | None):
+        self.entries = entries  # with contained members (_with_members)
+        self.codes = codes  # the union of the studies' Observation codes
+        self.others = [e for e in entries if e.resource["resourceType"] != "Observation"]
+        self._fits = fits
+        self._groups: dict[tuple[Any, ...], _Groups | None] = {}
+        self.facts: dict[Any, Any] = {}  # service.clinical.observations: per ValueSet codes
+
+    @classmethod
+    def of_resources(
+        cls, resources: Iterable[Resource], codes: frozenset[Code]
+    ) -> SharedObservations:
+        """For resources read from a server or an export (record_from_resources)."""
+        entries = [Entry(r) for r in resources if isinstance(r, dict) and "resourceType" in r]
+        return cls(_with_members(entries), codes, None)
+
+    @property
+    def fits(self) -> set[int]:
+        """The resources known to fit their shape (proved once for every study)."""
+        if self._fits is None:
+            read = {*SUBJECT_ELEMENT, *MEDICATION_TYPES}
+            self._fits = fitting(
+                e.resource for e in self.entries if e.resource["resourceType"] in read
+            )
+        return self._fits
+
+    def groups(self, identity: _Identity) -> _Groups | None:
+        """The Observations by code as every study's record would keep them; None when the
+        data is not regular (see the class). Once per patient identity."""
+        key = identity.signature()
+        if key not in self._groups:
+            try:
+                self._groups[key] = self._group(identity)
+            except NOT_DATA_ERRORS:
+                raise
+            except (AttributeError, TypeError, KeyError, ValueError):
+                self._groups[key] = None  # a study's own walk meets it and reports it
+        return self._groups[key]
+
+    def _group(self, identity: _Identity) -> _Groups | None:
+        by_code: defaultdict[Code, list[Resource]] = defaultdict(list)
+        names: dict[int, str] = {}
+        kept: list[tuple[Resource, str | None, list[Code]]] = []
+        named: set[str] = set()
+        fits, element = self.fits, SUBJECT_ELEMENT["Observation"]
+        for entry in self.entries:
+            resource = entry.resource
+            if resource["resourceType"] != "Observation":
+                continue
+            matched = result_codes_in(resource, self.codes)
+            if not matched:
+                continue
+            if identity.classify(resource.get(element), entry.full_url) is not _OURS:
+                return None
+            if id(resource) not in fits and shape_error(resource) is not None:
+                return None
+            reference = entry.reference or _reference_of(resource, entry.full_url)
+            if reference is None or reference in named:
+                return None  # unnamed, or two copies of one: each study's walk settles it
+            named.add(reference)
+            names[id(resource)] = reference
+            kept.append((resource, entry.full_url, matched))
+            for code in matched:
+                by_code[code].append(resource)
+        return _Groups(dict(by_code), names, kept)
+
+
+@dataclass(frozen=True)
+class _Groups:
+    by_code: dict[Code, list[Resource]]
+    names: dict[int, str]  # how evidence names each Observation (PatientRecord.ref)
+    kept: list[tuple[Resource, str | None, list[Code]]]  # in entry order, with their codes
 
 
 def _check_bundle(bundle: Any) -> None:
@@ -252,7 +351,10 @@ def prepare_bundle(bundle: Any) -> PreparedBundle:
     issues: list[Issue] = []
     named: set[str] = set()
     entries = list(_iter_entries(bundle, issues, named))
-    return PreparedBundle(entries, tuple(issues), frozenset(named), _with_members(entries))
+    patients = [e for e in entries if e.resource["resourceType"] == "Patient"]
+    return PreparedBundle(
+        entries, tuple(issues), frozenset(named), _with_members(entries), patients
+    )
 
 
 def record_from_bundle(
@@ -263,19 +365,21 @@ def record_from_bundle(
     relevance: Relevance | None = None,
     fits: set[int] | None = None,
     prepared: PreparedBundle | None = None,
+    shared: SharedObservations | None = None,
 ) -> PatientRecord:
-    """``fits``: ``bundle_fits(bundle)`` and ``prepared``: ``prepare_bundle(bundle)`` when
-    several protocols read one Bundle (each record then gets its own copy of the issues)."""
+    """``fits``: ``bundle_fits(bundle)``, ``prepared``: ``prepare_bundle(bundle)`` and
+    ``shared``: its Observations grouped once, when several protocols read one Bundle (each
+    record then gets its own copy of the issues)."""
     if prepared is None:
         _check_bundle(bundle)
         issues: list[Issue] = []
         named: set[str] = set()
         entries = list(_iter_entries(bundle, issues, named))
         members = None
+        patients = [e for e in entries if e.resource["resourceType"] == "Patient"]
     else:
         issues, named = list(prepared.issues), set(prepared.named)
-        entries, members = prepared.entries, prepared.members
-    patients = [e for e in entries if e.resource["resourceType"] == "Patient"]
+        entries, members, patients = prepared.entries, prepared.members, prepared.patients
     server = _one_server(bundle, entries, named) if any(map(_baseless, patients)) else None
     patients = _distinct(patients, server)
     patient = select_patient(patients, patient_id)
@@ -291,6 +395,7 @@ def record_from_bundle(
         relevance=relevance,
         fits=fits,
         members=members,
+        shared=shared,
     )
 
 
@@ -307,6 +412,14 @@ def bundle_fits(bundle: Any, prepared: PreparedBundle | None = None) -> set[int]
             return set()
     read = {*SUBJECT_ELEMENT, *MEDICATION_TYPES}  # what any protocol's record may read
     return fitting(e.resource for e in entries if e.resource["resourceType"] in read)
+
+
+def resources_fit(resources: Iterable[Resource]) -> set[int]:
+    """``bundle_fits`` for resources read from a server: several studies' records of one
+    patient's data (a CDS Hooks prefetch) prove the shapes once."""
+    entries = [Entry(r) for r in resources if isinstance(r, dict) and "resourceType" in r]
+    read = {*SUBJECT_ELEMENT, *MEDICATION_TYPES}
+    return fitting(e.resource for e in _with_members(entries) if e.resource["resourceType"] in read)
 
 
 def _baseless(entry: Entry) -> bool:
@@ -393,11 +506,18 @@ def record_from_resources(
     linked_patients: Iterable[Resource] = (),
     mappings: MappingTable | None = None,
     relevance: Relevance | None = None,
+    shared: SharedObservations | None = None,
+    fits: set[int] | None = None,
 ) -> PatientRecord:
     """For data fetched from a server (pull mode, CDS Hooks prefetch); ``server_base`` is
     that server, so absolute references to it are recognised and others are not;
-    ``linked_patients`` are the records the Patient links to, as read."""
-    entries = [Entry(r) for r in resources if isinstance(r, dict) and "resourceType" in r]
+    ``linked_patients`` are the records the Patient links to, as read; ``shared``:
+    ``SharedObservations.of_resources(resources)`` when several studies read them."""
+    entries = (
+        []  # the shared entries are these resources'
+        if shared is not None
+        else [Entry(r) for r in resources if isinstance(r, dict) and "resourceType" in r]
+    )
     return build_record(
         Entry(patient),
         entries,
@@ -408,6 +528,8 @@ def record_from_resources(
         patients=[Entry(p) for p in linked_patients if isinstance(p, dict) and p],
         mappings=mappings,
         relevance=relevance,
+        shared=shared,
+        fits=fits,
     )
 
 
@@ -424,8 +546,11 @@ def build_record(
     relevance: Relevance | None = None,
     fits: set[int] | None = None,
     members: list[Entry] | None = None,
+    shared: SharedObservations | None = None,
 ) -> PatientRecord:
     """``members``: ``_with_members(entries)`` when already built (PreparedBundle).
+    ``shared``: the Observations of these entries grouped once for several studies
+    (``entries`` and ``members`` are then its entries).
     ``mappings``: the site's terminology (service.terminology), None when it has none.
     ``relevance``: the evaluation's selection (service.relevance; default the protocol's).
     ``server_base``: the FHIR server the data came from (pull mode, CDS Hooks); in bundle
@@ -472,14 +597,22 @@ def build_record(
     )
     counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
-    entries = _with_members(entries) if members is None else members
+    groups = None
+    if shared is not None:
+        entries, fits = shared.entries, shared.fits if fits is None else fits
+        groups = shared.groups(identity) if mappings is None else None
+    elif members is not None:
+        entries = members
+    else:
+        entries = _with_members(entries)
     # Most resources fit their shape: prove that per type in one call, check the rest singly.
     if fits is None:
         fits = fitting(e.resource for e in entries if e.resource["resourceType"] in subjects)
+    walked = entries if groups is None or shared is None else shared.others
     kept: dict[tuple[str, str], tuple[Resource, list[Code], str | None]] = {}
     site: dict[int, Recoded] = {}  # site terminology: how a kept resource was recoded
     unreadable: set[str] = set()
-    for entry in entries:
+    for entry in walked:  # with shared groups: every resource but the Observations
         resource = entry.resource
         rtype = resource["resourceType"]
         if rtype not in subjects:
@@ -558,10 +691,25 @@ def build_record(
         _site_register(record, kept, site, protocol)
 
     record.observations = dict(observations)
+    if groups is not None and shared is not None:
+        _take_groups(record, groups, relevance.protocol_codes, shared.facts)
     for verdict, what in _IGNORED.items():
         for rtype, n in sorted(counts[verdict].items()):
             issues.append(Issue(Severity.WARNING, "processing", what.format(n=n, rtype=rtype)))
     return record
+
+
+def _take_groups(
+    record: PatientRecord, groups: _Groups, codes: frozenset[Code], facts: dict[Any, Any]
+) -> None:
+    """A study's Observations from the shared groups: exactly those its own walk keeps."""
+    record.observations = {c: found for c, found in groups.by_code.items() if c in codes}
+    record._names = groups.names
+    if record.reports:  # a report's result references resolve to them
+        for resource, full_url, matched in groups.kept:
+            if any(c in codes for c in matched):
+                record.index.add(resource, full_url)
+    record.shared_facts, record.shared_view = facts, record.observations
 
 
 def _keep_report(
@@ -810,6 +958,17 @@ class _Identity:
             if isinstance(link, dict):
                 ident._link(record, link, urls, relevance)
         return ident
+
+    def signature(self) -> tuple[Any, ...]:
+        """What a verdict depends on: equal signatures classify every reference alike."""
+        return (
+            self.id,
+            self.index.home,
+            frozenset(self.ours),
+            frozenset(self.our_resources),
+            frozenset(self.linked),
+            frozenset(self.linked_resources),
+        )
 
     def _link(
         self, record: PatientRecord, link: dict, urls: dict[int, str | None], relevance: Relevance

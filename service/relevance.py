@@ -58,15 +58,7 @@ class Relevance:
 
     def result_codes(self, observation: Resource) -> list[Code]:
         """Protocol codes of an Observation's own code, then of its components (once)."""
-        found = _codings_in(observation.get("code"), self.protocol_codes)
-        components = observation.get("component")
-        if isinstance(components, list):
-            parts: list[Code] = []
-            for part in components:
-                if isinstance(part, dict):
-                    parts += _codings_in(part.get("code"), self.protocol_codes)
-            found += dict.fromkeys(parts)
-        return found
+        return result_codes_in(observation, self.protocol_codes)
 
     def matches(self, resource: Any) -> bool:
         """Whether one evaluation may read ``resource`` (a superset of what it uses)."""
@@ -170,6 +162,21 @@ def _report_codes(protocol: Protocol) -> frozenset[Code]:
             if param.endswith("report_valueset") and vs_id:
                 codes |= protocol.valueset(vs_id).codes
     return frozenset(codes)
+
+
+def result_codes_in(observation: Resource, wanted: frozenset[Code]) -> list[Code]:
+    """The codes in ``wanted`` of an Observation's own code, then of its components (once).
+    Filtering the answer for a union of protocols' codes to one protocol's codes gives that
+    protocol's answer, in the same order (service.record.SharedObservations relies on it)."""
+    found = _codings_in(observation.get("code"), wanted)
+    components = observation.get("component")
+    if isinstance(components, list):
+        parts: list[Code] = []
+        for part in components:
+            if isinstance(part, dict):
+                parts += _codings_in(part.get("code"), wanted)
+        found += dict.fromkeys(parts)
+    return found
 
 
 def _codings_in(concept: Any, wanted: frozenset[Code]) -> list[Code]:

@@ -21,7 +21,7 @@ from service.portfolio import Portfolio
 from service.portfolio_eval import (
     StudyAnswer,
     combined_bundle,
-    evaluate_body_portfolio,
+    evaluate_body_portfolio_json,
     evaluate_portfolio_from_server,
 )
 from service.protocol import Protocol
@@ -98,10 +98,13 @@ async def eligibility_from_bundle(
         await record_answers(request.app, [(protocols[0], evaluation)], "api")
         return FhirResponse(encoded)
     if threaded:
-        answers = await run_in_threadpool(evaluate_body_portfolio, body, protocols, **kwargs)
+        done, encoded = await run_in_threadpool(
+            evaluate_body_portfolio_json, body, protocols, **kwargs
+        )
     else:
-        answers = evaluate_body_portfolio(body, protocols, **kwargs)
-    return await _answer(request, answers)
+        done, encoded = evaluate_body_portfolio_json(body, protocols, **kwargs)
+    await record_answers(request.app, done, "api")
+    return FhirResponse(encoded)
 
 
 async def _answer(request: Request, answers: list[StudyAnswer]) -> FhirResponse:

@@ -189,12 +189,15 @@ def test_evaluate_study_selects_protocols(tmp_path, monkeypatch):
         assert SECOND_CANONICAL in one.stdout and SEED_CANONICAL not in one.stdout
         both = runner.invoke(app, args)
         assert both.exit_code == 0, both.output
-        collection = orjson.loads(both.stdout)
-        Bundle.model_validate(collection)
-        results = [e["resource"] for e in collection["entry"]]
-        assert [r["resourceType"] for r in results] == ["Bundle", "Bundle"]
-        assert SEED_CANONICAL in orjson.dumps(results[0]).decode()
-        assert SECOND_CANONICAL in orjson.dumps(results[1]).decode()
+        combined = orjson.loads(both.stdout)
+        Bundle.model_validate(combined)
+        # the API's shape: one flat Bundle, each study's ResearchSubject naming its study
+        results = [e["resource"] for e in combined["entry"]]
+        assert "Bundle" not in {r["resourceType"] for r in results}
+        subjects = [r for r in results if r["resourceType"] == "ResearchSubject"]
+        studies = [s["study"]["reference"] for s in subjects]
+        assert len(subjects) == 2 and len(set(studies)) == 2
+        assert SEED_CANONICAL in both.stdout and SECOND_CANONICAL in both.stdout
         unknown = runner.invoke(app, [*args, "--study", "NCT99999999"])
         assert unknown.exit_code == 2 and "NCT99999999" in unknown.stderr
     finally:

@@ -26,9 +26,10 @@ from service.inputs import validation_message
 from service.ops.audit import audited, note_context
 from service.ops.caller import jwt_caller
 from service.ops.ratelimit import rate_limited
-from service.pipeline import evaluate_fetched_off_loop
+from service.pipeline import assess_fetched_off_loop
 from service.portfolio_eval import SharedQueries, all_or_none, contexts_for
 from service.protocol import Protocol
+from service.record import resources_fit
 from service.results.recording import record_answers
 from service.settings import Settings
 
@@ -167,7 +168,9 @@ async def call_service(sid: str, request: Request):
     resolved = await resolve_prefetch(call, protocol, settings, day)
     if resolved.missing:
         return _incomplete(resolved.missing)
-    evaluation, _ = await evaluate_fetched_off_loop(resolved, protocol, day)
+    evaluation = await assess_fetched_off_loop(
+        resolved, protocol, day, EvaluationContext.current(protocol)
+    )
     await record_answers(request.app, [(protocol, evaluation)], "cds")
     cards = patient_view_cards(evaluation, protocol, settings, service_base_url=base)
     # Hidden while a clinician's override holds and the result is unchanged (issue 11).
@@ -212,11 +215,11 @@ async def _portfolio_cards(
             await all_or_none(
                 [fetch_missing(shared, call, c.relevance, need, r, day) for c, r, need in fetching]
             )
+    # one shape proof for every study: the studies' searches return the same resources
+    fits = resources_fit({id(r): r for p, _ in parts for r in p.resources}.values())
     answers = []
     for context, (resolved, _) in zip(contexts, parts, strict=True):
-        evaluation, _ = await evaluate_fetched_off_loop(
-            resolved, context.protocol, day, context=context
-        )
+        evaluation = await assess_fetched_off_loop(resolved, context.protocol, day, context, fits)
         answers.append((context.protocol, evaluation))
     await record_answers(request.app, answers, "cds")
     lifecycle = request.app.state.card_lifecycle

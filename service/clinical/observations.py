@@ -8,7 +8,7 @@ one that fails, so letting an older result decide in its place would be a guess.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
@@ -176,23 +176,47 @@ Judged = CriterionResult | Unusable
 _Fact = tuple[Resource, list[Resource | None], When]
 
 
+_Candidate = tuple[Resource, list[Resource | None], When, ValueSet | None, Any]
+
+
+def _own_results(deciding: list[_Fact], evidence_only: dict[int, ValueSet]) -> Iterator[_Candidate]:
+    """The ValueSet's own results as candidates, lazily (the caller stops at the window)."""
+    for obs, parts, when in deciding:
+        yield obs, parts, when, evidence_only.get(id(obs)) if evidence_only else None, None
+
+
 def _facts(record: PatientRecord, valueset: ValueSet) -> tuple[list[_Fact], set[int]]:
     """The Observations of ``valueset`` that report a result of it, with where (parts) and
-    their day, and the ids of every Observation coded in it (reporting or not); built once
-    per record and ValueSet, as several criteria read the same codes. Rebuilt if
-    ``record.observations`` was replaced since."""
+    their day, newest first (``newest_first_key``; ties in the data's order), and the ids of
+    every Observation coded in it (reporting or not). Built once per record and ValueSet, as
+    several criteria read the same codes, and once per patient for every study whose record
+    takes its Observations from shared groups (service.record.SharedObservations). Rebuilt
+    if ``record.observations`` was replaced since."""
+    shared = record.shared_facts
+    if shared is not None and record.observations is record.shared_view:
+        present = frozenset(c for c in valueset.codes if c in record.observations)
+        key = (valueset.codes, present)  # the facts depend on nothing else
+        found = shared.get(key)
+        if found is None:
+            found = shared[key] = _read_facts(record, valueset)
+        return found
     cached = record._by_valueset.get(id(valueset))
     if cached is not None and cached[0] is valueset and cached[1] is record.observations:
         return cached[2], cached[3]
+    facts, ids = _read_facts(record, valueset)
+    record._by_valueset[id(valueset)] = (valueset, record.observations, facts, ids)
+    return facts, ids
+
+
+def _read_facts(record: PatientRecord, valueset: ValueSet) -> tuple[list[_Fact], set[int]]:
     facts: list[_Fact] = []
     coded = record.observations_in(valueset)
     for obs in coded:
         parts = result_parts(obs, valueset)
         if parts:
             facts.append((obs, parts, clinical_time(obs)))
-    ids = {id(obs) for obs in coded}
-    record._by_valueset[id(valueset)] = (valueset, record.observations, facts, ids)
-    return facts, ids
+    facts.sort(key=lambda fact: newest_first_key(fact[2]), reverse=True)
+    return facts, {id(obs) for obs in coded}
 
 
 def effective_moment(resource: Resource) -> datetime | None:
@@ -231,41 +255,37 @@ def candidate_observations(
     allowed = set(protocol.general["observation_statuses"])
     found: list[Dated] = []
     deciding, seen = _facts(record, valueset)
-    observations: list[tuple[Resource, list[Resource | None], When, ValueSet | None, Any]] = [
-        (obs, parts, when, None, None) for obs, parts, when in deciding
-    ]
-    if record.evidence_only:  # site terminology: reached only through a non-exact mapping
-        observations = [
-            (obs, parts, when, record.evidence_only.get(id(obs)), method)
-            for obs, parts, when, _, method in observations
-        ]
+    own = _own_results(deciding, record.evidence_only)
+    broader: list[_Candidate] = []
     if context is not None:
         for obs, parts, when in _facts(record, context.valueset)[0]:
             if id(obs) not in seen:
                 method = context.method_of(obs, record)
                 marked = None if method else context.valueset
-                observations.append((obs, parts, when, marked, method))
-    for obs, parts, when, marked, method in observations:
-        placed = place(when, as_of, window_days)
-        if placed is Placement.AFTER:
-            continue
-        status = obs.get("status")
-        if status not in allowed:
-            if placed is not Placement.BEFORE:
+                broader.append((obs, parts, when, marked, method))
+    for group in (own, broader):  # each newest first (``_facts``)
+        for obs, parts, when, marked, method in group:
+            placed = place(when, as_of, window_days)
+            if placed is Placement.BEFORE:
+                break  # wholly before the window, and so is every older result
+            if placed is Placement.AFTER:
+                continue
+            status = obs.get("status")
+            if status not in allowed:
                 ref = record.ref(obs).reference
                 issues.append(
                     Issue(Severity.WARNING, "business-rule", f"status {status!r} ignored", ref)
                 )
-            continue
-        if placed is Placement.BEFORE:
-            continue
-        partly = None
-        if placed is Placement.PARTLY:
-            partly = placement_why(when, as_of, window_days)
-            if when.unknown:
-                ref = record.ref(obs).reference
-                issues.append(Issue(Severity.WARNING, "incomplete", "no usable result time", ref))
-        found.extend(Dated(when, obs, part, marked, method, partly) for part in parts)
+                continue
+            partly = None
+            if placed is Placement.PARTLY:
+                partly = placement_why(when, as_of, window_days)
+                if when.unknown:
+                    ref = record.ref(obs).reference
+                    issues.append(
+                        Issue(Severity.WARNING, "incomplete", "no usable result time", ref)
+                    )
+            found.extend(Dated(when, obs, part, marked, method, partly) for part in parts)
     found.sort(key=_sort_key, reverse=True)
     return found
 

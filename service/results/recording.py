@@ -24,8 +24,11 @@ async def record_answers(
     store = getattr(app.state, "result_store", None)
     if store is None:
         return
-    for protocol, evaluation in answers:
-        try:
-            await store.record(summarise(evaluation, protocol.id, source))
-        except Exception as exc:  # noqa: BLE001 - the answer goes out whatever the store does
-            log.warning("result store failed", extra={"error_type": type(exc).__name__})
+    try:
+        results = [summarise(evaluation, protocol.id, source) for protocol, evaluation in answers]
+        if len(results) == 1:
+            await store.record(results[0])
+        elif results:  # one transaction (one thread hop) for a portfolio's studies
+            await store.record_many(results)
+    except Exception as exc:  # noqa: BLE001 - the answer goes out whatever the store does
+        log.warning("result store failed", extra={"error_type": type(exc).__name__})

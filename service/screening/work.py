@@ -19,7 +19,7 @@ import orjson
 from service.gc_pause import gc_paused
 from service.pipeline import evaluate_record
 from service.protocol import Protocol, load_protocol
-from service.record import InputError, record_from_resources
+from service.record import InputError, SharedObservations, record_from_resources
 from service.screening.ndjson import PatientData
 from service.screening.rows import Layout, error_row, evaluation_row
 
@@ -82,8 +82,9 @@ def decode_patient(item: PatientData) -> tuple[dict[str, Any], list[Any], list[A
 
 
 def evaluate_studies(item: PatientData, layout: Layout, day: date) -> list[Outcome]:
-    """One Outcome per study, from one decoding of the patient's lines. A failure to decode
-    is every study's error row; a failure in one study's record is that study's alone."""
+    """One Outcome per study, from one decoding of the patient's lines (and one grouping of
+    its Observations). A failure to decode is every study's error row; a failure in one
+    study's record is that study's alone."""
     pid = item.patient_id
     if not _FHIR_ID.fullmatch(pid):
         return [evaluate_one(item, p, day, layout) for p in layout.protocols]
@@ -94,10 +95,13 @@ def evaluate_studies(item: PatientData, layout: Layout, day: date) -> list[Outco
     except Exception as exc:  # noqa: BLE001 - one line per patient, no data in the message
         message = f"internal error ({type(exc).__name__})"
         return [(pid, layout.error(pid, message, p), None) for p in layout.protocols]
+    shared = _shared(resources, layout.protocols)
     outcomes: list[Outcome] = []
     for protocol in layout.protocols:
         try:
-            record = record_from_resources(patient, resources, protocol, linked_patients=linked)
+            record = record_from_resources(
+                patient, resources, protocol, linked_patients=linked, shared=shared
+            )
             evaluation, bundle = evaluate_record(record, protocol, day)
         except InputError as exc:
             outcomes.append((pid, layout.error(pid, str(exc), protocol), None))
@@ -107,6 +111,16 @@ def evaluate_studies(item: PatientData, layout: Layout, day: date) -> list[Outco
         else:
             outcomes.append((pid, layout.row(evaluation, protocol), orjson.dumps(bundle)))
     return outcomes
+
+
+def _shared(resources: list[Any], protocols: list[Protocol]) -> SharedObservations | None:
+    """The patient's Observations grouped once for every study (None: each study's record
+    builder meets whatever went wrong and reports it as it does alone)."""
+    codes = frozenset().union(*(p.relevance.protocol_codes for p in protocols))
+    try:
+        return SharedObservations.of_resources(resources, codes)
+    except Exception:  # noqa: BLE001 - re-met, and reported, by each study's record
+        return None
 
 
 def evaluate_one(
