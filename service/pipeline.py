@@ -272,8 +272,9 @@ def record_from_fetched(
     mappings: MappingTable | None,
     context: EvaluationContext,
     fits: set[int] | None = None,
+    facts: dict[Any, Any] | None = None,
 ) -> PatientRecord:
-    """The record of fetched data (``fits``: resources already known to fit their shape)."""
+    """The record of fetched data; ``fits`` and ``facts`` as in ``record_from_resources``."""
     if mappings is _TO_BUILD:
         site = context.site
         mappings = terminology.table_for_sync(data.resources, protocol, site) if site else None
@@ -288,6 +289,7 @@ def record_from_fetched(
         mappings=mappings,
         relevance=context.relevance,
         fits=fits,
+        facts=facts,
     )
 
 
@@ -297,13 +299,14 @@ async def assess_fetched_off_loop(
     as_of: date,
     context: EvaluationContext,
     fits: set[int] | None = None,
+    facts: dict[Any, Any] | None = None,
 ) -> Evaluation:
     """The evaluation of fetched data without its result Bundle (CDS Hooks cards), off the
-    event loop when large; ``fits`` as in ``record_from_fetched``."""
+    event loop when large; ``fits`` and ``facts`` as in ``record_from_resources``."""
     mappings = await terminology.table_for(data.resources, protocol, context.site)
 
     def run() -> Evaluation:
-        record = record_from_fetched(data, protocol, mappings, context, fits)
+        record = record_from_fetched(data, protocol, mappings, context, fits, facts)
         return assess_record(record, protocol, as_of, context)
 
     if len(data.resources) <= INLINE_RESOURCES:

@@ -82,8 +82,9 @@ class PatientRecord:
     # service.clinical.observations: per ValueSet, its Observations with their result parts
     # and day (read by several criteria); checked against the ValueSet and ``observations``.
     _by_valueset: dict[int, tuple[Any, ...]] = field(default_factory=dict, repr=False)
-    # Several studies reading one patient's data (SharedObservations): their ValueSets'
-    # results, shared while ``observations`` is the one built from the shared groups.
+    # Several studies reading one patient's data: their ValueSets' results, shared
+    # (service.clinical.observations); ``shared_view``: ``observations`` when it was built
+    # from SharedObservations' groups (while it is not replaced).
     shared_facts: dict[Any, Any] | None = field(default=None, repr=False)
     shared_view: dict[Code, list[Resource]] | None = field(default=None, repr=False)
 
@@ -508,17 +509,20 @@ def record_from_resources(
     relevance: Relevance | None = None,
     shared: SharedObservations | None = None,
     fits: set[int] | None = None,
+    facts: dict[Any, Any] | None = None,
 ) -> PatientRecord:
     """For data fetched from a server (pull mode, CDS Hooks prefetch); ``server_base`` is
     that server, so absolute references to it are recognised and others are not;
     ``linked_patients`` are the records the Patient links to, as read; ``shared``:
-    ``SharedObservations.of_resources(resources)`` when several studies read them."""
+    ``SharedObservations.of_resources(resources)`` when several studies read them; ``fits``
+    and ``facts`` what several studies reading overlapping resources share (a CDS Hooks
+    prefetch: ``resources_fit`` of them all, and one dict)."""
     entries = (
         []  # the shared entries are these resources'
         if shared is not None
         else [Entry(r) for r in resources if isinstance(r, dict) and "resourceType" in r]
     )
-    return build_record(
+    record = build_record(
         Entry(patient),
         entries,
         protocol,
@@ -531,6 +535,9 @@ def record_from_resources(
         shared=shared,
         fits=fits,
     )
+    if facts is not None and record.shared_facts is None:
+        record.shared_facts = facts
+    return record
 
 
 def build_record(

@@ -11,10 +11,12 @@ every criterion's outcome, reason and evidence, and every issue, must be the sam
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import itertools
 import re
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -23,10 +25,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.cds.models import PatientViewRequest
+from service.cds.portfolio import prefetch_plan
+from service.cds.prefetch import from_prefetch
 from service.clinical.evaluation import Evaluation
-from service.pipeline import evaluate_body
+from service.evaluation_context import EvaluationContext
+from service.fhir.demo_store import DemoStore
+from service.pipeline import assess_fetched_off_loop, evaluate_body, evaluate_fetched
 from service.portfolio_eval import evaluate_body_portfolio
-from service.record import SharedObservations, record_from_resources
+from service.record import SharedObservations, record_from_resources, resources_fit
 from service.screening.ndjson import PatientData
 from service.screening.rows import Layout
 from service.screening.work import evaluate_one, evaluate_studies
@@ -187,3 +194,42 @@ def test_regular_data_is_grouped_once_and_anything_else_is_not(quirk, shared):
     grouped = SharedObservations.of_resources(resources[1:], codes)
     record = record_from_resources(resources[0], resources[1:], PROTOCOLS[0], shared=grouped)
     assert (record.shared_view is not None) is shared
+
+
+def _cds_call(data: dict) -> PatientViewRequest:
+    """A patient-view call whose prefetch the EHR filled for the three trials' templates."""
+    plan = prefetch_plan([p.relevance for p in PROTOCOLS])
+    store = DemoStore({PATIENT_ID: data})
+    return PatientViewRequest.model_validate(
+        {
+            "hook": "patient-view",
+            "hookInstance": str(uuid.uuid4()),
+            "context": {"userId": "Practitioner/x", "patientId": PATIENT_ID},
+            "prefetch": store.prefetch(plan.templates, PATIENT_ID),
+        }
+    )
+
+
+@settings(
+    max_examples=40, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(PATIENTS)
+def test_cds_studies_sharing_shapes_and_results_answer_as_alone(specs):
+    """The portfolio CDS service's sharing (one shape proof, one dict of per-ValueSet results
+    over each study's own prefetched resources) changes no study's answer."""
+    call = _cds_call(patient_bundle(specs))
+    plan = prefetch_plan([p.relevance for p in PROTOCOLS])
+    parts = [from_prefetch(call, p.relevance, plan.queries(n))[0] for n, p in enumerate(PROTOCOLS)]
+    fits = resources_fit({id(r): r for part in parts for r in part.resources}.values())
+    facts: dict[Any, Any] = {}
+
+    async def shared() -> list[Evaluation]:
+        return [
+            await assess_fetched_off_loop(part, p, AS_OF, EvaluationContext.current(p), fits, facts)
+            for p, part in zip(PROTOCOLS, parts, strict=True)
+        ]
+
+    together = asyncio.run(shared())
+    for protocol, part, evaluation in zip(PROTOCOLS, parts, together, strict=True):
+        own = evaluate_fetched(part, protocol, AS_OF)[0]
+        assert described(evaluation) == described(own)

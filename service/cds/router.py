@@ -215,11 +215,15 @@ async def _portfolio_cards(
             await all_or_none(
                 [fetch_missing(shared, call, c.relevance, need, r, day) for c, r, need in fetching]
             )
-    # one shape proof for every study: the studies' searches return the same resources
+    # the studies' searches return many of the same resources: their shapes are proved once,
+    # and a ValueSet's results read once for every study that reads the very same results
     fits = resources_fit({id(r): r for p, _ in parts for r in p.resources}.values())
+    facts: dict[Any, Any] = {}
     answers = []
     for context, (resolved, _) in zip(contexts, parts, strict=True):
-        evaluation = await assess_fetched_off_loop(resolved, context.protocol, day, context, fits)
+        evaluation = await assess_fetched_off_loop(
+            resolved, context.protocol, day, context, fits, facts
+        )
         answers.append((context.protocol, evaluation))
     await record_answers(request.app, answers, "cds")
     lifecycle = request.app.state.card_lifecycle

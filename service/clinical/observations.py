@@ -193,10 +193,13 @@ def _facts(record: PatientRecord, valueset: ValueSet) -> tuple[list[_Fact], set[
     takes its Observations from shared groups (service.record.SharedObservations). Rebuilt
     if ``record.observations`` was replaced since."""
     shared = record.shared_facts
-    if shared is not None and record.observations is record.shared_view:
-        present = frozenset(c for c in valueset.codes if c in record.observations)
-        key = (valueset.codes, present)  # the facts depend on nothing else
-        found = shared.get(key)
+    if shared is not None:
+        key: tuple[Any, ...]
+        if record.observations is record.shared_view:  # the shared groups' lists
+            key = (valueset.codes, frozenset(c for c in valueset.codes if c in record.observations))
+        else:  # each study's own lists (a CDS Hooks prefetch): the very results, by identity
+            key = (valueset.codes, *map(id, record.observations_in(valueset)))
+        found = shared.get(key)  # the facts depend on nothing else (it holds what it names)
         if found is None:
             found = shared[key] = _read_facts(record, valueset)
         return found
