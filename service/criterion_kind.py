@@ -22,7 +22,7 @@ EXCLUSION_TEXT = {  # an exclusion's outcome in words (met = "satisfies" = does 
 
 
 def has_exclusions(protocol: Protocol) -> bool:
-    return any(c.kind == "exclusion" for c in protocol.criteria.values())
+    return protocol.any_exclusion
 
 
 def kind_of(protocol: Protocol, code: str) -> str:

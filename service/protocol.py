@@ -162,6 +162,11 @@ class Protocol:
         return self._observation_codes
 
     @cached_property
+    def any_exclusion(self) -> bool:
+        """Whether any criterion is an exclusion (outputs name kinds only then)."""
+        return any(c.kind == "exclusion" for c in self.criteria.values())
+
+    @cached_property
     def _observation_codes(self) -> frozenset[Code]:
         codes: set[Code] = set()
         for vs_id in self._observation_windows:
