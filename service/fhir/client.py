@@ -253,7 +253,8 @@ _SERIOUS = frozenset({"error", "fatal"})
 
 
 class FhirClient:
-    """One evaluation's view of a FHIR server: shared connection pool, own deadline and auth.
+    """One caller's view of a FHIR server (an evaluation, a write, a poll, a page run):
+    shared connection pool, own deadline and credentials.
 
     Use as ``async with client:``; entering starts the deadline (it also starts on the first
     request). Closing does not close a shared pool (``owns_http=False``).

@@ -52,7 +52,7 @@ class Abandon:
         self.entered = False
 
 
-class Abandoned(Exception):
+class _Abandoned(Exception):
     """The caller left; the rest of the body is not read (the connection is then closed)."""
 
 
@@ -87,7 +87,7 @@ async def read_capped(
     try:
         async for chunk in resp.aiter_bytes():
             if abandon is not None and abandon.set:
-                raise Abandoned
+                raise _Abandoned
             size += len(chunk)
             if size > limit:
                 raise too_large(what, limit)
@@ -234,7 +234,7 @@ class GatedTransport(httpx.AsyncBaseTransport):
         if isinstance(ticket, Abandon):
             if ticket.set:  # the caller left while we waited: send nothing
                 self._slots.release()
-                raise Abandoned
+                raise _Abandoned
             ticket.entered = True  # from here on, never cancel this task (see detached)
         try:
             response = await self._inner.handle_async_request(request)
