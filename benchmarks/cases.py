@@ -306,7 +306,7 @@ def _capture_fhir_requests() -> Iterator[_RequestTimes]:
 
 
 async def _pull_once(settings: Any, protocol: Protocol, pid: str, day: date) -> tuple[Any, Any]:
-    from service.fhir.client import client_for
+    from service.fhir import client_for
     from service.fhir.fetch import fetch_patient
 
     # What pipeline.evaluate_from_server does, keeping the FetchResult for its timings.
@@ -362,7 +362,7 @@ async def _pull_row(
 async def _pull_rows(
     cfg: BenchConfig, protocol: Protocol, ws: Workspace, fhir_base: str, progress: Progress
 ) -> list[dict[str, Any]]:
-    from service.fhir.client import close_clients
+    from service.fhir.pool import close_clients
 
     settings = bench_settings().model_copy(update={"fhir_base_url": fhir_base})
     # A query-length limit below any of our searches: every search goes as POST _search.

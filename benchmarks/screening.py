@@ -123,7 +123,7 @@ def search_vs_replay(
     patients: int, anchor: date, latency_ms: float, work: Path
 ) -> dict[str, float]:
     from benchmarks.fhir_server import listening_socket  # noqa: F401 - same server module
-    from service.fhir.client import close_clients
+    from service.fhir.pool import close_clients
     from service.pipeline import evaluate_from_server
     from service.screening.outdir import OutputFolder
     from service.screening.server import screen_server

@@ -24,8 +24,8 @@ from service.body_budget import BodyBudgetMiddleware, ByteBudget
 from service.cds.jwt_auth import CdsClientAuthenticator
 from service.cds.router import router as cds_router
 from service.entry_cap import TooManyEntries
-from service.fhir.client import close_clients
 from service.fhir.errors import FhirError
+from service.fhir.pool import close_clients
 from service.fhir_response import ISSUE_CODE, outcome
 from service.inputs import validation_message
 from service.matching.router import router as matching_router

@@ -318,8 +318,8 @@ async def evaluate_from_server(
     settings: Settings, protocol: TrialProtocol, patient_id: str, as_of: date | None
 ) -> tuple[Evaluation, dict[str, Any]]:
     """Pull mode: fetch the patient from the configured FHIR server (or the demo store)."""
-    from service.fhir.client import client_for
     from service.fhir.fetch import fetch_patient
+    from service.fhir.pool import client_for
 
     day = as_of or today()
     context = EvaluationContext.current(protocol)

@@ -251,7 +251,7 @@ async def evaluate_portfolio_from_server(
     if len(protocols) == 1:
         evaluation, bundle = await evaluate_from_server(settings, protocols[0], patient_id, as_of)
         return [StudyAnswer(protocols[0], evaluation, bundle)]
-    from service.fhir.client import client_for
+    from service.fhir.pool import client_for
 
     day = as_of or today()
     contexts = contexts_for(protocols)

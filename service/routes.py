@@ -234,7 +234,7 @@ async def metadata(request: Request) -> FhirResponse:
 @router.get("/healthz", tags=["service"])
 async def healthz(request: Request) -> JSONResponse:
     """Readiness: 503 while the FHIR server does not answer through our connection pool."""
-    from service.fhir.client import fhir_ready
+    from service.fhir.pool import fhir_ready
 
     ready = await fhir_ready(request.app.state.settings)
     body = {

@@ -244,12 +244,12 @@ def test_missing_prefetch_is_fetched_once_for_every_study(client, folders, monke
         sent.append(str(request.url))
         return store.handle(request)
 
-    import service.fhir.client as fhir_client
+    import service.fhir.pool as fhir_pool
 
-    real = fhir_client._http_for
+    real = fhir_pool.http_for
     monkeypatch.setattr(
-        fhir_client,
-        "_http_for",
+        fhir_pool,
+        "http_for",
         lambda base, s: (
             httpx.AsyncClient(transport=httpx.MockTransport(handle))
             if base == EHR

@@ -24,8 +24,9 @@ from service.fhir.auth import (
     supports_v2,
     to_v1_scopes,
 )
-from service.fhir.client import ClientConfig, FhirClient, client_for
+from service.fhir.client import ClientConfig, FhirClient
 from service.fhir.errors import FhirConfigError, UpstreamAuthError, UpstreamError
+from service.fhir.pool import client_for
 from service.settings import Settings
 
 BASE = "https://fhir.test/r4"

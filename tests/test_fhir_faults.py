@@ -18,10 +18,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-import service.fhir.client as fhir_client_module
+import service.fhir.pool as fhir_pool
 from service.api import create_app
-from service.fhir.client import ClientConfig, FhirClient, client_for, close_clients
+from service.fhir.client import ClientConfig, FhirClient
 from service.fhir.errors import DeadlineExceeded, UpstreamError
+from service.fhir.pool import client_for, close_clients
 from service.fhir.queries import Query
 from service.settings import Settings
 from tests.faultserver import FaultServer
@@ -272,8 +273,8 @@ async def test_a_stuck_pool_is_replaced_on_a_pool_timeout():
 
 @pytest.fixture
 def quick_probes(monkeypatch):
-    monkeypatch.setattr(fhir_client_module, "READY_CACHE_SECONDS", 0.3)
-    monkeypatch.setattr(fhir_client_module, "PROBE_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(fhir_pool, "READY_CACHE_SECONDS", 0.3)
+    monkeypatch.setattr(fhir_pool, "PROBE_TIMEOUT_SECONDS", 0.5)
 
 
 def test_healthz_follows_the_fhir_server_and_livez_does_not(server, quick_probes):
@@ -311,7 +312,7 @@ def test_healthz_is_not_ready_when_the_server_is_down(server, quick_probes):
 
 
 def test_healthz_probes_once_per_cache_period(server, monkeypatch):
-    monkeypatch.setattr(fhir_client_module, "READY_CACHE_SECONDS", 60.0)
+    monkeypatch.setattr(fhir_pool, "READY_CACHE_SECONDS", 60.0)
     with TestClient(create_app(outage_settings(server))) as api:
         assert [api.get("/healthz").status_code for _ in range(5)] == [200] * 5
     assert server.count("/metadata") == 1

@@ -14,10 +14,11 @@ import stamina
 
 import service.fhir.demo_store as demo_store
 from fhir_mappings import DEFAULT_PROTOCOL
-from service.fhir.client import ClientConfig, FhirClient, client_for
+from service.fhir.client import ClientConfig, FhirClient
 from service.fhir.demo_store import DEMO_BASE_URL, DemoStore, demo_transport
 from service.fhir.errors import InvalidPatientId, PatientNotFound, UpstreamError
 from service.fhir.fetch import fetch_patient
+from service.fhir.pool import client_for
 from service.fhir.queries import plan_queries, prefetch_templates
 from service.protocol import CriterionDef, Protocol, ValueSet
 from service.settings import Settings

@@ -108,7 +108,7 @@ async def cds(store: DemoStore, protocol) -> dict:
             "prefetch": store.prefetch(prefetch_templates(protocol), "p1"),
         }
     )
-    with mock.patch("service.fhir.client.client_for", lambda *a, **k: _client(store)):
+    with mock.patch("service.fhir.pool.client_for", lambda *a, **k: _client(store)):
         resolved = await resolve_prefetch(call, protocol, Settings(), AS_OF)
     return evaluate_fetched(resolved, protocol, AS_OF)[1]
 

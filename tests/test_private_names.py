@@ -64,8 +64,6 @@ def all_reaches() -> dict[str, list[str]]:
 _KEYSCAN = "the C extension service/_keyscan is the package's own; service.lean wraps it"
 _APP = "service/app/ is being changed in parallel; login.py should get a shared helpers module"
 ALLOWED: dict[str, tuple[str, ...]] = {
-    # tests that replace the per-loop HTTP client with one on the demo store's transport
-    "tests/test_cds_portfolio.py": ("service.fhir.client:_http_for",),
     # service: package-internal
     "service/lean.py": ("service:_keyscan",),  # _KEYSCAN
     "service/entry_cap.py": ("service:_keyscan",),  # _KEYSCAN

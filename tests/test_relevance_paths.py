@@ -135,7 +135,7 @@ async def cds(store: DemoStore) -> dict:
             "prefetch": store.prefetch(prefetch_templates(PROTOCOL), "p1"),
         }
     )
-    with mock.patch("service.fhir.client.client_for", lambda *a, **k: _client(store)):
+    with mock.patch("service.fhir.pool.client_for", lambda *a, **k: _client(store)):
         resolved = await resolve_prefetch(call, PROTOCOL, Settings(), AS_OF)
     return evaluate_fetched(resolved, PROTOCOL, AS_OF)[1]
 

@@ -409,7 +409,11 @@ def test_the_task_is_valid_r4_and_names_the_study():
 
 async def test_paging_never_follows_a_next_link_off_the_base():
     """The catch-up sends the service's credentials only to the configured base."""
-    bundle = {"resourceType": "Bundle", "link": [{"relation": "next", "url": "http://evil.test/x"}]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": [{"relation": "next", "url": "http://evil.test/x"}],
+    }
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json=bundle))
     server = FhirServer(BASE, httpx.AsyncClient(transport=transport))
     with pytest.raises(ServerError, match="away from the FHIR base"):

@@ -77,7 +77,7 @@ async def resolve_prefetch(
 
 def ehr_client(call: PatientViewRequest, settings: Settings) -> Any:
     """A client for the EHR's ``fhirServer`` with the EHR's token only (never ours)."""
-    from service.fhir.client import client_for
+    from service.fhir.pool import client_for
 
     token = (
         call.fhirAuthorization.access_token.get_secret_value() if call.fhirAuthorization else None

@@ -1,6 +1,6 @@
 """FHIR server access (httpx, async). Knows nothing about the trial beyond the query plan."""
 
-from service.fhir.client import ClientConfig, FhirClient, SearchResult, client_for, close_clients
+from service.fhir.client import ClientConfig, FhirClient, SearchResult
 from service.fhir.errors import (
     DeadlineExceeded,
     FhirConfigError,
@@ -11,6 +11,7 @@ from service.fhir.errors import (
     UpstreamError,
 )
 from service.fhir.fetch import FetchResult, fetch_patient
+from service.fhir.pool import client_for, close_clients
 from service.fhir.queries import Query, plan_queries, prefetch_templates
 
 __all__ = [

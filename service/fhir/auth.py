@@ -287,7 +287,7 @@ class SmartBackendAuth:
 
         It runs in a task of its own that a cancelled caller leaves to finish rather than
         cancels: a cancellation inside httpcore can leak a connection of the shared pool
-        (see ``service.fhir.client._detached``); httpx's timeouts bound the request.
+        (see ``service.fhir.transport.detached``); httpx's timeouts bound the request.
         """
 
         async def once() -> tuple[int, Any]:

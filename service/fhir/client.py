@@ -1,20 +1,15 @@
-"""An async FHIR R4 client: read, paged search, retries, one deadline, checked responses.
+"""An async FHIR R4 client: the FHIR semantics every caller of a FHIR server shares.
 
-It knows nothing about the trial. Every failure becomes a ``FhirError`` with a safe message;
-nothing partial is returned as if complete (a search cut by a cap says so in
-``SearchResult.truncated``).
+Read, paged search (capped, or page by page), conditional create, update, delete, and the
+Bulk Data kick-off, status poll and file download; all with the same retries (only where
+repeating is safe), one deadline, a size cap on every body, the credential and same-origin
+rules, and OperationOutcome-aware errors. It knows nothing about the trial. Every failure
+becomes a ``FhirError`` with a safe message; nothing partial is returned as if complete (a
+search cut by a cap says so in ``SearchResult.truncated``).
 
-``client_for`` hands out a ``FhirClient`` per evaluation over one pooled ``httpx.AsyncClient``
-per FHIR base (kept for the service's lifetime, per event loop). Credentials are chosen per
-client: a caller's token (CDS Hooks) lives only in that client; SMART tokens are shared per
-base because they belong to the service, not to a user.
-
-The shared pool must survive cancelled queries (a sibling's failure, the deadline), which
-httpcore does not handle safely under asyncio: at most ``MAX_IN_FLIGHT`` requests enter the
-pool (``GatedTransport``), so none ever waits inside it, and each exchange runs in a task of
-its own that a cancelled caller abandons instead of cancelling (``_detached``). A pool that
-still runs out of connections is replaced (``_retire``); ``fhir_ready`` probes it for
-``/healthz``.
+Layers, the httpx way: this module says what a FHIR exchange means; ``service.fhir.transport``
+runs one exchange safely on a shared pool (gated, detached, capped); ``service.fhir.pool``
+decides which pool and which credentials a client gets (``client_for``).
 """
 
 from __future__ import annotations
@@ -24,25 +19,22 @@ import contextvars
 import logging
 import re
 import time
-import weakref
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, BinaryIO, TypedDict
 from urllib.parse import urlencode, urljoin
 
 import httpx
+import orjson
 import stamina
 
 from service import strict_json
 from service.clinical.model import Issue, Severity
-from service.fhir.auth import BearerAuth, FhirAuth, NoAuth, SmartBackendAuth, load_private_key
-from service.fhir.demo_layer import shared_demo_layer
-from service.fhir.demo_store import DEMO_BASE_URL
+from service.fhir.auth import FhirAuth, NoAuth
 from service.fhir.errors import (
     DeadlineExceeded,
-    FhirConfigError,
     FhirError,
     PatientNotFound,
     SearchRefused,
@@ -51,6 +43,7 @@ from service.fhir.errors import (
     describe_query,
 )
 from service.fhir.queries import Query, check_id
+from service.fhir.transport import Reply, exchange, header_token, new_request
 from service.ops import metrics
 
 if TYPE_CHECKING:
@@ -103,10 +96,13 @@ def _log_retry(details: stamina.instrumentation.RetryDetails) -> None:
 stamina.instrumentation.set_on_retry_hooks([_log_retry])
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-RETRY_500_TIMES = 1  # idempotent requests only (reads, searches)
+RETRY_500_TIMES = 1  # idempotent requests only (reads, searches, PUT, DELETE)
 ACCEPT = "application/fhir+json, application/json;q=0.9"
 FORM = "application/x-www-form-urlencoded"
+FHIR_JSON = "application/fhir+json"
+NDJSON = "application/fhir+ndjson"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+EXPORT_TRANSIENT = frozenset({429, 500, 502, 503, 504})  # a status poll waits these out
 MAX_RESPONSE_BYTES = 50 * 1024 * 1024  # one response body, after decompression
 _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{0,63}")
 _ISSUE_CODE = re.compile(r"[a-z][a-z-]{0,39}")
@@ -126,6 +122,7 @@ class ClientConfig:
     wait_max: float = 2.0
     wait_jitter: float = 0.3
     max_response_bytes: int = MAX_RESPONSE_BYTES
+    read_timeout: float | None = None  # per request, instead of the pool's (Bulk: slow)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClientConfig:
@@ -142,13 +139,33 @@ class ClientConfig:
 
 
 @dataclass(frozen=True)
-class _Reply:
-    """A final response whose body was read in full, within the size cap."""
+class Written:
+    """What a create or update left on the server."""
 
-    status_code: int
-    headers: httpx.Headers
-    url: httpx.URL  # of the request, to resolve relative next-page links
-    content: bytes
+    status: int  # 201 created; 200 updated (or a conditional create that found one)
+    resource: dict[str, Any] | None  # the stored resource, when the server sent it back
+    location: str | None  # Location: [base]/[type]/[id]/_history/[vid]
+
+    @property
+    def created(self) -> bool:
+        return self.status == 201
+
+    def id(self, resource_type: str) -> str | None:
+        """The stored resource's id: from the body, else from ``Location``."""
+        if self.resource is not None and isinstance(self.resource.get("id"), str):
+            return self.resource["id"]
+        parts = (self.location or "").split("/_history")[0].rstrip("/").split("/")
+        return parts[-1] if len(parts) >= 2 and parts[-2] == resource_type else None
+
+
+@dataclass(frozen=True)
+class ExportStatus:
+    """One poll of a Bulk export: the manifest once done, else how long to wait."""
+
+    manifest: dict[str, Any] | None
+    retry_after: float | None = None  # the server's Retry-After, in seconds
+    progress: str | None = None  # X-Progress, shortened (free text: never logged)
+    status: int = 202  # 202 in progress; a transient 429/5xx is waited out like a 202
 
 
 @dataclass
@@ -232,48 +249,12 @@ def _optional_list(obj: dict, name: str, what: str, path: str) -> list:
     return value
 
 
-def _too_large(what: str, limit: int) -> UpstreamError:
-    return UpstreamError(
-        f"the FHIR server's answer to the {what} was refused: response too large "
-        f"(limit {limit} bytes)"
-    )
-
-
-async def _read_capped(
-    resp: httpx.Response, limit: int, what: str, abandon: _Abandon | None = None
-) -> bytes:
-    """Read a streamed body, giving up as soon as it exceeds ``limit`` (decoded) bytes."""
-    declared = resp.headers.get("content-length", "").strip()
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise _too_large(what, limit)
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in resp.aiter_bytes():
-            if abandon is not None and abandon.set:
-                raise _Abandoned
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(what, limit)
-            chunks.append(chunk)
-    except httpx.DecodingError:
-        raise UpstreamError(
-            f"the FHIR server's answer to the {what} could not be decoded "
-            f"(content-encoding {_header_token(resp, 'content-encoding')})"
-        ) from None
-    return b"".join(chunks)
-
-
-def _header_token(resp: httpx.Response | _Reply, name: str) -> str:
-    """The first token of a header (e.g. a media type), short, for an error message."""
-    return resp.headers.get(name, "none").split(";")[0].strip()[:60]
-
-
 _SERIOUS = frozenset({"error", "fatal"})
 
 
 class FhirClient:
-    """One evaluation's view of a FHIR server: shared connection pool, own deadline and auth.
+    """One caller's view of a FHIR server (an evaluation, a write, a poll, a page run):
+    shared connection pool, own deadline and credentials.
 
     Use as ``async with client:``; entering starts the deadline (it also starts on the first
     request). Closing does not close a shared pool (``owns_http=False``).
@@ -337,13 +318,7 @@ class FhirClient:
 
     async def search(self, query: Query | tuple[str, Sequence[tuple[str, str]]]) -> SearchResult:
         """A type-level search, following ``link[next]`` verbatim within the caps."""
-        if isinstance(query, Query):
-            key, rtype, params = query.key, query.resource_type, list(query.params)
-        else:
-            key, (rtype, raw) = None, query
-            params = list(raw)
-        if not any(name == "_count" for name, _ in params):
-            params.append(("_count", str(self.config.page_size)))
+        key, rtype, params = self._query_parts(query)
         names = tuple(dict.fromkeys(n for n, _ in params))
         what = describe_query(key, rtype, names)
 
@@ -358,8 +333,7 @@ class FhirClient:
                 key=key,
                 names=names,
                 content=encoded.encode(),
-                content_type=FORM,
-                idempotent=True,  # POST [type]/_search is a search: safe to repeat
+                headers={"Content-Type": FORM},  # POST [type]/_search: safe to repeat
             )
         else:
             url = self._base.join(rtype).copy_with(query=encoded.encode())
@@ -439,7 +413,172 @@ class FhirClient:
             return False
         return reply.status_code < 500
 
+    async def pages(
+        self, query: Query | tuple[str, Sequence[tuple[str, str]]]
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """A type-level search yielded page by page (match resources), for callers that
+        process a large result as it comes (the Subscriptions catch-up). Each page gets the
+        full deadline: the time the caller spends between pages is not the server's. No
+        page or entry cap: nothing is held whole; next links stay on the base's origin."""
+        key, rtype, params = self._query_parts(query)
+        what = describe_query(key, rtype, tuple(dict.fromkeys(n for n, _ in params)))
+        url: httpx.URL | None = self._base.join(rtype).copy_with(query=urlencode(params).encode())
+        while url is not None:
+            self.start_deadline()
+            page_names = tuple(dict.fromkeys(k for k, _ in url.params.multi_items()))
+            resp = await self._request(
+                "GET", url, what=what, resource_type=rtype, key=key, names=page_names
+            )
+            bundle = self._check(resp, what, expect="Bundle")
+            if bundle.get("type") != "searchset":
+                raise UpstreamError(
+                    f"the FHIR server answered the {what} with a non-searchset Bundle"
+                )
+            page = SearchResult(entries=[])
+            self._collect(bundle, rtype, what, page)
+            url = self._next_link(bundle, resp.url, what)
+            yield page.entries
+
+    async def create(
+        self, resource: dict[str, Any], *, if_none_exist: Sequence[tuple[str, str]] | None = None
+    ) -> Written:
+        """``POST [type]``; with ``if_none_exist`` a conditional create (a repeat finds the
+        first: safe to retry). A plain create is sent once: it may have been carried out."""
+        rtype = _resource_type(resource)
+        what = f"{rtype} {'conditional ' if if_none_exist else ''}create"
+        headers = {"Content-Type": FHIR_JSON, "Prefer": "return=representation"}
+        if if_none_exist:
+            headers["If-None-Exist"] = urlencode(list(if_none_exist))
+        resp = await self._request(
+            "POST",
+            self._base.join(rtype),
+            what=what,
+            resource_type=rtype,
+            content=orjson.dumps(resource),
+            headers=headers,
+            repeatable=bool(if_none_exist),
+        )
+        return self._written(resp, what, rtype)
+
+    async def update(
+        self, resource: dict[str, Any], *, conditional: Sequence[tuple[str, str]] | None = None
+    ) -> Written:
+        """``PUT [type]/[id]``, or with ``conditional`` ``PUT [type]?params`` (one resource
+        per match: created or updated). Idempotent, so retried like a read."""
+        rtype = _resource_type(resource)
+        if conditional:
+            what = f"{rtype} conditional update"
+            url = self._base.join(rtype).copy_with(query=urlencode(list(conditional)).encode())
+        else:
+            what = f"{rtype} update"
+            url = self._base.join(f"{rtype}/{check_id(str(resource.get('id', '')))}")
+        resp = await self._request(
+            "PUT",
+            url,
+            what=what,
+            resource_type=rtype,
+            content=orjson.dumps(resource),
+            headers={"Content-Type": FHIR_JSON, "Prefer": "return=representation"},
+        )
+        return self._written(resp, what, rtype)
+
+    async def delete(self, resource_type: str, id: str) -> None:
+        """``DELETE [type]/[id]``; idempotent (a resource already gone is fine)."""
+        what = f"{resource_type} delete"
+        url = self._base.join(f"{resource_type}/{check_id(id)}")
+        resp = await self._request("DELETE", url, what=what, resource_type=resource_type)
+        if resp.status_code not in (200, 202, 204, 404, 410):
+            raise _failure(resp.status_code, what, _parsed(resp, what)[1])
+
+    def resolve(self, url: str) -> httpx.URL:
+        """A URL a server gave us (a Bulk file, a status URL), resolved against the base;
+        requests to it still go out only if it is on the base's origin."""
+        try:
+            return self._base.join(url)
+        except (ValueError, httpx.InvalidURL):
+            raise UpstreamError("the FHIR server gave a URL that is not a URL") from None
+
+    # -- Bulk Data -----------------------------------------------------------------------
+    async def export(self, path: str, params: Sequence[tuple[str, str]]) -> httpx.URL:
+        """Bulk kick-off (``GET [path]`` with ``Prefer: respond-async``): the status URL
+        (``Content-Location``). A refused request (400/422) is ``SearchRefused``."""
+        what = "Bulk export kick-off"
+        url = self._base.join(path).copy_merge_params(tuple(params))
+        resp = await self._request(
+            "GET",
+            url,
+            what=what,
+            resource_type="$export",
+            names=tuple(dict.fromkeys(n for n, _ in params)),
+            headers={"Accept": FHIR_JSON, "Prefer": "respond-async"},
+        )
+        if resp.status_code != 202:
+            raise _failure(resp.status_code, what, _parsed(resp, what)[1])
+        location = resp.headers.get("content-location")
+        if not location:
+            raise UpstreamError("the Bulk export kick-off gave no Content-Location")
+        return self._base.join(location)
+
+    async def export_status(self, url: httpx.URL) -> ExportStatus:
+        """One status poll: 200 is the manifest, 202 (or a transient 429/5xx, waited out by
+        the poll loop, honouring ``Retry-After``) is not done yet; else a ``FhirError``."""
+        what = "Bulk export status request"
+        resp = await self._request(
+            "GET",
+            url,
+            what=what,
+            resource_type="$export",
+            headers={"Accept": FHIR_JSON},
+            retry_statuses=frozenset(),  # the poll loop is the retry loop
+        )
+        if resp.status_code in (202, *EXPORT_TRANSIENT):
+            progress = resp.headers.get("x-progress")
+            return ExportStatus(
+                None,
+                retry_after_seconds(resp.headers.get("retry-after")),
+                progress[:100] if progress else None,
+                resp.status_code,
+            )
+        body, detail = _parsed(resp, what)
+        if resp.status_code != 200:
+            raise _failure(resp.status_code, what, detail)
+        if not isinstance(body, dict):
+            raise UpstreamError("the Bulk export manifest is not JSON")
+        return ExportStatus(body, status=200)
+
+    async def download(
+        self, url: httpx.URL, sink: BinaryIO, *, max_bytes: int, resource_type: str = "NDJSON"
+    ) -> int:
+        """Stream one same-origin file (a Bulk output) into ``sink``, refusing it past
+        ``max_bytes``; returns the bytes written. Retried like a read (from the start)."""
+        what = "Bulk file download"
+        resp = await self._request(
+            "GET",
+            url,
+            what=what,
+            resource_type=resource_type,
+            headers={"Accept": NDJSON},
+            limit=max_bytes,
+            sink=sink,
+        )
+        if resp.status_code != 200:
+            raise _failure(resp.status_code, what, _parsed(resp, what)[1])
+        return resp.streamed
+
     # -- internals -----------------------------------------------------------------------
+    def _query_parts(
+        self, query: Query | tuple[str, Sequence[tuple[str, str]]]
+    ) -> tuple[str | None, str, list[tuple[str, str]]]:
+        """(key, type, parameters with our ``_count`` unless the query has one)."""
+        if isinstance(query, Query):
+            key, rtype, params = query.key, query.resource_type, list(query.params)
+        else:
+            key, (rtype, raw) = None, query
+            params = list(raw)
+        if not any(name == "_count" for name, _ in params):
+            params.append(("_count", str(self.config.page_size)))
+        return key, rtype, params
+
     def _collect(self, bundle: dict, rtype: str, what: str, result: SearchResult) -> None:
         """Add a page's match entries to ``result``; a malformed entry fails the search."""
         for entry in _optional_list(bundle, "entry", what, "Bundle.entry"):
@@ -523,40 +662,17 @@ class FhirClient:
                 url = httpx.URL(urljoin(str(current), raw))
             except (ValueError, httpx.InvalidURL):
                 raise _shape_error(what, "Bundle.link.url is not a URL") from None
-            if _origin(url) != _origin(self._base):
-                raise UpstreamError(
-                    f"refused to follow the next-page link of the {what}: it points to "
-                    "another scheme, host or port than the configured FHIR base"
-                )
+            self._on_base(url, f"next-page link of the {what}")
             return url
         return None
 
-    def _check(self, resp: _Reply, what: str, *, expect: str) -> dict:
+    def _check(self, resp: Reply, what: str, *, expect: str) -> dict:
         """Turn a final response into the expected resource, or a clear failure."""
-        status = resp.status_code
-        body: Any = None
-        try:
-            body = strict_json.loads(resp.content) if resp.content else None
-        except strict_json.DuplicateKeyError:
-            if status == 200:  # two values for one element: we cannot know which one is meant
-                raise UpstreamError(
-                    f"the FHIR server answered the {what} with ambiguous JSON "
-                    "(an object names a key more than once)"
-                ) from None
-        except ValueError:  # not JSON (orjson.JSONDecodeError), or nested too deeply
-            body = None
-        codes = _outcome_codes(body, frozenset({"error", "fatal", "warning", "information"}))
-        detail = f" (OperationOutcome: {', '.join(codes)})" if codes else ""
-        if status in (401, 403):
-            raise UpstreamAuthError(
-                f"the FHIR server refused our credentials (HTTP {status}) for the {what}"
-            )
-        if status in (400, 422, 501):
-            raise SearchRefused(f"the FHIR server answered HTTP {status} to the {what}{detail}")
-        if status != 200:
-            raise UpstreamError(f"the FHIR server answered HTTP {status} to the {what}{detail}")
+        body, detail = _parsed(resp, what)
+        if resp.status_code != 200:
+            raise _failure(resp.status_code, what, detail)
         if not isinstance(body, dict):
-            ctype = _header_token(resp, "content-type")
+            ctype = header_token(resp, "content-type")
             raise UpstreamError(
                 f"the FHIR server answered the {what} with a body that is not a JSON resource "
                 f"(content-type {ctype})"
@@ -572,6 +688,24 @@ class FhirClient:
             )
         return body
 
+    def _written(self, resp: Reply, what: str, resource_type: str) -> Written:
+        """A create's or update's answer: 200/201, its body only if it is that resource."""
+        body, detail = _parsed(resp, what)
+        if resp.status_code not in (200, 201):
+            raise _failure(resp.status_code, what, detail)
+        stored = (
+            body if isinstance(body, dict) and body.get("resourceType") == resource_type else None
+        )
+        return Written(resp.status_code, stored, resp.headers.get("location"))
+
+    def _on_base(self, url: httpx.URL, what: str) -> None:
+        """Our credentials go only to the client's own base origin (scheme, host, port)."""
+        if _origin(url) != _origin(self._base):
+            raise UpstreamError(
+                f"refused the {what}: its URL points away from the FHIR base (another scheme, "
+                "host or port); our credentials are not sent there"
+            )
+
     async def _request(
         self,
         method: str,
@@ -579,26 +713,31 @@ class FhirClient:
         *,
         what: str,
         resource_type: str,
-        key: str | None,
+        key: str | None = None,
         names: Sequence[str] = (),
         content: bytes | None = None,
-        content_type: str | None = None,
-        idempotent: bool = True,
-    ) -> _Reply:
+        headers: dict[str, str] | None = None,
+        repeatable: bool = True,
+        retry_statuses: frozenset[int] = RETRY_STATUSES,
+        limit: int | None = None,
+        sink: BinaryIO | None = None,
+    ) -> Reply:
         """Send with retries inside the deadline; return the final non-retryable response.
 
-        Retried: connection failures, 429/502/503/504 and, for idempotent requests (reads
-        and searches, GET or POST ``_search``), one 500: HAPI answers a transient 500 now
-        and then (a database hiccup, a busy search), which one more try usually clears.
+        Retried, for ``repeatable`` requests only (reads, searches, PUT, DELETE, a create
+        with ``If-None-Exist``; never a plain POST, which the server may have carried out):
+        connection failures, ``retry_statuses`` (honouring ``Retry-After``) and one 500:
+        HAPI answers a transient 500 now and then (a database hiccup, a busy search), which
+        one more try usually clears. Only URLs on the base's origin are sent to.
         """
+        self._on_base(url, what)
         remaining = self.remaining()
         if remaining <= 0:
             raise DeadlineExceeded(f"the deadline ran out before the {what}")
         loop = asyncio.get_running_loop()
-        headers = {"Accept": ACCEPT}
-        if content_type:
-            headers["Content-Type"] = content_type
+        headers = {"Accept": ACCEPT, **(headers or {})}
         log_extra = QueryLog(fhir_resource=resource_type, fhir_params=list(names), fhir_query=key)
+        limit = self.config.max_response_bytes if limit is None else limit
 
         def backoff(exc: BaseException) -> bool | float:
             if isinstance(exc, _Retryable):
@@ -610,18 +749,31 @@ class FhirClient:
 
         server_errors = 0
 
-        async def attempt_once() -> _Reply:
+        async def attempt_once() -> Reply:
             nonlocal server_errors
             sent = await self._auth.headers()
-            resp = await self._send(method, url, {**headers, **sent}, content, what, log_extra)
+            resp = await self._send(
+                method, url, {**headers, **sent}, content, what, log_extra, limit=limit, sink=sink
+            )
             if resp.status_code == 401 and await self._auth.refresh(sent):
                 sent = await self._auth.headers()
-                resp = await self._send(method, url, {**headers, **sent}, content, what, log_extra)
-            if resp.status_code in RETRY_STATUSES:
+                resp = await self._send(
+                    method,
+                    url,
+                    {**headers, **sent},
+                    content,
+                    what,
+                    log_extra,
+                    limit=limit,
+                    sink=sink,
+                )
+            if not repeatable:
+                return resp  # the caller words the status: it may have been carried out
+            if resp.status_code in retry_statuses:
                 raise _Retryable(
                     resp.status_code, retry_after_seconds(resp.headers.get("retry-after"))
                 )
-            if resp.status_code == 500 and idempotent and server_errors < RETRY_500_TIMES:
+            if resp.status_code == 500 and retry_statuses and server_errors < RETRY_500_TIMES:
                 server_errors += 1
                 raise _Retryable(500, retry_after_seconds(resp.headers.get("retry-after")))
             return resp
@@ -633,7 +785,7 @@ class FhirClient:
             async with timer:
                 async for attempt in stamina.retry_context(
                     on=backoff,
-                    attempts=cfg.retry_attempts,
+                    attempts=cfg.retry_attempts if repeatable else 1,
                     timeout=remaining,
                     wait_initial=cfg.wait_initial,
                     wait_max=cfg.wait_max,
@@ -672,34 +824,26 @@ class FhirClient:
         what: str,
         log_extra: QueryLog,
         *,
-        timeout: float | None = None,
+        timeout: float | httpx.Timeout | None = None,
         log_level: int = logging.INFO,
-    ) -> _Reply:
+        limit: int | None = None,
+        sink: BinaryIO | None = None,
+    ) -> Reply:
         """One request; the body is streamed so an oversized one is refused, not buffered."""
         started = time.perf_counter()
         status: int | str = "error"
-        abandon = _Abandon()
-        request = self._http.build_request(
-            method,
-            url,
-            headers=headers,
-            content=content,
-            extensions={_TICKET: abandon},
-            timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+        if timeout is None and self.config.read_timeout is not None:
+            pooled = self._http.timeout
+            timeout = httpx.Timeout(
+                self.config.read_timeout, connect=pooled.connect, pool=pooled.pool
+            )
+        request = new_request(
+            self._http, method, url, headers=headers, content=content, timeout=timeout
         )
         seen: list[int] = []  # the status line, once it arrived
-
-        async def exchange() -> _Reply:
-            resp = await self._http.send(request, stream=True)
-            seen.append(resp.status_code)
-            try:
-                body = await _read_capped(resp, self.config.max_response_bytes, what, abandon)
-            finally:
-                await resp.aclose()
-            return _Reply(resp.status_code, resp.headers, request.url, body)
-
+        cap = self.config.max_response_bytes if limit is None else limit
         try:
-            reply = await _detached(exchange(), abandon)
+            reply = await exchange(self._http, request, limit=cap, what=what, seen=seen, sink=sink)
             status = reply.status_code
             return reply
         except UpstreamError:
@@ -707,8 +851,6 @@ class FhirClient:
             raise
         except httpx.TransportError as exc:
             status = type(exc).__name__
-            if isinstance(exc, httpx.PoolTimeout):
-                _retire(self._http)  # never a normal wait (see MAX_IN_FLIGHT): a stuck pool
             message = _transport_message(exc, what, seen[0] if seen else None)
             raise _TransportFailure(message) from exc
         except asyncio.CancelledError:
@@ -728,6 +870,41 @@ class FhirClient:
                 elapsed,
                 extra={**log_extra, "status": status, "elapsed_ms": elapsed},
             )
+
+
+def _parsed(resp: Reply, what: str) -> tuple[Any, str]:
+    """The body as JSON (None if it is not) and the `` (OperationOutcome: codes)`` detail."""
+    body: Any = None
+    try:
+        body = strict_json.loads(resp.content) if resp.content else None
+    except strict_json.DuplicateKeyError:
+        if resp.status_code in (200, 201):  # two values for one element: which one is meant?
+            raise UpstreamError(
+                f"the FHIR server answered the {what} with ambiguous JSON "
+                "(an object names a key more than once)"
+            ) from None
+    except ValueError:  # not JSON (orjson.JSONDecodeError), or nested too deeply
+        body = None
+    codes = _outcome_codes(body, frozenset({"error", "fatal", "warning", "information"}))
+    return body, f" (OperationOutcome: {', '.join(codes)})" if codes else ""
+
+
+def _resource_type(resource: dict[str, Any]) -> str:
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str) or not _TYPE_NAME.fullmatch(rtype):
+        raise ValueError("a resource to write needs a resourceType")
+    return rtype
+
+
+def _failure(status: int, what: str, detail: str) -> FhirError:
+    """The error for a final status that is not the one asked for."""
+    if status in (401, 403):
+        return UpstreamAuthError(
+            f"the FHIR server refused our credentials (HTTP {status}) for the {what}"
+        )
+    if status in (400, 422, 501):
+        return SearchRefused(f"the FHIR server answered HTTP {status} to the {what}{detail}")
+    return UpstreamError(f"the FHIR server answered HTTP {status} to the {what}{detail}")
 
 
 class _TransportFailure(Exception):
@@ -760,275 +937,3 @@ def _transport_message(exc: httpx.TransportError, what: str, status: int | None)
     if isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError):
         return f"the FHIR server closed the connection before answering the {what} ({name})"
     return f"could not reach the FHIR server for the {what} ({name})"
-
-
-class _Abandon:
-    """``set`` when the caller stopped waiting: the exchange then stops at its next body chunk.
-    ``entered``: the request went past ``GatedTransport``'s slot into httpcore."""
-
-    __slots__ = ("entered", "set")
-
-    def __init__(self) -> None:
-        self.set = False
-        self.entered = False
-
-
-_TICKET = "cart_eligibility.exchange"  # request extension carrying the exchange's _Abandon
-
-
-class _Abandoned(Exception):
-    """The caller left; the rest of the body is not read (the connection is then closed)."""
-
-
-_detached_tasks: set[asyncio.Task[Any]] = set()  # strong references until they finish
-
-
-async def _detached(coro: Coroutine[Any, Any, _Reply], abandon: _Abandon) -> _Reply:
-    """Run one HTTP exchange in its own task, which is never cancelled.
-
-    httpcore (1.0.9, the latest) is not safe against asyncio cancellation: it cleans up a
-    request under anyio's ``CancelScope(shield=True)``, which does not hold against a native
-    ``Task.cancel()`` (TaskGroup, ``asyncio.timeout``). A cancellation that lands in the
-    cleanup (closing a response, releasing a connection, a request waiting in the pool,
-    encode/httpcore#1093) leaves the pool with a request and a connection no one releases;
-    once the pool is full every later request waits for ever, although the server is fine.
-    So a cancelled caller stops waiting at once (its deadline and error reporting are
-    unchanged) and the exchange ends by itself: at its next body chunk, or by httpx's own
-    connect/read/pool timeouts, which httpcore handles cleanly.
-    """
-    task = asyncio.ensure_future(coro)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        abandon.set = True
-        if not abandon.entered:
-            task.cancel()  # still waiting for a slot (or not started): safe, nothing sent
-        if not task.done():
-            _detached_tasks.add(task)
-            task.add_done_callback(_retrieve)
-        raise
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    """Forget a finished abandoned exchange and consume its outcome (no asyncio noise)."""
-    _detached_tasks.discard(task)
-    if not task.cancelled():
-        task.exception()
-
-
-# -- clients --------------------------------------------------------------------------------
-
-_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, Any]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _loop_cache() -> dict[Any, Any]:
-    """Pools are tied to the event loop that opened their connections."""
-    loop = asyncio.get_running_loop()
-    cache = _pools.get(loop)
-    if cache is None:
-        cache = _pools[loop] = {}
-    return cache
-
-
-# Requests in flight per FHIR base. The pool below holds more connections than this (in-flight
-# plus every keep-alive one, with room to spare) so a request never waits inside httpcore's pool:
-# httpcore 1.0.9 (the latest) leaks a pool slot for good when a request is cancelled while it
-# waits there for a connection (encode/httpcore#1093), and we cancel sibling queries on the first
-# failure and every query at the deadline. Our own semaphore queues the surplus instead, and a
-# cancelled wait on it is harmless.
-MAX_IN_FLIGHT = 32
-MAX_KEEPALIVE = 16
-POOL_CONNECTIONS = MAX_IN_FLIGHT + MAX_KEEPALIVE + 16
-
-
-class _ReleasingStream(httpx.AsyncByteStream):
-    """A response body that gives its in-flight slot back once, when it is closed."""
-
-    def __init__(self, stream: httpx.AsyncByteStream, release: Any) -> None:
-        self._stream = stream
-        self._release = release
-
-    async def __aiter__(self) -> Any:
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
-
-
-class GatedTransport(httpx.AsyncBaseTransport):
-    """At most ``slots`` requests inside the wrapped transport; a slot is held until the
-    response body is closed (the connection is busy until then)."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, slots: int = MAX_IN_FLIGHT) -> None:
-        self._inner = inner
-        self._slots = asyncio.Semaphore(slots)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await self._slots.acquire()  # cancellation-safe: nothing of httpcore is touched yet
-        ticket = request.extensions.get(_TICKET)
-        if isinstance(ticket, _Abandon):
-            if ticket.set:  # the caller left while we waited: send nothing
-                self._slots.release()
-                raise _Abandoned
-            ticket.entered = True  # from here on, never cancel this task (see _detached)
-        try:
-            response = await self._inner.handle_async_request(request)
-        except BaseException:
-            self._slots.release()
-            raise
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _ReleasingStream(response.stream, self._slots.release)
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-def _http_for(base: str, settings: Settings) -> httpx.AsyncClient:
-    cache = _loop_cache()
-    key = ("http", base)
-    http = cache.get(key)
-    if http is None or http.is_closed:
-        if base == DEMO_BASE_URL:
-            http = httpx.AsyncClient(transport=httpx.MockTransport(shared_demo_layer().handle))
-        else:
-            limits = httpx.Limits(
-                max_connections=POOL_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE
-            )
-            http = httpx.AsyncClient(
-                transport=GatedTransport(httpx.AsyncHTTPTransport(limits=limits)),
-                # No request ever waits for a pool slot (MAX_IN_FLIGHT): a pool timeout means
-                # a stuck pool, which is then replaced (_retire).
-                timeout=httpx.Timeout(
-                    settings.read_timeout,
-                    connect=settings.connect_timeout,
-                    pool=settings.connect_timeout,
-                ),
-                follow_redirects=False,  # a redirect could carry our token elsewhere
-            )
-        cache[key] = http
-    return http
-
-
-def service_auth(settings: Settings, base: str, http: httpx.AsyncClient) -> FhirAuth:
-    """The service's own credentials for the configured base (only ever sent there)."""
-    if settings.fhir_auth == "static":
-        if settings.fhir_token is None:
-            raise FhirConfigError("fhir_auth=static needs ELIGIBILITY_FHIR_TOKEN")
-        return BearerAuth(settings.fhir_token.get_secret_value())
-    if settings.fhir_auth == "smart":
-        if not settings.smart_client_id or not settings.smart_private_key_path:
-            raise FhirConfigError("fhir_auth=smart needs a client id and a private key path")
-        cache = _loop_cache()
-        key = (
-            "smart",
-            http,  # a replaced pool (_retire) gets its own token client
-            base,
-            settings.smart_client_id,
-            settings.smart_alg,
-            settings.smart_scopes,
-        )
-        auth = cache.get(key)
-        if auth is None:
-            auth = cache[key] = SmartBackendAuth(
-                http,
-                base,
-                client_id=settings.smart_client_id,
-                private_key=load_private_key(settings.smart_private_key_path),
-                alg=settings.smart_alg,
-                kid=settings.smart_key_id,
-                scopes=settings.smart_scopes,
-            )
-        return auth
-    return NoAuth()
-
-
-def client_for(
-    settings: Settings,
-    *,
-    bearer_token: str | None = None,
-    base_url: str | None = None,
-    service_credentials: bool = True,
-) -> FhirClient:
-    """A client for one evaluation (use ``async with``); call from inside the event loop.
-
-    ``base_url`` (CDS Hooks ``fhirServer``) overrides the configured base; the configured
-    credentials are only ever sent to the configured base, never to another server.
-    ``bearer_token`` (CDS Hooks ``fhirAuthorization.access_token``) is used for this client
-    only. ``service_credentials=False`` is for callers acting for someone else (CDS Hooks):
-    they get their own token or none, never the service's, even on the configured base
-    (no confused deputy). With no base at all, the built-in demo store answers.
-    """
-    base = (base_url or settings.fhir_base_url or DEMO_BASE_URL).rstrip("/")
-    http = _http_for(base, settings)
-    configured = (settings.fhir_base_url or "").rstrip("/")
-    auth: FhirAuth
-    if bearer_token:
-        auth = BearerAuth(bearer_token)
-    elif service_credentials and base == configured:
-        auth = service_auth(settings, base, http)
-    else:
-        auth = NoAuth()
-    return FhirClient(http, base, auth=auth, config=ClientConfig.from_settings(settings))
-
-
-READY_CACHE_SECONDS = 5.0  # one probe per worker at most this often, however many callers
-PROBE_TIMEOUT_SECONDS = 2.0  # below the orchestrator's probe timeout (Kubernetes: 3 s)
-
-
-async def fhir_ready(settings: Settings) -> bool:
-    """Readiness of pull mode: the configured FHIR base (or the demo store) answers
-    ``GET metadata`` through the same pool evaluations use, so a stuck pool shows as well
-    as a server that is down. Cached ``READY_CACHE_SECONDS``; concurrent callers share one
-    probe."""
-    base = (settings.fhir_base_url or DEMO_BASE_URL).rstrip("/")
-    cache = _loop_cache()
-    now = asyncio.get_running_loop().time
-    known = cache.get(("ready", base))
-    if known is not None and now() - known[0] < READY_CACHE_SECONDS:
-        return known[1]
-    lock = cache.setdefault(("ready-lock", base), asyncio.Lock())
-    async with lock:
-        known = cache.get(("ready", base))
-        if known is not None and now() - known[0] < READY_CACHE_SECONDS:
-            return known[1]
-        client = FhirClient(_http_for(base, settings), base)
-        ready = await client.reachable(PROBE_TIMEOUT_SECONDS)
-        cache[("ready", base)] = (now(), ready)
-        if not ready:
-            log.warning("readiness: the FHIR server did not answer the capability probe")
-        return ready
-
-
-def _retire(http: httpx.AsyncClient) -> None:
-    """Stop handing out a pool that cannot give connections; the next client gets a new one.
-
-    It is closed at shutdown, not now: requests of other evaluations may still use it.
-    """
-    cache = _loop_cache()
-    for key, value in list(cache.items()):
-        if value is http:
-            del cache[key]
-            cache.setdefault("retired", []).append(http)
-            log.warning("FHIR connection pool replaced: it had no free connection")
-
-
-async def close_clients() -> None:
-    """Close this loop's pooled connections (application shutdown), then give abandoned
-    exchanges (which closing their connections ends) a moment to finish."""
-    loop = asyncio.get_running_loop()
-    cache = _pools.pop(loop, {})
-    for value in [*cache.values(), *cache.get("retired", ())]:
-        if isinstance(value, httpx.AsyncClient):
-            await value.aclose()
-    pending = [t for t in _detached_tasks if t.get_loop() is loop]
-    if pending:
-        await asyncio.wait(pending, timeout=1.0)

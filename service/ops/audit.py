@@ -26,12 +26,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import orjson
 from fastapi import Depends, HTTPException, Request
 
 from service.clinical.evaluation import Evaluation
 from service.fhir.errors import FhirError
+from service.fhir.pool import client_for
 from service.inputs import is_fhir_id
 from service.ops import metrics
 from service.ops.caller import Caller
@@ -247,7 +247,6 @@ class AuditSink:
             raise ValueError("audit_sink=fhir needs AUDIT_FHIR_BASE_URL or FHIR_BASE_URL")
         self._queue: asyncio.Queue[dict[str, Any]] | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._http: httpx.AsyncClient | None = None
 
     def record(self, event: dict[str, Any]) -> None:
         if self.kind == "none":
@@ -268,30 +267,15 @@ class AuditSink:
             self._worker = asyncio.get_running_loop().create_task(self._drain())
         self._queue.put_nowait(event)  # QueueFull is counted by record()
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
-        same_server = self._base == (self._settings.fhir_base_url or "").rstrip("/")
-        token = self._settings.fhir_token
-        if same_server and self._settings.fhir_auth == "static" and token is not None:
-            headers["Authorization"] = f"Bearer {token.get_secret_value()}"
-        return headers
-
     async def _drain(self) -> None:
+        """POST each event through the one FHIR client: the service's credentials only if
+        the audit base is the configured FHIR base; sent once (a create is not idempotent)."""
         assert self._queue is not None
-        if self._http is None:
-            s = self._settings
-            self._http = httpx.AsyncClient(
-                timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout),
-                follow_redirects=False,
-            )
         while True:
             event = await self._queue.get()
             try:
-                resp = await self._http.post(
-                    f"{self._base}/AuditEvent", json=event, headers=self._headers()
-                )
-                if resp.status_code >= 300:
-                    raise RuntimeError(f"HTTP {resp.status_code}")
+                async with client_for(self._settings, base_url=self._base) as client:
+                    await client.create(event)
             except Exception as exc:  # noqa: BLE001 - counted and logged, never raised
                 metrics.AUDIT_ERRORS.labels(sink="fhir").inc()
                 log.warning("audit sink failed", extra={"error_type": type(exc).__name__})
@@ -308,9 +292,6 @@ class AuditSink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
 
 
 # -- the dependency -------------------------------------------------------------------------

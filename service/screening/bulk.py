@@ -14,26 +14,28 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 
 from service.evaluation_context import relevance_for
-from service.fhir.client import retry_after_seconds, service_auth
-from service.fhir.errors import UpstreamAuthError, UpstreamError
+from service.fhir.client import NDJSON, ClientConfig, FhirClient
+from service.fhir.errors import SearchRefused, UpstreamError
+from service.fhir.pool import client_for, close_clients
 from service.fhir.queries import check_id
 from service.protocol import Protocol
 from service.relevance import RelevanceUnion
 from service.settings import Settings
 
-FHIR_JSON = "application/fhir+json"
-NDJSON = "application/fhir+ndjson"
 EXPORT_TIMEOUT_SECONDS = 6 * 3600.0
 POLL_MIN, POLL_MAX = 1.0, 30.0  # our own back-off when the server gives no Retry-After
 MAX_RETRY_AFTER = 120.0  # a longer Retry-After is shortened to this
-TRANSIENT = frozenset({429, 500, 502, 503, 504})
+REQUEST_SECONDS = 120.0  # deadline of a kick-off or one poll (retries included)
+FILE_SECONDS = 3600.0  # deadline of one file download (retries included)
+MIN_READ_TIMEOUT = 60.0  # a kick-off or a file stream may pause longer than a search
+MAX_FILE_BYTES = 8 * 1024**3  # one NDJSON file; a larger one fails the export
 
 
 def export_params(
@@ -52,89 +54,52 @@ def export_params(
     return params
 
 
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    return url.scheme, url.host, url.port
-
-
-def _outcome_codes(resp: httpx.Response) -> str:
-    try:
-        body = orjson.loads(resp.content)
-        codes = [i.get("code", "?") for i in body.get("issue", []) if isinstance(i, dict)]
-    except (orjson.JSONDecodeError, AttributeError):
-        return ""
-    return f" (OperationOutcome: {', '.join(str(c)[:40] for c in codes)})" if codes else ""
-
-
 class Session:
-    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
-        base = (settings.fhir_base_url or "").rstrip("/")
-        if not base:
+    """One export against the configured server, with the service's credentials, through
+    the one ``FhirClient`` (a fresh client, so a fresh deadline, per request)."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not (settings.fhir_base_url or "").rstrip("/"):
             raise UpstreamError("a FHIR base URL is needed")
-        self.base = httpx.URL(base + "/")
-        self.http = http
-        self.auth = service_auth(settings, base, http)
+        self.settings = settings
+        limits = ClientConfig.from_settings(settings)
+        self.config = replace(
+            limits,
+            read_timeout=max(settings.read_timeout, MIN_READ_TIMEOUT),
+            deadline_seconds=max(limits.deadline_seconds, REQUEST_SECONDS),
+        )
 
-    async def send(
-        self,
-        method: str,
-        url: httpx.URL,
-        accept: str,
-        content: bytes | None = None,
-        what: str = "Bulk export",
-        **headers: str,
-    ) -> httpx.Response:
-        """One request with our credentials, only ever to the configured server's origin."""
-        if _origin(url) != _origin(self.base):
-            raise UpstreamError(f"the {what} pointed to another server; not followed")
-        if content is not None:
-            headers = {"Content-Type": FHIR_JSON, **headers}
-
-        async def once() -> tuple[dict[str, str], httpx.Response]:
-            sent = await self.auth.headers()
-            all_headers = {"Accept": accept, **headers, **sent}
-            return sent, await self.http.request(method, url, headers=all_headers, content=content)
-
-        sent, resp = await once()
-        if resp.status_code == 401 and await self.auth.refresh(sent):
-            sent, resp = await once()
-        if resp.status_code in (401, 403):
-            raise UpstreamAuthError(
-                f"the FHIR server refused our credentials (HTTP {resp.status_code}) for the {what}"
-            )
-        return resp
+    def client(self, deadline: float | None = None) -> FhirClient:
+        config = (
+            self.config if deadline is None else replace(self.config, deadline_seconds=deadline)
+        )
+        return client_for(self.settings, config=config)
 
     async def kick_off(
         self, protocol: Protocol | list[Protocol], group: str | None
     ) -> tuple[httpx.URL, bool]:
         path = f"Group/{check_id(group)}/$export" if group else "Patient/$export"
         for with_filter in (True, False):
-            params = tuple(export_params(protocol, with_filter))  # a tuple: httpx's param types
-            url = self.base.join(path).copy_merge_params(params)
-            resp = await self.send("GET", url, FHIR_JSON, Prefer="respond-async")
-            if resp.status_code == 202:
-                location = resp.headers.get("content-location")
-                if not location:
-                    raise UpstreamError("the Bulk export kick-off gave no Content-Location")
-                return self.base.join(location), with_filter
-            if with_filter and resp.status_code in (400, 422):
-                continue  # perhaps _typeFilter is not supported: ask for the superset
-            raise UpstreamError(
-                f"the FHIR server answered HTTP {resp.status_code} to the Bulk export "
-                f"kick-off{_outcome_codes(resp)}"
-            )
+            try:
+                async with self.client() as client:
+                    return await client.export(
+                        path, export_params(protocol, with_filter)
+                    ), with_filter
+            except SearchRefused:
+                if not with_filter:
+                    raise
+                # perhaps _typeFilter is not supported: ask for the superset
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def wait(self, status_url: httpx.URL) -> dict[str, Any]:
         started = time.monotonic()
         delay = POLL_MIN
         while True:
-            resp = await self.send("GET", status_url, FHIR_JSON)
-            if resp.status_code == 200:
-                try:
-                    manifest = orjson.loads(resp.content)
-                except orjson.JSONDecodeError:
-                    raise UpstreamError("the Bulk export manifest is not JSON") from None
-                if not isinstance(manifest, dict) or not isinstance(manifest.get("output"), list):
+            async with self.client() as client:
+                status = await client.export_status(status_url)
+            manifest = status.manifest
+            if manifest is not None:
+                if not isinstance(manifest.get("output"), list):
                     raise UpstreamError("the Bulk export manifest has no output list")
                 if manifest.get("error"):
                     # Data the server could not export may be exactly the result that
@@ -144,11 +109,7 @@ class Session:
                         "the export is incomplete"
                     )
                 return manifest
-            if resp.status_code != 202 and resp.status_code not in TRANSIENT:
-                raise UpstreamError(
-                    f"the Bulk export failed: HTTP {resp.status_code}{_outcome_codes(resp)}"
-                )
-            wait = retry_after_seconds(resp.headers.get("retry-after"))
+            wait = status.retry_after
             if wait is None:
                 wait, delay = delay, min(delay * 2, POLL_MAX)
             if time.monotonic() - started + wait > EXPORT_TIMEOUT_SECONDS:
@@ -166,21 +127,13 @@ class Session:
                 raise UpstreamError("the Bulk export manifest has an output without url")
             rtype = str(item.get("type") or "export")
             name = rtype if rtype.isalnum() else "export"
-            target = self.base.join(url)
-            if _origin(target) != _origin(self.base):
-                raise UpstreamError(
-                    "a Bulk export file is on another server; our credentials are not sent there"
-                )
-            sent = await self.auth.headers()
-            headers = {"Accept": NDJSON, **sent}
-            async with self.http.stream("GET", target, headers=headers) as resp:
-                if resp.status_code != 200:
-                    raise UpstreamError(
-                        f"the FHIR server answered HTTP {resp.status_code} to a Bulk file download"
-                    )
+            async with self.client(FILE_SECONDS) as client:
+                # the client sends our credentials only to its own origin
+                target = client.resolve(url)
                 with (dest / f"{name}.{n:04d}.ndjson").open("wb") as f:
-                    async for chunk in resp.aiter_bytes():
-                        f.write(chunk)
+                    await client.download(
+                        target, f, max_bytes=MAX_FILE_BYTES, resource_type=name[:64]
+                    )
             files += 1
         return files
 
@@ -189,17 +142,13 @@ async def bulk_export(
     settings: Settings, protocol: Protocol | list[Protocol], dest: Path, *, group: str | None = None
 ) -> dict[str, Any]:
     """Run the export into ``dest`` (emptied first); returns what the report should say."""
-    timeout = httpx.Timeout(max(settings.read_timeout, 60.0), connect=settings.connect_timeout)
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
-        exporter = Session(settings, http)
-        try:
-            status_url, filtered = await exporter.kick_off(protocol, group)
-            manifest = await exporter.wait(status_url)
-            files = await exporter.download(manifest, dest)
-        except httpx.TransportError as exc:
-            raise UpstreamError(
-                f"could not reach the FHIR server for the Bulk export ({type(exc).__name__})"
-            ) from None
+    exporter = Session(settings)
+    try:
+        status_url, filtered = await exporter.kick_off(protocol, group)
+        manifest = await exporter.wait(status_url)
+        files = await exporter.download(manifest, dest)
+    finally:
+        await close_clients()  # this run's own event loop: its pooled connections
     return {
         "level": f"Group/{group}" if group else "Patient",
         "typeFilter": filtered,

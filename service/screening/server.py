@@ -26,8 +26,8 @@ import orjson
 
 from service.clinical.dates import today
 from service.clinical.evaluation import Evaluation
-from service.fhir.client import client_for
 from service.fhir.errors import FhirError, InvalidPatientId, UpstreamError
+from service.fhir.pool import client_for
 from service.fhir.queries import check_id, token_param
 from service.pipeline import evaluate_from_server
 from service.protocol import Protocol

@@ -14,13 +14,10 @@ import csv
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-import orjson
-
 from service.fhir.errors import UpstreamError
+from service.fhir.pool import client_for, close_clients
 from service.fhir.queries import check_id
 from service.protocol import Protocol
-from service.screening.bulk import FHIR_JSON, Session
 from service.screening.outdir import WORKLIST, OutputFolder
 from service.screening.rows import ERROR_STATUS
 from service.settings import Settings
@@ -82,33 +79,27 @@ def _rows(out: OutputFolder, protocol: Protocol) -> list[tuple[str, str]]:
         ]
 
 
-def _check(resp: httpx.Response, what: str) -> None:
-    if resp.status_code not in (200, 201):
-        raise UpstreamError(f"the FHIR server answered HTTP {resp.status_code} to the {what}")
-
-
 async def write_back(
     settings: Settings, protocol: Protocol, out: OutputFolder, *, group: bool, results: bool
 ) -> dict[str, Any]:
+    """Write through the one ``FhirClient`` with the service's credentials: conditional
+    updates (idempotent, so retried like reads), one client and deadline per write."""
+    if not (settings.fhir_base_url or "").rstrip("/"):
+        raise UpstreamError("a FHIR base URL is needed")
     rows = _rows(out, protocol)
     written: dict[str, Any] = {}
-    timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http:
-        session = Session(settings, http)
+    try:
         if results:
             system = subject_identifier_system(protocol)
             counts = {"created": 0, "updated": 0}
 
             async def put(pid: str, status: str) -> None:
-                url = session.base.join("ResearchSubject").copy_merge_params(
-                    {"identifier": f"{system}|{pid}"}
-                )
-                body = orjson.dumps(research_subject(protocol, pid, status))
-                resp = await session.send(
-                    "PUT", url, FHIR_JSON, body, what="ResearchSubject conditional update"
-                )
-                _check(resp, "ResearchSubject conditional update")
-                counts["created" if resp.status_code == 201 else "updated"] += 1
+                async with client_for(settings) as client:
+                    stored = await client.update(
+                        research_subject(protocol, pid, status),
+                        conditional=[("identifier", f"{system}|{pid}")],
+                    )
+                counts["created" if stored.created else "updated"] += 1
 
             pending = iter(rows)
 
@@ -124,10 +115,9 @@ async def write_back(
             pids = [pid for pid, status in rows if status in CANDIDATE_STATUSES]
             as_of = out.as_of.isoformat() if out.as_of else datetime.now(UTC).date().isoformat()
             resource = candidate_group(protocol, pids, as_of)
-            url = session.base.join(f"Group/{resource['id']}")
-            resp = await session.send(
-                "PUT", url, FHIR_JSON, orjson.dumps(resource), what="Group update"
-            )
-            _check(resp, "Group update")
+            async with client_for(settings) as client:
+                await client.update(resource)
             written["group"] = {"id": resource["id"], "members": len(pids)}
+    finally:
+        await close_clients()  # this run's own event loop: its pooled connections
     return written

@@ -81,6 +81,6 @@ async def on_change(
         audit.record(change_audit(stored))
     if server is not None:
         try:
-            await server.request("POST", "Task", change_task(stored, protocol, role))
+            await server.create(change_task(stored, protocol, role))
         except ServerError as exc:
             log.warning("change task not written", extra={"error_type": type(exc).__name__})

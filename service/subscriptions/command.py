@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from service.fhir.pool import close_clients
 from service.settings import get_settings
 from service.subscriptions import subscribe as subs
 from service.subscriptions.criteria import criteria_for
@@ -70,6 +71,7 @@ def subscribe(
             states = await subs.wait_active(server, target, timeout)
         finally:
             await server.aclose()
+            await close_clients()  # this run's own event loop: its pooled connections
         bad = 0
         for st in states:
             print(f"Subscription/{st.id}  {st.status:<9}  {st.criteria[:70]}")

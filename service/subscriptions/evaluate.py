@@ -43,8 +43,8 @@ async def evaluate_patient(
 ) -> list[StudyEvaluation]:
     """Every study, pull mode, as of today."""
     from service.evaluation_context import EvaluationContext
-    from service.fhir.client import client_for
     from service.fhir.fetch import fetch_patient
+    from service.fhir.pool import client_for
     from service.pipeline import evaluate_fetched_off_loop
     from service.terminology import runtime as terminology
 

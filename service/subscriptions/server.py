@@ -1,18 +1,19 @@
-"""Writes and paged reads against the configured FHIR server (the read-only ``FhirClient``
-serves evaluations; Subscriptions, Tasks and the catch-up need more)."""
+"""The Subscriptions' view of the configured FHIR server: the one ``FhirClient`` (retries
+where safe, deadline, size caps, same-origin rule), one client per call so each call gets
+the full deadline, its failures as ``ServerError`` (what the worker and the command catch)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 
 from service.errors import UpstreamError
-from service.fhir.auth import FhirAuth, NoAuth
+from service.fhir.auth import FhirAuth
+from service.fhir.client import ClientConfig, FhirClient
+from service.fhir.errors import FhirError
 from service.settings import Settings
-
-FHIR_JSON = "application/fhir+json"
 
 
 class ServerError(UpstreamError):
@@ -22,66 +23,70 @@ class ServerError(UpstreamError):
 class FhirServer:
     """One FHIR base with the service's credentials (only ever sent to that base)."""
 
-    def __init__(self, base: str, http: httpx.AsyncClient, auth: FhirAuth | None = None) -> None:
+    def __init__(
+        self,
+        base: str,
+        http: httpx.AsyncClient | None = None,
+        auth: FhirAuth | None = None,
+        *,
+        clients: Callable[[], FhirClient] | None = None,
+    ) -> None:
+        """``http`` (and ``auth``): a client of the caller's own (tests); ``clients``: where
+        each call's ``FhirClient`` comes from (``from_settings``: the shared pool)."""
         self.base = base.rstrip("/")
-        self.http = http
-        self.auth = auth or NoAuth()
+        self._http = http
+        if clients is None:
+            if http is None:
+                raise ValueError("FhirServer needs an http client or a client factory")
+            clients = lambda: FhirClient(http, self.base, auth=auth)  # noqa: E731
+        self._clients = clients
 
     @classmethod
     def from_settings(cls, settings: Settings, base: str | None = None) -> FhirServer:
-        from service.fhir.client import service_auth
+        from service.fhir.pool import client_for
 
         base = (base or settings.fhir_base_url or "").rstrip("/")
         if not base:
             raise ServerError("no FHIR base URL (set ELIGIBILITY_FHIR_BASE_URL or --fhir-base)")
-        http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
-            follow_redirects=False,
-        )
-        configured = (settings.fhir_base_url or "").rstrip("/")
-        auth = service_auth(settings, base, http) if base == configured else NoAuth()
-        return cls(base, http, auth)
+        config = ClientConfig.from_settings(settings)
+        return cls(base, clients=lambda: client_for(settings, base_url=base, config=config))
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        """Close an http client of the caller's own; the shared pool closes at shutdown."""
+        if self._http is not None:
+            await self._http.aclose()
 
-    async def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
-        """JSON of the answer (None when empty); ServerError on a transport error or >= 300."""
-        url = path if path.startswith(("http://", "https://")) else f"{self.base}/{path}"
-        headers = {"Accept": FHIR_JSON, **(await self.auth.headers())}
-        if body is not None:
-            headers["Content-Type"] = FHIR_JSON
+    async def create(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """``POST [type]`` (sent once: not idempotent); the stored resource, or its id."""
+        rtype = resource["resourceType"]
         try:
-            resp = await self.http.request(
-                method, url, json=body, params=params or None, headers=headers
-            )
-        except httpx.HTTPError as exc:
-            raise ServerError(f"{method} {path.split('?')[0]}: {type(exc).__name__}") from exc
-        if resp.status_code >= 300:
-            raise ServerError(f"{method} {path.split('?')[0]}: HTTP {resp.status_code}")
-        return resp.json() if resp.content else None
+            async with self._clients() as client:
+                written = await client.create(resource)
+        except FhirError as exc:
+            raise ServerError(exc.message) from None
+        return written.resource or {"resourceType": rtype, "id": written.id(rtype) or "?"}
+
+    async def update(self, resource: dict[str, Any]) -> None:
+        """``PUT [type]/[id]``."""
+        try:
+            async with self._clients() as client:
+                await client.update(resource)
+        except FhirError as exc:
+            raise ServerError(exc.message) from None
+
+    async def delete(self, resource_type: str, id: str) -> None:
+        try:
+            async with self._clients() as client:
+                await client.delete(resource_type, id)
+        except FhirError as exc:
+            raise ServerError(exc.message) from None
 
     async def pages(self, rtype: str, params: dict[str, Any]) -> AsyncIterator[list[dict]]:
         """A search's resources page by page (``next`` links), so no search is held whole."""
-        bundle = await self.request("GET", rtype, **params)
-        while True:
-            yield [
-                e["resource"]
-                for e in (bundle or {}).get("entry") or ()
-                if isinstance(e, dict)
-                and isinstance(e.get("resource"), dict)
-                and (e.get("search") or {}).get("mode", "match") == "match"
-            ]
-            nxt = next(
-                (
-                    link.get("url")
-                    for link in (bundle or {}).get("link") or ()
-                    if link.get("relation") == "next"
-                ),
-                None,
-            )
-            if not nxt:
-                return
-            if not nxt.startswith(self.base):
-                raise ServerError("a next link points away from the FHIR base")
-            bundle = await self.request("GET", nxt)
+        query = (rtype, [(k, str(v)) for k, v in params.items()])
+        try:
+            async with self._clients() as client:
+                async for page in client.pages(query):
+                    yield page
+        except FhirError as exc:
+            raise ServerError(exc.message) from None

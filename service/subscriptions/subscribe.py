@@ -82,21 +82,19 @@ async def ensure(
         existing = by_criteria.pop(crit, [])
         first, extra = (existing[0], existing[1:]) if existing else (None, [])
         for dup in extra:  # two of the same would deliver every change twice
-            await server.request("DELETE", f"Subscription/{dup['id']}")
+            await server.delete("Subscription", dup["id"])
             done["removed"].append(dup["id"])
         if first is None:
-            made = await server.request("POST", "Subscription", wanted)
-            done["created"].append(str((made or {}).get("id", "?")))
+            made = await server.create(wanted)
+            done["created"].append(str(made.get("id", "?")))
         elif _same(first, wanted):
             done["kept"].append(first["id"])
         else:
-            await server.request(
-                "PUT", f"Subscription/{first['id']}", {**wanted, "id": first["id"]}
-            )
+            await server.update({**wanted, "id": first["id"]})
             done["updated"].append(first["id"])
     for stale in by_criteria.values():  # criteria no loaded protocol needs any more
         for sub in stale:
-            await server.request("DELETE", f"Subscription/{sub['id']}")
+            await server.delete("Subscription", sub["id"])
             done["removed"].append(sub["id"])
     return done
 
@@ -105,7 +103,7 @@ async def remove(server: FhirServer, endpoint: str) -> list[str]:
     """Delete our Subscriptions for ``endpoint``; the ids removed."""
     removed = []
     for sub in await ours(server, endpoint.rstrip("/")):
-        await server.request("DELETE", f"Subscription/{sub['id']}")
+        await server.delete("Subscription", sub["id"])
         removed.append(sub["id"])
     return removed
 

@@ -144,7 +144,7 @@ async def read_server(settings: Any, patients: list[str], sample: int) -> list[R
     the server lists, through the service's FHIR client (auth, retries, caps, deadline)."""
     import asyncio
 
-    from service.fhir.client import client_for
+    from service.fhir.pool import client_for
 
     if not patients:
         capped = settings.model_copy(
