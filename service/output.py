@@ -55,7 +55,7 @@ def _urn() -> str:
     return _URNS.take()
 
 
-def _study_reference(protocol: Protocol) -> dict[str, Any]:
+def study_reference(protocol: Protocol) -> dict[str, Any]:
     title = protocol.research_study.get("title", protocol.id)
     return {
         "reference": protocol.canonical,
@@ -71,7 +71,7 @@ def _narrative(text: str) -> dict[str, str]:
 
 
 def result_bundle(evaluation: Evaluation, protocol: Protocol) -> dict[str, Any]:
-    study = _study_reference(protocol)
+    study = study_reference(protocol)
     subject = {"reference": evaluation.patient_reference}
     as_of = evaluation.as_of.isoformat()
     recorded = evaluation.evaluated_at.isoformat(timespec="seconds")

@@ -21,7 +21,7 @@ from service.evaluation_context import EvaluationContext
 from service.gc_pause import gc_paused
 from service.inputs import brief, check_bundle, check_patient_selector, json_type
 from service.ops.audit import evaluation_done
-from service.output import result_bundle
+from service.output import result_bundle, study_reference
 from service.protocol import Protocol as TrialProtocol
 from service.record import (
     InputError,
@@ -130,7 +130,7 @@ def assess_record(
         evaluation = evaluate(record, protocol, as_of or today())
         if (site := context.site) is not None:  # name site mappings in the notes
             annotate_mappings(evaluation, record, site.site.units if site.site else None)
-        evaluation_done(evaluation)  # metrics, and the request's audit event
+        evaluation_done(evaluation, study_reference(protocol))  # metrics, the audit event
         return evaluation
 
 

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.auditevent import AuditEvent
 
+from fhir_mappings import MAPPINGS_DIR
 from service.api import create_app
 from service.ops.caller import key_id
 from service.settings import Settings, TrustedIssuer
@@ -58,10 +59,37 @@ def test_pull_evaluation_writes_one_valid_audit_event_naming_the_key_id(logged):
     assert client_agent["requestor"] is True
     assert client_agent["who"]["identifier"]["value"] == key_id(KEY)
     assert KEY not in path.read_text()  # the key itself never
-    (entity,) = event["entity"]
+    entity, study = event["entity"]
     assert entity["what"]["reference"] == "Patient/demo-eligible"
     assert entity["role"]["code"] == "1"  # Patient
     assert entity["detail"][0]["valueString"] == "eligible"
+    assert study["what"]["reference"].endswith("/ResearchStudy/cd19-cart-rr-ball")
+    assert study["role"]["code"] == "4" and study["detail"][0]["valueString"] == "eligible"
+
+
+def test_several_studies_are_one_event_naming_each_study_and_its_status(tmp_path):
+    """One request about one patient is one access to their data: one AuditEvent, the
+    patient once, and each study it was evaluated for with the status found."""
+    path = tmp_path / "audit.jsonl"
+    settings = Settings(
+        _env_file=None,
+        api_keys=[KEY],
+        audit_log_path=path,
+        protocol_dirs=[MAPPINGS_DIR / "cd19-cart-rr-ball", MAPPINGS_DIR / "dapa-ckd"],
+    )
+    with TestClient(create_app(settings)) as client:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        r = client.get("/Patient/demo-eligible/$eligibility", headers=auth)
+        assert r.status_code == 200
+    (event,) = _events(path)
+    AuditEvent.model_validate(event)
+    patient_entity, *studies = event["entity"]
+    assert patient_entity["what"]["reference"] == "Patient/demo-eligible"
+    assert "detail" not in patient_entity  # two studies, two statuses: each on its study
+    found = {
+        s["what"]["reference"].rsplit("/", 1)[1]: s["detail"][0]["valueString"] for s in studies
+    }
+    assert found == {"cd19-cart-rr-ball": "eligible", "dapa-ckd": "ineligible"}
 
 
 def test_bundle_evaluation_is_audited_once(logged):

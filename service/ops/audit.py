@@ -19,7 +19,7 @@ import contextlib
 import logging
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,7 +59,8 @@ class AuditContext:
 
     action: str  # "$eligibility" or "cds-hooks patient-view"
     caller: Caller
-    evaluations: list[Evaluation] = field(default_factory=list)
+    # each evaluation with the study it was made for (its canonical and title), when known
+    evaluations: list[tuple[Evaluation, dict[str, Any] | None]] = field(default_factory=list)
     user: str | None = None  # CDS Hooks context.userId, e.g. Practitioner/123
     patient: str | None = None  # the patient asked about, for a request that fails
 
@@ -67,8 +68,9 @@ class AuditContext:
 _current: ContextVar[AuditContext | None] = ContextVar("audit_context", default=None)
 
 
-def evaluation_done(evaluation: Evaluation) -> None:
-    """Called by the pipeline for every evaluation: metrics, and the request's audit context."""
+def evaluation_done(evaluation: Evaluation, study: dict[str, Any] | None = None) -> None:
+    """Called by the pipeline for every evaluation: metrics, and the request's audit context
+    (``study``: the ResearchStudy it was made for, as ``{"reference", "display"}``)."""
     try:
         undetermined = [
             r.code for r in _walk(evaluation.results) if r.outcome.value == "undetermined"
@@ -78,7 +80,7 @@ def evaluation_done(evaluation: Evaluation) -> None:
         log.warning("evaluation metrics failed")
     ctx = _current.get()
     if ctx is not None:
-        ctx.evaluations.append(evaluation)
+        ctx.evaluations.append((evaluation, study))
 
 
 def note_context(*, user: str | None, patient: str | None) -> None:
@@ -125,7 +127,11 @@ def audit_event(
     description: str | None = None,
     result_status: str | None = None,
     recorded: datetime | None = None,
+    studies: Sequence[tuple[dict[str, Any], str]] = (),
 ) -> dict[str, Any]:
+    """One request's access to one patient's data. ``studies``: each ResearchStudy the
+    patient was evaluated for, with the status found (one entity each; a request that
+    evaluated several studies is one event, not one per study)."""
     agents = [_client_agent(ctx.caller, requestor=ctx.user is None)]
     if ctx.user:
         agents.append(
@@ -192,6 +198,23 @@ def audit_event(
         if result_status:
             entity["detail"] = [{"type": "eligibility-status", "valueString": result_status}]
         entities.append(entity)
+    for study, status in studies:
+        entities.append(
+            {
+                "what": study,
+                "type": {
+                    "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                    "code": "2",
+                    "display": "System Object",
+                },
+                "role": {
+                    "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                    "code": "4",
+                    "display": "Domain Resource",
+                },
+                "detail": [{"type": "eligibility-status", "valueString": status}],
+            }
+        )
     if entities:
         event["entity"] = entities
     return event
@@ -327,13 +350,18 @@ def _emit(request: Request, ctx: AuditContext, failure: BaseException | None) ->
     sink: AuditSink = request.app.state.audit_sink
     try:
         if ctx.evaluations:
-            for evaluation in ctx.evaluations:
+            by_patient: dict[str, list[tuple[Evaluation, dict[str, Any] | None]]] = {}
+            for evaluation, study in ctx.evaluations:
+                by_patient.setdefault(evaluation.patient_reference, []).append((evaluation, study))
+            for reference, done in by_patient.items():  # one event per patient, all studies
+                statuses = {e.status.value for e, _ in done}
                 sink.record(
                     audit_event(
                         ctx,
-                        patient_reference=evaluation.patient_reference,
+                        patient_reference=reference,
                         outcome=_OUTCOME_SUCCESS,
-                        result_status=evaluation.status.value,
+                        result_status=statuses.pop() if len(statuses) == 1 else None,
+                        studies=[(s, e.status.value) for e, s in done if s is not None],
                     )
                 )
         elif failure is not None:

@@ -60,7 +60,7 @@ def test_each_evaluation_is_audited_on_the_fhir_server():
     assert len(new) == 2
     for event in new:
         assert event["action"] == "E" and event["outcome"] == "0"
-        (entity,) = [e for e in event["entity"] if e.get("what", {}).get("reference")]
+        (entity,) = [e for e in event["entity"] if e.get("role", {}).get("code") == "1"]
         assert entity["what"]["reference"] == f"Patient/{pid}"
         details = {d["type"]: d.get("valueString") for d in entity.get("detail", [])}
         assert details.get("eligibility-status") == "potential-candidate"
