@@ -5,8 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import re
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +29,7 @@ from service.inputs import validation_message
 from service.matching.router import router as matching_router
 from service.ops import metrics
 from service.ops import wiring as ops_wiring
+from service.ops.request_context import RequestContextMiddleware
 from service.portfolio import Portfolio, configured_paths, load_portfolio
 from service.protocol import Protocol, ProtocolError, load_protocol
 from service.record import InputError
@@ -107,34 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
         )
 
-    @app.middleware("http")
-    async def request_context(request: Request, call_next):
-        rid = inputs.request_id(request.headers.get("x-request-id")) or uuid.uuid4().hex
-        token = logs.request_id.set(rid)
-        started = time.perf_counter()
-        try:
-            with logs.request_scope():
-                _register_request_secrets(request)
-                response = await call_next(request)
-        except Exception as exc:  # noqa: BLE001 - the last line of defence: log, answer 500
-            log.error("unhandled error", extra={"error_type": type(exc).__name__})
-            response = outcome(500, "exception", "internal error")  # never a stack trace
-        finally:
-            logs.request_id.reset(token)
-        elapsed = round((time.perf_counter() - started) * 1000, 1)
-        response.headers["X-Request-Id"] = rid
-        route = request.scope.get("route")
-        log.info(
-            "request",
-            extra={
-                "request_id": rid,
-                "method": request.method,
-                "route": getattr(route, "path", "unmatched"),  # the template: no ids in logs
-                "status": response.status_code,
-                "elapsed_ms": elapsed,
-            },
-        )
-        return response
+    app.add_middleware(RequestContextMiddleware)  # outermost: ids and the access log
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError):
@@ -196,16 +168,6 @@ def _single_protocol(portfolio: Portfolio, settings: Settings) -> Protocol:
         if Path(protocol.directory).resolve() == wanted:
             return protocol
     return load_protocol(settings.protocol_path)
-
-
-def _register_request_secrets(request: Request) -> None:
-    """What a caller sends that must never be logged: its credentials, the patient's id."""
-    for name in ("authorization", "x-api-key"):
-        value = request.headers.get(name)
-        if value:
-            logs.register_request_secret(value)
-            logs.register_request_secret(value.partition(" ")[2].strip())
-    logs.register_request_secret(request.query_params.get("patient"))
 
 
 def _templates(routes: list[Any]) -> Iterator[tuple[re.Pattern[str], str]]:
