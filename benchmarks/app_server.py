@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 from fastapi import FastAPI, Request, Response
 
+from fhir_mappings import DEFAULT_PROTOCOL
 from service.settings import Settings
 
 BARE_PATH = "/bench/bare"
@@ -25,12 +26,15 @@ _BARE_ANSWER = orjson.dumps({"resourceType": "OperationOutcome", "issue": []})
 def bench_settings() -> Settings:
     """Service defaults (no .env), CDS client authentication off; no rate limit (it would
     refuse the load) and audit events written to the null device (the parent reads only the
-    first line of stdout, so a full pipe would stall the server)."""
+    first line of stdout, so a full pipe would stall the server). The seed trial alone: the
+    HTTP and CDS targets were set for it, and ``$eligibility`` with no ``study`` evaluates
+    every loaded protocol (the several-study cases load theirs explicitly)."""
     return Settings(  # type: ignore[call-arg]
         _env_file=None,
         cds_auth_enabled=False,
         rate_limit_enabled=False,
         audit_log_path=Path(os.devnull),
+        protocol_dirs=[DEFAULT_PROTOCOL.parent],
     )
 
 
