@@ -23,7 +23,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from service.contained import has_members, member_results
-from service.resource_kinds import EVALUATED, KINDS, ON_DEMAND
+from service.resource_kinds import EVALUATED, KINDS, MEDICATION_TYPES, ON_DEMAND
 
 if TYPE_CHECKING:
     from service.fhir.queries import Query
@@ -116,8 +116,15 @@ class Relevance:
         return templates_for(self)
 
     def export_types(self) -> list[str]:
-        """Bulk ``_type``: the Patient and every type a rule reads."""
-        return ["Patient", *self.types, *(["DiagnosticReport"] if self.report_codes else [])]
+        """Bulk ``_type``: the Patient and every type a rule reads (with the Medications a
+        medication resource may name: an export has no ``_include``)."""
+        medications = any(t in MEDICATION_TYPES for t in self.types)
+        return [
+            "Patient",
+            *self.types,
+            *(["DiagnosticReport"] if self.report_codes else []),
+            *(["Medication"] if medications else []),
+        ]
 
     def type_filters(self) -> list[str]:
         """Bulk ``_typeFilter``: Observations by ``combo-code`` (code or component code), as

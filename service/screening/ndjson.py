@@ -27,13 +27,14 @@ import orjson
 from service.evaluation_context import relevance_for
 from service.protocol import Protocol
 from service.relevance import Relevance, RelevanceUnion
-from service.resource_kinds import KINDS
+from service.resource_kinds import KINDS, MEDICATION_TYPES
 
 PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})$")
 _GROUP_REF = re.compile(r"(?:^|/)Group/[A-Za-z0-9\-.]{1,64}$")
 _INSERT_BATCH = 5000
 _PROGRESS_BYTES = 1 << 20
-PATIENT, OTHER = 0, 1
+PATIENT, OTHER, MEDICATION = 0, 1, 2  # MEDICATION rows are keyed "Medication/{id}", not by patient
+MEDICATION_REFERENCE = re.compile(r"(?:^|/)Medication/([A-Za-z0-9\-.]{1,64})$")
 
 
 @dataclass
@@ -227,6 +228,9 @@ class PatientStore:
                 report.no_patient["Patient"] += 1  # a Patient without id cannot be named
                 return None
             return pid, PATIENT, line
+        if rtype == "Medication" and any(wanted.reads(t) for t in MEDICATION_TYPES):
+            mid = resource.get("id")  # no patient of its own: the patients naming it get it
+            return (f"Medication/{mid}", MEDICATION, line) if isinstance(mid, str) else None
         if not wanted.reads(rtype):
             report.ignored_types[rtype] += 1
             return None
@@ -251,11 +255,11 @@ class PatientStore:
         for pid, kind, body in cursor:
             if current is None or current.patient_id != pid:
                 if current is not None and current.patients and current.patient_id not in skip:
-                    yield self._with_links(current)
+                    yield self._with_medications(self._with_links(current))
                 current = PatientData(pid, [], [])
             (current.patients if kind == PATIENT else current.resources).append(body)
         if current is not None and current.patients and current.patient_id not in skip:
-            yield self._with_links(current)
+            yield self._with_medications(self._with_links(current))
 
     def _with_links(self, data: PatientData) -> PatientData:
         """Add the records the Patient links to (as pull mode fetches them): a merged
@@ -272,6 +276,34 @@ class PatientStore:
             for kind, body in rows:
                 (data.linked if kind == PATIENT else data.resources).append(body)
         return data
+
+    def _with_medications(self, data: PatientData) -> PatientData:
+        """Add the Medications its medication resources name (``medicationReference``), as
+        pull mode's ``_include`` brings them: a Medication names no patient of its own."""
+        wanted: list[str] = []
+        for body in data.resources:
+            if b'"medicationReference"' not in body:
+                continue
+            ref = _medication_reference(orjson.loads(body))
+            if ref is not None and ref not in wanted:
+                wanted.append(ref)
+        for ref in wanted:
+            rows = self._db.execute(
+                "SELECT body FROM res WHERE pid = ? AND kind = ? ORDER BY rowid", (ref, MEDICATION)
+            )
+            data.resources.extend(body for (body,) in rows)
+        return data
+
+
+def _medication_reference(resource: Any) -> str | None:
+    """``Medication/{id}`` of a literal medicationReference (relative or absolute); None for
+    a contained (``#...``), urn: or unreadable one (the record builder says what it lacks)."""
+    target = resource.get("medicationReference") if isinstance(resource, dict) else None
+    ref = target.get("reference") if isinstance(target, dict) else None
+    if not isinstance(ref, str):
+        return None
+    m = MEDICATION_REFERENCE.search(ref.partition("/_history/")[0])
+    return f"Medication/{m.group(1)}" if m else None
 
 
 # Patient.link types whose records are read with the patient's (as service.fhir.fetch)
