@@ -34,7 +34,6 @@ from service.portfolio import Portfolio, configured_paths, load_portfolio
 from service.protocol import Protocol, ProtocolError, load_protocol
 from service.record import InputError
 from service.results import open_result_store
-from service.results.deferred import DeferredResultStore
 from service.routes import router as fhir_router
 from service.screening.http import router as screen_router
 from service.settings import Settings, get_settings
@@ -86,8 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # single-trial surfaces keep reading app.state.protocol (ELIGIBILITY_PROTOCOL_PATH).
     app.state.portfolio = load_configured_portfolio(settings)
     app.state.protocol = _single_protocol(app.state.portfolio, settings)
-    # the latest answer per patient and study; answers are written after they have gone
-    app.state.result_store = DeferredResultStore(open_result_store(settings))
+    app.state.result_store = open_result_store(settings)  # the latest answer per patient and study
     configure_terminology(settings)  # site ConceptMaps: a bad file stops the start (issue 10)
     # Innermost middleware: a refused body is still counted, logged and given a request id.
     app.state.body_budget = ByteBudget(settings.max_decoding_bytes)

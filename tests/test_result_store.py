@@ -13,7 +13,6 @@ import pytest
 
 from service.results import StudyResult, open_result_store
 from service.results.codec import dumps, loads
-from service.results.deferred import DeferredResultStore
 from service.results.redis_store import RedisResultStore
 from service.results.sqlite import SQLiteResultStore
 from service.results.store import MemoryResultStore, choose_results_backend
@@ -35,21 +34,12 @@ def result(pid: str, study: str, status: str, minutes: int = 0, **kw) -> StudyRe
     )
 
 
-@pytest.fixture(
-    params=[
-        "memory",
-        "sqlite",
-        "deferred-sqlite",  # the app's store: every contract holds through the wrapper
-        pytest.param("redis", marks=pytest.mark.multiprocess),
-    ]
-)
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.multiprocess)])
 async def store(request, tmp_path):
     if request.param == "memory":
         s = MemoryResultStore()
     elif request.param == "sqlite":
         s = SQLiteResultStore(tmp_path / "results.sqlite3")
-    elif request.param == "deferred-sqlite":
-        s = DeferredResultStore(SQLiteResultStore(tmp_path / "results.sqlite3"))
     else:
         s = RedisResultStore(redis_url(), prefix=f"test-{uuid.uuid4().hex}:")
     yield s

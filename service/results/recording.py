@@ -2,7 +2,6 @@
 
 The coordinator's worklist lists these rows; a store that fails must never fail the answer
 the caller is waiting for (the row is lost and the failure logged, without patient data).
-The app's store defers them (service.results.deferred): written after the answer has gone.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from typing import Any
 
 from service.clinical.evaluation import Evaluation
 from service.protocol import Protocol
-from service.results.deferred import DeferredResultStore
 from service.results.model import summarise
 
 log = logging.getLogger("service.results")
@@ -28,9 +26,7 @@ async def record_answers(
         return
     try:
         results = [summarise(evaluation, protocol.id, source) for protocol, evaluation in answers]
-        if isinstance(store, DeferredResultStore):
-            await store.defer(results)  # written after the answer has gone
-        elif len(results) == 1:
+        if len(results) == 1:
             await store.record(results[0])
         elif results:  # one transaction (one thread hop) for a portfolio's studies
             await store.record_many(results)

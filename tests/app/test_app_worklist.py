@@ -313,7 +313,7 @@ def test_the_worklist_on_the_redis_result_store(run) -> None:
     ) as client:
         try:
             page = client.get("/app/", params={"study": SEED_ID, "sort": "patient", "size": 5})
-            assert isinstance(_store(client).inner, RedisResultStore)
+            assert isinstance(_store(client), RedisResultStore)
             total = int(re.search(r'data-total="(\d+)"', page.text).group(1))
             assert total == len(csv_rows(out)) + 6  # the screened and the demo patients
             seen = []
