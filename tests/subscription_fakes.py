@@ -24,6 +24,7 @@ class FakeFhir:
         self.page_size = page_size
         self._ids = itertools.count(1)
         self.delay = 0.0  # seconds per answer (a server that takes its time)
+        self.history: dict[tuple[str, str], list[dict[str, Any]]] = {}  # newest first
 
     def server(self) -> FhirServer:
         async def answer(request: httpx.Request) -> httpx.Response:
@@ -35,7 +36,9 @@ class FakeFhir:
     def put(self, resource: dict[str, Any], version: str = "1", updated: str | None = None):
         meta = {"versionId": version, **({"lastUpdated": updated} if updated else {})}
         stored = {**resource, "meta": {**resource.get("meta", {}), **meta}}
-        self.resources[(resource["resourceType"], resource["id"])] = stored
+        key = (resource["resourceType"], resource["id"])
+        self.resources[key] = stored
+        self.history.setdefault(key, []).insert(0, {"resource": stored})
         return stored
 
     def of_type(self, rtype: str) -> list[dict[str, Any]]:
@@ -46,6 +49,12 @@ class FakeFhir:
         parts = path.split("/")
         if request.method == "GET" and len(parts) == 1:
             return self._search(parts[0], request.url.params)
+        if request.method == "GET" and len(parts) == 3 and parts[2] == "_history":
+            versions = self.history.get((parts[0], parts[1]))
+            if versions is None:
+                return httpx.Response(404)
+            bundle = {"resourceType": "Bundle", "type": "history", "entry": versions}
+            return httpx.Response(200, json=bundle)
         if request.method == "POST" and len(parts) == 1:
             self.writes.append(("POST", path))
             body = orjson.loads(request.content)
@@ -56,7 +65,11 @@ class FakeFhir:
             return httpx.Response(200, json=self.put(orjson.loads(request.content)))
         if request.method == "DELETE" and len(parts) == 2:
             self.writes.append(("DELETE", path))
-            self.resources.pop((parts[0], parts[1]), None)
+            if self.resources.pop((parts[0], parts[1]), None) is not None:
+                versions = self.history[(parts[0], parts[1])]
+                gone = {"method": "DELETE", "url": path}
+                etag = f'W/"{len(versions) + 1}"'
+                versions.insert(0, {"request": gone, "response": {"status": "204", "etag": etag}})
             return httpx.Response(204)
         return httpx.Response(400)
 

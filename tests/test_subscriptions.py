@@ -458,3 +458,41 @@ async def test_a_catch_up_over_several_types_is_one_evaluation_per_patient():
         assert evaluate.calls == {"p1": 1}
     finally:
         await w.stop()
+
+
+# -- deletions ------------------------------------------------------------------------------
+async def test_a_deleted_result_re_evaluates_the_patient_its_history_names():
+    """A search no longer finds a deleted result; its history does, and its patient's answer
+    (which may have rested on it) is evaluated again, once however often it is notified."""
+    fake = FakeFhir()
+    fake.put(observation("p7", "o1"))
+    server = fake.server()
+    await server.delete("Observation", "o1")
+    evaluate = Evaluations()
+    w = worker(evaluate=evaluate, fake=fake)
+    w.start(catch_up=False)
+    try:
+        w.deleted("Observation", "o1")
+        w.deleted("Observation", "o1")  # notified twice: one version, one evaluation
+        await w.idle()
+    finally:
+        await w.stop()
+    assert evaluate.calls == {"p7": 1}
+
+
+@pytest.mark.parametrize("case", ["unknown", "no-patient"])
+async def test_a_deletion_whose_owner_cannot_be_told_falls_back_to_a_catch_up(case):
+    fake = FakeFhir()
+    if case == "no-patient":
+        fake.put({"resourceType": "Observation", "id": "o2", "status": "final"})
+        await fake.server().delete("Observation", "o2")
+    evaluate = Evaluations()
+    w = worker(evaluate=evaluate, fake=fake)
+    w.start(catch_up=False)
+    try:
+        w.deleted("Observation", "o2")
+        await w.idle()
+        assert w._wake.is_set()  # the catch-up is asked to read
+    finally:
+        await w.stop()
+    assert evaluate.calls == {}

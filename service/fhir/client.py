@@ -439,6 +439,22 @@ class FhirClient:
             url = self._next_link(bundle, resp.url, what)
             yield page.entries
 
+    async def history(self, resource_type: str, id: str, count: int = 10) -> list[dict[str, Any]]:
+        """``GET [type]/[id]/_history``: the newest ``count`` versions' entries, newest first
+        (a deletion is an entry with ``request.method`` DELETE and no resource)."""
+        what = f"{resource_type} history"
+        url = self._base.join(f"{resource_type}/{check_id(id)}/_history").copy_with(
+            query=urlencode([("_count", str(count))]).encode()
+        )
+        resp = await self._request("GET", url, what=what, resource_type=resource_type)
+        bundle = self._check(resp, what, expect="Bundle")
+        if bundle.get("type") != "history":
+            raise UpstreamError(f"the FHIR server answered the {what} with a non-history Bundle")
+        entries = bundle.get("entry") or []
+        if not isinstance(entries, list):
+            raise UpstreamError(f"the FHIR server answered the {what} with a malformed Bundle")
+        return [e for e in entries if isinstance(e, dict)]
+
     async def create(
         self, resource: dict[str, Any], *, if_none_exist: Sequence[tuple[str, str]] | None = None
     ) -> Written:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
 import orjson
 
@@ -71,3 +72,25 @@ def change_of(resource: Any) -> Change | None:
         body = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
         version = "sha256-" + hashlib.sha256(body).hexdigest()[:16]
     return Change(rtype, rid, version, patient_of(resource), parse_instant(meta.get("lastUpdated")))
+
+
+def deletion_of(rtype: str, rid: str, history: list[dict[str, Any]]) -> Change | None:
+    """The change a deletion stands for, from the resource's history (newest first): the
+    patient of its last version that had one; None when no version names a patient."""
+    pid = next(
+        (
+            patient_of(e["resource"])
+            for e in history
+            if isinstance(e.get("resource"), dict) and patient_of(e["resource"]) is not None
+        ),
+        None,
+    )
+    if pid is None or not is_fhir_id(rid):
+        return None
+    newest = history[0] if history else {}
+    found = newest.get("response")
+    response: dict[str, Any] = found if isinstance(found, dict) else {}
+    stamp = response.get("etag") or response.get("lastModified")
+    version = f"deleted-{stamp}" if isinstance(stamp, str) and stamp else f"deleted-{uuid4().hex}"
+    when = parse_instant(response.get("lastModified")) or datetime.now(UTC)
+    return Change(rtype, rid, version, pid, when)

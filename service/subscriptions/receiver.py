@@ -3,7 +3,8 @@
 * ``POST /subscription/notify``: the empty-body ping (no payload): a catch-up finds what;
 * ``PUT /subscription/notify/{Type}/{id}``: the full-resource form (HAPI acts as a FHIR
   client with our endpoint as its base), also ``POST /subscription/notify/{Type}``;
-* ``DELETE /subscription/notify/{Type}/{id}``: a deletion (a catch-up re-reads the patient).
+* ``DELETE /subscription/notify/{Type}/{id}``: a deletion (its history names the patient to
+  re-evaluate; a catch-up when it cannot).
 
 Every call must carry the shared secret in the configured header: compared in constant
 time, 401 otherwise, and the secret is never logged. The answer comes at once: the change
@@ -89,7 +90,7 @@ async def deleted(rtype: str, rid: str, runtime: Authorised) -> Response:
     if not is_fhir_id(rid):
         raise HTTPException(status_code=400, detail="not a FHIR id")
     metrics.SUBSCRIPTION_NOTIFICATIONS.labels(outcome="deleted").inc()
-    runtime.worker.ping()  # whose it was is gone with it: the catch-up re-reads
+    runtime.worker.deleted(rtype, rid)  # whose it was: its history says (or a catch-up)
     return Response(status_code=200)
 
 

@@ -81,6 +81,14 @@ class FhirServer:
         except FhirError as exc:
             raise ServerError(exc.message) from None
 
+    async def history(self, rtype: str, rid: str) -> list[dict[str, Any]]:
+        """The newest versions' entries of one resource (a deleted one's included)."""
+        try:
+            async with self._clients() as client:
+                return await client.history(rtype, rid)
+        except FhirError as exc:
+            raise ServerError(exc.message) from None
+
     async def pages(self, rtype: str, params: dict[str, Any]) -> AsyncIterator[list[dict]]:
         """A search's resources page by page (``next`` links), so no search is held whole."""
         query = (rtype, [(k, str(v)) for k, v in params.items()])

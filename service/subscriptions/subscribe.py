@@ -18,6 +18,8 @@ from service.subscriptions.server import FhirServer
 TAG_SYSTEM = "urn:cart-eligibility:subscription"
 TAG_CODE = "continuous-screening"
 PAYLOAD = "application/fhir+json"  # full resource: HAPI PUTs {endpoint}/{Type}/{id}
+# HAPI's channel extension for deletions (R4 Subscriptions have none): DELETE {endpoint}/...
+SEND_DELETES = "http://hapifhir.io/fhir/StructureDefinition/subscription-send-delete-messages"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ def desired(criteria: str, endpoint: str, header: str) -> dict[str, Any]:
             "endpoint": endpoint,
             "payload": PAYLOAD,
             "header": [header],
+            "extension": [{"url": SEND_DELETES, "valueBoolean": True}],
         },
     }
 
@@ -52,7 +55,15 @@ def _same(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
         and channel.get("type") == want["type"]
         and channel.get("payload") == want["payload"]
         and list(channel.get("header") or ()) == want["header"]
+        and _sends_deletes(channel)
         and existing.get("status") in ("requested", "active")
+    )
+
+
+def _sends_deletes(channel: dict[str, Any]) -> bool:
+    return any(
+        isinstance(e, dict) and e.get("url") == SEND_DELETES and e.get("valueBoolean") is True
+        for e in channel.get("extension") or ()
     )
 
 

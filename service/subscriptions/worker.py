@@ -28,10 +28,10 @@ from service.protocol import Protocol
 from service.results import ResultStore, summarise
 from service.settings import Settings
 from service.subscriptions.actions import changed_now, on_change
-from service.subscriptions.changes import Change, change_of
+from service.subscriptions.changes import Change, change_of, deletion_of
 from service.subscriptions.evaluate import EvaluatePatient, evaluate_patient
 from service.subscriptions.ledger import Ledger
-from service.subscriptions.server import FhirServer
+from service.subscriptions.server import FhirServer, ServerError
 
 log = logging.getLogger("service.subscriptions")
 _EPSILON = timedelta(milliseconds=1)
@@ -81,6 +81,7 @@ class SubscriptionWorker:
         self._sem = asyncio.Semaphore(settings.subscription_concurrency)
         self._wake = asyncio.Event()  # a ping or a dropped notification: catch up now
         self._tasks: list[asyncio.Task[None]] = []
+        self._deletions: set[asyncio.Task[None]] = set()  # whose a deleted resource was
         self._catchup_lock = asyncio.Lock()
         # cleared while a catch-up is still reading: a patient's changes from several types
         # (pages) wait for the whole read, so they make one evaluation, not one per type
@@ -103,6 +104,31 @@ class SubscriptionWorker:
         """An empty-body notification: something matched; the catch-up finds what."""
         self._wake.set()
 
+    def deleted(self, rtype: str, rid: str) -> None:
+        """A deletion: a search no longer finds the resource, so the catch-up cannot tell
+        whose it was. Its history can: the patient of its last version is re-evaluated (its
+        answer may rest on what was deleted). Unknown whose: a catch-up, as for a ping."""
+        if self.server is None:
+            self.ping()
+            return
+        task = asyncio.get_running_loop().create_task(self._whose_deleted(rtype, rid))
+        self._deletions.add(task)
+        task.add_done_callback(self._deletions.discard)
+
+    async def _whose_deleted(self, rtype: str, rid: str) -> None:
+        assert self.server is not None
+        try:
+            entries = await self.server.history(rtype, rid)
+        except ServerError as exc:
+            log.warning("deleted resource history unread", extra={"error_type": type(exc).__name__})
+            self.ping()
+            return
+        change = deletion_of(rtype, rid, entries)
+        if change is None:
+            self.ping()
+        else:
+            self.offer(change)
+
     async def admit(self, change: Change) -> None:
         """From the catch-up: waits for room (backpressure) instead of dropping."""
         await self.queue.put(change)
@@ -115,7 +141,7 @@ class SubscriptionWorker:
             self._tasks.append(loop.create_task(self._catchup_loop()))
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self._runs.values()]:
+        for task in [*self._tasks, *self._deletions, *self._runs.values()]:
             task.cancel()
         for task in [*self._tasks, *self._runs.values()]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -125,6 +151,8 @@ class SubscriptionWorker:
     async def idle(self, timeout: float = 30.0) -> None:
         """Wait until every queued change is evaluated (tests, the catch-up, shutdown)."""
         async with asyncio.timeout(timeout):
+            if self._deletions:
+                await asyncio.gather(*list(self._deletions), return_exceptions=True)
             await self.queue.join()
             while self._runs:
                 await asyncio.gather(*list(self._runs.values()), return_exceptions=True)

@@ -255,6 +255,29 @@ def test_a_failing_platelet_count_changes_the_status_and_writes_a_task(state, fr
         assert len(_tasks(http, pid)) == 1
 
 
+def test_a_deleted_result_is_noticed_and_the_patient_evaluated_again(state, fresh_patient):
+    """R4 Subscriptions say nothing on a deletion; HAPI does with its channel extension, and
+    the deleted result's history names whose it was: the answer that rested on it goes."""
+    pid, results = fresh_patient, MemoryResultStore()
+    with Service(_free_port(), state, results), _http() as http:
+        _post(http, platelets(pid, 150, datetime.now(UTC) - timedelta(days=1)))
+        failing = _post(http, platelets(pid, 12, datetime.now(UTC)))
+        _wait(
+            lambda: (r := _latest(results, pid)) is not None and r.status == "ineligible",
+            30,
+            "the failing count's answer",
+        )
+        gone = http.delete(f"{HAPI}/Observation/{failing['id']}")
+        assert gone.status_code in (200, 204), gone.text
+        lag = _wait(
+            lambda: _latest(results, pid).status == "potential-candidate",
+            30,
+            "the answer without the deleted count",
+        )
+        assert _latest(results, pid).previous_status == "ineligible"
+        print(f"deletion -> stored result: {lag:.2f} s")
+
+
 def test_a_wrong_secret_is_refused_and_changes_nothing(state):
     results = MemoryResultStore()
     with Service(_free_port(), state, results) as svc:
