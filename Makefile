@@ -55,12 +55,17 @@ SYNTHEA_OUT ?= $(HOME)/.cache/cart-eligibility/synthea-population
 SYNTHEA_CKD_OUT ?= $(HOME)/.cache/cart-eligibility/synthea-ckd
 SYNTHEA_CKD_PATIENTS ?= 200
 SYNTHEA_CKD_SKIP ?= Claim,ExplanationOfBenefit,Provenance,DocumentReference,DiagnosticReport,ImagingStudy,SupplyDelivery,Device,CareTeam,CarePlan
+# Simulated up to a fixed day: with the seed, the same population on every run (simulated up to
+# "now", a later run can move the one qualifying UACR out of its window and the checks drift).
+SYNTHEA_CKD_DATE ?= 2026-12-01
 test-synthea: $(STAMP)  ## screen Synthea populations: B-ALL (40, custom module), DAPA-CKD (200); Java 17 + Maven
 	deploy/synthea/generate $(SYNTHEA_OUT) 40 1
 	SYNTHEA_NDJSON=$(SYNTHEA_OUT)/fhir $(BIN)/pytest -q tests/integration/test_screening_synthea.py
 	SYNTHEA_LOCAL_MODULES=0 SYNTHEA_EXCLUDED_RESOURCES=$(SYNTHEA_CKD_SKIP) \
+		SYNTHEA_REFERENCE_DATE=$(subst -,,$(SYNTHEA_CKD_DATE)) \
 		deploy/synthea/generate $(SYNTHEA_CKD_OUT) $(SYNTHEA_CKD_PATIENTS) 2 40-85
 	SYNTHEA_CKD_NDJSON=$(SYNTHEA_CKD_OUT)/fhir SYNTHEA_CKD_REPORT=$(SYNTHEA_CKD_OUT)/dapa-summary.json \
+		SYNTHEA_CKD_AS_OF=$(SYNTHEA_CKD_DATE) \
 		$(BIN)/pytest -q -s tests/integration/test_screening_synthea_dapa.py
 
 test-browser: $(STAMP)  ## the web app in headless Chromium (Debian's chromium; installs it if missing)

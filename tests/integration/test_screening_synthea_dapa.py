@@ -37,7 +37,10 @@ REPORT = os.environ.get("SYNTHEA_CKD_REPORT")
 pytestmark = pytest.mark.skipif(
     not SOURCE, reason="set SYNTHEA_CKD_NDJSON to OUT/fhir of deploy/synthea/generate"
 )
-AS_OF = date.today()  # Synthea simulates up to the day it runs
+# Synthea simulates up to its reference date: today, or SYNTHEA_CKD_AS_OF when the population
+# was generated with that date (SYNTHEA_REFERENCE_DATE; make test-synthea pins it, so the same
+# seed gives the same population on every run and the counts below cannot drift)
+AS_OF = date.fromisoformat(os.environ.get("SYNTHEA_CKD_AS_OF") or date.today().isoformat())
 MIN_PATIENTS = 200
 LOINC = raw.LOINC
 SNOMED = "http://snomed.info/sct"
