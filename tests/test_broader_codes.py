@@ -373,3 +373,45 @@ async def test_pull_mode_fetches_the_echocardiography_report_and_decides_the_sam
     posted = result(run(obs, echo, other), "I8")
     assert pulled.outcome is posted.outcome is MET
     assert pulled.reason == posted.reason
+
+
+@pytest.mark.parametrize("status", [403, 400])
+def test_a_server_that_will_not_search_reports_leaves_them_out_with_a_warning(status):
+    """The echo reports are supporting evidence only: a server that refuses their search
+    (403: the SMART scope for DiagnosticReport not granted; 400: the search unsupported)
+    does not fail the whole pull. The LVEF is then read without them (undetermined: its
+    method is unknown), never decided on their absence; with the reports it is met."""
+    import asyncio
+
+    import httpx
+
+    from service.fhir.client import FhirClient
+    from service.fhir.demo_store import DEMO_BASE_URL, DemoStore
+    from service.fhir.fetch import fetch_patient
+    from service.pipeline import evaluate_fetched
+
+    obs = lab(LVEF_ANY, 55, "%", day=ago(5))
+    report = diagnostic_report(ECHO_REPORT, obs)
+    store = DemoStore({"p1": bundle(patient(), obs, report)})
+    protocol = default_protocol()
+
+    def answers(refuse: bool):
+        def handle(request: httpx.Request) -> httpx.Response:
+            if refuse and request.url.path.endswith("/DiagnosticReport"):
+                return httpx.Response(status, json={"resourceType": "OperationOutcome"})
+            return store.handle(request)
+
+        async def pull():
+            http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+            async with FhirClient(http, DEMO_BASE_URL) as client:
+                return await fetch_patient(client, protocol, "p1", AS_OF)
+
+        evaluation, _ = evaluate_fetched(asyncio.run(pull()), protocol, AS_OF)
+        return evaluation
+
+    assert result(answers(refuse=False), "I8").outcome is MET
+    refused = answers(refuse=True)
+    assert result(refused, "I8").outcome is UNDETERMINED
+    assert any(
+        i.code == "forbidden" and "DiagnosticReport search" in i.message for i in refused.issues
+    )

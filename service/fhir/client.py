@@ -34,6 +34,7 @@ from service import strict_json
 from service.clinical.model import Issue, Severity
 from service.fhir.auth import FhirAuth, NoAuth
 from service.fhir.errors import (
+    AccessForbidden,
     DeadlineExceeded,
     FhirError,
     PatientNotFound,
@@ -914,7 +915,11 @@ def _resource_type(resource: dict[str, Any]) -> str:
 
 def _failure(status: int, what: str, detail: str) -> FhirError:
     """The error for a final status that is not the one asked for."""
-    if status in (401, 403):
+    if status == 403:
+        return AccessForbidden(
+            f"the FHIR server refused our credentials (HTTP {status}) for the {what}"
+        )
+    if status == 401:
         return UpstreamAuthError(
             f"the FHIR server refused our credentials (HTTP {status}) for the {what}"
         )

@@ -45,6 +45,10 @@ class UpstreamAuthError(FhirError, ServiceUpstreamError):
     issue_code = "security"
 
 
+class AccessForbidden(UpstreamAuthError):
+    """HTTP 403: our credentials are good but may not read this (a scope not granted)."""
+
+
 class UpstreamError(FhirError, ServiceUpstreamError):
     """The FHIR server failed or answered something we cannot use."""
 

@@ -27,7 +27,13 @@ from typing import Protocol as Interface
 from service.clinical.model import Issue, Severity
 from service.evaluation_context import current_relevance
 from service.fhir.client import SearchResult
-from service.fhir.errors import FhirError, InvalidPatientId, PatientNotFound, SearchRefused
+from service.fhir.errors import (
+    AccessForbidden,
+    FhirError,
+    InvalidPatientId,
+    PatientNotFound,
+    SearchRefused,
+)
 from service.fhir.queries import Query, check_id, plan_queries
 from service.protocol import Protocol
 from service.references import normalise_base, reference_key, referenced_type
@@ -67,6 +73,16 @@ class FetchResult:
 
 # Which failure wins when several queries fail at once: the most specific one.
 _PRIORITY = (PatientNotFound,)
+
+
+def left_out(query: Query, refused: FhirError) -> SearchResult:
+    """An optional search the server would not answer: no resources, and a warning."""
+    why = "not permitted to us" if isinstance(refused, AccessForbidden) else "refused"
+    message = (
+        f"the FHIR server's {query.resource_type} search was {why}; results that could take "
+        "their method from such a resource are read without it"
+    )
+    return SearchResult(entries=[], issues=[Issue(Severity.WARNING, "forbidden", message)])
 
 
 async def fetch_patient(
@@ -111,11 +127,17 @@ async def fetch_patient(
                 follow(found)
                 return found
             try:
-                return await client.search(q)
-            except SearchRefused:
-                if q.fallback is None:
+                try:
+                    return await client.search(q)
+                except SearchRefused:
+                    if q.fallback is None:
+                        raise
+                    fallback = dataclasses.replace(q, params=q.fallback, fallback=None)
+                    return await client.search(fallback)
+            except (AccessForbidden, SearchRefused) as exc:
+                if not q.optional:
                     raise
-                return await client.search(dataclasses.replace(q, params=q.fallback, fallback=None))
+                return left_out(q, exc)
         finally:
             timings[q.key] = round((time.perf_counter() - started) * 1000, 1)
 

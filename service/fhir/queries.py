@@ -58,6 +58,10 @@ class Query:
     read: bool = False  # params are then (("_id", id),)
     # asked instead when the server refuses ``params`` (SearchRefused): a superset search
     fallback: tuple[tuple[str, str], ...] | None = None
+    # supporting evidence only (the echo reports a result may take its method from): a
+    # server that will not answer it (403: a scope not granted; 400/422/501) leaves it out
+    # with a warning; its absence only ever leaves a criterion undetermined
+    optional: bool = False
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -227,7 +231,7 @@ def plan_for(relevance: Relevance, patient: str, as_of: date | None) -> list[Que
             ("code", token_param(relevance.report_codes)),
         )
         feeds = frozenset({"DiagnosticReport"})
-        queries.append(Query("reports", "DiagnosticReport", reports, feeds))
+        queries.append(Query("reports", "DiagnosticReport", reports, feeds, optional=True))
     return queries
 
 
