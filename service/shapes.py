@@ -119,6 +119,14 @@ COMPONENT = _obj(
 
 META = _obj(lastUpdated=STR)  # read to order two versions of one resource
 
+# What every medication resource is read for: its status and its drug (coded or referenced).
+_MEDICATION: dict[str, Check] = {
+    "meta": META,
+    "status": STR,
+    "medicationCodeableConcept": CONCEPT,
+    "medicationReference": REFERENCE,
+}
+
 RESOURCE_SHAPES: dict[str, Check] = {
     "Patient": _obj(birthDate=STR, gender=STR, deceasedBoolean=BOOL, deceasedDateTime=STR),
     "Observation": _obj(
@@ -166,40 +174,18 @@ RESOURCE_SHAPES: dict[str, Check] = {
     ),
     # medications (read only when a protocol has a medication rule: service.relevance)
     "MedicationRequest": _obj(
-        meta=META,
-        status=STR,
+        **_MEDICATION,
         intent=STR,
-        medicationCodeableConcept=CONCEPT,
-        medicationReference=REFERENCE,
         authoredOn=STR,
         dosageInstruction=_list(_obj(timing=_obj(repeat=_obj(boundsPeriod=PERIOD)))),
         dispenseRequest=_obj(validityPeriod=PERIOD),
     ),
-    "MedicationAdministration": _obj(
-        meta=META,
-        status=STR,
-        medicationCodeableConcept=CONCEPT,
-        medicationReference=REFERENCE,
-        effectiveDateTime=STR,
-        effectivePeriod=PERIOD,
-    ),
+    "MedicationAdministration": _obj(**_MEDICATION, effectiveDateTime=STR, effectivePeriod=PERIOD),
     "MedicationStatement": _obj(
-        meta=META,
-        status=STR,
-        medicationCodeableConcept=CONCEPT,
-        medicationReference=REFERENCE,
-        effectiveDateTime=STR,
-        effectivePeriod=PERIOD,
-        dateAsserted=STR,
+        **_MEDICATION, effectiveDateTime=STR, effectivePeriod=PERIOD, dateAsserted=STR
     ),
     "MedicationDispense": _obj(
-        meta=META,
-        status=STR,
-        medicationCodeableConcept=CONCEPT,
-        medicationReference=REFERENCE,
-        whenHandedOver=STR,
-        whenPrepared=STR,
-        daysSupply=QUANTITY,
+        **_MEDICATION, whenHandedOver=STR, whenPrepared=STR, daysSupply=QUANTITY
     ),
 }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from service.clinical.engine import evaluate
@@ -17,8 +17,15 @@ SNOMED = "http://snomed.info/sct"
 UCUM = "http://unitsofmeasure.org"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 ICDO3 = "http://terminology.hl7.org/CodeSystem/icd-o-3"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 AS_OF = date(2026, 11, 20)
 PATIENT_ID = "p1"
+
+
+def ago(days: int) -> str:
+    """The day ``days`` before AS_OF, as FHIR writes a date."""
+    return (AS_OF - timedelta(days=days)).isoformat()
+
 
 _ids = itertools.count(1)
 

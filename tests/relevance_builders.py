@@ -5,7 +5,6 @@ Only APIs the code had before issue 19, so the regression tests run on the old c
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -17,15 +16,11 @@ from service.protocol import default_protocol
 from service.record import record_from_bundle
 from service.screening.ndjson import PatientStore
 from service.screening.work import evaluate_one
-from tests.builders import AS_OF, LOINC, concept, lab, observation, patient, quantity, result
+from tests.builders import AS_OF, LOINC, ago, concept, lab, observation, patient, quantity, result
 from tests.screening_population import write_ndjson
 
 PROTOCOL = default_protocol()
 PLT, HGB, CBC = "777-3", "718-7", "58410-2"  # CBC panel: no criterion reads its code
-
-
-def ago(n: int) -> str:
-    return str(AS_OF - timedelta(days=n))
 
 
 def member(mid: str, code: str, value: float, unit: str, **extra: Any) -> dict:

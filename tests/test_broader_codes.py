@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from tests.builders import (
     LOINC,
     SNOMED,
     _id,
+    ago,
     bundle,
     coded_observation,
     concept,
@@ -44,10 +44,6 @@ V3 = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 PRESENT, ABSENT = "LA9633-4", "LA9634-2"
 LVEF_ANY, LVEF_US = "10230-1", "18043-0"
 TTE = concept(SNOMED, "433236007", "Transthoracic echocardiography")
-
-
-def ago(n: int) -> str:
-    return str(AS_OF - timedelta(days=n))
 
 
 # -- I2: the immunophenotyping report --------------------------------------------------------

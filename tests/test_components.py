@@ -10,18 +10,16 @@ Tests named ``..._was_met`` said "met" on the old code.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 
 from service.clinical.model import Outcome
 from service.protocol import default_protocol
 from service.record import record_from_bundle
 from tests.builders import (
-    AS_OF,
     LOINC,
     SNOMED,
     UCUM,
+    ago,
     bundle,
     concept,
     condition,
@@ -38,10 +36,6 @@ CBC_PANEL, CMP_PANEL = "58410-2", "24323-8"  # not in any of the protocol's Valu
 PLT, HGB, ANC, ALT, BILI, CREA = "777-3", "718-7", "751-8", "1742-6", "14631-6", "14682-9"
 CD19_PERCENT, REPORT = "8117-4", "101119-6"
 V3 = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
-
-
-def ago(n: int) -> str:
-    return str(AS_OF - timedelta(days=n))
 
 
 def component(code: str, value: float | None = None, unit: str | None = None, **extra) -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
 from unittest import mock
 
 import httpx
@@ -30,14 +29,10 @@ from service.resource_kinds import MEDICATION_TYPES
 from service.screening.ndjson import PatientStore
 from service.screening.work import evaluate_one
 from service.settings import Settings
-from tests.builders import AS_OF, patient
+from tests.builders import AS_OF, ago, patient
 from tests.protocol_copies import ATC, RXNORM, medication_protocol
 from tests.screening_population import write_ndjson
 from tests.test_relevance_paths import answers
-
-
-def ago(days: int) -> str:
-    return (AS_OF - timedelta(days=days)).isoformat()
 
 
 def _med(code: tuple[str, str]) -> dict:

@@ -16,7 +16,7 @@ from service.clinical.engine import evaluate
 from service.clinical.model import CriterionResult, Outcome
 from service.protocol import ProtocolError, load_protocol
 from service.record import record_from_bundle
-from tests.builders import AS_OF, bundle, patient
+from tests.builders import AS_OF, ago, bundle, patient
 from tests.builders import questionnaire_response as qr
 from tests.protocol_copies import ATC, RXNORM, edit_toml, medication_protocol
 
@@ -26,10 +26,6 @@ DASATINIB = (RXNORM, "475342")
 IMATINIB_ATC = (ATC, "L01EA01")
 OTHER = (RXNORM, "197361")  # amlodipine: in no ValueSet of the protocol
 SUBJECT = {"reference": "Patient/p1"}
-
-
-def ago(days: int) -> str:
-    return (AS_OF - timedelta(days=days)).isoformat()
 
 
 def med(code: tuple[str, str]) -> dict:

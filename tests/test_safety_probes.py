@@ -11,7 +11,7 @@ rules and the result Bundle), the same path as the HTTP API and the CLI.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
 import orjson
@@ -29,6 +29,7 @@ from tests.builders import (
     LOINC,
     SNOMED,
     UCUM,
+    ago,
     coded_observation,
     concept,
     condition,
@@ -62,10 +63,6 @@ PLT, ANC, BILI, ALT, CREA, LVEF, ECOG, CD19, KPS = (
     "8117-4",
     "89243-0",
 )
-
-
-def ago(n: int) -> str:
-    return (AS_OF - timedelta(days=n)).isoformat()
 
 
 def attestation(answers: dict[str, Any] | None = None, **extra) -> dict:

@@ -3,11 +3,9 @@ patients (the demo CKD patient, edited), through a posted Bundle, pull mode and 
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 
-from tests.builders import AS_OF
+from tests.builders import ICD10CM, RXNORM, SNOMED, ago
 from tests.trial_paths import (
     DAPA_DIR,
     add,
@@ -23,18 +21,11 @@ from tests.trial_paths import (
 
 PID = "demo-ckd-eligible"
 QR = "dapa-ckd-attestation"
-RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
-ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
-SCT = "http://snomed.info/sct"
 
 
 @pytest.fixture(scope="module")
 def protocol():
     return load(DAPA_DIR)
-
-
-def ago(days: int) -> str:
-    return (AS_OF - timedelta(days=days)).isoformat()
 
 
 def condition(suffix: str, system: str, code: str, onset_days: int) -> dict:
@@ -68,7 +59,7 @@ def given(suffix: str, rxnorm: str, days: int | None) -> dict:
         "resourceType": "MedicationStatement",
         "id": f"{PID}-{suffix}",
         "status": "completed",
-        "medicationCodeableConcept": {"coding": [{"system": RX, "code": rxnorm}]},
+        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": rxnorm}]},
         "subject": {"reference": f"Patient/{PID}"},
     }
     if days is not None:
@@ -136,7 +127,7 @@ CASES = {  # name: (edit of the eligible patient, expected outcomes)
         lambda d: answer(d, QR, "I5-max-dose", None),
         {"I5-treated": "undetermined", "I5": "undetermined"},
     ),  # fmt: skip
-    "PKD": (lambda d: add(d, condition("pkd", ICD10, "Q61.2", 3000)), {"E1": "not-met"}),
+    "PKD": (lambda d: add(d, condition("pkd", ICD10CM, "Q61.2", 3000)), {"E1": "not-met"}),
     "E1 not attested": (lambda d: answer(d, QR, "E1", None), {"E1": "undetermined"}),
     "cyclophosphamide 30 days ago": (lambda d: add(d, given("cyc", "3002", 30)), {"E2": "not-met"}),
     "cyclophosphamide undated": (
@@ -149,7 +140,7 @@ CASES = {  # name: (edit of the eligible patient, expected outcomes)
         {"E3-procedure": "not-met", "E3": "not-met"},
     ),
     "transplant status": (
-        lambda d: add(d, condition("z94", ICD10, "Z94.0", 2000)),
+        lambda d: add(d, condition("z94", ICD10CM, "Z94.0", 2000)),
         {"E3-status": "not-met", "E3": "not-met"},
     ),  # fmt: skip
     "dapagliflozin 20 days ago": (
@@ -158,12 +149,18 @@ CASES = {  # name: (edit of the eligible patient, expected outcomes)
     ),  # fmt: skip
     "SGLT2i intolerance": (lambda d: answer(d, QR, "E4-intolerance", False), {"E4": "not-met"}),
     "type 1 diabetes": (
-        lambda d: add(d, condition("t1dm", SCT, "46635009", 9000)),
+        lambda d: add(d, condition("t1dm", SNOMED, "46635009", 9000)),
         {"E5": "not-met"},
     ),
     "NYHA IV": (lambda d: answer(d, QR, "E6", False), {"E6": "not-met"}),
-    "MI 30 days ago": (lambda d: add(d, condition("mi", SCT, "22298006", 30)), {"E7": "not-met"}),
-    "stroke 200 days ago": (lambda d: add(d, condition("cva", ICD10, "I63.9", 200)), {"E7": "met"}),
+    "MI 30 days ago": (
+        lambda d: add(d, condition("mi", SNOMED, "22298006", 30)),
+        {"E7": "not-met"},
+    ),
+    "stroke 200 days ago": (
+        lambda d: add(d, condition("cva", ICD10CM, "I63.9", 200)),
+        {"E7": "met"},
+    ),
 }
 
 
@@ -180,7 +177,7 @@ def _transplant() -> dict:
         "resourceType": "Procedure",
         "id": f"{PID}-ktx",
         "status": "completed",
-        "code": {"coding": [{"system": SCT, "code": "70536003"}]},
+        "code": {"coding": [{"system": SNOMED, "code": "70536003"}]},
         "subject": {"reference": f"Patient/{PID}"},
         "performedDateTime": ago(5 * 365),
     }

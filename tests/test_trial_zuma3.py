@@ -3,11 +3,9 @@ patients (the demo ZUMA-3 patient, edited), through a posted Bundle, pull mode a
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 
-from tests.builders import AS_OF
+from tests.builders import ICD10CM, RXNORM, SNOMED, ago
 from tests.trial_paths import (
     ZUMA3_DIR,
     add,
@@ -23,18 +21,11 @@ from tests.trial_paths import (
 
 PID = "demo-zuma3-eligible"
 QR = "zuma3-brexu-cel-rr-ball-attestation"
-RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
-ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
-SCT = "http://snomed.info/sct"
 
 
 @pytest.fixture(scope="module")
 def protocol():
     return load(ZUMA3_DIR)
-
-
-def ago(days: int) -> str:
-    return (AS_OF - timedelta(days=days)).isoformat()
 
 
 def condition(suffix: str, system: str, code: str, clinical: str = "active") -> dict:
@@ -68,7 +59,7 @@ def given(suffix: str, rxnorm: str, start: int, end: int) -> dict:
         "resourceType": "MedicationStatement",
         "id": f"{PID}-{suffix}",
         "status": "completed",
-        "medicationCodeableConcept": {"coding": [{"system": RX, "code": rxnorm}]},
+        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": rxnorm}]},
         "subject": {"reference": f"Patient/{PID}"},
         "effectivePeriod": {"start": ago(start), "end": ago(end)},
     }
@@ -108,11 +99,11 @@ CASES = {  # name: (edit of the eligible patient, expected outcomes)
         lambda d: drop(d, "-ball"),
         {"I2-b-all": "undetermined", "I2": "undetermined"},
     ),
-    "allo-SCT 50 days ago": (
+    "allo-SNOMED 50 days ago": (
         _set("allo-hsct", "performedDateTime", ago(50)),
         {"I2-post-allo-days": "not-met", "I2-post-allo": "not-met", "I2-rr": "undetermined"},
     ),
-    "allo-SCT 50 days ago, early relapse attested": (
+    "allo-SNOMED 50 days ago, early relapse attested": (
         _chain(
             _set("allo-hsct", "performedDateTime", ago(50)),
             lambda d: answer(d, QR, "I2-early-relapse", True),
@@ -185,15 +176,15 @@ CASES = {  # name: (edit of the eligible patient, expected outcomes)
         lambda d: answer(d, QR, "I6-spo2-room-air", None),
         {"I6-spo2-room-air": "undetermined", "I6": "undetermined"},
     ),  # fmt: skip
-    "Burkitt": (lambda d: add(d, condition("burkitt", SCT, "118617000")), {"E1": "not-met"}),
+    "Burkitt": (lambda d: add(d, condition("burkitt", SNOMED, "118617000")), {"E1": "not-met"}),
     "Burkitt not attested": (lambda d: answer(d, QR, "E1", None), {"E1": "undetermined"}),
     "infection": (lambda d: answer(d, QR, "E2", False), {"E2": "not-met"}),
     "active GVHD": (
-        lambda d: add(d, condition("gvhd", ICD10, "D89.811")),
+        lambda d: add(d, condition("gvhd", ICD10CM, "D89.811")),
         {"E3-gvhd": "not-met", "E3": "not-met"},
     ),  # fmt: skip
     "resolved GVHD": (
-        lambda d: add(d, condition("gvhd", ICD10, "D89.811", "resolved")),
+        lambda d: add(d, condition("gvhd", ICD10CM, "D89.811", "resolved")),
         {"E3-gvhd": "met", "E3": "met"},
     ),  # fmt: skip
     "tacrolimus 10 days ago": (
@@ -205,7 +196,7 @@ CASES = {  # name: (edit of the eligible patient, expected outcomes)
         {"E3-immunosuppressant": "met", "E3": "met"},
     ),  # fmt: skip
     "epilepsy, resolved": (
-        lambda d: add(d, condition("epi", SCT, "84757009", "resolved")),
+        lambda d: add(d, condition("epi", SNOMED, "84757009", "resolved")),
         {"E4": "not-met"},
     ),  # fmt: skip
 }
